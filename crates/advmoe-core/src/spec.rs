@@ -1,0 +1,433 @@
+//! Validated specifications: what model to build, what data to read, how to train.
+//!
+//! Specs are plain serde types so that checkpoints (`config.json`), the CLI and the UI share them.
+//! Call `validate` before use; every error names the field and the allowed range.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A spec field outside its allowed range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct SpecError {
+    /// The offending field, e.g. `ratio`.
+    pub field: &'static str,
+    /// What is wrong with it and what is allowed.
+    pub reason: String,
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> SpecError {
+    SpecError {
+        field,
+        reason: reason.into(),
+    }
+}
+
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name used on the command line and in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(format!(
+                        "unknown {} {s:?}; expected one of: {}",
+                        stringify!($name),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// Backbone family.
+    Arch {
+        /// ResNet with BasicBlocks, 4 stages (`depth` blocks each).
+        Resnet => "resnet",
+        /// VGG-11-shaped conv stack.
+        Vgg => "vgg",
+    }
+);
+
+named_enum!(
+    /// How experts are chosen.
+    RouterKind {
+        /// One CNN router reads the image; its choice is used by every MoE layer.
+        Image => "image",
+        /// Every MoE conv has its own router (global average pool of its input, then linear).
+        PerLayer => "per-layer",
+    }
+);
+
+named_enum!(
+    /// Training method. The adversarial methods of the AdvMoE paper arrive with the attack engine.
+    MethodKind {
+        /// Cross-entropy on clean images.
+        Standard => "standard",
+        /// Madry et al.: cross-entropy on PGD-K adversarial examples with a random start.
+        PgdAt => "pgd-at",
+    }
+);
+
+named_enum!(
+    /// Optimiser.
+    OptimizerKind {
+        /// SGD with (heavy-ball) momentum and L2 weight decay.
+        Sgd => "sgd",
+        /// Adam (weight decay added to the gradient, as in PyTorch's `Adam`).
+        Adam => "adam",
+    }
+);
+
+named_enum!(
+    /// Learning-rate schedule over the whole run.
+    ScheduleKind {
+        /// Constant learning rate.
+        Constant => "constant",
+        /// Cosine decay from `lr` to 0.
+        Cosine => "cosine",
+        /// Multiply by 0.1 at 50% and 75% of the run.
+        Step => "step",
+    }
+);
+
+named_enum!(
+    /// Where images come from.
+    DatasetKind {
+        /// The built-in procedural set (no files needed).
+        Synthetic => "synthetic",
+        /// MNIST IDX files.
+        Mnist => "mnist",
+        /// Fashion-MNIST IDX files.
+        FashionMnist => "fashion-mnist",
+        /// CIFAR-10 binary version.
+        Cifar10 => "cifar10",
+        /// CIFAR-100 binary version (fine labels).
+        Cifar100 => "cifar100",
+    }
+);
+
+/// The architecture of one model. Shapes of every tensor follow from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Backbone family.
+    pub arch: Arch,
+    /// Base width `b` (channels of the first stage).
+    pub width: usize,
+    /// Blocks per ResNet stage `d` (1: ResNet-10, 2: ResNet-18). Ignored by `vgg`.
+    pub depth: usize,
+    /// Number of experts `N` (1 gives a dense model).
+    pub num_experts: usize,
+    /// Expert width ratio `r` (expert width = `r * planes`).
+    pub ratio: f64,
+    /// Router kind (irrelevant when `num_experts == 1`).
+    pub router: RouterKind,
+    /// Input channels (3 for RGB, 1 for MNIST).
+    pub in_channels: usize,
+    /// Input height and width in pixels.
+    pub image_size: [usize; 2],
+    /// Number of classes.
+    pub num_classes: usize,
+}
+
+impl ModelSpec {
+    /// A ResNet spec with the classroom defaults for 32×32 RGB, 10 classes.
+    pub fn resnet(width: usize, depth: usize, num_experts: usize, ratio: f64) -> Self {
+        Self {
+            arch: Arch::Resnet,
+            width,
+            depth,
+            num_experts,
+            ratio,
+            router: RouterKind::Image,
+            in_channels: 3,
+            image_size: [32, 32],
+            num_classes: 10,
+        }
+    }
+
+    /// Whether the model has MoE convs and routers.
+    pub fn is_moe(&self) -> bool {
+        self.num_experts > 1
+    }
+
+    /// Output width of an MoE conv (or its same-cost dense conv) for `planes` full channels.
+    pub fn expert_width(&self, planes: usize) -> usize {
+        ((planes as f64 * self.ratio).round() as usize).max(1)
+    }
+
+    /// Check every field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(1..=1024).contains(&self.width) {
+            return Err(bad("width", format!("{} not in 1..=1024", self.width)));
+        }
+        if self.arch == Arch::Resnet && !(1..=8).contains(&self.depth) {
+            return Err(bad("depth", format!("{} not in 1..=8", self.depth)));
+        }
+        if !(1..=8).contains(&self.num_experts) {
+            return Err(bad("experts", format!("{} not in 1..=8", self.num_experts)));
+        }
+        if !(self.ratio > 0.0 && self.ratio <= 1.0) {
+            return Err(bad("ratio", format!("{} not in (0, 1]", self.ratio)));
+        }
+        if !(1..=4).contains(&self.in_channels) {
+            return Err(bad(
+                "in_channels",
+                format!("{} not in 1..=4", self.in_channels),
+            ));
+        }
+        let min_side = match self.arch {
+            Arch::Resnet => 8,
+            Arch::Vgg => 16,
+        };
+        if self
+            .image_size
+            .iter()
+            .any(|&s| !(min_side..=512).contains(&s))
+        {
+            return Err(bad(
+                "image_size",
+                format!(
+                    "{:?}: each side must be in {min_side}..=512",
+                    self.image_size
+                ),
+            ));
+        }
+        if !(2..=1000).contains(&self.num_classes) {
+            return Err(bad(
+                "num_classes",
+                format!("{} not in 2..=1000", self.num_classes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which dataset and how to read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSpec {
+    /// The dataset.
+    pub kind: DatasetKind,
+    /// Folder holding the official files (ignored by `synthetic`).
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    /// Training images of `synthetic` (real sets use all their images).
+    pub synthetic_train_size: usize,
+    /// Test images of `synthetic`.
+    pub synthetic_test_size: usize,
+    /// Seed of the `synthetic` generator.
+    pub synthetic_seed: u64,
+    /// Random-crop (pad 4 for 32×32, 2 for smaller) and, where the dataset allows, horizontal
+    /// flip augmentation of training batches.
+    pub augment: bool,
+}
+
+impl Default for DatasetSpec {
+    fn default() -> Self {
+        Self {
+            kind: DatasetKind::Synthetic,
+            data_dir: None,
+            synthetic_train_size: 10_000,
+            synthetic_test_size: 1_000,
+            synthetic_seed: 0,
+            augment: true,
+        }
+    }
+}
+
+/// An L∞ PGD attack as used inside training (`pgd-at`) and by `eval`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackSpec {
+    /// Radius of the L∞ ball, in [0, 1] pixel units (8/255 by default).
+    pub eps: f32,
+    /// Number of gradient steps.
+    pub steps: usize,
+    /// Step size, in pixel units.
+    pub step_size: f32,
+    /// Start from a uniformly random point in the ball.
+    pub random_start: bool,
+}
+
+impl AttackSpec {
+    /// The paper code's training attack: ε = 8/255, 2 steps of 5/255.
+    pub fn paper_train() -> Self {
+        Self {
+            eps: 8.0 / 255.0,
+            steps: 2,
+            step_size: 5.0 / 255.0,
+            random_start: true,
+        }
+    }
+
+    /// Check every field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(self.eps.is_finite() && (0.0..=1.0).contains(&self.eps)) {
+            return Err(bad("eps", format!("{} not in [0, 1]", self.eps)));
+        }
+        if !(self.step_size.is_finite() && self.step_size >= 0.0) {
+            return Err(bad("step_size", format!("{} is not >= 0", self.step_size)));
+        }
+        if self.steps > 1000 {
+            return Err(bad("attack steps", format!("{} > 1000", self.steps)));
+        }
+        Ok(())
+    }
+}
+
+/// Everything a training run needs besides the model spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSpec {
+    /// Training method.
+    pub method: MethodKind,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// SGD momentum (ignored by Adam).
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Total optimiser steps of the run.
+    pub total_steps: usize,
+    /// Evaluate every this many steps (and at the end).
+    pub eval_every: usize,
+    /// Test images used by each evaluation during training (0: the whole test split).
+    pub eval_size: usize,
+    /// Seed of weight init, shuffling, augmentation and attack starts.
+    pub seed: u64,
+    /// Training attack of `pgd-at`.
+    pub attack: AttackSpec,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        Self {
+            method: MethodKind::Standard,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule: ScheduleKind::Cosine,
+            batch_size: 64,
+            total_steps: 300,
+            eval_every: 100,
+            eval_size: 500,
+            seed: 0,
+            attack: AttackSpec::paper_train(),
+        }
+    }
+}
+
+impl TrainSpec {
+    /// Check every field.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 10.0) {
+            return Err(bad("lr", format!("{} not in (0, 10]", self.lr)));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(bad("momentum", format!("{} not in [0, 1)", self.momentum)));
+        }
+        if !(self.weight_decay.is_finite() && (0.0..=1.0).contains(&self.weight_decay)) {
+            return Err(bad(
+                "weight_decay",
+                format!("{} not in [0, 1]", self.weight_decay),
+            ));
+        }
+        if !(1..=4096).contains(&self.batch_size) {
+            return Err(bad(
+                "batch_size",
+                format!("{} not in 1..=4096", self.batch_size),
+            ));
+        }
+        if self.total_steps == 0 {
+            return Err(bad("steps", "a run needs at least one step"));
+        }
+        if self.eval_every == 0 {
+            return Err(bad("eval_every", "must be at least 1"));
+        }
+        self.attack.validate()
+    }
+
+    /// Learning rate at `step` (0-based) of `total_steps`.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let progress = step as f64 / self.total_steps.max(1) as f64;
+        match self.schedule {
+            ScheduleKind::Constant => self.lr,
+            ScheduleKind::Cosine => 0.5 * self.lr * (1.0 + (std::f64::consts::PI * progress).cos()),
+            ScheduleKind::Step => {
+                let drops = [0.5, 0.75].iter().filter(|&&m| progress >= m).count();
+                self.lr * 0.1f64.powi(drops as i32)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_bad_values_are_named() {
+        for kind in MethodKind::ALL {
+            assert_eq!(kind.as_str().parse::<MethodKind>().unwrap(), *kind);
+        }
+        assert_eq!(
+            "per-layer".parse::<RouterKind>().unwrap(),
+            RouterKind::PerLayer
+        );
+        let err = "resnet50".parse::<Arch>().unwrap_err();
+        assert!(err.contains("resnet, vgg"), "{err}");
+        let mut spec = ModelSpec::resnet(16, 1, 2, 0.5);
+        spec.validate().unwrap();
+        spec.ratio = 1.5;
+        assert_eq!(spec.validate().unwrap_err().field, "ratio");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(json.contains("\"arch\":\"resnet\""), "{json}");
+    }
+
+    #[test]
+    fn schedules_hit_their_landmarks() {
+        let mut t = TrainSpec {
+            lr: 0.1,
+            total_steps: 100,
+            ..TrainSpec::default()
+        };
+        assert!((t.lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((t.lr_at(50) - 0.05).abs() < 1e-12);
+        assert!(t.lr_at(99) < 0.001);
+        t.schedule = ScheduleKind::Step;
+        assert!((t.lr_at(49) - 0.1).abs() < 1e-12);
+        assert!((t.lr_at(50) - 0.01).abs() < 1e-12);
+        assert!((t.lr_at(80) - 0.001).abs() < 1e-12);
+    }
+}

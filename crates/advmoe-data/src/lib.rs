@@ -1,0 +1,203 @@
+//! Datasets of AdvMoE Lab.
+//!
+//! The built-in `synthetic` set, readers for the official MNIST / Fashion-MNIST (IDX, raw or
+//! gzip) and CIFAR-10 / CIFAR-100 (binary version, `.tar.gz` or extracted) files, augmentation,
+//! and seeded batching. Pure Rust with no burn and no I/O beyond reading the given files, so it
+//! builds for the browser too; the engine turns [`Batch`]es into tensors.
+//!
+//! Every reader validates sizes, headers and labels and reports problems as a [`DataError`] that
+//! names the file: a dataset is loaded whole or not at all.
+
+mod cifar;
+mod idx;
+mod loader;
+mod synthetic;
+
+use std::path::{Path, PathBuf};
+
+use advmoe_core::{DatasetKind, DatasetSpec};
+
+pub use cifar::{CifarVariant, read_cifar_bytes, read_cifar_dir};
+pub use idx::{read_idx_images, read_idx_labels, read_mnist_dir};
+pub use loader::{Augment, Batch, Loader, LoaderState};
+pub use synthetic::generate_synthetic;
+
+/// Images of one split, stored as 8-bit NCHW pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageSet {
+    /// Short name, e.g. `cifar10/train`.
+    pub name: String,
+    /// Colour channels.
+    pub channels: usize,
+    /// Height and width in pixels.
+    pub size: [usize; 2],
+    /// Number of classes (labels are `0..num_classes`).
+    pub num_classes: usize,
+    /// Pixels, `len() * channels * height * width` bytes, NCHW.
+    pub pixels: Vec<u8>,
+    /// One label per image.
+    pub labels: Vec<u16>,
+    /// Human-readable class names (`num_classes` entries).
+    pub class_names: Vec<String>,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether the set has no image.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Bytes of one image.
+    pub fn image_len(&self) -> usize {
+        self.channels * self.size[0] * self.size[1]
+    }
+
+    /// The pixels of image `index`, NCHW bytes.
+    pub fn image(&self, index: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[index * n..(index + 1) * n]
+    }
+
+    /// Images `start..end` (clamped to the set), as floats in [0, 1], without augmentation.
+    pub fn batch(&self, start: usize, end: usize) -> Batch {
+        let end = end.min(self.len());
+        let start = start.min(end);
+        let indices: Vec<usize> = (start..end).collect();
+        Batch::gather(self, &indices, None)
+    }
+
+    /// The first `count` images (all when `count` is 0 or larger than the set).
+    pub fn truncated(mut self, count: usize) -> Self {
+        if count > 0 && count < self.len() {
+            self.pixels.truncate(count * self.image_len());
+            self.labels.truncate(count);
+        }
+        self
+    }
+}
+
+/// Train and test split of one dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Which dataset.
+    pub kind: DatasetKind,
+    /// Training split.
+    pub train: ImageSet,
+    /// Test split.
+    pub test: ImageSet,
+}
+
+impl Dataset {
+    /// The augmentation a dataset allows when `augment` is requested: random crop everywhere,
+    /// horizontal flips only where a flip keeps the class (CIFAR; not digits, clothing or the
+    /// synthetic gratings, whose orientation is the class).
+    pub fn augmentation(&self, augment: bool) -> Option<Augment> {
+        if !augment {
+            return None;
+        }
+        let pad = if self.train.size[0] >= 32 { 4 } else { 2 };
+        let flip = matches!(self.kind, DatasetKind::Cifar10 | DatasetKind::Cifar100);
+        Some(Augment { pad, flip })
+    }
+}
+
+/// Anything that stops a dataset from loading, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be read.
+    #[error("failed to read {path:?}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but its content is not what the format says.
+    #[error("bad {format} file {path:?}: {reason}")]
+    Format {
+        /// The file (or archive member).
+        path: PathBuf,
+        /// Which format was expected.
+        format: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A required file is not there.
+    #[error("{dataset}: none of {tried:?} found in {dir:?} ({hint})")]
+    Missing {
+        /// The dataset.
+        dataset: &'static str,
+        /// The folder searched.
+        dir: PathBuf,
+        /// File names tried.
+        tried: Vec<String>,
+        /// Where to get them.
+        hint: &'static str,
+    },
+    /// A real dataset was asked for without a folder.
+    #[error("dataset {0} needs --data-dir pointing at its official files")]
+    NoDataDir(&'static str),
+}
+
+impl DataError {
+    fn format(path: &Path, format: &'static str, reason: impl Into<String>) -> Self {
+        Self::Format {
+            path: path.to_path_buf(),
+            format,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
+    std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Load the dataset a spec names.
+pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
+    let dir = || -> Result<PathBuf, DataError> {
+        spec.data_dir
+            .as_ref()
+            .map(PathBuf::from)
+            .ok_or(DataError::NoDataDir(spec.kind.as_str()))
+    };
+    let (train, test) = match spec.kind {
+        DatasetKind::Synthetic => (
+            generate_synthetic(spec.synthetic_seed, true, spec.synthetic_train_size),
+            generate_synthetic(spec.synthetic_seed, false, spec.synthetic_test_size),
+        ),
+        DatasetKind::Mnist | DatasetKind::FashionMnist => read_mnist_dir(&dir()?, spec.kind)?,
+        DatasetKind::Cifar10 => read_cifar_dir(&dir()?, CifarVariant::Cifar10)?,
+        DatasetKind::Cifar100 => read_cifar_dir(&dir()?, CifarVariant::Cifar100)?,
+    };
+    Ok(Dataset {
+        kind: spec.kind,
+        train,
+        test,
+    })
+}
+
+/// Undo gzip compression if the bytes start with the gzip magic number.
+fn maybe_gunzip(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    use std::io::Read as _;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::format(path, "gzip", format!("corrupt gzip stream: {e}")))?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;

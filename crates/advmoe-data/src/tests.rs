@@ -1,0 +1,328 @@
+//! Format tests: small files written here in the official layouts, and broken ones.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use advmoe_core::{DatasetKind, DatasetSpec};
+
+use super::*;
+
+fn idx_images(n: usize, rows: usize, cols: usize) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 3];
+    for d in [n, rows, cols] {
+        b.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    b.extend((0..n * rows * cols).map(|i| (i % 251) as u8));
+    b
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, 1];
+    b.extend_from_slice(&(labels.len() as u32).to_be_bytes());
+    b.extend_from_slice(labels);
+    b
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("advmoe-data-{tag}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_mnist(dir: &Path, gzip: bool) {
+    let files = [
+        ("train-images-idx3-ubyte", idx_images(6, 28, 28)),
+        ("train-labels-idx1-ubyte", idx_labels(&[0, 1, 2, 3, 4, 9])),
+        ("t10k-images-idx3-ubyte", idx_images(2, 28, 28)),
+        ("t10k-labels-idx1-ubyte", idx_labels(&[7, 8])),
+    ];
+    for (name, bytes) in files {
+        if gzip {
+            write(dir, &format!("{name}.gz"), &gz(&bytes));
+        } else {
+            write(dir, name, &bytes);
+        }
+    }
+}
+
+fn spec(kind: DatasetKind, dir: &Path) -> DatasetSpec {
+    DatasetSpec {
+        kind,
+        data_dir: Some(dir.to_string_lossy().into_owned()),
+        ..DatasetSpec::default()
+    }
+}
+
+#[test]
+fn mnist_raw_and_gzip_read_the_same() {
+    let raw = tempdir("mnist-raw");
+    let zipped = tempdir("mnist-gz");
+    write_mnist(&raw, false);
+    write_mnist(&zipped, true);
+    let a = load(&spec(DatasetKind::Mnist, &raw)).unwrap();
+    let b = load(&spec(DatasetKind::Mnist, &zipped)).unwrap();
+    assert_eq!(a.train, b.train);
+    assert_eq!(a.train.len(), 6);
+    assert_eq!(a.train.size, [28, 28]);
+    assert_eq!(a.train.channels, 1);
+    assert_eq!(a.test.labels, vec![7, 8]);
+    assert_eq!(a.train.image(1)[0], (784 % 251) as u8);
+    let f = load(&spec(DatasetKind::FashionMnist, &raw)).unwrap();
+    assert_eq!(f.train.class_names[9], "Ankle boot");
+}
+
+#[test]
+fn broken_idx_files_name_the_file_and_the_problem() {
+    let dir = tempdir("mnist-bad");
+    write_mnist(&dir, false);
+    let mut truncated = idx_images(6, 28, 28);
+    truncated.truncate(1000);
+    write(&dir, "train-images-idx3-ubyte", &truncated);
+    let err = load(&spec(DatasetKind::Mnist, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
+
+    write_mnist(&dir, false);
+    write(
+        &dir,
+        "train-labels-idx1-ubyte",
+        &idx_labels(&[0, 1, 2, 3, 4, 12]),
+    );
+    let err = load(&spec(DatasetKind::Mnist, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("train-labels") && err.contains("label 12 of item 5"),
+        "{err}"
+    );
+
+    write_mnist(&dir, false);
+    write(&dir, "train-labels-idx1-ubyte", &idx_labels(&[0, 1, 2]));
+    let err = load(&spec(DatasetKind::Mnist, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("3 labels for 6 images"), "{err}");
+
+    write_mnist(&dir, false);
+    let mut wrong_magic = idx_images(6, 28, 28);
+    wrong_magic[2] = 0x0d;
+    write(&dir, "t10k-images-idx3-ubyte", &wrong_magic);
+    let err = load(&spec(DatasetKind::Mnist, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t10k-images") && err.contains("unsigned byte"),
+        "{err}"
+    );
+
+    write_mnist(&dir, false);
+    let mut bad_gz = gz(&idx_images(2, 28, 28));
+    let half = bad_gz.len() / 2;
+    bad_gz.truncate(half);
+    std::fs::remove_file(dir.join("t10k-images-idx3-ubyte")).unwrap();
+    write(&dir, "t10k-images-idx3-ubyte.gz", &bad_gz);
+    let err = load(&spec(DatasetKind::Mnist, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("t10k-images-idx3-ubyte.gz") && err.contains("gzip"),
+        "{err}"
+    );
+
+    let empty = tempdir("mnist-empty");
+    let err = load(&spec(DatasetKind::Mnist, &empty))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train-images-idx3-ubyte.gz"), "{err}");
+    let err = load(&DatasetSpec {
+        kind: DatasetKind::Mnist,
+        ..DatasetSpec::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("--data-dir"), "{err}");
+}
+
+fn cifar10_records(labels: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (i, &l) in labels.iter().enumerate() {
+        b.push(l);
+        b.extend((0..3072).map(|p| ((p + i * 7) % 256) as u8));
+    }
+    b
+}
+
+fn cifar_files() -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = (1..=5)
+        .map(|k| {
+            (
+                format!("data_batch_{k}.bin"),
+                cifar10_records(&[k as u8, 9]),
+            )
+        })
+        .collect();
+    files.push(("test_batch.bin".into(), cifar10_records(&[3, 4, 5])));
+    files
+}
+
+#[test]
+fn cifar10_from_archive_and_from_folder_agree() {
+    let folder = tempdir("cifar-folder");
+    let inner = folder.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&inner).unwrap();
+    for (name, bytes) in cifar_files() {
+        write(&inner, &name, &bytes);
+    }
+    let from_folder = load(&spec(DatasetKind::Cifar10, &folder)).unwrap();
+
+    let archive_dir = tempdir("cifar-archive");
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in cifar_files() {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(
+                &mut header,
+                format!("cifar-10-batches-bin/{name}"),
+                bytes.as_slice(),
+            )
+            .unwrap();
+    }
+    let tar_bytes = builder.into_inner().unwrap();
+    write(&archive_dir, "cifar-10-binary.tar.gz", &gz(&tar_bytes));
+    let from_archive = load(&spec(DatasetKind::Cifar10, &archive_dir)).unwrap();
+
+    assert_eq!(from_folder.train, from_archive.train);
+    assert_eq!(from_folder.test, from_archive.test);
+    assert_eq!(from_folder.train.labels, vec![1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
+    assert_eq!(from_folder.test.len(), 3);
+    assert_eq!(from_folder.train.image(1)[0], 7);
+    assert_eq!(from_folder.train.class_names[0], "airplane");
+
+    // A truncated archive is an error naming the archive.
+    let cut = gz(&tar_bytes[..tar_bytes.len() / 2]);
+    write(&archive_dir, "cifar-10-binary.tar.gz", &cut);
+    let err = load(&spec(DatasetKind::Cifar10, &archive_dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cifar-10-binary.tar.gz"), "{err}");
+}
+
+#[test]
+fn broken_cifar_files_are_rejected() {
+    let dir = tempdir("cifar-bad");
+    for (name, bytes) in cifar_files() {
+        write(&dir, &name, &bytes);
+    }
+    let mut partial = cifar10_records(&[1, 2]);
+    partial.truncate(3073 + 100);
+    write(&dir, "data_batch_3.bin", &partial);
+    let err = load(&spec(DatasetKind::Cifar10, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data_batch_3.bin") && err.contains("30730000") && err.contains("3173"),
+        "{err}"
+    );
+
+    write(&dir, "data_batch_3.bin", &cifar10_records(&[1, 10]));
+    let err = load(&spec(DatasetKind::Cifar10, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("record 1: label 10"), "{err}");
+
+    std::fs::remove_file(dir.join("data_batch_5.bin")).unwrap();
+    let err = load(&spec(DatasetKind::Cifar10, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("data_batch_5.bin"), "{err}");
+
+    let c100 = tempdir("cifar100");
+    let rec = |coarse: u8, fine: u8| {
+        let mut r = vec![coarse, fine];
+        r.extend(std::iter::repeat_n(3u8, 3072));
+        r
+    };
+    write(&c100, "train.bin", &[rec(1, 99), rec(2, 42)].concat());
+    write(&c100, "test.bin", &rec(19, 0));
+    let ok = load(&spec(DatasetKind::Cifar100, &c100)).unwrap();
+    assert_eq!(ok.train.labels, vec![99, 42]);
+    assert_eq!(ok.train.num_classes, 100);
+    write(&c100, "test.bin", &rec(20, 0));
+    let err = load(&spec(DatasetKind::Cifar100, &c100))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("test.bin") && err.contains("coarse label 20"),
+        "{err}"
+    );
+}
+
+#[test]
+fn loader_is_seeded_resumable_and_covers_each_epoch() {
+    let set = generate_synthetic(1, true, 40);
+    let aug = Some(Augment {
+        pad: 4,
+        flip: false,
+    });
+    let mut a = Loader::new(set.len(), 8, 5, aug);
+    let mut b = Loader::new(set.len(), 8, 5, aug);
+    let first: Vec<Batch> = (0..7).map(|_| a.next_batch(&set)).collect();
+    for batch in &first {
+        assert_eq!(batch, &b.next_batch(&set));
+        assert_eq!(batch.shape, [8, 3, 32, 32]);
+        assert!(batch.images.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+    // One epoch (5 batches) sees every image exactly once.
+    let mut seen: Vec<u16> = first[..5].iter().flat_map(|b| b.labels.clone()).collect();
+    seen.sort_unstable();
+    let mut all = set.labels.clone();
+    all.sort_unstable();
+    assert_eq!(seen, all);
+    // Resume from a stored state gives the same next batches.
+    let state = a.state();
+    let mut c = Loader::new(set.len(), 8, 5, aug);
+    c.restore(state);
+    for _ in 0..6 {
+        assert_eq!(a.next_batch(&set), c.next_batch(&set));
+    }
+    // A different seed gives a different order.
+    let mut d = Loader::new(set.len(), 8, 6, aug);
+    assert_ne!(d.next_batch(&set).labels, first[0].labels);
+}
+
+#[test]
+fn augmentation_moves_pixels_and_no_augmentation_is_identity() {
+    let set = generate_synthetic(2, false, 4);
+    let plain = set.batch(0, 4);
+    for (i, v) in plain.images.iter().enumerate() {
+        assert_eq!(*v, set.pixels[i] as f32 / 255.0);
+    }
+    let mut rng = advmoe_core::Rng::seed(3);
+    let flipped = Batch::gather(&set, &[0], Some((Augment { pad: 0, flip: true }, &mut rng)));
+    let mut rng = advmoe_core::Rng::seed(3);
+    let flip_drawn = rng.below(1) == 0 && rng.below(1) == 0 && rng.coin();
+    let row0: Vec<f32> = flipped.images[..32].to_vec();
+    let mut expected: Vec<f32> = plain.images[..32].to_vec();
+    if flip_drawn {
+        expected.reverse();
+    }
+    assert_eq!(row0, expected);
+}

@@ -1,0 +1,220 @@
+//! SGD with momentum and Adam, written for exact checkpoints.
+//!
+//! State tensors are keyed by the parameter's module path (stable across save and load, unlike
+//! parameter ids) and can be exported and restored as named host tensors. Semantics follow
+//! PyTorch: weight decay is added to the gradient; SGD momentum has no dampening; Adam corrects
+//! both moments for bias.
+
+use std::collections::HashMap;
+
+use advmoe_core::OptimizerKind;
+use advmoe_model::checkpoint::NamedTensor;
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+const ADAM_BETA1: f64 = 0.9;
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
+/// Which parameters an optimiser updates, by module path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamFilter {
+    /// Every parameter with a gradient.
+    All,
+}
+
+impl ParamFilter {
+    fn accepts(self, _path: &str) -> bool {
+        match self {
+            Self::All => true,
+        }
+    }
+}
+
+/// An optimiser with path-keyed state.
+#[derive(Debug, Clone)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    momentum: f64,
+    weight_decay: f64,
+    filter: ParamFilter,
+    /// Steps taken (Adam's bias correction).
+    steps: u64,
+    /// Per path: SGD `[momentum]` or Adam `[m, v]`, flattened, on the inner (non-autodiff) device.
+    state: HashMap<String, Vec<Tensor<1>>>,
+}
+
+impl Optimizer {
+    /// A fresh optimiser.
+    pub fn new(kind: OptimizerKind, momentum: f64, weight_decay: f64, filter: ParamFilter) -> Self {
+        Self {
+            kind,
+            momentum,
+            weight_decay,
+            filter,
+            steps: 0,
+            state: HashMap::new(),
+        }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Apply one update with learning rate `lr` to every parameter that has a gradient.
+    pub fn step<M: Module>(&mut self, model: M, grads: GradientsParams, lr: f64) -> M {
+        self.steps += 1;
+        let mut stepper = Stepper {
+            path: Vec::new(),
+            grads,
+            opt: self,
+            lr,
+        };
+        model.map(&mut stepper)
+    }
+
+    /// The state as named host tensors (`{path}.momentum`, `{path}.adam_m`, `{path}.adam_v`),
+    /// sorted by name. Synchronous readback.
+    pub fn export(&self) -> Vec<NamedTensor> {
+        let names: &[&str] = match self.kind {
+            OptimizerKind::Sgd => &["momentum"],
+            OptimizerKind::Adam => &["adam_m", "adam_v"],
+        };
+        let mut out: Vec<NamedTensor> = self
+            .state
+            .iter()
+            .flat_map(|(path, tensors)| {
+                tensors
+                    .iter()
+                    .zip(names)
+                    .map(move |(t, suffix)| NamedTensor {
+                        name: format!("{path}.{suffix}"),
+                        shape: t.dims().to_vec(),
+                        values: crate::tensors::read_f32(t.clone()),
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Restore state exported by [`Optimizer::export`] onto `device` (the inner device of the
+    /// model's parameters).
+    pub fn import(
+        &mut self,
+        steps: u64,
+        tensors: HashMap<String, NamedTensor>,
+        device: &Device,
+    ) -> Result<(), String> {
+        let suffixes: &[&str] = match self.kind {
+            OptimizerKind::Sgd => &["momentum"],
+            OptimizerKind::Adam => &["adam_m", "adam_v"],
+        };
+        let mut state: HashMap<String, Vec<Option<Tensor<1>>>> = HashMap::new();
+        for (name, t) in tensors {
+            let Some((path, suffix)) = name.rsplit_once('.') else {
+                return Err(format!("optimizer tensor {name} has no state suffix"));
+            };
+            let Some(slot) = suffixes.iter().position(|s| *s == suffix) else {
+                return Err(format!(
+                    "optimizer tensor {name} does not belong to {:?}",
+                    self.kind
+                ));
+            };
+            let n = t.values.len();
+            let tensor = Tensor::from_data(TensorData::new(t.values, [n]), device);
+            state
+                .entry(path.to_string())
+                .or_insert_with(|| vec![None; suffixes.len()])[slot] = Some(tensor);
+        }
+        self.state = state
+            .into_iter()
+            .map(|(path, slots)| {
+                let tensors: Option<Vec<Tensor<1>>> = slots.into_iter().collect();
+                tensors
+                    .map(|t| (path.clone(), t))
+                    .ok_or(format!("incomplete optimizer state for {path}"))
+            })
+            .collect::<Result<_, _>>()?;
+        self.steps = steps;
+        Ok(())
+    }
+
+    fn update(&mut self, path: &str, param: Tensor<1>, grad: Tensor<1>, lr: f64) -> Tensor<1> {
+        let grad = if self.weight_decay > 0.0 {
+            grad + param.clone().mul_scalar(self.weight_decay)
+        } else {
+            grad
+        };
+        match self.kind {
+            OptimizerKind::Sgd => {
+                let buf = match self.state.remove(path) {
+                    Some(mut s) if self.momentum > 0.0 => {
+                        s.remove(0).mul_scalar(self.momentum) + grad
+                    }
+                    _ => grad,
+                };
+                let out = param - buf.clone().mul_scalar(lr);
+                if self.momentum > 0.0 {
+                    self.state.insert(path.to_string(), vec![buf]);
+                }
+                out
+            }
+            OptimizerKind::Adam => {
+                let (m, v) = match self.state.remove(path) {
+                    Some(mut s) if s.len() == 2 => {
+                        let v = s.pop().expect("two moments");
+                        let m = s.pop().expect("two moments");
+                        (m, v)
+                    }
+                    _ => (grad.zeros_like(), grad.zeros_like()),
+                };
+                let m = m.mul_scalar(ADAM_BETA1) + grad.clone().mul_scalar(1.0 - ADAM_BETA1);
+                let v = v.mul_scalar(ADAM_BETA2) + grad.square().mul_scalar(1.0 - ADAM_BETA2);
+                let t = self.steps as i32;
+                let m_hat = m.clone().div_scalar(1.0 - ADAM_BETA1.powi(t));
+                let v_hat = v.clone().div_scalar(1.0 - ADAM_BETA2.powi(t));
+                let out = param - (m_hat / (v_hat.sqrt() + ADAM_EPS)).mul_scalar(lr);
+                self.state.insert(path.to_string(), vec![m, v]);
+                out
+            }
+        }
+    }
+}
+
+struct Stepper<'a> {
+    path: Vec<String>,
+    grads: GradientsParams,
+    opt: &'a mut Optimizer,
+    lr: f64,
+}
+
+impl ModuleMapper for Stepper<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        if !self.opt.filter.accepts(&path) {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let inner = tensor.inner().reshape([n]);
+        let grad = grad.reshape([n]);
+        let updated = self.opt.update(&path, inner, grad, self.lr);
+        let updated = Tensor::<D>::from_inner(updated.reshape(shape)).require_grad();
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}

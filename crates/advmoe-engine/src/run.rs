@@ -1,0 +1,536 @@
+//! A training run: create from a config, advance by steps, read progress and metrics, pause,
+//! resume, stop, checkpoint and resume from a checkpoint exactly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use advmoe_core::{
+    DatasetSpec, EvalReport, MethodKind, ModelSpec, Rng, RouterKind, SpecError, TrainSpec,
+};
+use advmoe_data::{DataError, Dataset, Loader, LoaderState};
+use advmoe_model::checkpoint::{
+    CheckpointError, model_from_bytes, parse_safetensors, safetensors_bytes, write_atomic,
+};
+use advmoe_model::{MoeNet, RouteError, checkpoint::model_bytes};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::eval::{EvalOptions, evaluate};
+use crate::method::{Method, StepInput, make_method};
+use crate::optim::{Optimizer, ParamFilter};
+use crate::tensors::{read_f32, to_device};
+
+/// Everything that defines a run. Stored as `config.json` beside every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// The model.
+    pub model: ModelSpec,
+    /// The data.
+    pub data: DatasetSpec,
+    /// The training procedure.
+    pub train: TrainSpec,
+    /// Weight of the load-balancing term for MoE models (0: off).
+    pub balance_weight: f64,
+}
+
+impl RunConfig {
+    /// Check every part.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        self.model.validate()?;
+        self.train.validate()?;
+        if !(self.balance_weight.is_finite() && self.balance_weight >= 0.0) {
+            return Err(SpecError {
+                field: "balance_weight",
+                reason: format!("{} is not >= 0", self.balance_weight),
+            });
+        }
+        Ok(())
+    }
+
+    /// Set the model's input shape and class count from a dataset.
+    pub fn fit_to(&mut self, dataset: &Dataset) {
+        self.model.in_channels = dataset.train.channels;
+        self.model.image_size = dataset.train.size;
+        self.model.num_classes = dataset.train.num_classes;
+    }
+}
+
+/// Why a run cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad configuration.
+    #[error("invalid config: {0}")]
+    Spec(#[from] SpecError),
+    /// The dataset could not be loaded.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model and dataset disagree.
+    #[error("model and dataset disagree: {0}")]
+    Shape(String),
+    /// A loss became NaN or infinite.
+    #[error(
+        "training diverged: {term} is {value} at step {step}; lower the learning rate or check the data"
+    )]
+    NonFinite {
+        /// Which loss term.
+        term: &'static str,
+        /// The value.
+        value: f64,
+        /// The step (0-based) that produced it.
+        step: usize,
+    },
+    /// Routing failed.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// Reading or writing a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A run checkpoint is inconsistent.
+    #[error("bad run checkpoint {path:?}: {reason}")]
+    BadCheckpoint {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The run is not in a state that allows this.
+    #[error("the run is {0:?}")]
+    NotRunnable(RunState),
+}
+
+/// Lifecycle of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunState {
+    /// Steps may be taken.
+    Running,
+    /// Paused by its driver; [`Run::resume`] continues.
+    Paused,
+    /// Stopped early by its driver; final.
+    Stopped,
+    /// All steps done.
+    Finished,
+    /// Stopped by an error (NaN loss, routing failure).
+    Failed,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Steps done.
+    pub step: usize,
+    /// Steps in the run.
+    pub total_steps: usize,
+    /// Epochs over the training split.
+    pub epochs: f64,
+    /// Learning rate of the next step.
+    pub lr: f64,
+    /// Training seconds so far (excluding evaluations).
+    pub train_secs: f64,
+    /// Lifecycle state.
+    pub state: RunState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunRecord {
+    format: String,
+    step: usize,
+    rng: Rng,
+    loader: LoaderState,
+    optimizer_steps: u64,
+    losses_since_eval: Vec<f64>,
+    history: Vec<EvalReport>,
+    train_secs: f64,
+}
+
+const RUN_FORMAT: &str = "advmoe-run/1";
+
+/// A training run.
+pub struct Run {
+    config: RunConfig,
+    dataset: Arc<Dataset>,
+    device: Device,
+    model: Option<MoeNet>,
+    optimizer: Optimizer,
+    method: Box<dyn Method>,
+    loader: Loader,
+    rng: Rng,
+    step: usize,
+    pending: Vec<Tensor<1>>,
+    pending_first_step: usize,
+    losses_since_eval: Vec<f64>,
+    history: Vec<EvalReport>,
+    train_secs: f64,
+    state: RunState,
+}
+
+/// Wall-clock seconds; `web-time` maps to `performance.now()` in a browser, where
+/// `std::time` panics.
+fn now_secs() -> f64 {
+    web_time::SystemTime::now()
+        .duration_since(web_time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Run {
+    /// Start a run on `device` (a plain device; the run adds autodiff) with an already loaded
+    /// dataset. The model's input shape and classes must match the dataset.
+    pub fn new(
+        config: RunConfig,
+        dataset: Arc<Dataset>,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        config.validate()?;
+        let m = &config.model;
+        let t = &dataset.train;
+        if m.in_channels != t.channels || m.image_size != t.size || m.num_classes != t.num_classes {
+            return Err(EngineError::Shape(format!(
+                "model expects {} channels, {:?} pixels, {} classes; {} has {}, {:?}, {}",
+                m.in_channels,
+                m.image_size,
+                m.num_classes,
+                t.name,
+                t.channels,
+                t.size,
+                t.num_classes
+            )));
+        }
+        if t.is_empty() || dataset.test.is_empty() {
+            return Err(EngineError::Shape(format!(
+                "{} or its test split is empty",
+                t.name
+            )));
+        }
+        let device = device.clone().autodiff();
+        let model = MoeNet::new(m, config.train.seed, &device)?;
+        let train = &config.train;
+        let optimizer = Optimizer::new(
+            train.optimizer,
+            train.momentum,
+            train.weight_decay,
+            ParamFilter::All,
+        );
+        let method = make_method(
+            train.method,
+            train.attack.clone(),
+            if m.is_moe() {
+                config.balance_weight
+            } else {
+                0.0
+            },
+            m.router == RouterKind::Image,
+        );
+        let loader = Loader::new(
+            t.len(),
+            train.batch_size,
+            train.seed,
+            dataset.augmentation(config.data.augment),
+        );
+        Ok(Self {
+            rng: Rng::stream(train.seed, 0x0072_756e),
+            config,
+            dataset,
+            device,
+            model: Some(model),
+            optimizer,
+            method,
+            loader,
+            step: 0,
+            pending: Vec::new(),
+            pending_first_step: 0,
+            losses_since_eval: Vec::new(),
+            history: Vec::new(),
+            train_secs: 0.0,
+            state: RunState::Running,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.dataset
+    }
+
+    /// The current model (on the run's autodiff device).
+    pub fn model(&self) -> &MoeNet {
+        self.model
+            .as_ref()
+            .expect("the model is only taken during a step")
+    }
+
+    /// Replace the model, e.g. by weights loaded from a file. It must have been built for this
+    /// run's spec; it is moved to the run's device.
+    pub fn set_model(&mut self, model: MoeNet) {
+        use burn::module::Module as _;
+        self.model = Some(model.fork(&self.device));
+    }
+
+    /// Which method trains.
+    pub fn method(&self) -> MethodKind {
+        self.method.kind()
+    }
+
+    /// Steps done.
+    pub fn step_index(&self) -> usize {
+        self.step
+    }
+
+    /// Evaluations so far.
+    pub fn history(&self) -> &[EvalReport] {
+        &self.history
+    }
+
+    /// Lifecycle state.
+    pub fn state(&self) -> RunState {
+        self.state
+    }
+
+    /// Where the run stands.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            step: self.step,
+            total_steps: self.config.train.total_steps,
+            epochs: self.loader.epochs(),
+            lr: self.config.train.lr_at(self.step),
+            train_secs: self.train_secs,
+            state: self.state,
+        }
+    }
+
+    /// Pause: steps are refused until [`Run::resume`].
+    pub fn pause(&mut self) {
+        if self.state == RunState::Running {
+            self.state = RunState::Paused;
+        }
+    }
+
+    /// Continue after [`Run::pause`].
+    pub fn resume(&mut self) {
+        if self.state == RunState::Paused {
+            self.state = RunState::Running;
+        }
+    }
+
+    /// Stop for good (the model stays available and can be saved).
+    pub fn stop(&mut self) {
+        if matches!(self.state, RunState::Running | RunState::Paused) {
+            self.state = RunState::Stopped;
+        }
+    }
+
+    /// Take one optimisation step. The loss stays on the device until [`Run::drain_losses`].
+    pub fn step(&mut self) -> Result<(), EngineError> {
+        if self.state != RunState::Running {
+            return Err(EngineError::NotRunnable(self.state));
+        }
+        let started = now_secs();
+        let host = self.loader.next_batch(&self.dataset.train);
+        let batch = to_device(&host, self.config.model.num_classes, &self.device);
+        let lr = self.config.train.lr_at(self.step);
+        let model = self
+            .model
+            .take()
+            .expect("the model is present between steps");
+        let (model, loss) = self.method.step(StepInput {
+            model,
+            batch,
+            lr,
+            optimizer: &mut self.optimizer,
+            rng: &mut self.rng,
+        });
+        self.model = Some(model);
+        if self.pending.is_empty() {
+            self.pending_first_step = self.step;
+        }
+        self.pending.push(loss);
+        self.step += 1;
+        if self.step >= self.config.train.total_steps {
+            self.state = RunState::Finished;
+        }
+        self.train_secs += now_secs() - started;
+        Ok(())
+    }
+
+    /// Take up to `steps` steps (fewer if the run ends or is paused).
+    pub fn run_chunk(&mut self, steps: usize) -> Result<usize, EngineError> {
+        let mut done = 0;
+        while done < steps && self.state == RunState::Running {
+            self.step()?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Whether an evaluation is due (every `eval_every` steps and at the end).
+    pub fn eval_due(&self) -> bool {
+        self.step > 0
+            && (self.step.is_multiple_of(self.config.train.eval_every)
+                || self.state == RunState::Finished)
+            && self.history.last().is_none_or(|h| h.step != self.step)
+    }
+
+    /// Read back the losses of the steps taken since the last drain (one synchronous readback)
+    /// and check them. A NaN or infinite loss fails the run with the step that produced it.
+    pub fn drain_losses(&mut self) -> Result<Vec<f64>, EngineError> {
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let losses: Vec<f64> = read_f32(Tensor::cat(std::mem::take(&mut self.pending), 0))
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
+            self.state = RunState::Failed;
+            return Err(EngineError::NonFinite {
+                term: "cross-entropy loss",
+                value: losses[i],
+                step: self.pending_first_step + i,
+            });
+        }
+        self.losses_since_eval.extend(&losses);
+        Ok(losses)
+    }
+
+    /// Evaluate on (the first `eval_size` images of) the test split and record the result.
+    pub fn evaluate(&mut self) -> Result<EvalReport, EngineError> {
+        self.drain_losses()?;
+        let options = EvalOptions {
+            limit: self.config.train.eval_size,
+            ..EvalOptions::default()
+        };
+        let result = evaluate(self.model(), &self.dataset.test, &options, &self.device)?;
+        let loss = if self.losses_since_eval.is_empty() {
+            f64::NAN
+        } else {
+            self.losses_since_eval.iter().sum::<f64>() / self.losses_since_eval.len() as f64
+        };
+        self.losses_since_eval.clear();
+        let report = EvalReport {
+            step: self.step,
+            loss,
+            test_loss: result.test_loss,
+            clean_acc: result.clean_acc,
+            images: result.images,
+            expert_load: result.expert_load,
+            elapsed_secs: self.train_secs,
+        };
+        self.history.push(report.clone());
+        Ok(report)
+    }
+
+    /// Write the model alone: `config.json` and `model.safetensors` in `dir`.
+    pub fn save_model(&self, dir: &Path) -> Result<(), EngineError> {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let config = serde_json::to_vec_pretty(&self.config).unwrap_or_default();
+        write_atomic(&dir.join("config.json"), &config)?;
+        write_atomic(
+            &dir.join("model.safetensors"),
+            &model_bytes(self.model(), &self.config.model)?,
+        )?;
+        Ok(())
+    }
+
+    /// Write a full run checkpoint into `dir`: the model files plus `optimizer.safetensors` and
+    /// `run.json` (step, RNG, loader position, metrics). Pending losses are drained first.
+    pub fn save_checkpoint(&mut self, dir: &Path) -> Result<(), EngineError> {
+        self.drain_losses()?;
+        self.save_model(dir)?;
+        let mut metadata = BTreeMap::new();
+        metadata.insert("format".to_string(), "advmoe-optimizer/1".to_string());
+        write_atomic(
+            &dir.join("optimizer.safetensors"),
+            &safetensors_bytes(&self.optimizer.export(), metadata)?,
+        )?;
+        let record = RunRecord {
+            format: RUN_FORMAT.to_string(),
+            step: self.step,
+            rng: self.rng.clone(),
+            loader: self.loader.state(),
+            optimizer_steps: self.optimizer.steps(),
+            losses_since_eval: self.losses_since_eval.clone(),
+            history: self.history.clone(),
+            train_secs: self.train_secs,
+        };
+        write_atomic(
+            &dir.join("run.json"),
+            &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    /// Continue a run from a checkpoint written by [`Run::save_checkpoint`], with a dataset loaded
+    /// from its config. The resumed run takes exactly the steps the uninterrupted run would have.
+    pub fn resume_from(
+        dir: &Path,
+        dataset: Arc<Dataset>,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path)
+                .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
+        };
+        let bad = |path: &str, reason: String| EngineError::BadCheckpoint {
+            path: dir.join(path),
+            reason,
+        };
+        let config: RunConfig = serde_json::from_slice(&read("config.json")?)
+            .map_err(|e| bad("config.json", e.to_string()))?;
+        let record: RunRecord = serde_json::from_slice(&read("run.json")?)
+            .map_err(|e| bad("run.json", e.to_string()))?;
+        if record.format != RUN_FORMAT {
+            return Err(bad(
+                "run.json",
+                format!("format {:?}, expected {RUN_FORMAT:?}", record.format),
+            ));
+        }
+        let mut run = Self::new(config, dataset, device)?;
+        let model_path = dir.join("model.safetensors");
+        run.model = Some(model_from_bytes(
+            &read("model.safetensors")?,
+            &run.config.model,
+            &run.device,
+            &model_path,
+        )?);
+        let opt_path = dir.join("optimizer.safetensors");
+        let (tensors, _) = parse_safetensors(&opt_path, &read("optimizer.safetensors")?)?;
+        let inner = run.device.clone().without_autodiff();
+        run.optimizer
+            .import(record.optimizer_steps, tensors, &inner)
+            .map_err(|reason| bad("optimizer.safetensors", reason))?;
+        run.loader.restore(record.loader);
+        run.rng = record.rng;
+        run.step = record.step;
+        run.losses_since_eval = record.losses_since_eval;
+        run.history = record.history;
+        run.train_secs = record.train_secs;
+        if run.step >= run.config.train.total_steps {
+            run.state = RunState::Finished;
+        }
+        Ok(run)
+    }
+}
+
+/// Load a model saved by [`Run::save_model`] (or a checkpoint) from `dir` onto `device`.
+pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(RunConfig, MoeNet), EngineError> {
+    let config_path = dir.join("config.json");
+    let bytes = std::fs::read(&config_path).map_err(|source| CheckpointError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let config: RunConfig =
+        serde_json::from_slice(&bytes).map_err(|e| EngineError::BadCheckpoint {
+            path: config_path,
+            reason: e.to_string(),
+        })?;
+    config.model.validate()?;
+    let model = advmoe_model::load_model(&dir.join("model.safetensors"), &config.model, device)?;
+    Ok((config, model))
+}

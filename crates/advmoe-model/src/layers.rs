@@ -1,0 +1,187 @@
+//! Plain layers with the project's own initialisation (host-side, seeded by [`Rng`], so a seed
+//! gives the same initial weights on every device) and explicit train/eval batch norm.
+
+use advmoe_core::Rng;
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Tensor, TensorData, module::conv2d, ops::ConvOptions};
+
+/// A `[shape]` tensor of normal samples with standard deviation `std`.
+pub fn normal_tensor<const D: usize>(
+    shape: [usize; D],
+    std: f32,
+    rng: &mut Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// A `[shape]` tensor of uniform samples in `[-bound, bound)`.
+pub fn uniform_tensor<const D: usize>(
+    shape: [usize; D],
+    bound: f32,
+    rng: &mut Rng,
+    device: &Device,
+) -> Tensor<D> {
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.uniform_range(-bound, bound)).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Kaiming-normal std for a ReLU conv with `fan_out = out_channels * k * k` (as torchvision's
+/// ResNet initialises its convs).
+pub fn kaiming_std(channels_out: usize, kernel: usize) -> f32 {
+    (2.0 / (channels_out * kernel * kernel) as f32).sqrt()
+}
+
+/// A bias-free conv with "same" padding `kernel / 2`.
+#[derive(Module, Debug)]
+pub struct Conv {
+    /// `[channels_out, channels_in, kernel, kernel]`.
+    pub weight: Param<Tensor<4>>,
+    /// Stride.
+    pub stride: usize,
+}
+
+impl Conv {
+    /// Create with Kaiming-normal weights.
+    pub fn new(
+        channels_in: usize,
+        channels_out: usize,
+        kernel: usize,
+        stride: usize,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self {
+        let std = kaiming_std(channels_out, kernel);
+        Self {
+            weight: Param::from_tensor(normal_tensor(
+                [channels_out, channels_in, kernel, kernel],
+                std,
+                rng,
+                device,
+            )),
+            stride,
+        }
+    }
+
+    /// # Shapes
+    /// - input `[batch, channels_in, h, w]`
+    /// - output `[batch, channels_out, ceil(h / stride), ceil(w / stride)]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let k = self.weight.shape().dims::<4>()[2];
+        conv2d(x, self.weight.val(), None, conv_options(self.stride, k))
+    }
+}
+
+/// Conv options for a square kernel with "same" padding.
+pub fn conv_options(stride: usize, kernel: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride, stride], [kernel / 2, kernel / 2], [1, 1], 1)
+}
+
+/// A fully connected layer, PyTorch layout (`weight: [out, in]`).
+#[derive(Module, Debug)]
+pub struct Fc {
+    /// `[features_out, features_in]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[features_out]`.
+    pub bias: Param<Tensor<1>>,
+}
+
+impl Fc {
+    /// Create with PyTorch's default uniform init (bound `1 / sqrt(features_in)`).
+    pub fn new(features_in: usize, features_out: usize, rng: &mut Rng, device: &Device) -> Self {
+        let bound = 1.0 / (features_in as f32).sqrt();
+        Self {
+            weight: Param::from_tensor(uniform_tensor(
+                [features_out, features_in],
+                bound,
+                rng,
+                device,
+            )),
+            bias: Param::from_tensor(uniform_tensor([features_out], bound, rng, device)),
+        }
+    }
+
+    /// # Shapes
+    /// - input `[batch, features_in]`, output `[batch, features_out]`
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(self.weight.val().transpose()) + self.bias.val().unsqueeze::<2>()
+    }
+}
+
+/// Momentum of running statistics (PyTorch's default).
+pub const BN_MOMENTUM: f64 = 0.1;
+const BN_EPS: f64 = 1e-5;
+
+/// Batch norm whose running statistics are parameters without gradient, updated explicitly by
+/// [`crate::MoeNet::apply_bn_updates`] (so a train step is a pure function of its inputs, and
+/// checkpoints hold the statistics).
+#[derive(Module, Debug)]
+pub struct Bn {
+    /// Scale, `[channels]`.
+    pub gamma: Param<Tensor<1>>,
+    /// Shift, `[channels]`.
+    pub beta: Param<Tensor<1>>,
+    /// Running mean, `[channels]` (no gradient).
+    pub running_mean: Param<Tensor<1>>,
+    /// Running unbiased variance, `[channels]` (no gradient).
+    pub running_var: Param<Tensor<1>>,
+    /// This module's path in the model (the key of its statistics update).
+    pub path: String,
+}
+
+impl Bn {
+    /// Identity-initialised batch norm at `path`.
+    pub fn new(channels: usize, path: String, device: &Device) -> Self {
+        Self {
+            gamma: Param::from_tensor(Tensor::ones([channels], device)),
+            beta: Param::from_tensor(Tensor::zeros([channels], device)),
+            running_mean: Param::from_tensor(Tensor::zeros([channels], device))
+                .set_require_grad(false),
+            running_var: Param::from_tensor(Tensor::ones([channels], device))
+                .set_require_grad(false),
+            path,
+        }
+    }
+
+    /// Normalise with batch statistics (`train`, recording them in `updates`) or with the running
+    /// statistics.
+    ///
+    /// # Shapes
+    /// - input and output `[batch, channels, h, w]`
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        train: bool,
+        updates: &mut Vec<crate::BnUpdate>,
+    ) -> Tensor<4> {
+        if train {
+            let [b, _, h, w] = x.dims();
+            let n = (b * h * w) as f64;
+            let out = burn::tensor::module::batch_norm_train(
+                x,
+                self.gamma.val(),
+                self.beta.val(),
+                BN_EPS,
+            );
+            let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+            updates.push(crate::BnUpdate {
+                path: self.path.clone(),
+                mean: out.mean.detach(),
+                var: out.variance.detach().mul_scalar(unbiased),
+            });
+            out.output
+        } else {
+            burn::tensor::module::batch_norm(
+                x,
+                self.gamma.val(),
+                self.beta.val(),
+                self.running_mean.val(),
+                self.running_var.val(),
+                BN_EPS,
+            )
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The MoE convolution: channel-group experts with hard top-1 routing.
+//!
+//! Reference implementation (any backend): one dense conv over all experts' filters, then each
+//! sample keeps the `width_out` channels of its own expert. The router receives gradient through
+//! the straight-through estimator: the selected expert's output is multiplied by a gate whose
+//! value is exactly 1 and whose derivative with respect to the selected score is 1, so
+//! `dL/ds[b, e_b] = sum(dL/dy_b * y_b)` and unselected scores get zero.
+//!
+//! A NaN score makes its sample's gate NaN (its output is poisoned, never silently expert 0), and
+//! [`check_routes`] turns it into an error wherever routes are read back.
+
+use advmoe_core::Rng;
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor, module::conv2d};
+
+use crate::layers::{Fc, conv_options, kaiming_std, normal_tensor};
+
+/// The routing decision of one MoE layer for a batch.
+#[derive(Debug, Clone)]
+pub struct LayerRoute {
+    /// Router scores (logits), `[batch, num_experts]`.
+    pub scores: Tensor<2>,
+    /// Selected expert per sample, `[batch]`.
+    pub experts: Tensor<1, Int>,
+    /// Straight-through gate, `[batch, num_experts]`: one-hot in value.
+    pub gate: Tensor<2>,
+}
+
+/// Top-1 selection (ties go to the lowest index) and the straight-through gate.
+///
+/// # Shapes
+/// - scores `[batch, num_experts]`
+pub fn gate_from_scores(scores: Tensor<2>) -> LayerRoute {
+    let [batch, num_experts] = scores.dims();
+    let experts = scores.clone().detach().argmax(1).reshape([batch]);
+    let one_hot = experts.clone().one_hot::<2>(num_experts).float();
+    let straight_through = scores.clone() - scores.clone().detach() + 1.0;
+    let gate = one_hot * straight_through;
+    LayerRoute {
+        scores,
+        experts,
+        gate,
+    }
+}
+
+/// Routes that cannot be trusted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RouteError {
+    /// A router produced NaN or infinite scores.
+    #[error("router of MoE layer {layer} produced a non-finite score for sample {sample}")]
+    NonFinite {
+        /// MoE layer index.
+        layer: usize,
+        /// Sample index in the batch.
+        sample: usize,
+    },
+}
+
+/// Read the routes back and return the selected experts, `[layer][sample]`, or an error for a
+/// non-finite score. Synchronous readback: for evaluation and inspection, not the training loop.
+pub fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError> {
+    let mut all = Vec::with_capacity(routes.len());
+    for (layer, route) in routes.iter().enumerate() {
+        let [_, n] = route.scores.dims();
+        let scores = route
+            .scores
+            .clone()
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .unwrap_or_default();
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(RouteError::NonFinite {
+                layer,
+                sample: i / n.max(1),
+            });
+        }
+        let experts = route
+            .experts
+            .clone()
+            .into_data()
+            .try_into_vec_as::<i64>()
+            .unwrap_or_default();
+        all.push(experts.into_iter().map(|e| e as usize).collect());
+    }
+    Ok(all)
+}
+
+/// Per-layer router: global average pool of the layer's input, then linear(w_in → N).
+#[derive(Module, Debug)]
+pub struct LayerRouter {
+    /// The linear scorer.
+    pub fc: Fc,
+}
+
+impl LayerRouter {
+    /// # Shapes
+    /// - input `[batch, channels_in, h, w]`, output scores `[batch, num_experts]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let [b, c, _, _] = x.dims();
+        let pooled = x.mean_dims(&[2, 3]).reshape([b, c]);
+        self.fc.forward(pooled)
+    }
+}
+
+/// An MoE conv with `num_experts` experts of `width_out` filters each (a plain conv when
+/// `num_experts == 1`). Weight layout: `[num_experts * width_out, channels_in, k, k]`, expert `e`
+/// owning filters `e * width_out .. (e + 1) * width_out`.
+#[derive(Module, Debug)]
+pub struct MoeConv2d {
+    /// All experts' filters.
+    pub weight: Param<Tensor<4>>,
+    /// Its own router, for `per-layer` routing.
+    pub router: Option<LayerRouter>,
+    /// Number of experts.
+    pub num_experts: usize,
+    /// Filters per expert (the output width).
+    pub width_out: usize,
+    /// Stride.
+    pub stride: usize,
+}
+
+impl MoeConv2d {
+    /// Create with Kaiming-normal weights (fan-out of one expert).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "a layer has this many hyper-parameters"
+    )]
+    pub fn new(
+        channels_in: usize,
+        width_out: usize,
+        kernel: usize,
+        stride: usize,
+        num_experts: usize,
+        per_layer_router: bool,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Self {
+        let std = kaiming_std(width_out, kernel);
+        let weight = normal_tensor(
+            [num_experts * width_out, channels_in, kernel, kernel],
+            std,
+            rng,
+            device,
+        );
+        let router = (per_layer_router && num_experts > 1).then(|| LayerRouter {
+            fc: Fc::new(channels_in, num_experts, rng, device),
+        });
+        Self {
+            weight: Param::from_tensor(weight),
+            router,
+            num_experts,
+            width_out,
+            stride,
+        }
+    }
+
+    /// Kernel size.
+    pub fn kernel(&self) -> usize {
+        self.weight.shape().dims::<4>()[2]
+    }
+
+    /// All experts' outputs, `[batch, num_experts * width_out, h', w']`.
+    pub fn forward_all(&self, x: Tensor<4>) -> Tensor<4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            None,
+            conv_options(self.stride, self.kernel()),
+        )
+    }
+
+    /// Apply the layer with the given route (ignored when dense). Per-layer routers compute their
+    /// own route when `route` is `None`; the route used is returned.
+    ///
+    /// # Shapes
+    /// - input `[batch, channels_in, h, w]`
+    /// - output `[batch, width_out, ceil(h / stride), ceil(w / stride)]`
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        route: Option<LayerRoute>,
+    ) -> (Tensor<4>, Option<LayerRoute>) {
+        if self.num_experts == 1 {
+            return (self.forward_all(x), None);
+        }
+        let route = match (route, &self.router) {
+            (Some(route), _) => route,
+            (None, Some(router)) => gate_from_scores(router.forward(x.clone().detach())),
+            (None, None) => {
+                panic!("MoE conv without a route: the model must pass the image router's route")
+            }
+        };
+        let all = self.forward_all(x);
+        let [b, _, h, w] = all.dims();
+        let selected = all
+            .reshape([b, self.num_experts, self.width_out, h, w])
+            .mul(route.gate.clone().reshape([b, self.num_experts, 1, 1, 1]))
+            .sum_dim(1)
+            .reshape([b, self.width_out, h, w]);
+        (selected, Some(route))
+    }
+
+    /// The dense weight of expert `e`, `[width_out, channels_in, k, k]`.
+    pub fn expert_weight(&self, expert: usize) -> Tensor<4> {
+        let w = self.width_out;
+        self.weight.val().narrow(0, expert * w, w)
+    }
+}

@@ -1,0 +1,356 @@
+//! Whole models: ResNet and VGG backbones with MoE convs, an optional image router, and the
+//! classifier. Built from a validated [`ModelSpec`] following the layer plans of
+//! `advmoe_core::macs`, so the MAC counter describes exactly this network.
+
+use std::collections::HashMap;
+
+use advmoe_core::macs::{VggItem, resnet_plan, vgg_plan};
+use advmoe_core::{Arch, ModelSpec, Rng, RouterKind, SpecError};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, activation::relu, module::max_pool2d, ops::MaxPoolOptions};
+
+use crate::layers::{BN_MOMENTUM, Bn, Conv, Fc};
+use crate::moe::{LayerRoute, MoeConv2d, gate_from_scores};
+use crate::router::ImageRouter;
+
+/// Pixel normalisation applied inside the model: inputs live in [0, 1].
+pub const INPUT_MEAN: f32 = 0.5;
+/// See [`INPUT_MEAN`].
+pub const INPUT_STD: f32 = 0.25;
+
+/// Batch-norm mode of a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Batch statistics; updates of the running statistics are returned in [`Output`].
+    Train,
+    /// Running statistics.
+    Eval,
+}
+
+/// Batch statistics of one batch norm, to be folded into its running statistics.
+#[derive(Debug, Clone)]
+pub struct BnUpdate {
+    /// The batch norm's module path.
+    pub path: String,
+    /// Batch mean, `[channels]` (detached).
+    pub mean: Tensor<1>,
+    /// Unbiased batch variance, `[channels]` (detached).
+    pub var: Tensor<1>,
+}
+
+/// What a forward pass produces.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// `[batch, num_classes]`.
+    pub logits: Tensor<2>,
+    /// One route per MoE conv, in execution order (empty for dense models).
+    pub routes: Vec<LayerRoute>,
+    /// Batch-norm statistics (empty in [`Mode::Eval`]).
+    pub bn_updates: Vec<BnUpdate>,
+}
+
+/// The 1×1 projection shortcut of a block.
+#[derive(Module, Debug)]
+pub struct Shortcut {
+    /// 1×1 conv.
+    pub conv: Conv,
+    /// Its batch norm.
+    pub bn: Bn,
+}
+
+/// A ResNet BasicBlock with MoE convs.
+#[derive(Module, Debug)]
+pub struct Block {
+    /// First 3×3 (MoE) conv.
+    pub conv1: MoeConv2d,
+    /// Batch norm after it (shared by all experts).
+    pub bn1: Bn,
+    /// Second 3×3 (MoE) conv.
+    pub conv2: MoeConv2d,
+    /// Batch norm after it.
+    pub bn2: Bn,
+    /// Projection shortcut where stride or width change.
+    pub shortcut: Option<Shortcut>,
+}
+
+/// ResNet backbone: dense stem, then blocks.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    /// Stem conv (dense).
+    pub stem: Conv,
+    /// Stem batch norm.
+    pub stem_bn: Bn,
+    /// All blocks, stage by stage.
+    pub blocks: Vec<Block>,
+}
+
+/// One VGG conv layer.
+#[derive(Module, Debug)]
+pub struct VggLayer {
+    /// The conv (dense for the first layer).
+    pub conv: MoeConv2d,
+    /// Its batch norm.
+    pub bn: Bn,
+    /// Whether a 2×2 max pool follows.
+    pub pool_after: bool,
+}
+
+/// VGG backbone.
+#[derive(Module, Debug)]
+pub struct Vgg {
+    /// Conv layers in order.
+    pub layers: Vec<VggLayer>,
+}
+
+/// An MoE-CNN (or its dense baseline when `num_experts == 1`).
+#[derive(Module, Debug)]
+pub struct MoeNet {
+    /// ResNet backbone (for `arch = resnet`).
+    pub resnet: Option<ResNet>,
+    /// VGG backbone (for `arch = vgg`).
+    pub vgg: Option<Vgg>,
+    /// Image router (for MoE models with `router = image`).
+    pub router: Option<ImageRouter>,
+    /// Classifier after global average pooling.
+    pub classifier: Fc,
+    /// Number of classes.
+    pub num_classes: usize,
+}
+
+impl MoeNet {
+    /// Build a freshly initialised model. The same `(spec, seed)` gives the same weights on every
+    /// device.
+    pub fn new(spec: &ModelSpec, seed: u64, device: &Device) -> Result<Self, SpecError> {
+        spec.validate()?;
+        let mut rng = Rng::stream(seed, 0x006d_6f64_656c);
+        let n = spec.num_experts;
+        let per_layer = spec.router == RouterKind::PerLayer;
+        let moe =
+            |ci, co, k, s, rng: &mut Rng| MoeConv2d::new(ci, co, k, s, n, per_layer, rng, device);
+        let (resnet, vgg, features) = match spec.arch {
+            Arch::Resnet => {
+                let plan = resnet_plan(spec);
+                let stem = Conv::new(spec.in_channels, spec.width, 3, 1, &mut rng, device);
+                let stem_bn = Bn::new(spec.width, "resnet.stem_bn".into(), device);
+                let blocks = plan
+                    .blocks
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let p = format!("resnet.blocks.{i}");
+                        Block {
+                            conv1: moe(
+                                b.conv1.channels_in,
+                                b.conv1.channels_out,
+                                3,
+                                b.conv1.stride,
+                                &mut rng,
+                            ),
+                            bn1: Bn::new(b.conv1.channels_out, format!("{p}.bn1"), device),
+                            conv2: moe(b.conv2.channels_in, b.conv2.channels_out, 3, 1, &mut rng),
+                            bn2: Bn::new(b.conv2.channels_out, format!("{p}.bn2"), device),
+                            shortcut: b.shortcut.map(|s| Shortcut {
+                                conv: Conv::new(
+                                    s.channels_in,
+                                    s.channels_out,
+                                    1,
+                                    s.stride,
+                                    &mut rng,
+                                    device,
+                                ),
+                                bn: Bn::new(s.channels_out, format!("{p}.shortcut.bn"), device),
+                            }),
+                        }
+                    })
+                    .collect();
+                (
+                    Some(ResNet {
+                        stem,
+                        stem_bn,
+                        blocks,
+                    }),
+                    None,
+                    plan.features,
+                )
+            }
+            Arch::Vgg => {
+                let (items, features) = vgg_plan(spec);
+                let mut layers: Vec<VggLayer> = Vec::new();
+                for item in items {
+                    match item {
+                        VggItem::Conv(c) => {
+                            let experts = if c.moe { n } else { 1 };
+                            let i = layers.len();
+                            layers.push(VggLayer {
+                                conv: MoeConv2d::new(
+                                    c.channels_in,
+                                    c.channels_out,
+                                    3,
+                                    1,
+                                    experts,
+                                    per_layer,
+                                    &mut rng,
+                                    device,
+                                ),
+                                bn: Bn::new(c.channels_out, format!("vgg.layers.{i}.bn"), device),
+                                pool_after: false,
+                            });
+                        }
+                        VggItem::MaxPool => {
+                            if let Some(last) = layers.last_mut() {
+                                last.pool_after = true;
+                            }
+                        }
+                    }
+                }
+                (None, Some(Vgg { layers }), features)
+            }
+        };
+        let router = (spec.is_moe() && spec.router == RouterKind::Image)
+            .then(|| ImageRouter::new(spec.in_channels, n, "router", &mut rng, device));
+        let classifier = Fc::new(features, spec.num_classes, &mut rng, device);
+        Ok(Self {
+            resnet,
+            vgg,
+            router,
+            classifier,
+            num_classes: spec.num_classes,
+        })
+    }
+
+    /// Run the model.
+    ///
+    /// # Shapes
+    /// - images `[batch, channels, h, w]` with pixels in [0, 1]
+    /// - output logits `[batch, num_classes]`
+    pub fn forward(&self, images: Tensor<4>, mode: Mode) -> Output {
+        let train = mode == Mode::Train;
+        let mut updates = Vec::new();
+        let mut routes = Vec::new();
+        let x = (images - INPUT_MEAN) / INPUT_STD;
+        let image_route = self
+            .router
+            .as_ref()
+            .map(|r| gate_from_scores(r.forward(x.clone(), train, &mut updates)));
+        let mut moe = |conv: &MoeConv2d, x: Tensor<4>| {
+            let (y, route) = conv.forward(x, image_route.clone());
+            routes.extend(route);
+            y
+        };
+        let features = if let Some(net) = &self.resnet {
+            let mut x = relu(
+                net.stem_bn
+                    .forward(net.stem.forward(x), train, &mut updates),
+            );
+            for block in &net.blocks {
+                let identity = match &block.shortcut {
+                    Some(s) => s.bn.forward(s.conv.forward(x.clone()), train, &mut updates),
+                    None => x.clone(),
+                };
+                let y = relu(block.bn1.forward(moe(&block.conv1, x), train, &mut updates));
+                let y = block.bn2.forward(moe(&block.conv2, y), train, &mut updates);
+                x = relu(y + identity);
+            }
+            x
+        } else if let Some(net) = &self.vgg {
+            let mut x = x;
+            for layer in &net.layers {
+                x = relu(layer.bn.forward(moe(&layer.conv, x), train, &mut updates));
+                if layer.pool_after {
+                    x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+                }
+            }
+            x
+        } else {
+            unreachable!("a model has a backbone by construction")
+        };
+        let [b, c, _, _] = features.dims();
+        let logits = self
+            .classifier
+            .forward(features.mean_dims(&[2, 3]).reshape([b, c]));
+        Output {
+            logits,
+            routes,
+            bn_updates: updates,
+        }
+    }
+
+    /// Every MoE conv in execution order.
+    pub fn moe_convs(&self) -> Vec<&MoeConv2d> {
+        let mut convs = Vec::new();
+        if let Some(net) = &self.resnet {
+            for b in &net.blocks {
+                convs.push(&b.conv1);
+                convs.push(&b.conv2);
+            }
+        }
+        if let Some(net) = &self.vgg {
+            convs.extend(net.layers.iter().map(|l| &l.conv));
+        }
+        convs.retain(|c| c.num_experts > 1);
+        convs
+    }
+
+    /// Fold the batch statistics of a [`Mode::Train`] pass into the running statistics
+    /// (`running = (1 - m) * running + m * batch`, `m = 0.1`).
+    pub fn apply_bn_updates(self, updates: Vec<BnUpdate>) -> Self {
+        let mut by_path: HashMap<String, BnUpdate> = HashMap::new();
+        for u in updates {
+            by_path.insert(u.path.clone(), u);
+        }
+        let mut mapper = BnMapper {
+            path: Vec::new(),
+            updates: by_path,
+        };
+        let model = self.map(&mut mapper);
+        debug_assert!(
+            mapper.updates.is_empty(),
+            "unmatched batch norms: {:?}",
+            mapper.updates.keys()
+        );
+        model
+    }
+}
+
+struct BnMapper {
+    path: Vec<String>,
+    updates: HashMap<String, BnUpdate>,
+}
+
+impl ModuleMapper for BnMapper {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Some((field, module)) = self.path.split_last() else {
+            return param;
+        };
+        if field != "running_mean" && field != "running_var" {
+            return param;
+        }
+        let key = module.join(".");
+        let Some(update) = self.updates.get(&key) else {
+            return param;
+        };
+        let batch = if field == "running_mean" {
+            update.mean.clone()
+        } else {
+            update.var.clone()
+        };
+        let last_field = field == "running_var";
+        let param = param.map(|running| {
+            let batch: Tensor<D> = batch.reshape(running.shape());
+            let device = running.device();
+            running.mul_scalar(1.0 - BN_MOMENTUM) + batch.to_device(&device).mul_scalar(BN_MOMENTUM)
+        });
+        if last_field {
+            self.updates.remove(&key);
+        }
+        param
+    }
+}

@@ -1,0 +1,73 @@
+//! Shared helpers.
+
+use std::sync::{Arc, OnceLock};
+
+use advmoe_core::{DatasetSpec, ModelSpec, TrainSpec};
+use advmoe_data::Dataset;
+use advmoe_engine::RunConfig;
+use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
+
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+/// The wgpu device (lavapipe on CI). Panics with a clear message when no adapter exists.
+pub fn gpu() -> Device {
+    Device::wgpu(DeviceKind::DefaultDevice)
+}
+
+pub fn tensor4(values: Vec<f32>, shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+pub fn read(t: Tensor<4>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+pub fn read2(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_into_vec_as::<f32>().unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A small synthetic dataset shared by the tests (generated once).
+pub fn synthetic(train: usize, test: usize) -> Arc<Dataset> {
+    type Cache = std::sync::Mutex<Vec<((usize, usize), Arc<Dataset>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap();
+    if let Some((_, d)) = cache.iter().find(|(k, _)| *k == (train, test)) {
+        return d.clone();
+    }
+    let spec = DatasetSpec {
+        synthetic_train_size: train,
+        synthetic_test_size: test,
+        ..DatasetSpec::default()
+    };
+    let d = Arc::new(advmoe_data::load(&spec).unwrap());
+    cache.push(((train, test), d.clone()));
+    d
+}
+
+/// A classroom-sized config on `synthetic`.
+pub fn small_config(width: usize, experts: usize, steps: usize) -> RunConfig {
+    RunConfig {
+        model: ModelSpec::resnet(width, 1, experts, 0.5),
+        data: DatasetSpec::default(),
+        train: TrainSpec {
+            total_steps: steps,
+            batch_size: 32,
+            lr: 0.05,
+            eval_every: steps,
+            eval_size: 500,
+            ..TrainSpec::default()
+        },
+        balance_weight: 1.0,
+    }
+}
