@@ -430,7 +430,6 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let options = EvalOptions {
         batch_size: args.batch_size,
         limit: args.limit,
-        attack: None,
     };
     let result = evaluate(&model, &dataset.test, &options, &device)?;
     let secs = started.elapsed().as_secs_f64();

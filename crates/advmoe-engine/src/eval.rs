@@ -1,13 +1,12 @@
 //! Clean evaluation: accuracy, test loss and expert load per MoE layer.
 
-use advmoe_core::{AttackSpec, Rng};
 use advmoe_data::ImageSet;
 use advmoe_model::{Mode, MoeNet, RouteError, check_routes};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::loss::cross_entropy;
-use crate::tensors::{read_f32, read_i64, to_device};
+use crate::tensors::{ReadbackError, read_f32, read_i64, to_device};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -16,8 +15,6 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Evaluate only the first this many test images (0: all).
     pub limit: usize,
-    /// Also measure accuracy under this PGD attack.
-    pub attack: Option<AttackSpec>,
 }
 
 impl Default for EvalOptions {
@@ -25,7 +22,6 @@ impl Default for EvalOptions {
         Self {
             batch_size: 250,
             limit: 0,
-            attack: None,
         }
     }
 }
@@ -37,22 +33,31 @@ pub struct EvalResult {
     pub clean_acc: f64,
     /// Mean clean cross-entropy.
     pub test_loss: f64,
-    /// Accuracy under the attack, if one was asked for.
-    pub robust_acc: Option<f64>,
     /// Images evaluated.
     pub images: usize,
     /// `[moe layer][expert]` fraction of images routed there.
     pub expert_load: Vec<Vec<f64>>,
 }
 
-/// Evaluate `model` (on any device; autodiff is only used when an attack is requested) on `set`.
+/// Why an evaluation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalError {
+    /// Routing failed (e.g. a NaN router score).
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// A readback failed.
+    #[error(transparent)]
+    Readback(#[from] ReadbackError),
+}
+
+/// Evaluate `model` (on any device, in eval mode without autodiff) on `set`.
 /// Reads back logits and routes synchronously: not for the training hot loop.
 pub fn evaluate(
     model: &MoeNet,
     set: &ImageSet,
     options: &EvalOptions,
     device: &Device,
-) -> Result<EvalResult, RouteError> {
+) -> Result<EvalResult, EvalError> {
     let total = if options.limit == 0 {
         set.len()
     } else {
@@ -63,8 +68,7 @@ pub fn evaluate(
     let num_experts = model.moe_convs().first().map_or(0, |c| c.num_experts);
     let layers = model.moe_convs().len();
     let mut load = vec![vec![0usize; num_experts]; layers];
-    let (mut correct, mut robust_correct, mut loss_sum) = (0usize, 0usize, 0.0f64);
-    let mut rng = Rng::seed(0x6576_616c);
+    let (mut correct, mut loss_sum) = (0usize, 0.0f64);
     let mut start = 0;
     while start < total {
         let end = (start + options.batch_size.max(1)).min(total);
@@ -76,6 +80,7 @@ pub fn evaluate(
                 layer,
                 sample: sample + start,
             },
+            other => other,
         })?;
         for (layer, experts) in routes.iter().enumerate() {
             for &e in experts {
@@ -83,28 +88,18 @@ pub fn evaluate(
             }
         }
         let n = host.len() as f64;
-        loss_sum +=
-            read_f32(cross_entropy(out.logits.clone(), batch.one_hot.clone()))[0] as f64 * n;
-        correct += count_correct(out.logits, &host.labels);
-        if let Some(attack) = &options.attack {
-            let ad = device.clone().autodiff();
-            let batch = to_device(&host, model.num_classes, &ad);
-            let model_ad = model.clone().fork(&ad);
-            let adv =
-                crate::attack::pgd_linf(&model_ad, batch.images, batch.one_hot, attack, &mut rng);
-            let logits = plain.forward(adv.inner(), Mode::Eval).logits;
-            robust_correct += count_correct(logits, &host.labels);
-        }
+        let loss = read_f32(
+            cross_entropy(out.logits.clone(), batch.one_hot.clone()),
+            "test loss",
+        )?;
+        loss_sum += f64::from(loss.first().copied().unwrap_or(f32::NAN)) * n;
+        correct += count_correct(out.logits, &host.labels)?;
         start = end;
     }
     let denom = total.max(1) as f64;
     Ok(EvalResult {
         clean_acc: correct as f64 / denom,
         test_loss: loss_sum / denom,
-        robust_acc: options
-            .attack
-            .as_ref()
-            .map(|_| robust_correct as f64 / denom),
         images: total,
         expert_load: load
             .into_iter()
@@ -113,11 +108,11 @@ pub fn evaluate(
     })
 }
 
-fn count_correct(logits: Tensor<2>, labels: &[u16]) -> usize {
+fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, ReadbackError> {
     let [b, _] = logits.dims();
-    read_i64(logits.argmax(1).reshape([b]))
+    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")?
         .iter()
         .zip(labels)
-        .filter(|(p, l)| **p == **l as i64)
-        .count()
+        .filter(|(p, l)| **p == i64::from(**l))
+        .count())
 }

@@ -13,24 +13,11 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::tensors::{ReadbackError, read_f32};
+
 const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
-
-/// Which parameters an optimiser updates, by module path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamFilter {
-    /// Every parameter with a gradient.
-    All,
-}
-
-impl ParamFilter {
-    fn accepts(self, _path: &str) -> bool {
-        match self {
-            Self::All => true,
-        }
-    }
-}
 
 /// An optimiser with path-keyed state.
 #[derive(Debug, Clone)]
@@ -38,7 +25,6 @@ pub struct Optimizer {
     kind: OptimizerKind,
     momentum: f64,
     weight_decay: f64,
-    filter: ParamFilter,
     /// Steps taken (Adam's bias correction).
     steps: u64,
     /// Per path: SGD `[momentum]` or Adam `[m, v]`, flattened, on the inner (non-autodiff) device.
@@ -47,12 +33,11 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// A fresh optimiser.
-    pub fn new(kind: OptimizerKind, momentum: f64, weight_decay: f64, filter: ParamFilter) -> Self {
+    pub fn new(kind: OptimizerKind, momentum: f64, weight_decay: f64) -> Self {
         Self {
             kind,
             momentum,
             weight_decay,
-            filter,
             steps: 0,
             state: HashMap::new(),
         }
@@ -77,27 +62,23 @@ impl Optimizer {
 
     /// The state as named host tensors (`{path}.momentum`, `{path}.adam_m`, `{path}.adam_v`),
     /// sorted by name. Synchronous readback.
-    pub fn export(&self) -> Vec<NamedTensor> {
+    pub fn export(&self) -> Result<Vec<NamedTensor>, ReadbackError> {
         let names: &[&str] = match self.kind {
             OptimizerKind::Sgd => &["momentum"],
             OptimizerKind::Adam => &["adam_m", "adam_v"],
         };
-        let mut out: Vec<NamedTensor> = self
-            .state
-            .iter()
-            .flat_map(|(path, tensors)| {
-                tensors
-                    .iter()
-                    .zip(names)
-                    .map(move |(t, suffix)| NamedTensor {
-                        name: format!("{path}.{suffix}"),
-                        shape: t.dims().to_vec(),
-                        values: crate::tensors::read_f32(t.clone()),
-                    })
-            })
-            .collect();
+        let mut out = Vec::new();
+        for (path, tensors) in &self.state {
+            for (t, suffix) in tensors.iter().zip(names) {
+                out.push(NamedTensor {
+                    name: format!("{path}.{suffix}"),
+                    shape: t.dims().to_vec(),
+                    values: read_f32(t.clone(), "optimizer state")?,
+                });
+            }
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        Ok(out)
     }
 
     /// Restore state exported by [`Optimizer::export`] onto `device` (the inner device of the
@@ -202,9 +183,6 @@ impl ModuleMapper for Stepper<'_> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.path.join(".");
-        if !self.opt.filter.accepts(&path) {
-            return param;
-        }
         let (id, tensor, mapper) = param.consume();
         let Some(grad) = self.grads.remove::<D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);

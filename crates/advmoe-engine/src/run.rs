@@ -12,14 +12,14 @@ use advmoe_data::{DataError, Dataset, Loader, LoaderState};
 use advmoe_model::checkpoint::{
     CheckpointError, model_from_bytes, parse_safetensors, safetensors_bytes, write_atomic,
 };
-use advmoe_model::{MoeNet, RouteError, checkpoint::model_bytes};
+use advmoe_model::{MoeNet, checkpoint::model_bytes};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{EvalOptions, evaluate};
+use crate::eval::{EvalError, EvalOptions, evaluate};
 use crate::method::{Method, StepInput, make_method};
-use crate::optim::{Optimizer, ParamFilter};
-use crate::tensors::{read_f32, to_device};
+use crate::optim::Optimizer;
+use crate::tensors::{ReadbackError, read_f32, to_device};
 
 /// Everything that defines a run. Stored as `config.json` beside every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,9 +80,12 @@ pub enum EngineError {
         /// The step (0-based) that produced it.
         step: usize,
     },
-    /// Routing failed.
+    /// Evaluation failed (routing or readback).
     #[error(transparent)]
-    Route(#[from] RouteError),
+    Eval(#[from] EvalError),
+    /// Reading training losses back failed.
+    #[error(transparent)]
+    Readback(#[from] ReadbackError),
     /// Reading or writing a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -204,12 +207,7 @@ impl Run {
         let device = device.clone().autodiff();
         let model = MoeNet::new(m, config.train.seed, &device)?;
         let train = &config.train;
-        let optimizer = Optimizer::new(
-            train.optimizer,
-            train.momentum,
-            train.weight_decay,
-            ParamFilter::All,
-        );
+        let optimizer = Optimizer::new(train.optimizer, train.momentum, train.weight_decay);
         let method = make_method(
             train.method,
             train.attack.clone(),
@@ -379,10 +377,13 @@ impl Run {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
-        let losses: Vec<f64> = read_f32(Tensor::cat(std::mem::take(&mut self.pending), 0))
-            .into_iter()
-            .map(f64::from)
-            .collect();
+        let losses: Vec<f64> = read_f32(
+            Tensor::cat(std::mem::take(&mut self.pending), 0),
+            "training losses",
+        )?
+        .into_iter()
+        .map(f64::from)
+        .collect();
         if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
             self.state = RunState::Failed;
             return Err(EngineError::NonFinite {
@@ -446,7 +447,7 @@ impl Run {
         metadata.insert("format".to_string(), "advmoe-optimizer/1".to_string());
         write_atomic(
             &dir.join("optimizer.safetensors"),
-            &safetensors_bytes(&self.optimizer.export(), metadata)?,
+            &safetensors_bytes(&self.optimizer.export()?, metadata)?,
         )?;
         let record = RunRecord {
             format: RUN_FORMAT.to_string(),

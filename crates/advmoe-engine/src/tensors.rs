@@ -36,12 +36,38 @@ pub fn uniform_noise(shape: [usize; 4], bound: f32, rng: &mut Rng, device: &Devi
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
+/// A tensor could not be read back from the device (e.g. the device was lost).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("reading {what} back from the device failed: {reason}")]
+pub struct ReadbackError {
+    /// What was being read.
+    pub what: &'static str,
+    /// Why it failed.
+    pub reason: String,
+}
+
 /// Read a float tensor back as `f32`s (synchronous).
-pub fn read_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap_or_default()
+pub fn read_f32<const D: usize>(
+    t: Tensor<D>,
+    what: &'static str,
+) -> Result<Vec<f32>, ReadbackError> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| ReadbackError {
+            what,
+            reason: format!("{e:?}"),
+        })
 }
 
 /// Read an int tensor back (synchronous).
-pub fn read_i64<const D: usize>(t: Tensor<D, Int>) -> Vec<i64> {
-    t.into_data().try_into_vec_as::<i64>().unwrap_or_default()
+pub fn read_i64<const D: usize>(
+    t: Tensor<D, Int>,
+    what: &'static str,
+) -> Result<Vec<i64>, ReadbackError> {
+    t.into_data()
+        .try_into_vec_as::<i64>()
+        .map_err(|e| ReadbackError {
+            what,
+            reason: format!("{e:?}"),
+        })
 }

@@ -54,6 +54,14 @@ pub enum RouteError {
         /// Sample index in the batch.
         sample: usize,
     },
+    /// The routes could not be read back from the device.
+    #[error("reading the routes of MoE layer {layer} back failed: {reason}")]
+    Readback {
+        /// MoE layer index.
+        layer: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Read the routes back and return the selected experts, `[layer][sample]`, or an error for a
@@ -62,12 +70,13 @@ pub fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError
     let mut all = Vec::with_capacity(routes.len());
     for (layer, route) in routes.iter().enumerate() {
         let [_, n] = route.scores.dims();
+        let readback = |reason: String| RouteError::Readback { layer, reason };
         let scores = route
             .scores
             .clone()
             .into_data()
             .try_into_vec_as::<f32>()
-            .unwrap_or_default();
+            .map_err(|e| readback(format!("{e:?}")))?;
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             return Err(RouteError::NonFinite {
                 layer,
@@ -79,7 +88,7 @@ pub fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError
             .clone()
             .into_data()
             .try_into_vec_as::<i64>()
-            .unwrap_or_default();
+            .map_err(|e| readback(format!("{e:?}")))?;
         all.push(experts.into_iter().map(|e| e as usize).collect());
     }
     Ok(all)
