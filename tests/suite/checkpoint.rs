@@ -3,6 +3,7 @@
 use advmoe_core::{Arch, ModelSpec, Rng, RouterKind};
 use advmoe_model::checkpoint::{load_model, model_bytes, model_from_bytes, save_model};
 use advmoe_model::{Mode, MoeNet};
+use burn::module::Module as _;
 use burn::tensor::{Device, Tensor};
 
 use crate::common::{cpu, gpu, max_abs_diff, read2, tensor4};
@@ -101,4 +102,89 @@ fn wrong_files_give_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("absent.safetensors"), "{err}");
+}
+
+/// Parameter gradients of a whole model on one batch, on the CPU and on the wgpu device (same
+/// weights, same batch); returns the parameters whose gradients differ by more than 1% of their
+/// largest CPU value.
+fn gradient_mismatches(spec: &ModelSpec) -> Vec<String> {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::Gradients;
+
+    struct Grads<'a> {
+        path: Vec<String>,
+        grads: &'a Gradients,
+        out: Vec<(String, Vec<f32>)>,
+    }
+    impl ModuleVisitor for Grads<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = param.val().grad(self.grads) {
+                let n = g.shape().num_elements();
+                let values = g.reshape([n]).into_data().try_into_vec_as::<f32>().unwrap();
+                self.out.push((self.path.join("."), values));
+            }
+        }
+    }
+
+    let cpu_model = MoeNet::new(spec, 4, &cpu().autodiff()).unwrap();
+    let bytes = model_bytes(&cpu_model, spec).unwrap();
+    let gpu_model = model_from_bytes(&bytes, spec, &gpu().autodiff(), "mem".as_ref()).unwrap();
+    let grads_of = |model: &MoeNet, device: &Device| {
+        let out = model.forward(images(device), Mode::Train);
+        let target = Tensor::<2>::ones(out.logits.dims(), device);
+        let loss = burn::tensor::activation::log_softmax(out.logits, 1)
+            .mul(target)
+            .sum()
+            .neg();
+        let grads = loss.backward();
+        let mut v = Grads {
+            path: Vec::new(),
+            grads: &grads,
+            out: Vec::new(),
+        };
+        model.visit(&mut v);
+        v.out
+    };
+    let a = grads_of(&cpu_model, &cpu().autodiff());
+    let b = grads_of(&gpu_model, &gpu().autodiff());
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 20, "only {} gradients", a.len());
+    a.iter()
+        .zip(&b)
+        .filter_map(|((name, ga), (_, gb))| {
+            let scale = ga.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let diff = max_abs_diff(ga, gb) / scale;
+            (diff > 1e-2).then(|| format!("{name}: {diff}"))
+        })
+        .collect()
+}
+
+#[test]
+fn dense_model_gradients_agree_between_cpu_and_wgpu() {
+    let mismatches = gradient_mismatches(&ModelSpec::resnet(8, 1, 1, 1.0));
+    assert!(mismatches.is_empty(), "gradients differ: {mismatches:?}");
+}
+
+/// Known defect (see the note on issue #2): in whole MoE models every gradient from the last MoE
+/// layer back differs on wgpu (lavapipe), although dense models agree (above), a lone MoE conv's
+/// router gradient agrees (`moe_conv`), and a probe of one MoE conv plus batch norm matched input,
+/// weight and score gradients to 1e-6. Run with `cargo test -- --ignored` while fixing it.
+#[test]
+#[ignore = "known bug: MoE model gradients on wgpu disagree with the CPU"]
+fn moe_model_gradients_agree_between_cpu_and_wgpu() {
+    for spec in specs().into_iter().filter(|s| s.num_experts > 1) {
+        let mismatches = gradient_mismatches(&spec);
+        assert!(
+            mismatches.is_empty(),
+            "{:?} {:?}: gradients differ: {mismatches:?}",
+            spec.arch,
+            spec.router
+        );
+    }
 }
