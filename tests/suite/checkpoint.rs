@@ -171,12 +171,10 @@ fn dense_model_gradients_agree_between_cpu_and_wgpu() {
     assert!(mismatches.is_empty(), "gradients differ: {mismatches:?}");
 }
 
-/// Known defect (see the note on issue #2): in whole MoE models every gradient from the last MoE
-/// layer back differs on wgpu (lavapipe), although dense models agree (above), a lone MoE conv's
-/// router gradient agrees (`moe_conv`), and a probe of one MoE conv plus batch norm matched input,
-/// weight and score gradients to 1e-6. Run with `cargo test -- --ignored` while fixing it.
+/// Whole MoE models, both router kinds and both backbones. This caught a wrong input gradient on
+/// wgpu when the MoE selection went through a 5-D reshape (see the
+/// selection in `MoeConv2d::forward`), which had kept GPU training of MoE models at chance.
 #[test]
-#[ignore = "known bug: MoE model gradients on wgpu disagree with the CPU"]
 fn moe_model_gradients_agree_between_cpu_and_wgpu() {
     for spec in specs().into_iter().filter(|s| s.num_experts > 1) {
         let mismatches = gradient_mismatches(&spec);

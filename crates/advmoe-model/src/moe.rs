@@ -200,12 +200,18 @@ impl MoeConv2d {
             }
         };
         let all = self.forward_all(x);
-        let [b, _, h, w] = all.dims();
-        let selected = all
-            .reshape([b, self.num_experts, self.width_out, h, w])
-            .mul(route.gate.clone().reshape([b, self.num_experts, 1, 1, 1]))
-            .sum_dim(1)
-            .reshape([b, self.width_out, h, w]);
+        let [b, ..] = all.dims();
+        // Sum of each expert's channel slice times its gate column. (A reshape of `all` to
+        // `[b, N, width, h, w]` computes the same forward, but its backward gave wrong input
+        // gradients on wgpu once the upstream gradient came from another conv.)
+        let selected = (0..self.num_experts)
+            .map(|e| {
+                let slice = all.clone().narrow(1, e * self.width_out, self.width_out);
+                let gate = route.gate.clone().narrow(1, e, 1).reshape([b, 1, 1, 1]);
+                slice * gate
+            })
+            .reduce(|acc, y| acc + y)
+            .expect("an MoE conv has at least two experts here");
         (selected, Some(route))
     }
 
