@@ -2,7 +2,7 @@
 
 use advmoe_core::Rng;
 use advmoe_data::Batch;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Element, Int, Tensor, TensorData};
 
 /// A batch on the device.
 #[derive(Debug, Clone)]
@@ -46,17 +46,20 @@ pub struct ReadbackError {
     pub reason: String,
 }
 
+/// Convert read-back data to a vector of `E`.
+fn data_as<E: Element>(data: TensorData, what: &'static str) -> Result<Vec<E>, ReadbackError> {
+    data.try_into_vec_as::<E>().map_err(|e| ReadbackError {
+        what,
+        reason: format!("{e:?}"),
+    })
+}
+
 /// Read a float tensor back as `f32`s (synchronous).
 pub fn read_f32<const D: usize>(
     t: Tensor<D>,
     what: &'static str,
 ) -> Result<Vec<f32>, ReadbackError> {
-    t.into_data()
-        .try_into_vec_as::<f32>()
-        .map_err(|e| ReadbackError {
-            what,
-            reason: format!("{e:?}"),
-        })
+    data_as(t.into_data(), what)
 }
 
 /// Read an int tensor back (synchronous).
@@ -64,10 +67,5 @@ pub fn read_i64<const D: usize>(
     t: Tensor<D, Int>,
     what: &'static str,
 ) -> Result<Vec<i64>, ReadbackError> {
-    t.into_data()
-        .try_into_vec_as::<i64>()
-        .map_err(|e| ReadbackError {
-            what,
-            reason: format!("{e:?}"),
-        })
+    data_as(t.into_data(), what)
 }
