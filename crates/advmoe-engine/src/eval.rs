@@ -65,9 +65,9 @@ pub fn evaluate(
     };
     let plain = model.valid();
     let plain_device = device.clone().without_autodiff();
-    let num_experts = model.moe_convs().first().map_or(0, |c| c.num_experts);
-    let layers = model.moe_convs().len();
-    let mut load = vec![vec![0usize; num_experts]; layers];
+    let moe_convs = model.moe_convs();
+    let num_experts = moe_convs.first().map_or(0, |c| c.num_experts);
+    let mut load = vec![vec![0usize; num_experts]; moe_convs.len()];
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
     let mut start = 0;
     while start < total {

@@ -2,7 +2,7 @@
 
 use advmoe_core::Rng;
 use advmoe_data::Batch;
-use burn::tensor::{Device, Element, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// A batch on the device.
 #[derive(Debug, Clone)]
@@ -36,36 +36,4 @@ pub fn uniform_noise(shape: [usize; 4], bound: f32, rng: &mut Rng, device: &Devi
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// A tensor could not be read back from the device (e.g. the device was lost).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("reading {what} back from the device failed: {reason}")]
-pub struct ReadbackError {
-    /// What was being read.
-    pub what: &'static str,
-    /// Why it failed.
-    pub reason: String,
-}
-
-/// Convert read-back data to a vector of `E`.
-fn data_as<E: Element>(data: TensorData, what: &'static str) -> Result<Vec<E>, ReadbackError> {
-    data.try_into_vec_as::<E>().map_err(|e| ReadbackError {
-        what,
-        reason: format!("{e:?}"),
-    })
-}
-
-/// Read a float tensor back as `f32`s (synchronous).
-pub fn read_f32<const D: usize>(
-    t: Tensor<D>,
-    what: &'static str,
-) -> Result<Vec<f32>, ReadbackError> {
-    data_as(t.into_data(), what)
-}
-
-/// Read an int tensor back (synchronous).
-pub fn read_i64<const D: usize>(
-    t: Tensor<D, Int>,
-    what: &'static str,
-) -> Result<Vec<i64>, ReadbackError> {
-    data_as(t.into_data(), what)
-}
+pub use advmoe_model::readback::{ReadbackError, read_f32, read_i64};

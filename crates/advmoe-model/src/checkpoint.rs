@@ -26,6 +26,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::MoeNet;
+use crate::readback::read_f32;
 
 /// Format tag stored in the safetensors metadata.
 pub const MODEL_FORMAT: &str = "advmoe-model/1";
@@ -119,13 +120,10 @@ pub fn host_tensors<M: Module>(module: &M) -> Result<Vec<NamedTensor>, Checkpoin
     device_tensors(module)
         .into_iter()
         .map(|(name, t, shape)| {
-            let values =
-                t.into_data()
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| CheckpointError::Readback {
-                        name: name.clone(),
-                        reason: format!("{e:?}"),
-                    })?;
+            let values = read_f32(t, "a parameter").map_err(|e| CheckpointError::Readback {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
             Ok(NamedTensor {
                 name,
                 shape,

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod layers;
 pub mod moe;
 pub mod net;
+pub mod readback;
 pub mod router;
 
 pub use advmoe_core::{MacReport, ModelSpec, count_macs};

@@ -14,6 +14,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Device, Int, Tensor, module::conv2d};
 
 use crate::layers::{Fc, conv_options, kaiming_std, normal_tensor};
+use crate::readback::{ReadbackError, read_f32, read_i64};
 
 /// The routing decision of one MoE layer for a batch.
 #[derive(Debug, Clone)]
@@ -70,25 +71,18 @@ pub fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError
     let mut all = Vec::with_capacity(routes.len());
     for (layer, route) in routes.iter().enumerate() {
         let [_, n] = route.scores.dims();
-        let readback = |reason: String| RouteError::Readback { layer, reason };
-        let scores = route
-            .scores
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .map_err(|e| readback(format!("{e:?}")))?;
+        let readback = |e: ReadbackError| RouteError::Readback {
+            layer,
+            reason: e.to_string(),
+        };
+        let scores = read_f32(route.scores.clone(), "router scores").map_err(readback)?;
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             return Err(RouteError::NonFinite {
                 layer,
                 sample: i / n.max(1),
             });
         }
-        let experts = route
-            .experts
-            .clone()
-            .into_data()
-            .try_into_vec_as::<i64>()
-            .map_err(|e| readback(format!("{e:?}")))?;
+        let experts = read_i64(route.experts.clone(), "routes").map_err(readback)?;
         all.push(experts.into_iter().map(|e| e as usize).collect());
     }
     Ok(all)
