@@ -2,9 +2,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use advmoe_core::{DatasetSpec, ModelSpec, TrainSpec};
+use advmoe_core::{DatasetSpec, EvalReport, ModelSpec, RouterKind, TrainSpec};
 use advmoe_data::Dataset;
-use advmoe_engine::RunConfig;
+use advmoe_engine::{Run, RunConfig, RunState};
+use advmoe_model::MoeNet;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 
 pub fn cpu() -> Device {
@@ -70,4 +71,43 @@ pub fn small_config(width: usize, experts: usize, steps: usize) -> RunConfig {
         },
         balance_weight: 1.0,
     }
+}
+
+/// A model trained with `standard` and its final evaluation.
+pub struct Trained {
+    pub model: MoeNet,
+    pub report: EvalReport,
+}
+
+/// Train `config` on CPU on `train_images` synthetic images to the end and evaluate.
+pub fn train_run(config: RunConfig, train_images: usize) -> Run {
+    let data = synthetic(train_images, 500);
+    let mut run = Run::new(config, data, &cpu()).unwrap();
+    while run.state() == RunState::Running {
+        run.run_chunk(25).unwrap();
+        run.drain_losses().unwrap();
+    }
+    run.evaluate().unwrap();
+    run
+}
+
+/// The classroom ResNet-10 (b = 16, N = 2, r = 0.5) trained with `standard` for 250 steps on
+/// 4000 synthetic images, once per router kind for the whole test binary.
+pub fn trained(router: RouterKind) -> Arc<Trained> {
+    static IMAGE: OnceLock<Arc<Trained>> = OnceLock::new();
+    static PER_LAYER: OnceLock<Arc<Trained>> = OnceLock::new();
+    let cell = match router {
+        RouterKind::Image => &IMAGE,
+        RouterKind::PerLayer => &PER_LAYER,
+    };
+    cell.get_or_init(|| {
+        let mut config = small_config(16, 2, 250);
+        config.model.router = router;
+        let run = train_run(config, 4000);
+        Arc::new(Trained {
+            model: run.model().clone(),
+            report: run.history().last().unwrap().clone(),
+        })
+    })
+    .clone()
 }

@@ -8,6 +8,8 @@
     reason = "test helpers fail loudly, like the tests"
 )]
 
+mod adversarial;
+mod attacks;
 mod checkpoint;
 mod common;
 mod moe_conv;

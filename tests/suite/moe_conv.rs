@@ -40,7 +40,7 @@ fn check_selection(device: &Device) {
             [0, 2 % num_experts, 0, num_experts - 1, 2 % num_experts].to_vec();
         let x = random([5, 5, 7, 7], &mut rng, device);
         let route = gate_from_scores(scores_for(&experts, num_experts, &mut rng, device));
-        let (y, _) = conv.forward(x.clone(), Some(route.clone()));
+        let (y, _) = conv.forward(x.clone(), Some(route.clone()), false);
         let [_, c, h, w] = y.dims();
         assert_eq!([c, h, w], [4, (7 - 1) / stride + 1, (7 - 1) / stride + 1]);
         assert_eq!(check_routes(&[route]).unwrap()[0], experts);
@@ -84,7 +84,7 @@ fn check_straight_through(device: &Device) {
     let scores = scores_for(&experts, num_experts, &mut rng, &ad).require_grad();
     let x = random([4, 4, 5, 5], &mut rng, &ad);
     let upstream = random([4, 6, 5, 5], &mut rng, &ad);
-    let (y, _) = conv.forward(x, Some(gate_from_scores(scores.clone())));
+    let (y, _) = conv.forward(x, Some(gate_from_scores(scores.clone())), false);
     let loss = (y.clone() * upstream.clone()).sum();
     let grads = loss.backward();
     let ds = read2(Tensor::from_inner(
@@ -149,7 +149,7 @@ fn ties_go_to_the_lowest_index_and_nan_scores_are_errors() {
     // The NaN poisons the sample's output instead of silently choosing expert 0.
     let mut rng = Rng::seed(1);
     let conv = MoeConv2d::new(2, 2, 3, 1, 2, false, &mut rng, &device);
-    let (y, _) = conv.forward(random([2, 2, 4, 4], &mut rng, &device), Some(route));
+    let (y, _) = conv.forward(random([2, 2, 4, 4], &mut rng, &device), Some(route), false);
     let y = read(y);
     assert!(y[..32].iter().all(|v| v.is_finite()));
     assert!(y[32..].iter().all(|v| v.is_nan()));
@@ -161,7 +161,7 @@ fn per_layer_router_routes_by_its_own_input() {
     let mut rng = Rng::seed(2);
     let conv = MoeConv2d::new(3, 4, 3, 1, 4, true, &mut rng, &device);
     let x = random([16, 3, 6, 6], &mut rng, &device);
-    let (_, route) = conv.forward(x.clone(), None);
+    let (_, route) = conv.forward(x.clone(), None, false);
     let route = route.expect("per-layer routers return their route");
     let experts = check_routes(std::slice::from_ref(&route))
         .unwrap()

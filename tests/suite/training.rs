@@ -8,34 +8,21 @@ use advmoe_engine::{EngineError, Run, RunState};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::Tensor;
 
-use crate::common::{cpu, gpu, small_config, synthetic};
-
-fn train(config: advmoe_engine::RunConfig, train_images: usize) -> Run {
-    let data = synthetic(train_images, 500);
-    let mut run = Run::new(config, data, &cpu()).unwrap();
-    while run.state() == RunState::Running {
-        run.run_chunk(25).unwrap();
-        run.drain_losses().unwrap();
-    }
-    run.evaluate().unwrap();
-    run
-}
+use crate::common::{cpu, gpu, small_config, synthetic, trained};
 
 /// Asserts that at least `min_layers` MoE layers send more than 5% of the test images to every
 /// expert (different images to different experts, not a collapsed router).
-fn assert_routes_spread(run: &Run, label: &str, min_layers: usize) {
-    let report = run.history().last().unwrap();
-    assert!(!report.expert_load.is_empty());
+fn assert_routes_spread(expert_load: &[Vec<f64>], label: &str, min_layers: usize) {
+    assert!(!expert_load.is_empty());
     let mut spread = 0;
-    for load in &report.expert_load {
+    for load in expert_load {
         assert!((load.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         let smallest = load.iter().cloned().fold(1.0, f64::min);
         spread += usize::from(smallest > 0.05);
     }
     assert!(
         spread >= min_layers,
-        "{label}: only {spread} MoE layers use every expert: {:?}",
-        report.expert_load
+        "{label}: only {spread} MoE layers use every expert: {expert_load:?}"
     );
 }
 
@@ -44,8 +31,7 @@ fn standard_training_beats_chance_and_per_layer_routers_use_every_expert() {
     // Image router. Under `standard` training it may send every image to one expert (it did in
     // this configuration once the MoE selection's summation order changed; the quick start at
     // batch 64 collapses too), so only accuracy is asserted here; see the note on issue #2.
-    let run = train(small_config(16, 2, 250), 4000);
-    let report = run.history().last().unwrap().clone();
+    let report = trained(RouterKind::Image).report.clone();
     assert!(
         report.clean_acc > 0.9,
         "clean accuracy {} after 250 steps",
@@ -54,10 +40,7 @@ fn standard_training_beats_chance_and_per_layer_routers_use_every_expert() {
     assert!(report.test_loss < 0.5, "test loss {}", report.test_loss);
 
     // Per-layer routers.
-    let mut config = small_config(16, 2, 250);
-    config.model.router = RouterKind::PerLayer;
-    let run = train(config, 4000);
-    let report = run.history().last().unwrap().clone();
+    let report = trained(RouterKind::PerLayer).report.clone();
     // Per-layer routing learns much more slowly here (37.6% after 250 steps when measured, vs
     // 97.6% with the image router): the bar is well above chance (10%), not a quality claim.
     assert!(
@@ -65,7 +48,7 @@ fn standard_training_beats_chance_and_per_layer_routers_use_every_expert() {
         "per-layer clean accuracy {}",
         report.clean_acc
     );
-    assert_routes_spread(&run, "per-layer router", 6);
+    assert_routes_spread(&report.expert_load, "per-layer router", 6);
     // Per-layer routing really differs between layers for some images.
     let load = &report.expert_load;
     assert!(load.windows(2).any(|w| w[0] != w[1]), "{load:?}");
@@ -73,8 +56,14 @@ fn standard_training_beats_chance_and_per_layer_routers_use_every_expert() {
 
 #[test]
 fn a_resumed_run_continues_exactly() {
-    let mut config = small_config(8, 2, 8);
-    config.train.method = MethodKind::PgdAt;
+    resumes_exactly(MethodKind::PgdAt, 8);
+    // AdvMoE: two optimisers, both checkpointed.
+    resumes_exactly(MethodKind::Advmoe, 4);
+}
+
+fn resumes_exactly(method: MethodKind, width: usize) {
+    let mut config = small_config(width, 2, 8);
+    config.train.method = method;
     config.train.eval_every = 4;
     config.train.eval_size = 50;
     let data = synthetic(400, 100);
@@ -83,7 +72,7 @@ fn a_resumed_run_continues_exactly() {
     straight.run_chunk(8).unwrap();
     let expected = straight.drain_losses().unwrap();
 
-    let dir = std::env::temp_dir().join(format!("advmoe-resume-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("advmoe-resume-{method}-{}", std::process::id()));
     let mut first = Run::new(config, data.clone(), &cpu()).unwrap();
     first.run_chunk(4).unwrap();
     let mut got = first.drain_losses().unwrap();
@@ -108,7 +97,7 @@ fn a_resumed_run_continues_exactly() {
 
     // The saved model directory loads for evaluation too.
     let (loaded_config, _model) = load_model_dir(&dir, &cpu()).unwrap();
-    assert_eq!(loaded_config.train.method, MethodKind::PgdAt);
+    assert_eq!(loaded_config.train.method, method);
 }
 
 struct Poison;

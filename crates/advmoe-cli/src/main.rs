@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod adversarial;
+
 use advmoe_core::{
     Arch, AttackSpec, DatasetKind, DatasetSpec, MethodKind, ModelSpec, OptimizerKind, RouterKind,
-    ScheduleKind, TrainSpec, count_macs,
+    RouterObjective, ScheduleKind, TrainSpec, count_macs,
 };
-use advmoe_engine::eval::{EvalOptions, evaluate};
-use advmoe_engine::run::load_model_dir;
 use advmoe_engine::{DeviceChoice, Run, RunConfig, RunState, make_device};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
@@ -30,14 +30,22 @@ enum Command {
     /// Train a model and write DIR/config.json, DIR/model.safetensors, DIR/metrics.jsonl
     /// (plus optimizer.safetensors and run.json, so `--resume DIR` continues exactly).
     Train(Box<TrainArgs>),
-    /// Evaluate a trained model on the test split.
-    Eval(EvalArgs),
+    /// Evaluate a trained model on the test split: clean, and with `--attack` the whole
+    /// robustness dissection (robust accuracy, router and expert robustness, route flips).
+    Eval(adversarial::EvalArgs),
+    /// Attack one test image and write the clean image, the amplified perturbation and the
+    /// adversarial image as PNGs plus attack.json (predictions, confidences, routes).
+    Attack(adversarial::AttackArgs),
+    /// The AdvMoE paper's comparison: train dense TRADES (full and same-cost width), an MoE with
+    /// vanilla MoE AT (without and with the balance term) and an MoE with AdvMoE, evaluate all
+    /// with the same attacks, print a markdown table and write compare.json.
+    Compare(Box<adversarial::CompareArgs>),
     /// Print the analytic inference cost (MACs) of an architecture.
     Macs(ModelArgs),
 }
 
 #[derive(Args, Clone)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Backbone: resnet or vgg.
     #[arg(long, default_value = "resnet")]
     arch: Arch,
@@ -59,7 +67,7 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn spec(&self) -> ModelSpec {
+    pub(crate) fn spec(&self) -> ModelSpec {
         ModelSpec {
             arch: self.arch,
             width: self.width,
@@ -73,7 +81,7 @@ impl ModelArgs {
 }
 
 #[derive(Args, Clone)]
-struct DataArgs {
+pub(crate) struct DataArgs {
     /// Dataset: synthetic (built in), mnist, fashion-mnist, cifar10, cifar100.
     #[arg(long, default_value = "synthetic")]
     dataset: DatasetKind,
@@ -95,7 +103,7 @@ struct DataArgs {
 }
 
 impl DataArgs {
-    fn spec(&self) -> DatasetSpec {
+    pub(crate) fn spec(&self) -> DatasetSpec {
         DatasetSpec {
             kind: self.dataset,
             data_dir: self
@@ -116,9 +124,18 @@ struct TrainArgs {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Training method: standard or pgd-at.
+    /// Training method: standard, pgd-at, trades, moe-at or advmoe.
     #[arg(long, default_value = "standard")]
     method: MethodKind,
+    /// Weight β of the KL terms (trades, moe-at, advmoe).
+    #[arg(long, default_value_t = 6.0)]
+    beta: f64,
+    /// Weight α of the routers' class-partition cross-entropy (advmoe).
+    #[arg(long, default_value_t = 6.0)]
+    alpha: f64,
+    /// AdvMoE's router objective: robust (TRADES loss through the routers) or class-partition.
+    #[arg(long, default_value = "robust")]
+    router_objective: RouterObjective,
     /// Epochs over the training split (converted to steps).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<f64>,
@@ -147,13 +164,14 @@ struct TrainArgs {
     /// image router collapse onto one expert; 1.0 keeps both experts in use.
     #[arg(long, default_value_t = 1.0)]
     balance_weight: f64,
-    /// Training-attack radius for pgd-at (L∞, pixels in [0, 1]; fractions like 8/255 work).
+    /// Training-attack radius of the adversarial methods (L∞, pixels in [0, 1]; fractions like
+    /// 8/255 work).
     #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
     attack_eps: f32,
-    /// Training-attack steps for pgd-at.
+    /// Training-attack steps.
     #[arg(long, default_value_t = 2)]
     attack_steps: usize,
-    /// Training-attack step size for pgd-at.
+    /// Training-attack step size.
     #[arg(long, default_value = "5/255", value_parser = parse_fraction)]
     attack_step_size: f32,
     /// Evaluate every this many steps (and at the end).
@@ -182,29 +200,7 @@ struct TrainArgs {
     json: bool,
 }
 
-#[derive(Args)]
-struct EvalArgs {
-    /// Folder written by `advmoe train`.
-    #[arg(long)]
-    model: PathBuf,
-    /// Device: cpu or gpu.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// Read a real dataset from this folder instead of the one in the model's config.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Evaluate only the first N test images (0: all).
-    #[arg(long, default_value_t = 0)]
-    limit: usize,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 250)]
-    batch_size: usize,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-fn parse_fraction(s: &str) -> Result<f32, String> {
+pub(crate) fn parse_fraction(s: &str) -> Result<f32, String> {
     let value = match s.split_once('/') {
         Some((a, b)) => {
             let a: f32 = a.trim().parse().map_err(|_| format!("bad number {a:?}"))?;
@@ -227,7 +223,9 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train(*args),
-        Command::Eval(args) => eval(args),
+        Command::Eval(args) => adversarial::eval(args),
+        Command::Attack(args) => adversarial::attack(args),
+        Command::Compare(args) => adversarial::compare(*args),
         Command::Macs(args) => macs(args),
     };
     if let Err(err) = result {
@@ -236,7 +234,7 @@ fn main() {
     }
 }
 
-fn load_dataset(spec: &DatasetSpec) -> anyhow::Result<advmoe_data::Dataset> {
+pub(crate) fn load_dataset(spec: &DatasetSpec) -> anyhow::Result<advmoe_data::Dataset> {
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", spec.kind));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let dataset =
@@ -301,8 +299,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                     eps: args.attack_eps,
                     steps: args.attack_steps,
                     step_size: args.attack_step_size,
-                    random_start: true,
+                    ..AttackSpec::paper_train()
                 },
+                beta: args.beta,
+                alpha: args.alpha,
+                router_objective: args.router_objective,
             },
             balance_weight: args.balance_weight,
         };
@@ -407,7 +408,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn format_load(load: &[Vec<f64>]) -> String {
+pub(crate) fn format_load(load: &[Vec<f64>]) -> String {
     match load.first() {
         None => "dense".to_string(),
         Some(first) => {
@@ -417,69 +418,7 @@ fn format_load(load: &[Vec<f64>]) -> String {
     }
 }
 
-fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let device = make_device(args.device);
-    let (mut config, model) = load_model_dir(&args.model, &device)
-        .with_context(|| format!("loading model from {:?}", args.model))?;
-    if let Some(dir) = &args.data_dir {
-        config.data.data_dir = Some(dir.to_string_lossy().into_owned());
-    }
-    let dataset = load_dataset(&config.data)?;
-    check_matches(&config, &dataset, &args.model)?;
-    let started = std::time::Instant::now();
-    let options = EvalOptions {
-        batch_size: args.batch_size,
-        limit: args.limit,
-    };
-    let result = evaluate(&model, &dataset.test, &options, &device)?;
-    let secs = started.elapsed().as_secs_f64();
-    let macs = count_macs(&config.model);
-    let json = serde_json::json!({
-        "model": args.model,
-        "device": args.device,
-        "dataset": config.data.kind,
-        "images": result.images,
-        "clean_acc": result.clean_acc,
-        "test_loss": result.test_loss,
-        "macs_pathway": macs.pathway,
-        "macs_pathway_with_router": macs.pathway_with_router,
-        "macs_all_experts": macs.all_experts,
-        "macs_dense": macs.dense,
-        "moe_layers": macs.moe_layers,
-        "expert_load": result.expert_load,
-        "eval_secs": secs,
-        "images_per_sec": result.images as f64 / secs.max(1e-9),
-    });
-    if args.json {
-        println!("{json}");
-    } else {
-        println!(
-            "{}: clean accuracy {:.2}% on {} test images ({:.0} images/s on {})",
-            args.model.display(),
-            100.0 * result.clean_acc,
-            result.images,
-            result.images as f64 / secs.max(1e-9),
-            args.device
-        );
-        println!(
-            "cost: {:.4} GMACs per image ({:.4} with router; all experts {:.4}; dense {:.4})",
-            macs.pathway as f64 / 1e9,
-            macs.pathway_with_router as f64 / 1e9,
-            macs.all_experts as f64 / 1e9,
-            macs.dense as f64 / 1e9
-        );
-        for (i, layer) in result.expert_load.iter().enumerate() {
-            let l: Vec<String> = layer
-                .iter()
-                .map(|f| format!("{:5.1}%", 100.0 * f))
-                .collect();
-            println!("MoE layer {:>2}: {}", i + 1, l.join(" "));
-        }
-    }
-    Ok(())
-}
-
-fn check_matches(
+pub(crate) fn check_matches(
     config: &RunConfig,
     dataset: &advmoe_data::Dataset,
     dir: &Path,

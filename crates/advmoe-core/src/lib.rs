@@ -13,6 +13,7 @@ pub use macs::{MacReport, count_macs};
 pub use metrics::{EvalReport, StepMetrics};
 pub use rng::Rng;
 pub use spec::{
-    Arch, AttackSpec, DatasetKind, DatasetSpec, MethodKind, ModelSpec, OptimizerKind, RouterKind,
-    ScheduleKind, SpecError, TrainSpec,
+    Arch, AttackKind, AttackLoss, AttackSpec, AttackTarget, DatasetKind, DatasetSpec, MethodKind,
+    ModelSpec, OptimizerKind, RouterKind, RouterObjective, ScheduleKind, SpecError, TargetClass,
+    TrainSpec,
 };

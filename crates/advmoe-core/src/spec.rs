@@ -86,12 +86,71 @@ named_enum!(
 );
 
 named_enum!(
-    /// Training method. The adversarial methods of the AdvMoE paper arrive with the attack engine.
+    /// Training method (DESIGN §4).
     MethodKind {
         /// Cross-entropy on clean images.
         Standard => "standard",
         /// Madry et al.: cross-entropy on PGD-K adversarial examples with a random start.
         PgdAt => "pgd-at",
+        /// TRADES: CE(clean) + β·KL(f(x) ‖ f(x_adv)), x_adv from K steps on that KL.
+        Trades => "trades",
+        /// Vanilla adversarial training of an MoE: the TRADES loss, one optimiser over routers
+        /// and experts, one joint step (the AdvMoE paper's baseline).
+        MoeAt => "moe-at",
+        /// AdvMoE: alternate an expert step and a router step on freshly generated adversarial
+        /// examples, with two optimisers.
+        Advmoe => "advmoe",
+    }
+);
+
+named_enum!(
+    /// What AdvMoE's router step minimises.
+    RouterObjective {
+        /// The TRADES loss of the whole MoE with experts frozen (gradient through the
+        /// straight-through estimator): the bi-level reading of the paper.
+        Robust => "robust",
+        /// As in the released code: α·CE(router, y mod N) + β·KL(router(x) ‖ router(x_adv)).
+        ClassPartition => "class-partition",
+    }
+);
+
+named_enum!(
+    /// Attack algorithm (DESIGN §5).
+    AttackKind {
+        /// One signed-gradient step of size ε.
+        Fgsm => "fgsm",
+        /// Projected gradient descent in the L∞ ball.
+        Pgd => "pgd",
+        /// Projected gradient descent in the L2 ball.
+        PgdL2 => "pgd-l2",
+        /// Auto-PGD (Croce & Hein 2020): L∞, momentum and a parameter-free step-size schedule.
+        Apgd => "apgd",
+    }
+);
+
+named_enum!(
+    /// What an attack maximises.
+    AttackLoss {
+        /// Cross-entropy against the label (or, targeted, minus the cross-entropy of the target).
+        Ce => "ce",
+        /// Carlini–Wagner margin: best other logit minus the true logit (targeted: target logit
+        /// minus the best other).
+        Cw => "cw",
+        /// KL divergence from the clean prediction (TRADES); for the router target, from the
+        /// clean routers' distributions.
+        Kl => "kl",
+    }
+);
+
+named_enum!(
+    /// Which part of an MoE an attack aims at.
+    AttackTarget {
+        /// The whole MoE through its logits; routes are recomputed on the perturbed image.
+        Full => "full",
+        /// Only the routing decisions of every MoE layer.
+        Router => "router",
+        /// The pathway chosen for the clean image: routes frozen to the clean routes.
+        Expert => "expert",
     }
 );
 
@@ -261,34 +320,123 @@ impl Default for DatasetSpec {
     }
 }
 
-/// An L∞ PGD attack as used inside training (`pgd-at`) and by `eval`.
+/// The class a targeted attack aims at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetClass {
+    /// The label's successor, `(y + 1) mod classes`.
+    Next,
+    /// A fixed class for every image.
+    Class(usize),
+}
+
+impl fmt::Display for TargetClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetClass::Next => f.write_str("next"),
+            TargetClass::Class(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+impl FromStr for TargetClass {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "next" {
+            return Ok(TargetClass::Next);
+        }
+        s.parse()
+            .map(TargetClass::Class)
+            .map_err(|_| format!("target class {s:?}: expected \"next\" or a class index"))
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+/// An attack: algorithm, radius, steps, loss and target. Used by training (the inner
+/// maximisation) and by evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttackSpec {
-    /// Radius of the L∞ ball, in [0, 1] pixel units (8/255 by default).
+    /// Algorithm.
+    #[serde(default = "AttackKind::default_kind")]
+    pub kind: AttackKind,
+    /// Radius of the ball (L∞ or L2 by `kind`), in [0, 1] pixel units (8/255 by default).
     pub eps: f32,
-    /// Number of gradient steps.
+    /// Number of gradient steps (FGSM takes one).
     pub steps: usize,
-    /// Step size, in pixel units.
+    /// Step size in pixel units (APGD chooses its own, starting at 2ε).
     pub step_size: f32,
     /// Start from a uniformly random point in the ball.
     pub random_start: bool,
+    /// Independent runs; the worst case per image is kept.
+    #[serde(default = "one")]
+    pub restarts: usize,
+    /// What is maximised.
+    #[serde(default = "AttackLoss::default_loss")]
+    pub loss: AttackLoss,
+    /// Which part of the MoE is attacked.
+    #[serde(default = "AttackTarget::default_target")]
+    pub target: AttackTarget,
+    /// Aim at a class instead of away from the label.
+    #[serde(default)]
+    pub targeted: Option<TargetClass>,
+}
+
+impl AttackKind {
+    fn default_kind() -> Self {
+        AttackKind::Pgd
+    }
+
+    /// The norm of the ball: `true` for L2, `false` for L∞.
+    pub fn is_l2(self) -> bool {
+        self == AttackKind::PgdL2
+    }
+}
+
+impl AttackLoss {
+    fn default_loss() -> Self {
+        AttackLoss::Ce
+    }
+}
+
+impl AttackTarget {
+    fn default_target() -> Self {
+        AttackTarget::Full
+    }
 }
 
 impl AttackSpec {
     /// The paper code's training attack: ε = 8/255, 2 steps of 5/255.
     pub fn paper_train() -> Self {
         Self {
+            kind: AttackKind::Pgd,
             eps: 8.0 / 255.0,
             steps: 2,
             step_size: 5.0 / 255.0,
             random_start: true,
+            restarts: 1,
+            loss: AttackLoss::Ce,
+            target: AttackTarget::Full,
+            targeted: None,
         }
     }
 
-    /// Check every field.
+    /// The paper code's evaluation attack: PGD-10 at ε = 8/255, step 2/255, uniform random start.
+    pub fn paper_eval() -> Self {
+        Self {
+            steps: 10,
+            step_size: 2.0 / 255.0,
+            ..Self::paper_train()
+        }
+    }
+
+    /// Check every field and their combinations.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if !(self.eps.is_finite() && (0.0..=1.0).contains(&self.eps)) {
-            return Err(bad("eps", format!("{} not in [0, 1]", self.eps)));
+        let max_eps = if self.kind.is_l2() { 64.0 } else { 1.0 };
+        if !(self.eps.is_finite() && (0.0..=max_eps).contains(&self.eps)) {
+            return Err(bad("eps", format!("{} not in [0, {max_eps}]", self.eps)));
         }
         if !(self.step_size.is_finite() && self.step_size >= 0.0) {
             return Err(bad("step_size", format!("{} is not >= 0", self.step_size)));
@@ -296,8 +444,33 @@ impl AttackSpec {
         if self.steps > 1000 {
             return Err(bad("attack steps", format!("{} > 1000", self.steps)));
         }
+        if !(1..=100).contains(&self.restarts) {
+            return Err(bad("restarts", format!("{} not in 1..=100", self.restarts)));
+        }
+        if self.target == AttackTarget::Router {
+            if self.loss == AttackLoss::Cw {
+                return Err(bad(
+                    "attack loss",
+                    "the router target takes kl or ce, not cw",
+                ));
+            }
+            if self.targeted.is_some() {
+                return Err(bad("targeted", "the router target has no class to aim at"));
+            }
+        }
+        if self.targeted.is_some() && self.loss == AttackLoss::Kl {
+            return Err(bad("targeted", "a targeted attack takes ce or cw, not kl"));
+        }
         Ok(())
     }
+}
+
+fn six() -> f64 {
+    6.0
+}
+
+fn robust() -> RouterObjective {
+    RouterObjective::Robust
 }
 
 /// Everything a training run needs besides the model spec.
@@ -325,8 +498,17 @@ pub struct TrainSpec {
     pub eval_size: usize,
     /// Seed of weight init, shuffling, augmentation and attack starts.
     pub seed: u64,
-    /// Training attack of `pgd-at`.
+    /// Training attack (the inner maximisation of every adversarial method).
     pub attack: AttackSpec,
+    /// Weight β of the KL terms (TRADES, vanilla MoE AT, AdvMoE).
+    #[serde(default = "six")]
+    pub beta: f64,
+    /// Weight α of the routers' class-partition cross-entropy (AdvMoE `class-partition`).
+    #[serde(default = "six")]
+    pub alpha: f64,
+    /// What AdvMoE's router step minimises.
+    #[serde(default = "robust")]
+    pub router_objective: RouterObjective,
 }
 
 impl Default for TrainSpec {
@@ -344,6 +526,9 @@ impl Default for TrainSpec {
             eval_size: 500,
             seed: 0,
             attack: AttackSpec::paper_train(),
+            beta: 6.0,
+            alpha: 6.0,
+            router_objective: RouterObjective::Robust,
         }
     }
 }
@@ -374,6 +559,14 @@ impl TrainSpec {
         }
         if self.eval_every == 0 {
             return Err(bad("eval_every", "must be at least 1"));
+        }
+        for (field, value) in [("beta", self.beta), ("alpha", self.alpha)] {
+            if !(value.is_finite() && (0.0..=1000.0).contains(&value)) {
+                return Err(bad(field, format!("{value} not in [0, 1000]")));
+            }
+        }
+        if self.attack.targeted.is_some() {
+            return Err(bad("attack", "training attacks are untargeted"));
         }
         self.attack.validate()
     }

@@ -3,10 +3,11 @@
 use advmoe_data::ImageSet;
 use advmoe_model::{Mode, MoeNet, RouteError, check_routes};
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
 use crate::loss::cross_entropy;
-use crate::tensors::{ReadbackError, read_f32, read_i64, to_device};
+use crate::robust::count_correct;
+use crate::tensors::{ReadbackError, read_f32, to_device};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -106,13 +107,4 @@ pub fn evaluate(
             .map(|l| l.into_iter().map(|c| c as f64 / denom).collect())
             .collect(),
     })
-}
-
-fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, ReadbackError> {
-    let [b, _] = logits.dims();
-    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")?
-        .iter()
-        .zip(labels)
-        .filter(|(p, l)| **p == i64::from(**l))
-        .count())
 }

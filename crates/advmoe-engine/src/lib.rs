@@ -8,14 +8,17 @@
 //! own so that a run checkpoint holds their exact state.
 
 pub mod attack;
+pub mod compare;
 pub mod device;
 pub mod eval;
 pub mod loss;
 pub mod method;
 pub mod optim;
+pub mod robust;
 pub mod run;
 pub mod tensors;
 
 pub use device::{DeviceChoice, make_device};
 pub use eval::{EvalOptions, evaluate};
+pub use robust::{RobustOptions, RobustReport, evaluate_robust};
 pub use run::{EngineError, Progress, Run, RunConfig, RunState};

@@ -50,12 +50,26 @@ impl Optimizer {
 
     /// Apply one update with learning rate `lr` to every parameter that has a gradient.
     pub fn step<M: Module>(&mut self, model: M, grads: GradientsParams, lr: f64) -> M {
+        self.step_where(model, grads, lr, &|_| true)
+    }
+
+    /// Apply one update to the parameters whose module path satisfies `owns` (and that have a
+    /// gradient); every other parameter keeps its value. AdvMoE's expert and router optimisers
+    /// split a model this way.
+    pub fn step_where<M: Module>(
+        &mut self,
+        model: M,
+        grads: GradientsParams,
+        lr: f64,
+        owns: &dyn Fn(&str) -> bool,
+    ) -> M {
         self.steps += 1;
         let mut stepper = Stepper {
             path: Vec::new(),
             grads,
             opt: self,
             lr,
+            owns,
         };
         model.map(&mut stepper)
     }
@@ -170,6 +184,7 @@ struct Stepper<'a> {
     grads: GradientsParams,
     opt: &'a mut Optimizer,
     lr: f64,
+    owns: &'a dyn Fn(&str) -> bool,
 }
 
 impl ModuleMapper for Stepper<'_> {
@@ -184,6 +199,9 @@ impl ModuleMapper for Stepper<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.path.join(".");
         let (id, tensor, mapper) = param.consume();
+        if !(self.owns)(&path) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
         let Some(grad) = self.grads.remove::<D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };

@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::eval::{EvalError, EvalOptions, evaluate};
-use crate::method::{Method, StepInput, make_method};
+use crate::method::{Method, MethodConfig, Optimizers, StepInput, make_method};
 use crate::optim::Optimizer;
 use crate::tensors::{ReadbackError, read_f32, to_device};
 
@@ -43,6 +43,12 @@ impl RunConfig {
             return Err(SpecError {
                 field: "balance_weight",
                 reason: format!("{} is not >= 0", self.balance_weight),
+            });
+        }
+        if self.train.method == MethodKind::Advmoe && !self.model.is_moe() {
+            return Err(SpecError {
+                field: "method",
+                reason: "advmoe trains routers and needs an MoE model (experts >= 2)".into(),
             });
         }
         Ok(())
@@ -141,6 +147,8 @@ struct RunRecord {
     rng: Rng,
     loader: LoaderState,
     optimizer_steps: u64,
+    #[serde(default)]
+    router_optimizer_steps: u64,
     losses_since_eval: Vec<f64>,
     history: Vec<EvalReport>,
     train_secs: f64,
@@ -154,7 +162,7 @@ pub struct Run {
     dataset: Arc<Dataset>,
     device: Device,
     model: Option<MoeNet>,
-    optimizer: Optimizer,
+    optimizers: Optimizers,
     method: Box<dyn Method>,
     loader: Loader,
     rng: Rng,
@@ -208,16 +216,24 @@ impl Run {
         let model = MoeNet::new(m, config.train.seed, &device)?;
         let train = &config.train;
         let optimizer = Optimizer::new(train.optimizer, train.momentum, train.weight_decay);
-        let method = make_method(
-            train.method,
-            train.attack.clone(),
-            if m.is_moe() {
+        let optimizers = Optimizers {
+            main: optimizer.clone(),
+            router: optimizer,
+        };
+        let method = make_method(MethodConfig {
+            kind: train.method,
+            attack: train.attack.clone(),
+            balance_weight: if m.is_moe() {
                 config.balance_weight
             } else {
                 0.0
             },
-            m.router == RouterKind::Image,
-        );
+            beta: train.beta,
+            alpha: train.alpha,
+            router_objective: train.router_objective,
+            image_router: m.router == RouterKind::Image,
+            num_experts: m.num_experts,
+        });
         let loader = Loader::new(
             t.len(),
             train.batch_size,
@@ -230,7 +246,7 @@ impl Run {
             dataset,
             device,
             model: Some(model),
-            optimizer,
+            optimizers,
             method,
             loader,
             step: 0,
@@ -337,7 +353,7 @@ impl Run {
             model,
             batch,
             lr,
-            optimizer: &mut self.optimizer,
+            optimizers: &mut self.optimizers,
             rng: &mut self.rng,
         });
         self.model = Some(model);
@@ -371,27 +387,35 @@ impl Run {
             && self.history.last().is_none_or(|h| h.step != self.step)
     }
 
+    /// Names of the loss terms each step records (the first is the training loss).
+    pub fn loss_terms(&self) -> &'static [&'static str] {
+        self.method.terms()
+    }
+
     /// Read back the losses of the steps taken since the last drain (one synchronous readback)
-    /// and check them. A NaN or infinite loss fails the run with the step that produced it.
+    /// and check every loss term. A NaN or infinite term fails the run, naming the term and the
+    /// step that produced it. Returns the training loss (first term) of each step.
     pub fn drain_losses(&mut self) -> Result<Vec<f64>, EngineError> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
-        let losses: Vec<f64> = read_f32(
+        let terms = self.method.terms();
+        let values: Vec<f64> = read_f32(
             Tensor::cat(std::mem::take(&mut self.pending), 0),
             "training losses",
         )?
         .into_iter()
         .map(f64::from)
         .collect();
-        if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
+        if let Some(i) = values.iter().position(|l| !l.is_finite()) {
             self.state = RunState::Failed;
             return Err(EngineError::NonFinite {
-                term: "cross-entropy loss",
-                value: losses[i],
-                step: self.pending_first_step + i,
+                term: terms[i % terms.len()],
+                value: values[i],
+                step: self.pending_first_step + i / terms.len(),
             });
         }
+        let losses: Vec<f64> = values.chunks(terms.len()).map(|c| c[0]).collect();
         self.losses_since_eval.extend(&losses);
         Ok(losses)
     }
@@ -447,14 +471,21 @@ impl Run {
         metadata.insert("format".to_string(), "advmoe-optimizer/1".to_string());
         write_atomic(
             &dir.join("optimizer.safetensors"),
-            &safetensors_bytes(&self.optimizer.export()?, metadata)?,
+            &safetensors_bytes(&self.optimizers.main.export()?, metadata.clone())?,
         )?;
+        if self.method.kind() == MethodKind::Advmoe {
+            write_atomic(
+                &dir.join("router_optimizer.safetensors"),
+                &safetensors_bytes(&self.optimizers.router.export()?, metadata)?,
+            )?;
+        }
         let record = RunRecord {
             format: RUN_FORMAT.to_string(),
             step: self.step,
             rng: self.rng.clone(),
             loader: self.loader.state(),
-            optimizer_steps: self.optimizer.steps(),
+            optimizer_steps: self.optimizers.main.steps(),
+            router_optimizer_steps: self.optimizers.router.steps(),
             losses_since_eval: self.losses_since_eval.clone(),
             history: self.history.clone(),
             train_secs: self.train_secs,
@@ -503,9 +534,18 @@ impl Run {
         let opt_path = dir.join("optimizer.safetensors");
         let (tensors, _) = parse_safetensors(&opt_path, &read("optimizer.safetensors")?)?;
         let inner = run.device.clone().without_autodiff();
-        run.optimizer
+        run.optimizers
+            .main
             .import(record.optimizer_steps, tensors, &inner)
             .map_err(|reason| bad("optimizer.safetensors", reason))?;
+        if run.method.kind() == MethodKind::Advmoe {
+            let path = dir.join("router_optimizer.safetensors");
+            let (tensors, _) = parse_safetensors(&path, &read("router_optimizer.safetensors")?)?;
+            run.optimizers
+                .router
+                .import(record.router_optimizer_steps, tensors, &inner)
+                .map_err(|reason| bad("router_optimizer.safetensors", reason))?;
+        }
         run.loader.restore(record.loader);
         run.rng = record.rng;
         run.step = record.step;

@@ -17,5 +17,7 @@ pub mod router;
 
 pub use advmoe_core::{MacReport, ModelSpec, count_macs};
 pub use checkpoint::{CheckpointError, load_model, save_model};
-pub use moe::{LayerRoute, MoeConv2d, RouteError, check_routes, gate_from_scores};
-pub use net::{BnUpdate, Mode, MoeNet, Output};
+pub use moe::{
+    LayerRoute, MoeConv2d, RouteError, check_routes, fixed_route, gate_from_scores, hard_route,
+};
+pub use net::{BnUpdate, Mode, MoeNet, Output, Routing, is_router_path};

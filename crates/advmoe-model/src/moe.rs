@@ -44,6 +44,42 @@ pub fn gate_from_scores(scores: Tensor<2>) -> LayerRoute {
     }
 }
 
+/// Top-1 selection with a constant gate: the routers decide, but no gradient passes through the
+/// decision (`scores` stay as given, so objectives on them remain differentiable). With hard
+/// routing the network is piecewise smooth in its input and the routes are piecewise constant,
+/// so this gives the exact gradient almost everywhere; the straight-through gate's extra term is
+/// a training device, and in an attack it swamps the signed gradient (measured on `synthetic`:
+/// PGD-10 at 8/255 through the straight-through gate left 88% accuracy where the same attack
+/// with routes held constant left 6.5%).
+///
+/// # Shapes
+/// - scores `[batch, num_experts]`
+pub fn hard_route(scores: Tensor<2>) -> LayerRoute {
+    let [batch, num_experts] = scores.dims();
+    let experts = scores.clone().detach().argmax(1).reshape([batch]);
+    let gate = experts.clone().one_hot::<2>(num_experts).float();
+    LayerRoute {
+        scores,
+        experts,
+        gate,
+    }
+}
+
+/// A route fixed in advance (e.g. the clean image's route while attacking the experts alone):
+/// the gate is the constant one-hot of `experts`, and the scores are that one-hot too (no router
+/// runs, no gradient reaches a router).
+///
+/// # Shapes
+/// - experts `[batch]`
+pub fn fixed_route(experts: Tensor<1, Int>, num_experts: usize) -> LayerRoute {
+    let gate = experts.clone().one_hot::<2>(num_experts).float();
+    LayerRoute {
+        scores: gate.clone(),
+        experts,
+        gate,
+    }
+}
+
 /// Routes that cannot be trusted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RouteError {
@@ -173,7 +209,10 @@ impl MoeConv2d {
     }
 
     /// Apply the layer with the given route (ignored when dense). Per-layer routers compute their
-    /// own route when `route` is `None`; the route used is returned.
+    /// own route when `route` is `None`: in training (`exact == false`) from a detached copy of
+    /// the input with the straight-through gate (the router learns, the backbone gets no router
+    /// gradient); with `exact` from the attached input with a constant gate ([`hard_route`]), as
+    /// attacks need. The route used is returned.
     ///
     /// # Shapes
     /// - input `[batch, channels_in, h, w]`
@@ -182,12 +221,14 @@ impl MoeConv2d {
         &self,
         x: Tensor<4>,
         route: Option<LayerRoute>,
+        exact: bool,
     ) -> (Tensor<4>, Option<LayerRoute>) {
         if self.num_experts == 1 {
             return (self.forward_all(x), None);
         }
         let route = match (route, &self.router) {
             (Some(route), _) => route,
+            (None, Some(router)) if exact => hard_route(router.forward(x.clone())),
             (None, Some(router)) => gate_from_scores(router.forward(x.clone().detach())),
             (None, None) => {
                 panic!("MoE conv without a route: the model must pass the image router's route")

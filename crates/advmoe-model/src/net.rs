@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use advmoe_core::macs::{VggItem, resnet_plan, vgg_plan};
 use advmoe_core::{Arch, ModelSpec, Rng, RouterKind, SpecError};
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor, activation::relu, module::max_pool2d, ops::MaxPoolOptions};
+use burn::tensor::{
+    Device, Int, Tensor, activation::relu, module::max_pool2d, ops::MaxPoolOptions,
+};
 
 use crate::layers::{BN_MOMENTUM, Bn, Conv, Fc};
-use crate::moe::{LayerRoute, MoeConv2d, gate_from_scores};
+use crate::moe::{LayerRoute, MoeConv2d, fixed_route, gate_from_scores, hard_route};
 use crate::router::ImageRouter;
 
 /// Pixel normalisation applied inside the model: inputs live in [0, 1].
@@ -36,6 +38,21 @@ pub struct BnUpdate {
     pub mean: Tensor<1>,
     /// Unbiased batch variance, `[channels]` (detached).
     pub var: Tensor<1>,
+}
+
+/// How a forward pass routes.
+#[derive(Debug, Clone, Default)]
+pub enum Routing {
+    /// The routers decide; per-layer routers read a detached copy of their input (training).
+    #[default]
+    Free,
+    /// The routers decide on the current input, with constant gates and attached router inputs
+    /// (see [`crate::moe::hard_route`]): the exact gradient of the hard-routed network, and
+    /// router scores differentiable in the image (attacks).
+    Exact,
+    /// Routes fixed in advance: the selected expert per sample for every MoE layer, in execution
+    /// order. No router runs.
+    Fixed(Vec<Tensor<1, Int>>),
 }
 
 /// What a forward pass produces.
@@ -224,16 +241,51 @@ impl MoeNet {
     /// - images `[batch, channels, h, w]` with pixels in [0, 1]
     /// - output logits `[batch, num_classes]`
     pub fn forward(&self, images: Tensor<4>, mode: Mode) -> Output {
+        self.forward_with(images, mode, &Routing::Free)
+    }
+
+    /// Run the model with explicit routing (see [`Routing`]). With [`Routing::Fixed`], `routing`
+    /// must hold one route per MoE conv.
+    ///
+    /// # Shapes
+    /// - images `[batch, channels, h, w]` with pixels in [0, 1]
+    /// - fixed routes `[batch]` each
+    /// - output logits `[batch, num_classes]`
+    pub fn forward_with(&self, images: Tensor<4>, mode: Mode, routing: &Routing) -> Output {
         let train = mode == Mode::Train;
         let mut updates = Vec::new();
         let mut routes = Vec::new();
         let x = (images - INPUT_MEAN) / INPUT_STD;
-        let image_route = self
-            .router
-            .as_ref()
-            .map(|r| gate_from_scores(r.forward(x.clone(), train, &mut updates)));
+        let fixed = match routing {
+            Routing::Fixed(r) => Some(r.as_slice()),
+            _ => None,
+        };
+        let exact = matches!(routing, Routing::Exact);
+        let image_route = match (&self.router, fixed) {
+            (Some(r), None) => {
+                let scores = r.forward(x.clone(), train, &mut updates);
+                Some(if exact {
+                    hard_route(scores)
+                } else {
+                    gate_from_scores(scores)
+                })
+            }
+            _ => None,
+        };
+        let mut moe_index = 0;
         let mut moe = |conv: &MoeConv2d, x: Tensor<4>| {
-            let (y, route) = conv.forward(x, image_route.clone());
+            let route = match fixed {
+                Some(fixed) if conv.num_experts > 1 => {
+                    let experts = fixed
+                        .get(moe_index)
+                        .expect("Routing::Fixed holds one route per MoE conv")
+                        .clone();
+                    moe_index += 1;
+                    Some(fixed_route(experts, conv.num_experts))
+                }
+                _ => image_route.clone(),
+            };
+            let (y, route) = conv.forward(x, route, exact);
             routes.extend(route);
             y
         };
@@ -275,6 +327,26 @@ impl MoeNet {
         }
     }
 
+    /// Router scores of every MoE layer for `images`, `[batch, num_experts]` each, in execution
+    /// order, with the gradient reaching the images (eval-mode batch norm). For the image router
+    /// only the router runs and its scores are returned once.
+    pub fn route_scores(&self, images: Tensor<4>) -> Vec<Tensor<2>> {
+        if let Some(router) = &self.router {
+            let x = (images - INPUT_MEAN) / INPUT_STD;
+            return vec![router.forward(x, false, &mut Vec::new())];
+        }
+        self.forward_with(images, Mode::Eval, &Routing::Exact)
+            .routes
+            .into_iter()
+            .map(|r| r.scores)
+            .collect()
+    }
+
+    /// Whether one image router drives every MoE layer.
+    pub fn has_image_router(&self) -> bool {
+        self.router.is_some()
+    }
+
     /// Every MoE conv in execution order.
     pub fn moe_convs(&self) -> Vec<&MoeConv2d> {
         let mut convs = Vec::new();
@@ -310,6 +382,12 @@ impl MoeNet {
         );
         model
     }
+}
+
+/// Whether the parameter (or batch norm) at module `path` belongs to a router: the image router
+/// (`router.…`) or a per-layer router (`….router.…`). AdvMoE's two optimisers split on this.
+pub fn is_router_path(path: &str) -> bool {
+    path.starts_with("router.") || path.contains(".router.")
 }
 
 struct BnMapper {

@@ -1,0 +1,633 @@
+//! `advmoe eval`, `advmoe attack` and `advmoe compare`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use advmoe_core::{
+    AttackKind, AttackLoss, AttackSpec, AttackTarget, MethodKind, OptimizerKind, RouterObjective,
+    ScheduleKind, TargetClass, TrainSpec, count_macs,
+};
+use advmoe_engine::attack::{self as attacks, LogitObjective, RouterObjective as RouterAttack};
+use advmoe_engine::compare::{CompareEvent, compare_entries, markdown_table, run_comparison};
+use advmoe_engine::eval::{EvalOptions, evaluate};
+use advmoe_engine::robust::{RobustOptions, RobustReport, evaluate_robust};
+use advmoe_engine::run::load_model_dir;
+use advmoe_engine::tensors::{read_f32, to_device};
+use advmoe_engine::{DeviceChoice, RunConfig, make_device};
+use advmoe_model::{Mode, MoeNet, Routing, check_routes};
+use anyhow::{Context as _, bail};
+use burn::module::Module as _;
+use burn::tensor::{Tensor, activation::softmax};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{DataArgs, ModelArgs, check_matches, format_load, load_dataset, parse_fraction};
+
+/// Attack flags shared by `eval`, `attack` and `compare`.
+#[derive(Args, Clone)]
+pub(crate) struct AttackFlags {
+    /// Radius (L∞ for fgsm, pgd, apgd; L2 for pgd-l2), pixels in [0, 1]; fractions work.
+    #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
+    eps: f32,
+    /// Gradient steps (fgsm takes one).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Step size (default: 2/255 for L∞ attacks, 2.5·ε/steps for pgd-l2; apgd picks its own).
+    #[arg(long, value_parser = parse_fraction)]
+    step_size: Option<f32>,
+    /// Random restarts; the worst case per image is kept.
+    #[arg(long, default_value_t = 1)]
+    restarts: usize,
+    /// Loss maximised on the logits: ce, cw or kl.
+    #[arg(long, default_value = "ce")]
+    loss: AttackLoss,
+    /// Loss of the router attack: kl or ce.
+    #[arg(long, default_value = "kl")]
+    router_loss: AttackLoss,
+    /// Start at the clean image instead of a random point in the ball.
+    #[arg(long)]
+    no_random_start: bool,
+    /// Targeted attack: "next" (label + 1) or a class index.
+    #[arg(long)]
+    targeted: Option<TargetClass>,
+}
+
+impl AttackFlags {
+    fn spec(&self, kind: AttackKind, target: AttackTarget) -> anyhow::Result<AttackSpec> {
+        let step_size = self.step_size.unwrap_or(if kind.is_l2() {
+            2.5 * self.eps / self.steps.max(1) as f32
+        } else {
+            2.0 / 255.0
+        });
+        let spec = AttackSpec {
+            kind,
+            eps: self.eps,
+            steps: if kind == AttackKind::Fgsm {
+                1
+            } else {
+                self.steps
+            },
+            step_size,
+            random_start: !self.no_random_start,
+            restarts: self.restarts,
+            loss: if target == AttackTarget::Router {
+                self.router_loss
+            } else {
+                self.loss
+            },
+            target,
+            targeted: self.targeted,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn robust_options(&self, kind: AttackKind) -> anyhow::Result<RobustOptions> {
+        let attack = self.spec(kind, AttackTarget::Full)?;
+        self.spec(kind, AttackTarget::Router)?;
+        Ok(RobustOptions {
+            attack,
+            router_loss: self.router_loss,
+            ..RobustOptions::default()
+        })
+    }
+}
+
+#[derive(Args)]
+pub(crate) struct EvalArgs {
+    /// Folder written by `advmoe train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Device: cpu or gpu.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Read a real dataset from this folder instead of the one in the model's config.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Evaluate only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Images per batch (default: 250 clean, 100 under attack).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Attack algorithm: fgsm, pgd, pgd-l2 or apgd. Without it only clean accuracy is measured.
+    #[arg(long)]
+    attack: Option<AttackKind>,
+    #[command(flatten)]
+    flags: AttackFlags,
+    /// Radii of the ε-curves, comma separated (e.g. 1/255,2/255,4/255,8/255).
+    #[arg(long, value_delimiter = ',', value_parser = parse_fraction)]
+    eps_sweep: Vec<f32>,
+    /// Seed of the attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {what}  eta {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(
+        || "n/a (dense)".to_string(),
+        |v| format!("{:.2}%", 100.0 * v),
+    )
+}
+
+/// Load a model folder onto `device` and its dataset (from `data_dir` when given), and check
+/// that they fit each other.
+fn load_model_and_data(
+    dir: &Path,
+    data_dir: Option<&Path>,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<(RunConfig, MoeNet, advmoe_data::Dataset)> {
+    let (mut config, model) =
+        load_model_dir(dir, device).with_context(|| format!("loading model from {dir:?}"))?;
+    if let Some(data_dir) = data_dir {
+        config.data.data_dir = Some(data_dir.to_string_lossy().into_owned());
+    }
+    let dataset = load_dataset(&config.data)?;
+    check_matches(&config, &dataset, dir)?;
+    Ok((config, model, dataset))
+}
+
+pub(crate) fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let device = make_device(args.device);
+    let (config, model, dataset) =
+        load_model_and_data(&args.model, args.data_dir.as_deref(), &device)?;
+    let macs = count_macs(&config.model);
+    let started = std::time::Instant::now();
+    let result = evaluate(
+        &model,
+        &dataset.test,
+        &EvalOptions {
+            batch_size: args.batch_size.unwrap_or(250),
+            limit: args.limit,
+        },
+        &device,
+    )?;
+    let clean_secs = started.elapsed().as_secs_f64();
+    let mut json = serde_json::json!({
+        "model": args.model,
+        "device": args.device,
+        "dataset": config.data.kind,
+        "images": result.images,
+        "clean_acc": result.clean_acc,
+        "test_loss": result.test_loss,
+        "macs_pathway": macs.pathway,
+        "macs_pathway_with_router": macs.pathway_with_router,
+        "macs_all_experts": macs.all_experts,
+        "macs_dense": macs.dense,
+        "moe_layers": macs.moe_layers,
+        "expert_load": result.expert_load,
+        "eval_secs": clean_secs,
+        "images_per_sec": result.images as f64 / clean_secs.max(1e-9),
+    });
+    let robust = match args.attack {
+        None => None,
+        Some(kind) => {
+            let options = RobustOptions {
+                eps_sweep: args.eps_sweep.clone(),
+                batch_size: args.batch_size.unwrap_or(100),
+                limit: args.limit,
+                seed: args.seed,
+                ..args.flags.robust_options(kind)?
+            };
+            let bar = progress_bar(result.images, "images attacked");
+            let model = model.fork(&device.clone().autodiff());
+            let report =
+                evaluate_robust(&model, &dataset.test, &options, &device, &mut |done, _| {
+                    bar.set_position(done as u64)
+                })?;
+            bar.finish_and_clear();
+            Some(report)
+        }
+    };
+    if let (Some(report), Some(obj)) = (&robust, json.as_object_mut()) {
+        let extra = serde_json::to_value(report)?;
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                if k != "expert_load" {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    if args.json {
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{}: clean accuracy {:.2}% on {} test images ({:.0} images/s on {})",
+        args.model.display(),
+        100.0 * result.clean_acc,
+        result.images,
+        result.images as f64 / clean_secs.max(1e-9),
+        args.device
+    );
+    println!(
+        "cost: {:.4} GMACs per image ({:.4} with router; all experts {:.4}; dense {:.4})",
+        macs.pathway as f64 / 1e9,
+        macs.pathway_with_router as f64 / 1e9,
+        macs.all_experts as f64 / 1e9,
+        macs.dense as f64 / 1e9
+    );
+    for (i, layer) in result.expert_load.iter().enumerate() {
+        let l: Vec<String> = layer
+            .iter()
+            .map(|f| format!("{:5.1}%", 100.0 * f))
+            .collect();
+        println!("MoE layer {:>2}: {}", i + 1, l.join(" "));
+    }
+    if let Some(r) = &robust {
+        print_robust(r);
+    }
+    Ok(())
+}
+
+fn print_robust(r: &RobustReport) {
+    let a = &r.attack;
+    println!(
+        "attack {} ε={:.4} steps={} step={:.4} restarts={} loss={}{}:",
+        a.kind,
+        a.eps,
+        a.steps,
+        a.step_size,
+        a.restarts,
+        a.loss,
+        a.targeted
+            .map_or(String::new(), |t| format!(" targeted={t}"))
+    );
+    println!("  robust accuracy     {:.2}%", 100.0 * r.robust_acc);
+    println!("  route flips (full)  {}", pct(r.route_flip_rate));
+    println!("  router robustness   {}", pct(r.router_robustness));
+    println!("  expert robustness   {}", pct(r.expert_robustness));
+    for p in &r.sweep {
+        println!(
+            "  ε={:.4}: robust {:.2}%  route flips {}  router robustness {}",
+            p.eps,
+            100.0 * p.robust_acc,
+            pct(p.route_flip_rate),
+            pct(p.router_robustness)
+        );
+    }
+    println!("  ({} images, {:.1} s)", r.images, r.secs);
+}
+
+#[derive(Args)]
+pub(crate) struct AttackArgs {
+    /// Folder written by `advmoe train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Index of the test image.
+    #[arg(long, default_value_t = 0)]
+    index: usize,
+    /// Attack algorithm: fgsm, pgd, pgd-l2 or apgd.
+    #[arg(long, default_value = "pgd")]
+    attack: AttackKind,
+    /// Target: full (whole MoE), router (routing only) or expert (routes frozen).
+    #[arg(long, default_value = "full")]
+    target: AttackTarget,
+    #[command(flatten)]
+    flags: AttackFlags,
+    /// Nearest-neighbour upscaling of the PNGs.
+    #[arg(long, default_value_t = 4)]
+    scale: usize,
+    /// Read a real dataset from this folder instead of the one in the model's config.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Device: cpu or gpu.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Seed of the random start.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder.
+    #[arg(long, default_value = "runs/attack")]
+    out: PathBuf,
+}
+
+/// Prediction, confidence and routes of one image.
+fn describe(
+    model: &MoeNet,
+    image: Tensor<4>,
+    routing: &Routing,
+    label: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let out = model.forward_with(image, Mode::Eval, routing);
+    let routes: Vec<usize> = check_routes(&out.routes)?
+        .into_iter()
+        .filter_map(|r| r.first().copied())
+        .collect();
+    let probs = read_f32(softmax(out.logits, 1), "probabilities")?;
+    let (prediction, confidence) =
+        probs
+            .iter()
+            .copied()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
+                if p > best.1 { (i, p) } else { best }
+            });
+    Ok(serde_json::json!({
+        "prediction": prediction,
+        "confidence": confidence,
+        "label_probability": probs.get(label).copied().unwrap_or(f32::NAN),
+        "probabilities": probs,
+        "routes": routes,
+    }))
+}
+
+pub(crate) fn attack(args: AttackArgs) -> anyhow::Result<()> {
+    let device = make_device(args.device).autodiff();
+    let (config, model, dataset) =
+        load_model_and_data(&args.model, args.data_dir.as_deref(), &device)?;
+    let test = &dataset.test;
+    if args.index >= test.len() {
+        bail!(
+            "--index {} is out of range: the test split has {} images",
+            args.index,
+            test.len()
+        );
+    }
+    if args.target != AttackTarget::Full && !config.model.is_moe() {
+        bail!(
+            "the {} target needs an MoE model; this one is dense",
+            args.target
+        );
+    }
+    let spec = args.flags.spec(args.attack, args.target)?;
+    let host = test.batch(args.index, args.index + 1);
+    let label = usize::from(host.labels[0]);
+    let batch = to_device(&host, config.model.num_classes, &device);
+    let images = batch.images.clone();
+    let mut rng = advmoe_core::Rng::stream(args.seed, 0x6174_7461_636b);
+    let (adv, frozen) = match args.target {
+        AttackTarget::Router => {
+            let objective = RouterAttack::new(&model, images.clone(), spec.loss);
+            let adv = attacks::attack(&objective, images.clone(), &spec, &mut rng);
+            (adv, None)
+        }
+        _ => {
+            let objective =
+                LogitObjective::from_spec(&model, images.clone(), batch.labels.clone(), &spec);
+            let adv = attacks::attack(&objective, images.clone(), &spec, &mut rng);
+            let frozen = (args.target == AttackTarget::Expert).then(|| objective.routing().clone());
+            (adv, frozen)
+        }
+    };
+    let clean_values = read_f32(images.clone(), "clean image")?;
+    let adv_values = read_f32(adv.clone(), "adversarial image")?;
+    let delta: Vec<f32> = adv_values
+        .iter()
+        .zip(&clean_values)
+        .map(|(a, c)| a - c)
+        .collect();
+    let linf = delta.iter().fold(0.0f32, |m, d| m.max(d.abs()));
+    let l2 = delta.iter().map(|d| d * d).sum::<f32>().sqrt();
+    let amplify = if spec.kind.is_l2() { linf } else { spec.eps }.max(1e-12);
+    let amplified: Vec<f32> = delta.iter().map(|d| 0.5 + 0.5 * d / amplify).collect();
+    let [_, c, h, w] = host.shape;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
+    for (name, values) in [
+        ("clean.png", &clean_values),
+        ("perturbation.png", &amplified),
+        ("adversarial.png", &adv_values),
+    ] {
+        let path = args.out.join(name);
+        write_png(&path, values, c, h, w, args.scale.max(1))
+            .with_context(|| format!("writing {path:?}"))?;
+    }
+    let clean = describe(&model, images, &Routing::Free, label)?;
+    let adversarial = describe(&model, adv.clone(), &Routing::Free, label)?;
+    let mut json = serde_json::json!({
+        "model": args.model,
+        "index": args.index,
+        "label": label,
+        "attack": spec,
+        "linf": linf,
+        "l2": l2,
+        "clean": clean,
+        "adversarial": adversarial,
+        "files": ["clean.png", "perturbation.png", "adversarial.png"],
+        "perturbation_png": "0.5 + 0.5 * delta / eps (gray = unchanged); for pgd-l2, scaled by the largest |delta|",
+    });
+    if let (Some(routing), Some(obj)) = (&frozen, json.as_object_mut()) {
+        obj.insert(
+            "adversarial_with_clean_routes".into(),
+            describe(&model, adv, routing, label)?,
+        );
+    }
+    let path = args.out.join("attack.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("writing {path:?}"))?;
+    println!("{json}");
+    Ok(())
+}
+
+/// Write a `[c, h, w]` image with values in [0, 1] as an 8-bit gray (c = 1) or RGB PNG,
+/// upscaled `scale` times.
+fn write_png(
+    path: &Path,
+    values: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    scale: usize,
+) -> anyhow::Result<()> {
+    let (sh, sw) = (h * scale, w * scale);
+    let out_channels = if c == 1 { 1 } else { 3 };
+    let mut pixels = Vec::with_capacity(sh * sw * out_channels);
+    for y in 0..sh {
+        for x in 0..sw {
+            for ch in 0..out_channels {
+                let v = values[(ch.min(c - 1) * h + y / scale) * w + x / scale];
+                pixels.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
+            }
+        }
+    }
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, sw as u32, sh as u32);
+    encoder.set_color(if c == 1 {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    });
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(&pixels)?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub(crate) struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Optimiser steps of every model (`--steps` is the evaluation attack's).
+    #[arg(long, default_value_t = 200)]
+    train_steps: usize,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Peak learning rate (SGD, momentum 0.9, weight decay 5e-4, cosine schedule).
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Weight of the balance term for `moe-at-balanced` and `advmoe` (0: leave it out).
+    #[arg(long, default_value_t = 1.0)]
+    balance_weight: f64,
+    /// Weight β of the KL terms.
+    #[arg(long, default_value_t = 6.0)]
+    beta: f64,
+    /// AdvMoE's router objective: robust or class-partition.
+    #[arg(long, default_value = "robust")]
+    router_objective: RouterObjective,
+    /// Training-attack steps (of 5/255 each, ε = 8/255).
+    #[arg(long, default_value_t = 2)]
+    train_attack_steps: usize,
+    /// Evaluation attack: fgsm, pgd, pgd-l2 or apgd.
+    #[arg(long, default_value = "pgd")]
+    attack: AttackKind,
+    #[command(flatten)]
+    flags: AttackFlags,
+    /// Test images evaluated per model (0: all).
+    #[arg(long, default_value_t = 500)]
+    eval_size: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Device: cpu or gpu.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Output folder: one sub-folder per model, compare.json and compare.md.
+    #[arg(long, default_value = "runs/compare")]
+    out: PathBuf,
+    /// Print the JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let device = make_device(args.device);
+    let data = args.data.spec();
+    let dataset = Arc::new(load_dataset(&data)?);
+    let mut base = RunConfig {
+        model: args.model.spec(),
+        data,
+        train: TrainSpec {
+            method: MethodKind::MoeAt,
+            optimizer: OptimizerKind::Sgd,
+            lr: args.lr,
+            schedule: ScheduleKind::Cosine,
+            batch_size: args.batch_size,
+            total_steps: args.train_steps,
+            eval_every: args.train_steps.max(1),
+            eval_size: args.eval_size,
+            seed: args.seed,
+            attack: AttackSpec {
+                steps: args.train_attack_steps,
+                ..AttackSpec::paper_train()
+            },
+            beta: args.beta,
+            router_objective: args.router_objective,
+            ..TrainSpec::default()
+        },
+        balance_weight: args.balance_weight,
+    };
+    base.fit_to(&dataset);
+    if !base.model.is_moe() {
+        bail!("compare needs an MoE model: pass --experts 2 or more");
+    }
+    let eval = RobustOptions {
+        limit: args.eval_size,
+        seed: args.seed,
+        ..args.flags.robust_options(args.attack)?
+    };
+    let entries = compare_entries(&base);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).ok();
+    }
+    let mut bar = ProgressBar::hidden();
+    let mut evaluating = false;
+    let rows = run_comparison(
+        &entries,
+        dataset,
+        &device,
+        &eval,
+        Some(&args.out),
+        &mut |event| match event {
+            CompareEvent::Training {
+                entry,
+                index,
+                total,
+            } => {
+                eprintln!(
+                    "[{}/{total}] {}: {} N={} r={} balance={}",
+                    index + 1,
+                    entry.name,
+                    entry.config.train.method,
+                    entry.config.model.num_experts,
+                    entry.config.model.ratio,
+                    entry.config.balance_weight
+                );
+                bar = progress_bar(entry.config.train.total_steps, "steps");
+                evaluating = false;
+            }
+            CompareEvent::Step { done, .. } => bar.set_position(done as u64),
+            CompareEvent::Evaluating { done, of } => {
+                if !evaluating {
+                    evaluating = true;
+                    bar.finish_and_clear();
+                    bar = progress_bar(of, "images attacked");
+                }
+                bar.set_position(done as u64);
+            }
+            CompareEvent::Done(row) => {
+                bar.finish_and_clear();
+                eprintln!(
+                    "    SA {:.1}%  RA {:.1}%  router robustness {}  expert robustness {}  load {}  ({:.0} s training)",
+                    100.0 * row.report.clean_acc,
+                    100.0 * row.report.robust_acc,
+                    pct(row.report.router_robustness),
+                    pct(row.report.expert_robustness),
+                    format_load(&row.report.expert_load),
+                    row.train_secs
+                );
+            }
+        },
+        &|| interrupted.load(Ordering::SeqCst),
+    )?;
+    let table = markdown_table(&rows);
+    let json = serde_json::json!({
+        "base": base,
+        "eval_attack": eval.attack,
+        "rows": rows,
+    });
+    std::fs::write(
+        args.out.join("compare.json"),
+        serde_json::to_vec_pretty(&json)?,
+    )?;
+    std::fs::write(args.out.join("compare.md"), &table)?;
+    if rows.len() < entries.len() {
+        eprintln!(
+            "interrupted: {} of {} models done",
+            rows.len(),
+            entries.len()
+        );
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! What an attack maximises: per-image objectives for the three targets of DESIGN §5.
+//!
+//! An [`Objective`] maps a batch of images to one value per image (to be maximised, with the
+//! gradient reaching the images) and a per-image success flag (the attack has reached its goal:
+//! misclassified, the target class hit, a route flipped). The attack algorithms keep, per image,
+//! the iterate that succeeded, or else the one with the highest value.
+//!
+//! Objectives run the model in [`Mode::Eval`] (running batch-norm statistics, as in the TRADES
+//! and AdvMoE reference code), on an autodiff device.
+
+use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
+use advmoe_model::{Mode, MoeNet, Routing};
+use burn::tensor::{Int, Tensor, activation::log_softmax};
+
+use crate::loss::{cross_entropy_each, kl_each_from_log};
+
+/// One evaluation of an objective.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// Per-image value to maximise, `[batch]`.
+    pub value: Tensor<1>,
+    /// Per-image success, `[batch]` (detached).
+    pub success: Tensor<1, burn::tensor::Bool>,
+}
+
+/// A per-image quantity an attack maximises.
+pub trait Objective {
+    /// Evaluate on `images` `[batch, channels, h, w]`.
+    fn evaluate(&self, images: Tensor<4>) -> Evaluation;
+}
+
+/// Attacks on the logits: the `full` target (routing recomputed on every iterate, the gradient
+/// that of the pathway chosen there: [`Routing::Exact`]) and the `expert` target (routes fixed
+/// to the clean image's).
+pub struct LogitObjective<'a> {
+    model: &'a MoeNet,
+    routing: Routing,
+    loss: AttackLoss,
+    /// `[batch]` labels.
+    labels: Tensor<1, Int>,
+    /// `[batch, classes]` one-hot of the class the value is computed against: the label, or the
+    /// target class of a targeted attack.
+    aim: Tensor<2>,
+    targeted: bool,
+    /// Clean log-probabilities (for `kl`).
+    clean_log_probs: Option<Tensor<2>>,
+}
+
+impl<'a> LogitObjective<'a> {
+    /// Build for `images` with `labels` `[batch]`. Computes the clean quantities it needs (the
+    /// clean routes for the `expert` target, clean log-probabilities for `kl`) once, detached.
+    pub fn new(
+        model: &'a MoeNet,
+        images: Tensor<4>,
+        labels: Tensor<1, Int>,
+        loss: AttackLoss,
+        target: AttackTarget,
+        targeted: Option<TargetClass>,
+    ) -> Self {
+        let images = images.detach();
+        let needs_clean = loss == AttackLoss::Kl || target == AttackTarget::Expert;
+        let clean = needs_clean.then(|| model.forward(images.clone(), Mode::Eval));
+        let routing = match (&clean, target) {
+            (Some(out), AttackTarget::Expert) => {
+                Routing::Fixed(out.routes.iter().map(|r| r.experts.clone()).collect())
+            }
+            _ => Routing::Exact,
+        };
+        let clean_log_probs = clean
+            .filter(|_| loss == AttackLoss::Kl)
+            .map(|out| log_softmax(out.logits.detach(), 1));
+        let classes = model.num_classes;
+        let aim_index = match targeted {
+            None => labels.clone(),
+            Some(TargetClass::Next) => labels
+                .clone()
+                .add_scalar(1)
+                .remainder_scalar(classes as i64),
+            Some(TargetClass::Class(c)) => labels.zeros_like().add_scalar(c as i64),
+        };
+        Self {
+            model,
+            routing,
+            loss,
+            aim: aim_index.one_hot::<2>(classes).float(),
+            labels,
+            targeted: targeted.is_some(),
+            clean_log_probs,
+        }
+    }
+
+    /// Build from an attack spec (`target` must be `full` or `expert`).
+    pub fn from_spec(
+        model: &'a MoeNet,
+        images: Tensor<4>,
+        labels: Tensor<1, Int>,
+        spec: &AttackSpec,
+    ) -> Self {
+        Self::new(model, images, labels, spec.loss, spec.target, spec.targeted)
+    }
+
+    /// The routing the objective uses (fixed clean routes for the `expert` target).
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+}
+
+impl Objective for LogitObjective<'_> {
+    fn evaluate(&self, images: Tensor<4>) -> Evaluation {
+        let logits = self
+            .model
+            .forward_with(images, Mode::Eval, &self.routing)
+            .logits;
+        let [b, _] = logits.dims();
+        let value = match self.loss {
+            AttackLoss::Ce if self.targeted => {
+                cross_entropy_each(logits.clone(), self.aim.clone()).neg()
+            }
+            AttackLoss::Ce => cross_entropy_each(logits.clone(), self.aim.clone()),
+            AttackLoss::Cw => {
+                let aim_mask = self.aim.clone().equal_elem(1.0);
+                let aimed = (logits.clone() * self.aim.clone()).sum_dim(1).reshape([b]);
+                let other = logits
+                    .clone()
+                    .mask_fill(aim_mask, f32::NEG_INFINITY)
+                    .max_dim(1)
+                    .reshape([b]);
+                if self.targeted {
+                    aimed - other
+                } else {
+                    other - aimed
+                }
+            }
+            AttackLoss::Kl => {
+                let clean = self
+                    .clean_log_probs
+                    .clone()
+                    .expect("kl objectives keep the clean log-probabilities");
+                kl_each_from_log(clean, log_softmax(logits.clone(), 1))
+            }
+        };
+        let predicted = logits.detach().argmax(1).reshape([b]);
+        let success = if self.targeted {
+            let aim: Tensor<1, Int> = self.aim.clone().argmax(1).reshape([b]);
+            predicted.equal(aim)
+        } else {
+            predicted.not_equal(self.labels.clone())
+        };
+        Evaluation { value, success }
+    }
+}
+
+/// The `router` target: maximise the change of every distinct routing decision (the image
+/// router's one, or each per-layer router's), by the KL from the clean router distribution or
+/// the cross-entropy against the clean route, summed over layers. Success: some route flipped.
+pub struct RouterObjective<'a> {
+    model: &'a MoeNet,
+    loss: AttackLoss,
+    clean_log_probs: Vec<Tensor<2>>,
+    clean_routes: Vec<Tensor<1, Int>>,
+}
+
+impl<'a> RouterObjective<'a> {
+    /// Build for clean `images`; `loss` is `kl` or `ce`.
+    pub fn new(model: &'a MoeNet, images: Tensor<4>, loss: AttackLoss) -> Self {
+        let scores = model.route_scores(images.detach());
+        let clean_routes = scores
+            .iter()
+            .map(|s| {
+                let [b, _] = s.dims();
+                s.clone().detach().argmax(1).reshape([b])
+            })
+            .collect();
+        Self {
+            model,
+            loss,
+            clean_log_probs: scores
+                .into_iter()
+                .map(|s| log_softmax(s.detach(), 1))
+                .collect(),
+            clean_routes,
+        }
+    }
+
+    /// Number of distinct routing decisions per image.
+    pub fn decisions(&self) -> usize {
+        self.clean_routes.len()
+    }
+}
+
+impl Objective for RouterObjective<'_> {
+    fn evaluate(&self, images: Tensor<4>) -> Evaluation {
+        let [b, ..] = images.dims();
+        let device = images.device();
+        let scores = self.model.route_scores(images);
+        let mut value: Tensor<1> = Tensor::zeros([b], &device);
+        let mut flipped: Tensor<1, Int> = Tensor::zeros([b], &device);
+        for ((s, clean_lp), clean_route) in scores
+            .into_iter()
+            .zip(&self.clean_log_probs)
+            .zip(&self.clean_routes)
+        {
+            let [_, n] = s.dims();
+            let term = match self.loss {
+                AttackLoss::Kl => kl_each_from_log(clean_lp.clone(), log_softmax(s.clone(), 1)),
+                _ => cross_entropy_each(s.clone(), clean_route.clone().one_hot::<2>(n).float()),
+            };
+            value = value + term;
+            let route = s.detach().argmax(1).reshape([b]);
+            flipped = flipped + route.not_equal(clean_route.clone()).int();
+        }
+        Evaluation {
+            value,
+            success: flipped.greater_elem(0),
+        }
+    }
+}
+
+/// The sum of several objectives' values; success is the first one's (AdvMoE's inner
+/// maximisation: the TRADES KL of the output plus the KL of the routers).
+pub struct SumObjective<'a> {
+    /// The parts.
+    pub parts: Vec<Box<dyn Objective + 'a>>,
+}
+
+impl Objective for SumObjective<'_> {
+    fn evaluate(&self, images: Tensor<4>) -> Evaluation {
+        let mut parts = self.parts.iter().map(|p| p.evaluate(images.clone()));
+        let first = parts.next().expect("a sum objective has at least one part");
+        let value = parts.fold(first.value, |acc, e| acc + e.value);
+        Evaluation {
+            value,
+            success: first.success,
+        }
+    }
+}

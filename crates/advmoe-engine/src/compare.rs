@@ -1,0 +1,219 @@
+//! The AdvMoE paper's comparison as one procedure: dense TRADES at full and at same-cost width,
+//! an MoE trained with vanilla MoE AT (without and with the balance term), and an MoE trained
+//! with AdvMoE, all with the same data, steps and optimiser, evaluated with the same attacks.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use advmoe_core::{MethodKind, count_macs};
+use advmoe_data::Dataset;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::robust::{RobustOptions, RobustReport, evaluate_robust};
+use crate::run::{EngineError, Run, RunConfig, RunState};
+
+/// One model of the comparison.
+#[derive(Debug, Clone)]
+pub struct CompareEntry {
+    /// Short name (also the sub-folder its model is saved in).
+    pub name: String,
+    /// Its run.
+    pub config: RunConfig,
+}
+
+/// The models compared, derived from `base` (whose model is the MoE: N experts, ratio r; its
+/// training spec, data and balance weight are shared):
+/// 1. `dense-full-trades`: N = 1, r = 1, TRADES;
+/// 2. `dense-same-cost-trades`: N = 1, r as the MoE (the cost of one MoE pathway), TRADES;
+/// 3. `moe-at`: the MoE with vanilla MoE AT and no balance term (the paper's baseline);
+/// 4. `moe-at-balanced`: the same with the balance term (when `base.balance_weight > 0`);
+/// 5. `advmoe`: the MoE with AdvMoE (router objective from `base.train`).
+pub fn compare_entries(base: &RunConfig) -> Vec<CompareEntry> {
+    let with = |name: &str, method: MethodKind, experts: usize, ratio: f64, balance: f64| {
+        let mut config = base.clone();
+        config.model.num_experts = experts;
+        config.model.ratio = ratio;
+        config.train.method = method;
+        config.balance_weight = balance;
+        CompareEntry {
+            name: name.to_string(),
+            config,
+        }
+    };
+    let n = base.model.num_experts.max(2);
+    let r = base.model.ratio;
+    let mut entries = vec![
+        with("dense-full-trades", MethodKind::Trades, 1, 1.0, 0.0),
+        with("dense-same-cost-trades", MethodKind::Trades, 1, r, 0.0),
+        with("moe-at", MethodKind::MoeAt, n, r, 0.0),
+    ];
+    if base.balance_weight > 0.0 {
+        entries.push(with(
+            "moe-at-balanced",
+            MethodKind::MoeAt,
+            n,
+            r,
+            base.balance_weight,
+        ));
+    }
+    entries.push(with(
+        "advmoe",
+        MethodKind::Advmoe,
+        n,
+        r,
+        base.balance_weight,
+    ));
+    entries
+}
+
+/// One row of the comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareRow {
+    /// Entry name.
+    pub name: String,
+    /// Training method.
+    pub method: MethodKind,
+    /// Experts.
+    pub experts: usize,
+    /// Width ratio.
+    pub ratio: f64,
+    /// Balance-term weight.
+    pub balance_weight: f64,
+    /// Multiply-accumulates of one pathway (conv + linear), without the router.
+    pub macs_pathway: u64,
+    /// The same with the router.
+    pub macs_pathway_with_router: u64,
+    /// Training steps.
+    pub steps: usize,
+    /// Training wall-clock seconds.
+    pub train_secs: f64,
+    /// Everything measured on the test split.
+    pub report: RobustReport,
+}
+
+/// What the comparison is doing, for progress displays.
+#[derive(Debug, Clone)]
+pub enum CompareEvent<'a> {
+    /// Training of entry `index` (of `total`) begins.
+    Training {
+        /// Entry.
+        entry: &'a CompareEntry,
+        /// Its position.
+        index: usize,
+        /// Entries in all.
+        total: usize,
+    },
+    /// A training step finished.
+    Step {
+        /// Steps done.
+        done: usize,
+        /// Steps in the run.
+        of: usize,
+    },
+    /// Evaluation progress (images done of total).
+    Evaluating {
+        /// Images done.
+        done: usize,
+        /// Images in all.
+        of: usize,
+    },
+    /// An entry is done.
+    Done(&'a CompareRow),
+}
+
+/// Train and evaluate every entry in turn. Models are saved under `out/<name>` when `out` is
+/// given. `stop()` is polled between steps: when it returns true the comparison ends with the
+/// rows finished so far.
+pub fn run_comparison(
+    entries: &[CompareEntry],
+    dataset: Arc<Dataset>,
+    device: &Device,
+    eval: &RobustOptions,
+    out: Option<&Path>,
+    on_event: &mut dyn FnMut(CompareEvent<'_>),
+    stop: &dyn Fn() -> bool,
+) -> Result<Vec<CompareRow>, EngineError> {
+    let mut rows = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        on_event(CompareEvent::Training {
+            entry,
+            index,
+            total: entries.len(),
+        });
+        let mut run = Run::new(entry.config.clone(), dataset.clone(), device)?;
+        let total = entry.config.train.total_steps;
+        while run.state() == RunState::Running {
+            if stop() {
+                return Ok(rows);
+            }
+            run.step()?;
+            let done = run.step_index();
+            if done % 10 == 0 || run.state() != RunState::Running {
+                run.drain_losses()?;
+            }
+            on_event(CompareEvent::Step { done, of: total });
+        }
+        run.drain_losses()?;
+        if let Some(dir) = out {
+            run.save_model(&dir.join(&entry.name))?;
+        }
+        let report = evaluate_robust(run.model(), &dataset.test, eval, device, &mut |done, of| {
+            on_event(CompareEvent::Evaluating { done, of })
+        })?;
+        let macs = count_macs(&entry.config.model);
+        let row = CompareRow {
+            name: entry.name.clone(),
+            method: entry.config.train.method,
+            experts: entry.config.model.num_experts,
+            ratio: entry.config.model.ratio,
+            balance_weight: entry.config.balance_weight,
+            macs_pathway: macs.pathway,
+            macs_pathway_with_router: macs.pathway_with_router,
+            steps: run.step_index(),
+            train_secs: run.progress().train_secs,
+            report,
+        };
+        on_event(CompareEvent::Done(&row));
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn percent(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".to_string(), |v| format!("{:.1}", 100.0 * v))
+}
+
+/// The comparison as a markdown table.
+pub fn markdown_table(rows: &[CompareRow]) -> String {
+    let mut s = String::from(
+        "| model | method | N | r | SA % | RA % | router rob. % | expert rob. % | route flips % | MMACs (+router) | train s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        let macs = if r.macs_pathway_with_router != r.macs_pathway {
+            format!(
+                "{:.2} (+{:.2})",
+                r.macs_pathway as f64 / 1e6,
+                (r.macs_pathway_with_router - r.macs_pathway) as f64 / 1e6
+            )
+        } else {
+            format!("{:.2}", r.macs_pathway as f64 / 1e6)
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            r.name,
+            r.method,
+            r.experts,
+            r.ratio,
+            percent(Some(r.report.clean_acc)),
+            percent(Some(r.report.robust_acc)),
+            percent(r.report.router_robustness),
+            percent(r.report.expert_robustness),
+            percent(r.report.route_flip_rate),
+            macs,
+            r.train_secs
+        ));
+    }
+    s
+}

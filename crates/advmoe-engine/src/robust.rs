@@ -1,0 +1,255 @@
+//! The robustness dissection (DESIGN §5): clean and robust accuracy, router robustness, expert
+//! robustness, route flips, ε-curves, expert load and the class × expert matrix.
+//!
+//! Definitions (per test image, per MoE layer):
+//! - `robust_acc`: accuracy on adversarial images from the chosen attack on the `full` target;
+//! - `route_flip_rate`: fraction of (image, MoE layer) routes that differ between the clean image
+//!   and the `full` attack's adversarial image;
+//! - `router_robustness`: fraction of (image, MoE layer) routes unchanged under the same
+//!   algorithm aimed at the `router` target (KL from the clean routers by default);
+//! - `expert_robustness`: accuracy under the same algorithm aimed at the `expert` target, with
+//!   routes frozen to the clean image's routes (the pathway's own robustness).
+//!
+//! Dense models have no routes: their router metrics are `None`.
+
+use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, Rng};
+use advmoe_data::ImageSet;
+use advmoe_model::{Mode, MoeNet, Routing, check_routes};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::attack::{LogitObjective, RouterObjective, attack};
+use crate::eval::EvalError;
+use crate::tensors::{read_i64, to_device};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct RobustOptions {
+    /// The attack (algorithm, ε, steps, step size, restarts, loss, targeting). Its `target` is
+    /// ignored: every target is measured.
+    pub attack: AttackSpec,
+    /// Loss of the router attack (`kl` or `ce`).
+    pub router_loss: AttackLoss,
+    /// Extra radii for the curves (empty: no curves).
+    pub eps_sweep: Vec<f32>,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Only the first this many test images (0: all).
+    pub limit: usize,
+    /// Seed of the attacks' random starts.
+    pub seed: u64,
+}
+
+impl Default for RobustOptions {
+    fn default() -> Self {
+        Self {
+            attack: AttackSpec::paper_eval(),
+            router_loss: AttackLoss::Kl,
+            eps_sweep: Vec::new(),
+            batch_size: 100,
+            limit: 0,
+            seed: 0,
+        }
+    }
+}
+
+/// One point of the ε-curves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    /// Radius.
+    pub eps: f32,
+    /// Accuracy under the `full` attack at this radius.
+    pub robust_acc: f64,
+    /// Routes flipped by that attack (MoE only).
+    pub route_flip_rate: Option<f64>,
+    /// Routes kept under the `router` attack at this radius (MoE only).
+    pub router_robustness: Option<f64>,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RobustReport {
+    /// Test images evaluated.
+    pub images: usize,
+    /// Clean accuracy (SA).
+    pub clean_acc: f64,
+    /// Accuracy under the attack on the `full` target (RA).
+    pub robust_acc: f64,
+    /// Fraction of (image, MoE layer) routes unchanged under the `router` attack.
+    pub router_robustness: Option<f64>,
+    /// Accuracy under the `expert` attack with routes frozen to the clean routes.
+    pub expert_robustness: Option<f64>,
+    /// Fraction of (image, MoE layer) routes flipped by the `full` attack.
+    pub route_flip_rate: Option<f64>,
+    /// Per MoE layer, the fraction of clean test images routed to each expert.
+    pub expert_load: Vec<Vec<f64>>,
+    /// `[MoE layer][class][expert]`: clean test images of each class routed to each expert.
+    pub class_expert: Vec<Vec<Vec<usize>>>,
+    /// ε-curves.
+    pub sweep: Vec<SweepPoint>,
+    /// The attack measured.
+    pub attack: AttackSpec,
+    /// Wall-clock seconds of the whole evaluation.
+    pub secs: f64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    correct: usize,
+    routes_same: usize,
+    routes: usize,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.correct += other.correct;
+        self.routes_same += other.routes_same;
+        self.routes += other.routes;
+    }
+}
+
+fn fraction(a: usize, b: usize) -> f64 {
+    a as f64 / b.max(1) as f64
+}
+
+/// Run every measurement on `set`. `model` must live on an autodiff device (`device` is that
+/// device or its inner device). `progress(done, total)` is called after each batch.
+pub fn evaluate_robust(
+    model: &MoeNet,
+    set: &ImageSet,
+    options: &RobustOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<RobustReport, EvalError> {
+    let started = web_time::Instant::now();
+    let device = device.clone().autodiff();
+    let total = if options.limit == 0 {
+        set.len()
+    } else {
+        options.limit.min(set.len())
+    };
+    let moe = !model.moe_convs().is_empty();
+    let num_experts = model.moe_convs().first().map_or(0, |c| c.num_experts);
+    let layers = model.moe_convs().len();
+    let classes = model.num_classes;
+    let mut rng = Rng::stream(options.seed, 0x6174_7461_636b);
+    let spec = |target: AttackTarget, eps: f32, loss: AttackLoss| AttackSpec {
+        target,
+        eps,
+        loss,
+        ..options.attack.clone()
+    };
+    let mut load = vec![vec![0usize; num_experts]; layers];
+    let mut class_expert = vec![vec![vec![0usize; num_experts]; classes]; layers];
+    let (mut clean, mut full, mut router, mut expert) =
+        (0usize, Tally::default(), Tally::default(), Tally::default());
+    let mut sweep_full = vec![Tally::default(); options.eps_sweep.len()];
+    let mut sweep_router = vec![Tally::default(); options.eps_sweep.len()];
+    let mut start = 0;
+    while start < total {
+        let end = (start + options.batch_size.max(1)).min(total);
+        let host = set.batch(start, end);
+        let batch = to_device(&host, classes, &device);
+        let images = batch.images.clone();
+        let labels = batch.labels.clone();
+
+        let out = model.forward(images.clone(), Mode::Eval);
+        let clean_routes = check_routes(&out.routes)?;
+        clean += count_correct(out.logits, &host.labels)?;
+        for (layer, experts) in clean_routes.iter().enumerate() {
+            for (&e, &y) in experts.iter().zip(&host.labels) {
+                load[layer][e] += 1;
+                class_expert[layer][usize::from(y)][e] += 1;
+            }
+        }
+
+        let full_at = |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
+            let s = spec(AttackTarget::Full, eps, options.attack.loss);
+            let objective = LogitObjective::from_spec(model, images.clone(), labels.clone(), &s);
+            let adv = attack(&objective, images.clone(), &s, rng);
+            let out = model.forward(adv, Mode::Eval);
+            let routes = check_routes(&out.routes)?;
+            Ok(Tally {
+                correct: count_correct(out.logits, &host.labels)?,
+                ..compare_routes(&clean_routes, &routes)
+            })
+        };
+        let router_at = |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
+            let s = spec(AttackTarget::Router, eps, options.router_loss);
+            let objective = RouterObjective::new(model, images.clone(), options.router_loss);
+            let adv = attack(&objective, images.clone(), &s, rng);
+            let routes = check_routes(&model.forward(adv, Mode::Eval).routes)?;
+            Ok(compare_routes(&clean_routes, &routes))
+        };
+
+        full.add(full_at(options.attack.eps, &mut rng)?);
+        if moe {
+            router.add(router_at(options.attack.eps, &mut rng)?);
+            let s = spec(
+                AttackTarget::Expert,
+                options.attack.eps,
+                options.attack.loss,
+            );
+            let objective = LogitObjective::from_spec(model, images.clone(), labels.clone(), &s);
+            let adv = attack(&objective, images.clone(), &s, &mut rng);
+            let routing: Routing = objective.routing().clone();
+            let logits = model.forward_with(adv, Mode::Eval, &routing).logits;
+            expert.correct += count_correct(logits, &host.labels)?;
+        }
+        for (i, &eps) in options.eps_sweep.iter().enumerate() {
+            sweep_full[i].add(full_at(eps, &mut rng)?);
+            if moe {
+                sweep_router[i].add(router_at(eps, &mut rng)?);
+            }
+        }
+        start = end;
+        progress(start, total);
+    }
+    let moe_only = |v: f64| moe.then_some(v);
+    Ok(RobustReport {
+        images: total,
+        clean_acc: fraction(clean, total),
+        robust_acc: fraction(full.correct, total),
+        router_robustness: moe_only(fraction(router.routes_same, router.routes)),
+        expert_robustness: moe_only(fraction(expert.correct, total)),
+        route_flip_rate: moe_only(1.0 - fraction(full.routes_same, full.routes)),
+        expert_load: load
+            .into_iter()
+            .map(|l| l.into_iter().map(|c| fraction(c, total)).collect())
+            .collect(),
+        class_expert,
+        sweep: options
+            .eps_sweep
+            .iter()
+            .zip(sweep_full.iter().zip(&sweep_router))
+            .map(|(&eps, (f, r))| SweepPoint {
+                eps,
+                robust_acc: fraction(f.correct, total),
+                route_flip_rate: moe_only(1.0 - fraction(f.routes_same, f.routes)),
+                router_robustness: moe_only(fraction(r.routes_same, r.routes)),
+            })
+            .collect(),
+        attack: options.attack.clone(),
+        secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Routes equal between `clean` and `other`, over every (image, layer).
+fn compare_routes(clean: &[Vec<usize>], other: &[Vec<usize>]) -> Tally {
+    let mut tally = Tally::default();
+    for (a, b) in clean.iter().zip(other) {
+        tally.routes += a.len();
+        tally.routes_same += a.iter().zip(b).filter(|(x, y)| x == y).count();
+    }
+    tally
+}
+
+/// Correct predictions of `logits` `[batch, classes]` against `labels`.
+pub fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, EvalError> {
+    let [b, _] = logits.dims();
+    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")?
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| **p == i64::from(**l))
+        .count())
+}

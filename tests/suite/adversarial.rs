@@ -1,0 +1,275 @@
+//! Adversarial training: AdvMoE's two optimisers, NaN naming, log-space KL, and the comparison.
+
+use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
+use advmoe_engine::compare::{compare_entries, markdown_table, run_comparison};
+use advmoe_engine::loss::kl_div;
+use advmoe_engine::method::{AdvMoe, MethodConfig};
+use advmoe_engine::optim::Optimizer;
+use advmoe_engine::robust::RobustOptions;
+use advmoe_engine::tensors::to_device;
+use advmoe_engine::{EngineError, Run, RunState};
+use advmoe_model::checkpoint::host_tensors;
+use advmoe_model::{MoeNet, is_router_path};
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::common::{cpu, gpu, small_config, synthetic};
+
+fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig {
+    MethodConfig {
+        kind: MethodKind::Advmoe,
+        attack: AttackSpec::paper_train(),
+        balance_weight: 1.0,
+        beta: 6.0,
+        alpha: 6.0,
+        router_objective: objective,
+        image_router: router == RouterKind::Image,
+        num_experts: 2,
+    }
+}
+
+/// Which tensors changed between two snapshots, split by router / not router.
+fn changed(before: &MoeNet, after: &MoeNet) -> (Vec<String>, Vec<String>, usize, usize) {
+    let a = host_tensors(before).unwrap();
+    let b = host_tensors(after).unwrap();
+    let (mut router_changed, mut expert_changed) = (Vec::new(), Vec::new());
+    let (mut routers, mut experts) = (0, 0);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.name, y.name);
+        assert!(
+            y.values.iter().all(|v| v.is_finite()),
+            "{} is not finite",
+            y.name
+        );
+        let moved = x.values != y.values;
+        if is_router_path(&x.name) {
+            routers += 1;
+            if moved {
+                router_changed.push(x.name.clone());
+            }
+        } else {
+            experts += 1;
+            if moved {
+                expert_changed.push(x.name.clone());
+            }
+        }
+    }
+    (router_changed, expert_changed, routers, experts)
+}
+
+fn optimisers_own_their_parameters(
+    device: &Device,
+    router: RouterKind,
+    objective: RouterObjective,
+) {
+    let device = device.clone().autodiff();
+    let mut config = small_config(4, 2, 1);
+    config.model.router = router;
+    let model = MoeNet::new(&config.model, 0, &device).unwrap();
+    let data = synthetic(64, 16);
+    let batch = to_device(&data.train.batch(0, 8), 10, &device);
+    let method = AdvMoe::new(advmoe_config(objective, router));
+    let mut rng = Rng::seed(1);
+    let mut experts_opt = Optimizer::new(OptimizerKind::Sgd, 0.9, 5e-4);
+    let mut routers_opt = Optimizer::new(OptimizerKind::Sgd, 0.9, 5e-4);
+
+    let (after_a, _) = method.expert_step(model.clone(), &batch, 0.05, &mut experts_opt, &mut rng);
+    let (r, e, routers, experts) = changed(&model, &after_a);
+    let label = format!("{router} / {objective}");
+    assert!(
+        r.is_empty(),
+        "{label}: the expert step changed router tensors {r:?}"
+    );
+    assert_eq!(
+        e.len(),
+        experts,
+        "{label}: the expert step left expert tensors unchanged"
+    );
+
+    let (after_b, _) =
+        method.router_step(after_a.clone(), &batch, 0.05, &mut routers_opt, &mut rng);
+    let (r, e, _, _) = changed(&after_a, &after_b);
+    assert!(
+        e.is_empty(),
+        "{label}: the router step changed expert tensors {e:?}"
+    );
+    assert_eq!(
+        r.len(),
+        routers,
+        "{label}: the router step left router tensors unchanged"
+    );
+    assert!(routers > 0);
+}
+
+#[test]
+fn advmoe_optimisers_change_only_their_own_parameters() {
+    optimisers_own_their_parameters(&cpu(), RouterKind::Image, RouterObjective::ClassPartition);
+    optimisers_own_their_parameters(&cpu(), RouterKind::PerLayer, RouterObjective::Robust);
+    optimisers_own_their_parameters(&gpu(), RouterKind::Image, RouterObjective::Robust);
+}
+
+#[test]
+fn advmoe_runs_50_steps_on_wgpu_without_nan() {
+    let mut config = small_config(4, 2, 50);
+    config.train.method = MethodKind::Advmoe;
+    config.train.batch_size = 8;
+    config.train.eval_size = 32;
+    let data = synthetic(400, 32);
+    let mut run = Run::new(config, data, &gpu()).unwrap();
+    let mut losses = Vec::new();
+    while run.state() == RunState::Running {
+        run.run_chunk(10).unwrap();
+        losses.extend(run.drain_losses().unwrap());
+    }
+    assert_eq!(losses.len(), 50);
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
+    let report = run.evaluate().unwrap();
+    assert_eq!(report.images, 32);
+    let (_, _, routers, experts) = changed(run.model(), run.model());
+    assert!(routers > 0 && experts > 0);
+}
+
+/// Multiplies every router parameter by NaN.
+struct PoisonRouters {
+    path: Vec<String>,
+}
+
+impl ModuleMapper for PoisonRouters {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !is_router_path(&self.path.join(".")) {
+            return param;
+        }
+        param.map(|t| {
+            let grad = t.is_require_grad();
+            let t = Tensor::from_inner(t.inner().mul_scalar(f32::NAN));
+            if grad { t.require_grad() } else { t }
+        })
+    }
+}
+
+#[test]
+fn nan_router_weights_stop_advmoe_naming_the_term_and_step() {
+    let mut config = small_config(4, 2, 5);
+    config.train.method = MethodKind::Advmoe;
+    config.train.batch_size = 8;
+    let mut run = Run::new(config, synthetic(64, 16), &cpu()).unwrap();
+    run.run_chunk(1).unwrap();
+    let poisoned = run
+        .model()
+        .clone()
+        .map(&mut PoisonRouters { path: Vec::new() });
+    run.set_model(poisoned);
+    run.run_chunk(1).unwrap();
+    let err = run.drain_losses().unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, EngineError::NonFinite { step: 1, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("expert TRADES loss") && text.contains("step 1"),
+        "{text}"
+    );
+    assert_eq!(run.state(), RunState::Failed);
+}
+
+#[test]
+fn kl_terms_stay_finite_where_softmax_underflows() {
+    let device = cpu().autodiff();
+    let p = Tensor::<2>::from_data(TensorData::new(vec![200.0f32, -200.0], [1, 2]), &device)
+        .require_grad();
+    let q = Tensor::<2>::from_data(TensorData::new(vec![-200.0f32, 200.0], [1, 2]), &device)
+        .require_grad();
+    let kl = kl_div(p.clone(), q.clone());
+    let grads = kl.clone().backward();
+    let value = kl.into_data().try_to_vec::<f32>().unwrap()[0];
+    // KL(p ‖ q) = Σ p (log p − log q) = 1 · (0 − (−400)) = 400 in exact arithmetic; a softmax in
+    // probability space gives log(0) = −inf here.
+    assert!((value - 400.0).abs() < 1e-2, "KL {value}");
+    for g in [p.grad(&grads).unwrap(), q.grad(&grads).unwrap()] {
+        let g = g.into_data().try_to_vec::<f32>().unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    }
+}
+
+#[test]
+fn the_comparison_trains_and_measures_every_model() {
+    let mut base = small_config(4, 2, 2);
+    base.train.method = MethodKind::MoeAt;
+    base.train.batch_size = 8;
+    base.train.attack.steps = 1;
+    let data = synthetic(64, 16);
+    let entries = compare_entries(&base);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dense-full-trades",
+            "dense-same-cost-trades",
+            "moe-at",
+            "moe-at-balanced",
+            "advmoe"
+        ]
+    );
+    let eval = RobustOptions {
+        attack: AttackSpec {
+            steps: 2,
+            ..AttackSpec::paper_eval()
+        },
+        limit: 8,
+        ..RobustOptions::default()
+    };
+    let dir = std::env::temp_dir().join(format!("advmoe-compare-{}", std::process::id()));
+    let rows = run_comparison(
+        &entries,
+        data,
+        &cpu(),
+        &eval,
+        Some(&dir),
+        &mut |_| {},
+        &|| false,
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 5);
+    let by = |name: &str| rows.iter().find(|r| r.name == name).unwrap();
+    // Same cost means same cost: the narrow dense model and one MoE pathway cost the same MACs.
+    assert_eq!(
+        by("dense-same-cost-trades").macs_pathway,
+        by("advmoe").macs_pathway
+    );
+    assert!(by("dense-full-trades").macs_pathway > 2 * by("advmoe").macs_pathway);
+    assert!(by("advmoe").macs_pathway_with_router > by("advmoe").macs_pathway);
+    for row in &rows {
+        let r = &row.report;
+        assert_eq!(r.images, 8);
+        assert!((0.0..=1.0).contains(&r.clean_acc) && (0.0..=1.0).contains(&r.robust_acc));
+        assert_eq!(
+            r.router_robustness.is_some(),
+            row.experts > 1,
+            "{}",
+            row.name
+        );
+        assert_eq!(
+            r.expert_robustness.is_some(),
+            row.experts > 1,
+            "{}",
+            row.name
+        );
+        assert!(dir.join(&row.name).join("model.safetensors").exists());
+        assert_eq!(row.steps, 2);
+    }
+    let table = markdown_table(&rows);
+    assert_eq!(table.lines().count(), 2 + 5);
+    assert!(table.contains("| advmoe | advmoe | 2 | 0.5 |"), "{table}");
+}
