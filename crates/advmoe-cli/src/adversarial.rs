@@ -499,6 +499,10 @@ pub(crate) struct CompareArgs {
     /// Test images evaluated per model (0: all).
     #[arg(long, default_value_t = 500)]
     eval_size: usize,
+    /// Only these models, comma separated (dense-full-trades, dense-same-cost-trades, moe-at,
+    /// moe-at-balanced, advmoe); default: all.
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -549,7 +553,17 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
         seed: args.seed,
         ..args.flags.robust_options(args.attack)?
     };
-    let entries = compare_entries(&base);
+    let mut entries = compare_entries(&base);
+    if !args.models.is_empty() {
+        let known: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+        if let Some(bad) = args.models.iter().find(|m| !known.contains(m)) {
+            bail!(
+                "unknown model {bad:?} for --models; expected some of: {}",
+                known.join(", ")
+            );
+        }
+        entries.retain(|e| args.models.contains(&e.name));
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     let interrupted = Arc::new(AtomicBool::new(false));
     {
