@@ -609,6 +609,40 @@ mod tests {
     }
 
     #[test]
+    fn attack_specs_reject_impossible_combinations_and_old_configs_load() {
+        let mut a = AttackSpec::paper_eval();
+        a.validate().unwrap();
+        a.target = AttackTarget::Router;
+        a.loss = AttackLoss::Cw;
+        assert_eq!(a.validate().unwrap_err().field, "attack loss");
+        a.loss = AttackLoss::Kl;
+        a.validate().unwrap();
+        a.target = AttackTarget::Full;
+        a.targeted = Some(TargetClass::Next);
+        assert_eq!(a.validate().unwrap_err().field, "targeted");
+        a.loss = AttackLoss::Ce;
+        a.validate().unwrap();
+        a.eps = 2.0;
+        assert_eq!(a.validate().unwrap_err().field, "eps");
+        a.kind = AttackKind::PgdL2;
+        a.validate().unwrap();
+        assert_eq!("next".parse::<TargetClass>().unwrap(), TargetClass::Next);
+        assert_eq!("3".parse::<TargetClass>().unwrap(), TargetClass::Class(3));
+        assert!("x".parse::<TargetClass>().is_err());
+        // A training spec written before the adversarial methods existed still loads, with the
+        // paper's defaults for the new fields.
+        let old = r#"{"method":"pgd-at","optimizer":"sgd","lr":0.05,"momentum":0.9,
+            "weight_decay":0.0005,"schedule":"cosine","batch_size":64,"total_steps":300,
+            "eval_every":100,"eval_size":500,"seed":0,
+            "attack":{"eps":0.03137255,"steps":2,"step_size":0.019607844,"random_start":true}}"#;
+        let t: TrainSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(t.attack.kind, AttackKind::Pgd);
+        assert_eq!((t.attack.restarts, t.beta, t.alpha), (1, 6.0, 6.0));
+        assert_eq!(t.router_objective, RouterObjective::Robust);
+        t.validate().unwrap();
+    }
+
+    #[test]
     fn schedules_hit_their_landmarks() {
         let mut t = TrainSpec {
             lr: 0.1,

@@ -50,7 +50,7 @@ pub fn gate_from_scores(scores: Tensor<2>) -> LayerRoute {
 /// so this gives the exact gradient almost everywhere; the straight-through gate's extra term is
 /// a training device, and in an attack it swamps the signed gradient (measured on `synthetic`:
 /// PGD-10 at 8/255 through the straight-through gate left 88% accuracy where the same attack
-/// with routes held constant left 6.5%).
+/// with routes held constant left 6%).
 ///
 /// # Shapes
 /// - scores `[batch, num_experts]`
