@@ -128,8 +128,13 @@ fn advmoe_runs_50_steps_on_wgpu_without_nan() {
     );
     let report = run.evaluate().unwrap();
     assert_eq!(report.images, 32);
-    let (_, _, routers, experts) = changed(run.model(), run.model());
-    assert!(routers > 0 && experts > 0);
+    for t in host_tensors(run.model()).unwrap() {
+        assert!(
+            t.values.iter().all(|v| v.is_finite()),
+            "{} is not finite",
+            t.name
+        );
+    }
 }
 
 /// Multiplies every router parameter by NaN.
