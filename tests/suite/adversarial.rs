@@ -10,10 +10,10 @@ use advmoe_engine::tensors::to_device;
 use advmoe_engine::{EngineError, Run, RunState};
 use advmoe_model::checkpoint::host_tensors;
 use advmoe_model::{MoeNet, is_router_path};
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::common::{cpu, gpu, small_config, synthetic};
+use crate::common::{Poison, cpu, gpu, small_config, synthetic};
 
 fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig {
     MethodConfig {
@@ -137,32 +137,6 @@ fn advmoe_runs_50_steps_on_wgpu_without_nan() {
     }
 }
 
-/// Multiplies every router parameter by NaN.
-struct PoisonRouters {
-    path: Vec<String>,
-}
-
-impl ModuleMapper for PoisonRouters {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !is_router_path(&self.path.join(".")) {
-            return param;
-        }
-        param.map(|t| {
-            let grad = t.is_require_grad();
-            let t = Tensor::from_inner(t.inner().mul_scalar(f32::NAN));
-            if grad { t.require_grad() } else { t }
-        })
-    }
-}
-
 #[test]
 fn nan_router_weights_stop_advmoe_naming_the_term_and_step() {
     let mut config = small_config(4, 2, 5);
@@ -170,10 +144,7 @@ fn nan_router_weights_stop_advmoe_naming_the_term_and_step() {
     config.train.batch_size = 8;
     let mut run = Run::new(config, synthetic(64, 16), &cpu()).unwrap();
     run.run_chunk(1).unwrap();
-    let poisoned = run
-        .model()
-        .clone()
-        .map(&mut PoisonRouters { path: Vec::new() });
+    let poisoned = run.model().clone().map(&mut Poison::routers());
     run.set_model(poisoned);
     run.run_chunk(1).unwrap();
     let err = run.drain_losses().unwrap_err();

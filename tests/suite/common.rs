@@ -5,7 +5,8 @@ use std::sync::{Arc, OnceLock};
 use advmoe_core::{DatasetSpec, EvalReport, ModelSpec, RouterKind, TrainSpec};
 use advmoe_data::Dataset;
 use advmoe_engine::{Run, RunConfig, RunState};
-use advmoe_model::MoeNet;
+use advmoe_model::{MoeNet, is_router_path};
+use burn::module::{ModuleMapper, Param};
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 
 pub fn cpu() -> Device {
@@ -110,4 +111,47 @@ pub fn trained(router: RouterKind) -> Arc<Trained> {
         })
     })
     .clone()
+}
+
+/// Multiplies parameters by NaN: every one, or only the routers'.
+pub struct Poison {
+    only_routers: bool,
+    path: Vec<String>,
+}
+
+impl Poison {
+    pub fn all() -> Self {
+        Self {
+            only_routers: false,
+            path: Vec::new(),
+        }
+    }
+
+    pub fn routers() -> Self {
+        Self {
+            only_routers: true,
+            path: Vec::new(),
+        }
+    }
+}
+
+impl ModuleMapper for Poison {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.only_routers && !is_router_path(&self.path.join(".")) {
+            return param;
+        }
+        param.map(|t| {
+            let grad = t.is_require_grad();
+            let t = Tensor::from_inner(t.inner().mul_scalar(f32::NAN));
+            if grad { t.require_grad() } else { t }
+        })
+    }
 }

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use advmoe_core::{MethodKind, RouterKind};
 use advmoe_engine::run::load_model_dir;
 use advmoe_engine::{EngineError, Run, RunState};
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::Tensor;
+use burn::module::Module;
 
-use crate::common::{cpu, gpu, small_config, synthetic, trained};
+use crate::common::{Poison, cpu, gpu, small_config, synthetic, trained};
 
 /// Asserts that at least `min_layers` MoE layers send more than 5% of the test images to every
 /// expert (different images to different experts, not a collapsed router).
@@ -100,18 +99,6 @@ fn resumes_exactly(method: MethodKind, width: usize) {
     assert_eq!(loaded_config.train.method, method);
 }
 
-struct Poison;
-
-impl ModuleMapper for Poison {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        param.map(|t| {
-            let grad = t.is_require_grad();
-            let t = Tensor::from_inner(t.inner().mul_scalar(f32::NAN));
-            if grad { t.require_grad() } else { t }
-        })
-    }
-}
-
 #[test]
 fn nan_losses_stop_the_run_with_the_step_and_pause_stop_work() {
     let config = small_config(8, 2, 10);
@@ -125,7 +112,7 @@ fn nan_losses_stop_the_run_with_the_step_and_pause_stop_work() {
     ));
     assert_eq!(run.run_chunk(5).unwrap(), 0);
     run.resume();
-    let poisoned = run.model().clone().map(&mut Poison);
+    let poisoned = run.model().clone().map(&mut Poison::all());
     run.set_model(poisoned);
     run.run_chunk(2).unwrap();
     let err = run.drain_losses().unwrap_err();
