@@ -68,25 +68,26 @@ pub fn run_attack(
         return images;
     }
     let ball = Ball::new(images.clone(), spec);
-    match spec.kind {
-        AttackKind::Fgsm => fgsm(objective, &ball),
-        AttackKind::Pgd | AttackKind::PgdL2 => {
-            let mut best = Best::default();
-            for _ in 0..spec.restarts.max(1) {
-                let x = ball.start(start, rng);
-                pgd(objective, &ball, x, spec.steps, spec.step_size, &mut best);
-            }
-            best.into_images(images)
-        }
-        AttackKind::Apgd => {
-            let mut best = Best::default();
-            for _ in 0..spec.restarts.max(1) {
-                let x = ball.start(start, rng);
-                apgd(objective, &ball, x, spec.steps, &mut best);
-            }
-            best.into_images(images)
+    if spec.kind == AttackKind::Fgsm {
+        return fgsm(objective, &ball);
+    }
+    let mut best = Best::default();
+    for _ in 0..spec.restarts.max(1) {
+        let x = ball.start(start, rng);
+        if spec.kind == AttackKind::Apgd {
+            apgd(objective, &ball, x, spec.steps, &mut best);
+        } else {
+            pgd(
+                objective,
+                &ball,
+                x,
+                spec.steps,
+                spec.step_size,
+                Some(&mut best),
+            );
         }
     }
+    best.into_images(images)
 }
 
 /// PGD (L∞ or L2, by `spec.kind`) returning the last iterate of a single run, without the
@@ -103,14 +104,8 @@ pub fn run_attack_last(
         return run_attack(objective, images, spec, start, rng);
     }
     let ball = Ball::new(images.detach(), spec);
-    let mut x = ball.start(start, rng);
-    for _ in 0..spec.steps {
-        let (_, grad) = value_and_grad(objective, x.clone());
-        x = ball
-            .project(x + ball.direction(grad).mul_scalar(spec.step_size as f64))
-            .detach();
-    }
-    x
+    let x = ball.start(start, rng);
+    pgd(objective, &ball, x, spec.steps, spec.step_size, None)
 }
 
 /// The constraint set: the ε-ball around `center` intersected with [0, 1].
@@ -263,23 +258,29 @@ fn fgsm(objective: &dyn Objective, ball: &Ball) -> Tensor<4> {
         .detach()
 }
 
-/// Projected gradient ascent (Madry et al. 2018) from `x`, tracking the worst case in `best`.
+/// Projected gradient ascent (Madry et al. 2018) from `x`; returns the last iterate. With
+/// `best`, every iterate including the last is also offered to the worst-case tracker.
 fn pgd(
     objective: &dyn Objective,
     ball: &Ball,
     mut x: Tensor<4>,
     steps: usize,
     step_size: f32,
-    best: &mut Best,
-) {
+    mut best: Option<&mut Best>,
+) -> Tensor<4> {
     for _ in 0..steps {
         let (eval, grad) = value_and_grad(objective, x.clone());
-        best.update(x.clone(), eval);
+        if let Some(best) = best.as_deref_mut() {
+            best.update(x.clone(), eval);
+        }
         x = ball
             .project(x + ball.direction(grad).mul_scalar(step_size as f64))
             .detach();
     }
-    best.update(x.clone(), evaluate_detached(objective, x));
+    if let Some(best) = best {
+        best.update(x.clone(), evaluate_detached(objective, x.clone()));
+    }
+    x
 }
 
 /// APGD's momentum.
