@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::attack::{LogitObjective, RouterObjective, attack};
 use crate::eval::EvalError;
+use crate::loss::distinct_routes;
 use crate::tensors::{read_i64, to_device};
 
 /// What to measure.
@@ -153,9 +154,14 @@ pub fn evaluate_robust(
         let images = batch.images.clone();
         let labels = batch.labels.clone();
 
+        // One clean forward pass serves the counts and every attack's clean reference.
         let out = model.forward(images.clone(), Mode::Eval);
         let clean_routes = check_routes(&out.routes)?;
-        clean += count_correct(out.logits, &host.labels)?;
+        let clean_scores: Vec<Tensor<2>> = distinct_routes(&out.routes, model.has_image_router())
+            .iter()
+            .map(|r| r.scores.clone())
+            .collect();
+        clean += count_correct(out.logits.clone(), &host.labels)?;
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (&e, &y) in experts.iter().zip(&host.labels) {
                 load[layer][e] += 1;
@@ -165,7 +171,7 @@ pub fn evaluate_robust(
 
         let full_at = |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
             let s = spec(AttackTarget::Full, eps, options.attack.loss);
-            let objective = LogitObjective::from_spec(model, images.clone(), labels.clone(), &s);
+            let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
             let adv = attack(&objective, images.clone(), &s, rng);
             let out = model.forward(adv, Mode::Eval);
             let routes = check_routes(&out.routes)?;
@@ -176,7 +182,11 @@ pub fn evaluate_robust(
         };
         let router_at = |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
             let s = spec(AttackTarget::Router, eps, options.router_loss);
-            let objective = RouterObjective::new(model, images.clone(), options.router_loss);
+            let objective = RouterObjective::from_clean_scores(
+                model,
+                clean_scores.clone(),
+                options.router_loss,
+            );
             let adv = attack(&objective, images.clone(), &s, rng);
             let routes = check_routes(&model.forward(adv, Mode::Eval).routes)?;
             Ok(compare_routes(&clean_routes, &routes))
@@ -190,7 +200,7 @@ pub fn evaluate_robust(
                 options.attack.eps,
                 options.attack.loss,
             );
-            let objective = LogitObjective::from_spec(model, images.clone(), labels.clone(), &s);
+            let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
             let adv = attack(&objective, images.clone(), &s, &mut rng);
             let routing: Routing = objective.routing().clone();
             let logits = model.forward_with(adv, Mode::Eval, &routing).logits;

@@ -9,7 +9,7 @@
 //! and AdvMoE reference code), on an autodiff device.
 
 use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
-use advmoe_model::{Mode, MoeNet, Routing};
+use advmoe_model::{Mode, MoeNet, Output, Routing};
 use burn::tensor::{Int, Tensor, activation::log_softmax};
 
 use crate::loss::{cross_entropy_each, kl_each_from_log};
@@ -57,10 +57,38 @@ impl<'a> LogitObjective<'a> {
         target: AttackTarget,
         targeted: Option<TargetClass>,
     ) -> Self {
-        let images = images.detach();
         let needs_clean = loss == AttackLoss::Kl || target == AttackTarget::Expert;
-        let clean = needs_clean.then(|| model.forward(images.clone(), Mode::Eval));
-        let routing = match (&clean, target) {
+        let clean = needs_clean.then(|| model.forward(images.detach(), Mode::Eval));
+        Self::build(model, clean.as_ref(), labels, loss, target, targeted)
+    }
+
+    /// Build from an attack spec with the clean images' eval-mode output already computed
+    /// (`model.forward(images, Mode::Eval)`), so that several attacks on one batch share it.
+    pub fn with_clean(
+        model: &'a MoeNet,
+        clean: &Output,
+        labels: Tensor<1, Int>,
+        spec: &AttackSpec,
+    ) -> Self {
+        Self::build(
+            model,
+            Some(clean),
+            labels,
+            spec.loss,
+            spec.target,
+            spec.targeted,
+        )
+    }
+
+    fn build(
+        model: &'a MoeNet,
+        clean: Option<&Output>,
+        labels: Tensor<1, Int>,
+        loss: AttackLoss,
+        target: AttackTarget,
+        targeted: Option<TargetClass>,
+    ) -> Self {
+        let routing = match (clean, target) {
             (Some(out), AttackTarget::Expert) => {
                 Routing::Fixed(out.routes.iter().map(|r| r.experts.clone()).collect())
             }
@@ -68,7 +96,7 @@ impl<'a> LogitObjective<'a> {
         };
         let clean_log_probs = clean
             .filter(|_| loss == AttackLoss::Kl)
-            .map(|out| log_softmax(out.logits.detach(), 1));
+            .map(|out| log_softmax(out.logits.clone().detach(), 1));
         let classes = model.num_classes;
         let aim_index = match targeted {
             None => labels.clone(),
@@ -163,7 +191,12 @@ pub struct RouterObjective<'a> {
 impl<'a> RouterObjective<'a> {
     /// Build for clean `images`; `loss` is `kl` or `ce`.
     pub fn new(model: &'a MoeNet, images: Tensor<4>, loss: AttackLoss) -> Self {
-        let scores = model.route_scores(images.detach());
+        Self::from_clean_scores(model, model.route_scores(images.detach()), loss)
+    }
+
+    /// Build from the clean images' router scores, one per distinct routing decision (as
+    /// [`MoeNet::route_scores`] returns them), so that several attacks on one batch share them.
+    pub fn from_clean_scores(model: &'a MoeNet, scores: Vec<Tensor<2>>, loss: AttackLoss) -> Self {
         let clean_routes = scores
             .iter()
             .map(|s| {
@@ -180,11 +213,6 @@ impl<'a> RouterObjective<'a> {
                 .collect(),
             clean_routes,
         }
-    }
-
-    /// Number of distinct routing decisions per image.
-    pub fn decisions(&self) -> usize {
-        self.clean_routes.len()
     }
 }
 
