@@ -13,4 +13,5 @@ mod attacks;
 mod checkpoint;
 mod common;
 mod moe_conv;
+mod sparse;
 mod training;

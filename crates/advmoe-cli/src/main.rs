@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod adversarial;
+mod bench;
 
 use advmoe_core::{
     Arch, AttackSpec, DatasetKind, DatasetSpec, MethodKind, ModelSpec, OptimizerKind, RouterKind,
@@ -42,6 +43,11 @@ enum Command {
     Compare(Box<adversarial::CompareArgs>),
     /// Print the analytic inference cost (MACs) of an architecture.
     Macs(ModelArgs),
+    /// Benchmarks, timed side by side in one run (`bench sparse-conv`).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -227,6 +233,7 @@ fn main() {
         Command::Attack(args) => adversarial::attack(args),
         Command::Compare(args) => adversarial::compare(*args),
         Command::Macs(args) => macs(args),
+        Command::Bench { command } => bench::run(command),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,7 +1,8 @@
 //! The MoE convolution: channel-group experts with hard top-1 routing.
 //!
-//! Reference implementation (any backend): one dense conv over all experts' filters, then each
-//! sample keeps the `width_out` channels of its own expert. The router receives gradient through
+//! The convolution itself is `advmoe_kernels::moe_conv`: sparse WGSL kernels on `wgpu` devices
+//! (only the selected expert runs), the reference elsewhere (one dense conv over all experts'
+//! filters, then each sample keeps the `width_out` channels of its own expert). The router receives gradient through
 //! the straight-through estimator: the selected expert's output is multiplied by a gate whose
 //! value is exactly 1 and whose derivative with respect to the selected score is 1, so
 //! `dL/ds[b, e_b] = sum(dL/dy_b * y_b)` and unselected scores get zero.
@@ -234,20 +235,15 @@ impl MoeConv2d {
                 panic!("MoE conv without a route: the model must pass the image router's route")
             }
         };
-        let all = self.forward_all(x);
-        let [b, ..] = all.dims();
-        // Sum of each expert's channel slice times its gate column. (A reshape of `all` to
-        // `[b, N, width, h, w]` computes the same forward, but its backward gave wrong input
-        // gradients on wgpu once the upstream gradient came from another conv.)
-        let selected = (0..self.num_experts)
-            .map(|e| {
-                let slice = all.clone().narrow(1, e * self.width_out, self.width_out);
-                let gate = route.gate.clone().narrow(1, e, 1).reshape([b, 1, 1, 1]);
-                slice * gate
-            })
-            .reduce(|acc, y| acc + y)
-            .expect("an MoE conv has at least two experts here");
-        (selected, Some(route))
+        let y = advmoe_kernels::moe_conv(
+            x,
+            self.weight.val(),
+            route.gate.clone(),
+            route.experts.clone(),
+            self.stride,
+            self.kernel() / 2,
+        );
+        (y, Some(route))
     }
 
     /// The dense weight of expert `e`, `[width_out, channels_in, k, k]`.

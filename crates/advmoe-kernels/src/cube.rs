@@ -1,0 +1,402 @@
+//! Launchers of the WGSL shaders on Burn's CubeCL backend (`wgpu` devices).
+//!
+//! Every launch reads the expert indices from a device buffer: nothing is read back to the CPU
+//! and there is no loop over experts on the host. Inputs are made contiguous f32 (indices i32)
+//! first, because the shaders index flat row-major arrays.
+
+use burn::backend::TensorMetadata;
+use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::wgpu::{CubeBackend, CubeTensor, into_contiguous};
+use burn::cubecl::ir::UIntKind;
+use burn::cubecl::ir::metadata::Info;
+use burn::cubecl::prelude::*;
+use burn::cubecl::server::KernelArguments;
+use burn::cubecl::{CubeKernel, PrecompiledSource};
+use burn::tensor::{DType, FloatDType, IntDType, Shape};
+
+use crate::ops::SparseMoeOps;
+use crate::shaders::{self, Tile};
+
+/// Workgroups per grid dimension that every WebGPU device supports.
+const MAX_GROUPS: usize = 65_535;
+
+/// Mirrors `struct MoeConvParams` in every shader: twelve `u32` in declaration order, 48 bytes,
+/// no padding (WGSL storage layout of a struct of scalars).
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    h_in: usize,
+    w_in: usize,
+    c_out: usize,
+    h_out: usize,
+    w_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    num_experts: usize,
+    splits: usize,
+}
+
+impl Geometry {
+    /// The geometry from the input and weight shapes.
+    fn new(
+        input: [usize; 4],
+        weight: [usize; 4],
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        let [batch, c_in, h_in, w_in] = input;
+        let [rows, weight_c_in, kernel, kernel_w] = weight;
+        assert!(
+            num_experts > 0 && rows % num_experts == 0,
+            "weight rows {rows} do not split into {num_experts} experts"
+        );
+        assert_eq!(
+            c_in, weight_c_in,
+            "input channels {c_in} but weight expects {weight_c_in}"
+        );
+        assert_eq!(kernel, kernel_w, "square kernels only");
+        assert!(stride > 0, "stride must be positive");
+        let out = |len: usize| (len + 2 * padding).saturating_sub(kernel) / stride + 1;
+        Self {
+            batch,
+            c_in,
+            h_in,
+            w_in,
+            c_out: rows / num_experts,
+            h_out: out(h_in),
+            w_out: out(w_in),
+            kernel,
+            stride,
+            padding,
+            num_experts,
+            splits: 1,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        [
+            self.batch,
+            self.c_in,
+            self.h_in,
+            self.w_in,
+            self.c_out,
+            self.h_out,
+            self.w_out,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.num_experts,
+            self.splits,
+        ]
+        .into_iter()
+        .flat_map(|v| {
+            u32::try_from(v)
+                .expect("conv geometry fits in u32")
+                .to_le_bytes()
+        })
+        .collect()
+    }
+}
+
+/// Which shader a kernel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Shader {
+    Forward,
+    InputGrad,
+    WeightGrad,
+    GateGrad,
+}
+
+impl Shader {
+    fn source(self) -> &'static str {
+        match self {
+            Self::Forward => shaders::FORWARD,
+            Self::InputGrad => shaders::INPUT_GRAD,
+            Self::WeightGrad => shaders::WEIGHT_GRAD,
+            Self::GateGrad => shaders::GATE_GRAD,
+        }
+    }
+}
+
+/// A hand-written WGSL kernel; its id covers everything that changes the text (shader, tile).
+struct WgslKernel {
+    shader: Shader,
+    tile: Tile,
+}
+
+impl KernelMetadata for WgslKernel {
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info((self.shader, self.tile))
+    }
+
+    fn address_type(&self) -> ElemType {
+        UIntKind::U32.into()
+    }
+}
+
+impl CubeKernel for WgslKernel {
+    fn define(&self) -> KernelDefinition {
+        // The text is the kernel; the definition only keys caches (as burn's `SourceKernel`).
+        let settings = KernelSettings::new(
+            CubeDim::new_1d(256).into(),
+            ExecutionMode::Checked,
+            AddressType::U32,
+        );
+        KernelDefinition {
+            body: Scope::root(settings.clone()),
+            settings,
+            info: Info::default(),
+        }
+    }
+
+    fn source(&self) -> Option<PrecompiledSource> {
+        Some(PrecompiledSource {
+            source: shaders::render(self.shader.source(), self.tile),
+            entrypoint_name: "main".to_string(),
+            lang: "wgsl",
+        })
+    }
+}
+
+fn f32_contiguous(tensor: CubeTensor) -> CubeTensor {
+    let tensor = match tensor.dtype {
+        DType::F32 => tensor,
+        _ => CubeBackend::float_cast(tensor, FloatDType::F32),
+    };
+    into_contiguous(tensor)
+}
+
+fn i32_contiguous(tensor: CubeTensor) -> CubeTensor {
+    let tensor = match tensor.dtype {
+        DType::I32 => tensor,
+        _ => CubeBackend::int_cast(tensor, IntDType::I32),
+    };
+    into_contiguous(tensor)
+}
+
+fn dims4(tensor: &CubeTensor) -> [usize; 4] {
+    tensor.shape().dims::<4>()
+}
+
+fn grid(x: usize, y: usize, z: usize) -> CubeCount {
+    for (axis, len) in [("x", x), ("y", y), ("z", z)] {
+        assert!(
+            len <= MAX_GROUPS,
+            "sparse MoE conv needs {len} workgroups along {axis}, above the portable limit {MAX_GROUPS}"
+        );
+    }
+    let groups = |len: usize| u32::try_from(len.max(1)).expect("checked above");
+    CubeCount::Static(groups(x), groups(y), groups(z))
+}
+
+/// Allocate an f32 output, launch `shader` over `[a, b, experts, output, params]`, return output.
+fn launch(
+    shader: Shader,
+    tile: Tile,
+    count: CubeCount,
+    inputs: [&CubeTensor; 3],
+    output_shape: Shape,
+    geometry: &Geometry,
+) -> CubeTensor {
+    let [a, b, experts] = inputs;
+    let client = a.client.clone();
+    let output = CubeTensor::new_contiguous(
+        client.clone(),
+        a.device.clone(),
+        output_shape.clone(),
+        client.empty(output_shape.num_elements() * DType::F32.size()),
+        DType::F32,
+    );
+    let params = client.create_from_slice(&geometry.bytes());
+    client.launch(
+        Box::new(WgslKernel { shader, tile }),
+        count,
+        KernelArguments::new().with_buffers(vec![
+            a.handle.clone().binding(),
+            b.handle.clone().binding(),
+            experts.handle.clone().binding(),
+            output.handle.clone().binding(),
+            params.binding(),
+        ]),
+    );
+    output
+}
+
+impl SparseMoeOps for CubeBackend {
+    fn sparse_moe_conv(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        crate::autodiff::gated::<Self>(input, weight, gate, experts, stride, padding).0
+    }
+
+    fn sparse_moe_conv_forward(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let (input, weight, experts) = (
+            f32_contiguous(input),
+            f32_contiguous(weight),
+            i32_contiguous(experts),
+        );
+        let geometry = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
+        let pixels = geometry.h_out * geometry.w_out;
+        let tile = Tile::for_product(geometry.c_out, pixels);
+        launch(
+            Shader::Forward,
+            tile,
+            grid(
+                pixels.div_ceil(tile.tile_n as usize),
+                geometry.c_out.div_ceil(tile.tile_m as usize),
+                geometry.batch,
+            ),
+            [&input, &weight, &experts],
+            Shape::from([
+                geometry.batch,
+                geometry.c_out,
+                geometry.h_out,
+                geometry.w_out,
+            ]),
+            &geometry,
+        )
+    }
+
+    fn sparse_moe_conv_input_grad(
+        grad_output: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        let (grad_output, weight, experts) = (
+            f32_contiguous(grad_output),
+            f32_contiguous(weight),
+            i32_contiguous(experts),
+        );
+        let [batch, _, h_out, w_out] = dims4(&grad_output);
+        let weight_dims = dims4(&weight);
+        let geometry = Geometry::new(
+            [batch, weight_dims[1], height, width],
+            weight_dims,
+            num_experts,
+            stride,
+            padding,
+        );
+        assert_eq!(
+            [geometry.h_out, geometry.w_out],
+            [h_out, w_out],
+            "output gradient does not match the convolution geometry"
+        );
+        let pixels = height * width;
+        let tile = Tile::for_product(geometry.c_in, pixels);
+        launch(
+            Shader::InputGrad,
+            tile,
+            grid(
+                pixels.div_ceil(tile.tile_n as usize),
+                geometry.c_in.div_ceil(tile.tile_m as usize),
+                batch,
+            ),
+            [&grad_output, &weight, &experts],
+            Shape::from([batch, geometry.c_in, height, width]),
+            &geometry,
+        )
+    }
+
+    fn sparse_moe_conv_weight_grad(
+        grad_output: FloatTensor<Self>,
+        input: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    ) -> FloatTensor<Self> {
+        let (grad_output, input, experts) = (
+            f32_contiguous(grad_output),
+            f32_contiguous(input),
+            i32_contiguous(experts),
+        );
+        let input_dims = dims4(&input);
+        let [_, c_out, ..] = dims4(&grad_output);
+        let weight_dims = [num_experts * c_out, input_dims[1], kernel, kernel];
+        let mut geometry = Geometry::new(input_dims, weight_dims, num_experts, stride, padding);
+        let filter = geometry.c_in * kernel * kernel;
+        let tile = Tile::for_product(c_out, filter);
+        let tiles = filter.div_ceil(tile.tile_n as usize) * c_out.div_ceil(tile.tile_m as usize);
+        // Split the batch until the grid has enough workgroups to fill a GPU; each split writes
+        // its own partial sum (no float atomics, which WebGPU lacks).
+        let wanted = 512usize.div_ceil(tiles * num_experts);
+        geometry.splits = wanted.clamp(1, geometry.batch.clamp(1, 64));
+        let splits = geometry.splits;
+        let partial = launch(
+            Shader::WeightGrad,
+            tile,
+            grid(
+                filter.div_ceil(tile.tile_n as usize),
+                c_out.div_ceil(tile.tile_m as usize),
+                num_experts * splits,
+            ),
+            [&grad_output, &input, &experts],
+            Shape::from([splits, num_experts * c_out * filter]),
+            &geometry,
+        );
+        let summed = if splits == 1 {
+            partial
+        } else {
+            CubeBackend::float_sum_dim(partial, 0)
+        };
+        CubeBackend::float_reshape(summed, Shape::from(weight_dims))
+    }
+
+    fn sparse_moe_gate_grad(
+        grad_output: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+    ) -> FloatTensor<Self> {
+        let (grad_output, z, experts) = (
+            f32_contiguous(grad_output),
+            f32_contiguous(z),
+            i32_contiguous(experts),
+        );
+        let [batch, c_out, h_out, w_out] = dims4(&z);
+        let geometry = Geometry {
+            batch,
+            c_in: 0,
+            h_in: 0,
+            w_in: 0,
+            c_out,
+            h_out,
+            w_out,
+            kernel: 0,
+            stride: 1,
+            padding: 0,
+            num_experts,
+            splits: 1,
+        };
+        launch(
+            Shader::GateGrad,
+            Tile::CHOICES[0],
+            grid(batch, 1, 1),
+            [&grad_output, &z, &experts],
+            Shape::from([batch, num_experts]),
+            &geometry,
+        )
+    }
+}

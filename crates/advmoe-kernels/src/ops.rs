@@ -1,0 +1,77 @@
+//! The backend extension: the sparse MoE convolution as operations of a Burn backend.
+//!
+//! Implemented for the CubeCL backend (Burn's `wgpu` devices; [`crate::cube`]) and for
+//! `Autodiff` over it ([`crate::autodiff`]). Other backends are not listed: callers check
+//! [`crate::sparse_supported`] first and use [`crate::reference`] there.
+
+use burn::backend::Backend;
+use burn::backend::backend_extension;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+
+/// Sparse MoE convolution with top-1 routing. Shapes:
+/// - `input [batch, c_in, h_in, w_in]`
+/// - `weight [num_experts * c_out, c_in, kernel, kernel]`, expert `e` owning rows
+///   `e * c_out .. (e + 1) * c_out`
+/// - `gate [batch, num_experts]`, `experts [batch]` (the selected expert of each sample)
+/// - output `[batch, c_out, h_out, w_out]` with `h_out = (h_in + 2 * padding - kernel) / stride + 1`
+#[backend_extension(Cube, Autodiff)]
+pub trait SparseMoeOps: Backend {
+    /// `output[b] = gate[b, experts[b]] * conv(input[b], weight of expert experts[b])`.
+    /// Differentiable (on autodiff devices) in `input`, `weight` and `gate`; the gate's gradient
+    /// is zero off the selected expert.
+    fn sparse_moe_conv(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// The ungated expert convolution `conv(input[b], weight of expert experts[b])`.
+    fn sparse_moe_conv_forward(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+
+    /// Gradient of the ungated convolution with respect to its input, `[batch, c_in, height, width]`.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the geometry of a transposed convolution"
+    )]
+    fn sparse_moe_conv_input_grad(
+        grad_output: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self>;
+
+    /// Gradient of the ungated convolution with respect to the weight,
+    /// `[num_experts * c_out, c_in, kernel, kernel]`: each sample adds into its own expert's rows.
+    fn sparse_moe_conv_weight_grad(
+        grad_output: FloatTensor<Self>,
+        input: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    ) -> FloatTensor<Self>;
+
+    /// Straight-through gate gradient `[batch, num_experts]`: `sum(grad_output[b] * z[b])` at the
+    /// selected expert, zero elsewhere (`z` is the ungated output).
+    fn sparse_moe_gate_grad(
+        grad_output: FloatTensor<Self>,
+        z: FloatTensor<Self>,
+        experts: IntTensor<Self>,
+        num_experts: usize,
+    ) -> FloatTensor<Self>;
+}

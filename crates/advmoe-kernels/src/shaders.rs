@@ -1,0 +1,88 @@
+//! The registry of WGSL shaders: the only module that names files under `shaders/`.
+//!
+//! Each matrix-product shader declares its tile shape in two `const` lines with defaults, so the
+//! file as written is valid WGSL (the naga test validates it as is and in every tile shape the
+//! launcher can pick); [`render`] rewrites those lines for the shape a launch needs.
+
+/// The forward pass: each sample's output from its own expert's filters only.
+pub const FORWARD: &str = include_str!("../../../shaders/moe_conv_forward.wgsl");
+/// The gradient with respect to the input.
+pub const INPUT_GRAD: &str = include_str!("../../../shaders/moe_conv_input_grad.wgsl");
+/// The gradient with respect to the weight (per-expert slices, split over the batch).
+pub const WEIGHT_GRAD: &str = include_str!("../../../shaders/moe_conv_weight_grad.wgsl");
+/// The straight-through router gradient.
+pub const GATE_GRAD: &str = include_str!("../../../shaders/moe_gate_grad.wgsl");
+
+/// Every shader with its file name, for validation.
+pub const ALL: [(&str, &str); 4] = [
+    ("moe_conv_forward.wgsl", FORWARD),
+    ("moe_conv_input_grad.wgsl", INPUT_GRAD),
+    ("moe_conv_weight_grad.wgsl", WEIGHT_GRAD),
+    ("moe_gate_grad.wgsl", GATE_GRAD),
+];
+
+/// The block of a matrix product one workgroup computes. Each thread computes 4 × 4 outputs, so
+/// a workgroup has `tile_m * tile_n / 16` threads; every choice keeps that a multiple of
+/// `tile_n` (each thread loads one fixed column) and at least 16 (the index tables), and keeps
+/// the two 16-deep tiles plus tables within WebGPU's default 16 KiB of workgroup memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tile {
+    /// Rows (output channels) per workgroup.
+    pub tile_m: u32,
+    /// Columns (pixels or filter entries) per workgroup.
+    pub tile_n: u32,
+}
+
+impl Tile {
+    const fn new(tile_m: u32, tile_n: u32) -> Self {
+        Self { tile_m, tile_n }
+    }
+
+    /// Threads per workgroup.
+    pub const fn threads(self) -> u32 {
+        self.tile_m * self.tile_n / 16
+    }
+
+    /// The shapes the launcher chooses from.
+    pub const CHOICES: [Tile; 7] = [
+        Tile::new(64, 64),
+        Tile::new(32, 128),
+        Tile::new(128, 32),
+        Tile::new(16, 128),
+        Tile::new(32, 32),
+        Tile::new(16, 64),
+        Tile::new(64, 16),
+    ];
+
+    /// The tile that wastes the least work on a `rows × cols` product: padded area, with a
+    /// penalty for small workgroups (fewer threads share each tile loaded).
+    pub fn for_product(rows: usize, cols: usize) -> Tile {
+        let cost = |tile: &Tile| {
+            let padded = |len: usize, block: u32| len.div_ceil(block as usize) * block as usize;
+            let area = (padded(rows, tile.tile_m) * padded(cols, tile.tile_n)) as f64;
+            area * (1.0 + 16.0 / f64::from(tile.threads()))
+        };
+        Tile::CHOICES
+            .into_iter()
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+            .expect("the tile list is not empty")
+    }
+}
+
+/// The shader text with its tile constants set. Shaders without tile constants come back as is.
+///
+/// # Panics
+/// If a matrix-product shader lost one of its two tile lines (a bug caught by the shader test).
+pub fn render(source: &str, tile: Tile) -> String {
+    let defaults = [("TILE_M", 64, tile.tile_m), ("TILE_N", 64, tile.tile_n)];
+    if !source.contains("const TILE_M: u32") {
+        return source.to_owned();
+    }
+    let mut text = source.to_owned();
+    for (name, default, value) in defaults {
+        let line = format!("const {name}: u32 = {default}u;");
+        assert!(text.contains(&line), "shader lost its tile line `{line}`");
+        text = text.replacen(&line, &format!("const {name}: u32 = {value}u;"), 1);
+    }
+    text
+}

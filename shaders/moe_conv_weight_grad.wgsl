@@ -1,0 +1,155 @@
+// Sparse MoE convolution, gradient with respect to the weight.
+//
+// For every expert e and split s (a contiguous chunk of the batch):
+//   partial[s, e * c_out + co, ci, ky, kx] = sum over samples b of chunk s with experts[b] == e,
+//       and output pixels (oy, ox), of
+//       grad_output[b, co, oy, ox] * input[b, ci, oy * stride - padding + ky, ox * stride - padding + kx]
+// Each sample adds only into its own expert's slice; an expert no sample chose gets zeros. The
+// launcher sums the partials over s (one split needs no sum).
+//
+// GEMM per (expert, split): rows = output channels (c_out), columns = filter_len entries
+// (c_in * kernel * kernel), reduction = (sample, output pixel). Skipping a sample is uniform
+// across the workgroup (the expert index is read from a buffer, never from the CPU).
+//
+// Bindings (all read_write storage, because the allocator may place several tensors in one
+// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous row-major f32 unless noted):
+//   0 grad_output [batch, c_out, h_out, w_out]
+//   1 input       [batch, c_in, h_in, w_in]
+//   2 experts     [batch] i32
+//   3 partial     [splits, num_experts * c_out, c_in, kernel, kernel]
+//   4 params      MoeConvParams (12 x u32)
+// Dispatch: (ceil(c_in * kernel * kernel / TILE_N), ceil(c_out / TILE_M), num_experts * splits).
+// Launcher: crates/advmoe-kernels/src/cube.rs (`weight_grad`).
+
+struct MoeConvParams {
+    batch: u32,
+    c_in: u32,
+    h_in: u32,
+    w_in: u32,
+    c_out: u32,
+    h_out: u32,
+    w_out: u32,
+    kernel: u32,
+    stride: u32,
+    padding: u32,
+    num_experts: u32,
+    splits: u32,
+}
+
+@group(0) @binding(0) var<storage, read_write> grad_output: array<f32>;
+@group(0) @binding(1) var<storage, read_write> input: array<f32>;
+@group(0) @binding(2) var<storage, read_write> experts: array<i32>;
+@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+
+// Tile shape: the launcher rewrites these two lines. Each thread computes 4 x 4 outputs.
+const TILE_M: u32 = 64u;
+const TILE_N: u32 = 64u;
+
+const TILE_K: u32 = 16u;
+const THREADS_M: u32 = TILE_M / 4u;
+const THREADS_N: u32 = TILE_N / 4u;
+const THREADS: u32 = THREADS_M * THREADS_N;
+
+var<workgroup> tile_a: array<f32, TILE_K * TILE_M>; // output gradient, [pixel][m]
+var<workgroup> tile_b: array<f32, TILE_K * TILE_N>; // input patches, [pixel][n]
+// Per output pixel of the current step: the top-left input corner of its receptive field.
+var<workgroup> corner_y: array<i32, TILE_K>;
+var<workgroup> corner_x: array<i32, TILE_K>;
+
+@compute @workgroup_size(THREADS)
+fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let expert = group.z % params.num_experts;
+    let split = group.z / params.num_experts;
+    let m0 = group.y * TILE_M;
+    let n0 = group.x * TILE_N;
+    let pixels = params.h_out * params.w_out;
+    let taps = params.kernel * params.kernel;
+    let filter_len = params.c_in * taps;
+    let plane = params.h_in * params.w_in;
+    let chunk = (params.batch + params.splits - 1u) / params.splits;
+    let b_start = split * chunk;
+    let b_end = min(b_start + chunk, params.batch);
+    let h_in = i32(params.h_in);
+    let w_in = i32(params.w_in);
+
+    // This thread always loads the same filter entry column (ci, ky, kx) of tile_b
+    // (THREADS % TILE_N == 0).
+    let b_col = lid % TILE_N;
+    let b_row = lid / TILE_N;
+    let n_load = n0 + b_col;
+    let n_ok = n_load < filter_len;
+    let tap = n_load % taps;
+    let col_y = i32(tap / params.kernel);
+    let col_x = i32(tap % params.kernel);
+    let col_offset = i32((n_load / taps) * plane) + col_y * w_in + col_x;
+
+    let tm = lid / THREADS_N;
+    let tn = lid % THREADS_N;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    for (var b = b_start; b < b_end; b++) {
+        if (experts[b] != i32(expert)) {
+            continue;
+        }
+        let grad_base = b * params.c_out * pixels;
+        let input_base = i32(b * params.c_in * plane);
+        for (var p0 = 0u; p0 < pixels; p0 += TILE_K) {
+            if (lid < TILE_K) {
+                let p = min(p0 + lid, pixels - 1u);
+                corner_y[lid] = i32((p / params.w_out) * params.stride) - i32(params.padding);
+                corner_x[lid] = i32((p % params.w_out) * params.stride) - i32(params.padding);
+            }
+            // Output gradient: consecutive threads read consecutive pixels of one channel.
+            for (var i = lid; i < TILE_K * TILE_M; i += THREADS) {
+                let kl = i % TILE_K;
+                let ml = i / TILE_K;
+                let p = p0 + kl;
+                let m = m0 + ml;
+                var value = 0.0;
+                if (p < pixels && m < params.c_out) {
+                    value = grad_output[grad_base + m * pixels + p];
+                }
+                tile_a[kl * TILE_M + ml] = value;
+            }
+            workgroupBarrier();
+            // Input patches: pixel p through this thread's filter entry.
+            for (var kl = b_row; kl < TILE_K; kl += THREADS / TILE_N) {
+                let iy = corner_y[kl] + col_y;
+                let ix = corner_x[kl] + col_x;
+                var value = 0.0;
+                if (n_ok && p0 + kl < pixels && iy >= 0 && ix >= 0 && iy < h_in && ix < w_in) {
+                    value = input[input_base + col_offset + corner_y[kl] * w_in + corner_x[kl]];
+                }
+                tile_b[kl * TILE_N + b_col] = value;
+            }
+            workgroupBarrier();
+            for (var kl = 0u; kl < TILE_K; kl++) {
+                let row = kl * TILE_M + tm;
+                let col = kl * TILE_N + tn;
+                let a = vec4<f32>(tile_a[row], tile_a[row + THREADS_M], tile_a[row + 2u * THREADS_M], tile_a[row + 3u * THREADS_M]);
+                let bv = vec4<f32>(tile_b[col], tile_b[col + THREADS_N], tile_b[col + 2u * THREADS_N], tile_b[col + 3u * THREADS_N]);
+                acc0 = fma(vec4<f32>(a.x), bv, acc0);
+                acc1 = fma(vec4<f32>(a.y), bv, acc1);
+                acc2 = fma(vec4<f32>(a.z), bv, acc2);
+                acc3 = fma(vec4<f32>(a.w), bv, acc3);
+            }
+            workgroupBarrier();
+        }
+    }
+
+    let weight_rows = params.num_experts * params.c_out;
+    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var r = 0u; r < 4u; r++) {
+        let m = m0 + tm + r * THREADS_M;
+        for (var c = 0u; c < 4u; c++) {
+            let n = n0 + tn + c * THREADS_N;
+            if (m < params.c_out && n < filter_len) {
+                partial[(split * weight_rows + expert * params.c_out + m) * filter_len + n] = rows[r][c];
+            }
+        }
+    }
+}

@@ -1,0 +1,335 @@
+//! The sparse WGSL kernels: every shader validates with naga, and on the wgpu device the sparse
+//! MoE conv agrees with the reference (all experts, then select) in its output and in all three
+//! gradients (input, weight, router scores) over a grid of shapes and edge cases.
+
+use advmoe_core::Rng;
+use advmoe_kernels::shaders::{self, Tile};
+use advmoe_kernels::{reference, sparse_moe_conv, sparse_supported};
+use advmoe_model::{LayerRoute, gate_from_scores};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::common::{cpu, gpu, max_abs_diff, read, read2, tensor4};
+
+/// Parse and validate one WGSL text; the error names the file and the tile shape.
+fn validate(name: &str, text: &str) -> Result<(), String> {
+    let module = naga::front::wgsl::parse_str(text)
+        .map_err(|e| format!("{name}: parse error:\n{}", e.emit_to_string(text)))?;
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| format!("{name}: invalid:\n{}", e.emit_to_string(text)))?;
+    Ok(())
+}
+
+#[test]
+fn every_shader_file_validates_with_naga_in_every_tile_shape() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wgsl"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .wgsl files under {}", dir.display());
+    // Every file on disk is registered (so every file is launched by something).
+    let registered: Vec<&str> = shaders::ALL.iter().map(|(name, _)| *name).collect();
+    let mut failures = Vec::new();
+    for path in &files {
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if !registered.contains(&name.as_str()) {
+            failures.push(format!(
+                "{name}: not registered in advmoe_kernels::shaders::ALL"
+            ));
+        }
+        let text = std::fs::read_to_string(path).unwrap();
+        if let Err(e) = validate(&name, &text) {
+            failures.push(e);
+        }
+        for tile in Tile::CHOICES {
+            if let Err(e) = validate(&format!("{name} {tile:?}"), &shaders::render(&text, tile)) {
+                failures.push(e);
+            }
+        }
+    }
+    assert_eq!(
+        files.len(),
+        shaders::ALL.len(),
+        "registered shaders missing on disk"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn tile_choice_fits_the_product() {
+    for tile in Tile::CHOICES {
+        assert!(tile.threads() >= 16 && tile.threads() <= 256);
+        assert_eq!(tile.threads() % tile.tile_n, 0);
+        // Two 16-deep tiles and at most four 16-entry index tables within WebGPU's 16 KiB.
+        assert!(4 * (16 * (tile.tile_m + tile.tile_n) + 4 * 16) <= 16_384);
+    }
+    // Few output channels and many pixels: a narrow tile.
+    assert_eq!(Tile::for_product(8, 1024).tile_m, 16);
+    // Many channels, few pixels (4 × 4 maps at the last stage): the tall tile.
+    assert_eq!(Tile::for_product(256, 16).tile_n, 16);
+    assert_eq!(Tile::for_product(64, 4096), Tile::CHOICES[0]);
+}
+
+#[test]
+fn the_sparse_path_is_chosen_only_on_wgpu_devices() {
+    assert!(sparse_supported(&gpu()));
+    assert!(sparse_supported(&gpu().autodiff()));
+    assert!(!sparse_supported(&cpu()));
+    assert!(!sparse_supported(&cpu().autodiff()));
+}
+
+/// One parity case.
+struct Case {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    num_experts: usize,
+}
+
+fn normal(n: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// Output, input gradient, weight gradient and score gradient of one MoE conv path.
+fn run_path(
+    sparse: bool,
+    case: &Case,
+    seed: u64,
+    experts: &[usize],
+    device: &Device,
+) -> [Vec<f32>; 4] {
+    let mut rng = Rng::seed(seed);
+    let Case {
+        batch,
+        c_in,
+        c_out,
+        size,
+        kernel,
+        stride,
+        num_experts,
+    } = *case;
+    // A channel slice of a wider tensor: the kernels must not assume a contiguous input.
+    let wide = tensor4(
+        normal(batch * (c_in + 1) * size * size, &mut rng),
+        [batch, c_in + 1, size, size],
+        device,
+    );
+    let x = wide.narrow(1, 1, c_in).require_grad();
+    let weight = tensor4(
+        normal(num_experts * c_out * c_in * kernel * kernel, &mut rng),
+        [num_experts * c_out, c_in, kernel, kernel],
+        device,
+    )
+    .require_grad();
+    let mut scores = Vec::new();
+    for &e in experts {
+        for k in 0..num_experts {
+            scores.push(if k == e { 3.0 } else { rng.uniform() });
+        }
+    }
+    let scores = Tensor::<2>::from_data(TensorData::new(scores, [batch, num_experts]), device)
+        .require_grad();
+    let route = if num_experts == 1 {
+        // Burn's one-hot needs two classes; with one expert the straight-through gate is
+        // s - detach(s) + 1 and every sample takes expert 0.
+        LayerRoute {
+            gate: scores.clone() - scores.clone().detach() + 1.0,
+            experts: Tensor::zeros([batch], device),
+            scores: scores.clone(),
+        }
+    } else {
+        gate_from_scores(scores.clone())
+    };
+    let padding = kernel / 2;
+    let y = if sparse {
+        sparse_moe_conv(
+            x.clone(),
+            weight.clone(),
+            route.gate,
+            route.experts,
+            stride,
+            padding,
+        )
+    } else {
+        reference::moe_conv(x.clone(), weight.clone(), route.gate, stride, padding)
+    };
+    let upstream = tensor4(
+        normal(y.dims().iter().product(), &mut rng),
+        y.dims(),
+        device,
+    );
+    let grads = (y.clone() * upstream).sum().backward();
+    let grad = |t: &Tensor<4>| read(Tensor::from_inner(t.grad(&grads).unwrap()));
+    [
+        read(y.detach()),
+        grad(&x),
+        grad(&weight),
+        read2(Tensor::from_inner(scores.grad(&grads).unwrap())),
+    ]
+}
+
+#[test]
+fn sparse_conv_matches_the_reference_in_output_and_all_gradients_on_wgpu() {
+    let device = gpu().autodiff();
+    let cases = [
+        // kernel 3, stride 1; expert 1 gets no sample
+        Case {
+            batch: 5,
+            c_in: 3,
+            c_out: 4,
+            size: 7,
+            kernel: 3,
+            stride: 1,
+            num_experts: 3,
+        },
+        // stride 2, even size
+        Case {
+            batch: 4,
+            c_in: 5,
+            c_out: 6,
+            size: 8,
+            kernel: 3,
+            stride: 2,
+            num_experts: 4,
+        },
+        // kernel 1
+        Case {
+            batch: 3,
+            c_in: 4,
+            c_out: 8,
+            size: 5,
+            kernel: 1,
+            stride: 1,
+            num_experts: 2,
+        },
+        // kernel 1, stride 2, N = 8: most experts empty
+        Case {
+            batch: 6,
+            c_in: 3,
+            c_out: 5,
+            size: 9,
+            kernel: 1,
+            stride: 2,
+            num_experts: 8,
+        },
+        // N = 1
+        Case {
+            batch: 2,
+            c_in: 2,
+            c_out: 3,
+            size: 4,
+            kernel: 3,
+            stride: 1,
+            num_experts: 1,
+        },
+        // channels beyond one 64-row tile, odd size, stride 2
+        Case {
+            batch: 3,
+            c_in: 70,
+            c_out: 66,
+            size: 7,
+            kernel: 3,
+            stride: 2,
+            num_experts: 2,
+        },
+        // pixels beyond one 256-column tile
+        Case {
+            batch: 2,
+            c_in: 8,
+            c_out: 16,
+            size: 17,
+            kernel: 3,
+            stride: 1,
+            num_experts: 2,
+        },
+        // a large batch: several samples per weight-gradient split
+        Case {
+            batch: 70,
+            c_in: 2,
+            c_out: 3,
+            size: 4,
+            kernel: 3,
+            stride: 1,
+            num_experts: 4,
+        },
+        // the classroom model's first MoE layer at batch 16 (many batch splits)
+        Case {
+            batch: 16,
+            c_in: 8,
+            c_out: 8,
+            size: 32,
+            kernel: 3,
+            stride: 1,
+            num_experts: 2,
+        },
+        // a single sample
+        Case {
+            batch: 1,
+            c_in: 3,
+            c_out: 4,
+            size: 6,
+            kernel: 3,
+            stride: 2,
+            num_experts: 2,
+        },
+    ];
+    let names = [
+        "output",
+        "input gradient",
+        "weight gradient",
+        "score gradient",
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let n = case.num_experts;
+        let experts: Vec<usize> = (0..case.batch)
+            .map(|b| match n {
+                1 => 0,
+                3 => [0, 2][b % 2],
+                _ => (b * 7 + b / 3) % n,
+            })
+            .collect();
+        let seed = 100 + i as u64;
+        let sparse = run_path(true, case, seed, &experts, &device);
+        let reference = run_path(false, case, seed, &experts, &device);
+        for (name, (s, r)) in names.iter().zip(sparse.iter().zip(&reference)) {
+            let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let diff = max_abs_diff(s, r);
+            assert!(
+                diff <= 2e-5 * scale,
+                "case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} (scale {scale})",
+                case.batch,
+                case.c_in,
+                case.c_out,
+                case.size,
+                case.kernel,
+                case.stride,
+            );
+        }
+    }
+}
+
+#[test]
+fn an_expert_index_out_of_range_poisons_only_its_sample() {
+    let device = gpu();
+    let mut rng = Rng::seed(4);
+    let x = tensor4(normal(2 * 2 * 4 * 4, &mut rng), [2, 2, 4, 4], &device);
+    let weight = tensor4(normal(2 * 3 * 2 * 9, &mut rng), [6, 2, 3, 3], &device);
+    let gate = Tensor::<2>::from_data(
+        TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
+        &device,
+    );
+    let experts = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 5], [2]), &device);
+    let y = read(sparse_moe_conv(x, weight, gate, experts, 1, 1));
+    let per = 3 * 4 * 4;
+    assert!(y[..per].iter().all(|v| v.is_finite()));
+    assert!(y[per..].iter().all(|v| v.is_nan()));
+}
