@@ -4,6 +4,7 @@
 
 use advmoe_core::Rng;
 use advmoe_kernels::shaders::{self, Tile};
+use advmoe_kernels::{Variant, set_kernel_variant};
 use advmoe_kernels::{reference, sparse_moe_conv, sparse_supported};
 use advmoe_model::{LayerRoute, gate_from_scores};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -47,7 +48,7 @@ fn every_shader_file_validates_with_naga_in_every_tile_shape() {
         if let Err(e) = validate(&name, &text) {
             failures.push(e);
         }
-        for tile in Tile::CHOICES {
+        for tile in Tile::CHOICES.into_iter().chain(Tile::DIRECT_CHOICES) {
             if let Err(e) = validate(&format!("{name} {tile:?}"), &shaders::render(&text, tile)) {
                 failures.push(e);
             }
@@ -69,11 +70,20 @@ fn tile_choice_fits_the_product() {
         // Two 16-deep tiles and at most four 16-entry index tables within WebGPU's 16 KiB.
         assert!(4 * (16 * (tile.tile_m + tile.tile_n) + 4 * 16) <= 16_384);
     }
+    for tile in Tile::DIRECT_CHOICES {
+        assert_eq!(tile.threads(), 64);
+        assert!(tile.tile_m >= 4 && tile.tile_n >= 4);
+    }
     // Few output channels and many pixels: a narrow tile.
-    assert_eq!(Tile::for_product(8, 1024).tile_m, 16);
+    assert_eq!(Tile::for_product(Variant::Tiled, 8, 1024).tile_m, 16);
+    assert!(Tile::for_product(Variant::Direct, 8, 1024).tile_m <= 8);
     // Many channels, few pixels (4 × 4 maps at the last stage): the tall tile.
-    assert_eq!(Tile::for_product(256, 16).tile_n, 16);
-    assert_eq!(Tile::for_product(64, 4096), Tile::CHOICES[0]);
+    assert_eq!(Tile::for_product(Variant::Tiled, 256, 16).tile_n, 16);
+    assert_eq!(Tile::for_product(Variant::Direct, 256, 16).tile_n, 16);
+    assert_eq!(
+        Tile::for_product(Variant::Tiled, 64, 4096),
+        Tile::CHOICES[0]
+    );
 }
 
 #[test]
@@ -179,6 +189,14 @@ fn run_path(
 
 #[test]
 fn sparse_conv_matches_the_reference_in_output_and_all_gradients_on_wgpu() {
+    for variant in [Variant::Tiled, Variant::Direct] {
+        set_kernel_variant(Some(variant));
+        check_parity(variant);
+    }
+    set_kernel_variant(None);
+}
+
+fn check_parity(variant: Variant) {
     let device = gpu().autodiff();
     let cases = [
         // kernel 3, stride 1; expert 1 gets no sample
@@ -305,7 +323,7 @@ fn sparse_conv_matches_the_reference_in_output_and_all_gradients_on_wgpu() {
             let diff = max_abs_diff(s, r);
             assert!(
                 diff <= 2e-5 * scale,
-                "case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} (scale {scale})",
+                "{variant:?} case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} (scale {scale})",
                 case.batch,
                 case.c_in,
                 case.c_out,
@@ -332,4 +350,19 @@ fn an_expert_index_out_of_range_poisons_only_its_sample() {
     let per = 3 * 4 * 4;
     assert!(y[..per].iter().all(|v| v.is_finite()));
     assert!(y[per..].iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn an_empty_batch_gives_an_empty_output_and_zero_weight_gradient() {
+    let device = gpu().autodiff();
+    let x = Tensor::<4>::zeros([0, 2, 4, 4], &device).require_grad();
+    let weight = Tensor::<4>::ones([6, 2, 3, 3], &device).require_grad();
+    let gate = Tensor::<2>::zeros([0, 2], &device);
+    let experts = Tensor::<1, Int>::zeros([0], &device);
+    let y = sparse_moe_conv(x, weight.clone(), gate, experts, 1, 1);
+    assert_eq!(y.dims(), [0, 3, 4, 4]);
+    let grads = y.sum().backward();
+    let grad = read(Tensor::from_inner(weight.grad(&grads).unwrap()));
+    assert_eq!(grad.len(), 6 * 2 * 9);
+    assert!(grad.iter().all(|&g| g == 0.0));
 }

@@ -16,7 +16,7 @@ use burn::cubecl::{CubeKernel, PrecompiledSource};
 use burn::tensor::{DType, FloatDType, IntDType, Shape};
 
 use crate::ops::SparseMoeOps;
-use crate::shaders::{self, Tile};
+use crate::shaders::{self, Tile, Variant};
 
 /// Workgroups per grid dimension that every WebGPU device supports.
 const MAX_GROUPS: usize = 65_535;
@@ -105,21 +105,36 @@ impl Geometry {
 /// Which shader a kernel runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Shader {
-    Forward,
-    InputGrad,
-    WeightGrad,
+    Forward(Variant),
+    InputGrad(Variant),
+    WeightGrad(Variant),
     GateGrad,
 }
 
 impl Shader {
     fn source(self) -> &'static str {
         match self {
-            Self::Forward => shaders::FORWARD,
-            Self::InputGrad => shaders::INPUT_GRAD,
-            Self::WeightGrad => shaders::WEIGHT_GRAD,
+            Self::Forward(Variant::Tiled) => shaders::FORWARD,
+            Self::Forward(Variant::Direct) => shaders::FORWARD_DIRECT,
+            Self::InputGrad(Variant::Tiled) => shaders::INPUT_GRAD,
+            Self::InputGrad(Variant::Direct) => shaders::INPUT_GRAD_DIRECT,
+            Self::WeightGrad(Variant::Tiled) => shaders::WEIGHT_GRAD,
+            Self::WeightGrad(Variant::Direct) => shaders::WEIGHT_GRAD_DIRECT,
             Self::GateGrad => shaders::GATE_GRAD,
         }
     }
+}
+
+/// The variant for the device `tensor` lives on: [`crate::kernel_variant`]'s override, else
+/// direct on a software adapter (no physical card behind it) and tiled on a GPU.
+fn variant_for(tensor: &CubeTensor) -> Variant {
+    crate::kernel_variant().unwrap_or_else(|| {
+        if tensor.client.properties().identity.physical.is_none() {
+            Variant::Direct
+        } else {
+            Variant::Tiled
+        }
+    })
 }
 
 /// A hand-written WGSL kernel; its id covers everything that changes the text (shader, tile).
@@ -204,6 +219,11 @@ fn launch(
 ) -> CubeTensor {
     let [a, b, experts] = inputs;
     let client = a.client.clone();
+    if geometry.batch == 0 {
+        // Nothing to bind (an empty batch has no expert indices); an empty batch adds nothing
+        // to any expert's weight gradient.
+        return CubeBackend::float_zeros(output_shape, &a.device, FloatDType::F32);
+    }
     let output = CubeTensor::new_contiguous(
         client.clone(),
         a.device.clone(),
@@ -253,9 +273,10 @@ impl SparseMoeOps for CubeBackend {
         );
         let geometry = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
         let pixels = geometry.h_out * geometry.w_out;
-        let tile = Tile::for_product(geometry.c_out, pixels);
+        let variant = variant_for(&input);
+        let tile = Tile::for_product(variant, geometry.c_out, pixels);
         launch(
-            Shader::Forward,
+            Shader::Forward(variant),
             tile,
             grid(
                 pixels.div_ceil(tile.tile_n as usize),
@@ -303,9 +324,10 @@ impl SparseMoeOps for CubeBackend {
             "output gradient does not match the convolution geometry"
         );
         let pixels = height * width;
-        let tile = Tile::for_product(geometry.c_in, pixels);
+        let variant = variant_for(&grad_output);
+        let tile = Tile::for_product(variant, geometry.c_in, pixels);
         launch(
-            Shader::InputGrad,
+            Shader::InputGrad(variant),
             tile,
             grid(
                 pixels.div_ceil(tile.tile_n as usize),
@@ -337,7 +359,8 @@ impl SparseMoeOps for CubeBackend {
         let weight_dims = [num_experts * c_out, input_dims[1], kernel, kernel];
         let mut geometry = Geometry::new(input_dims, weight_dims, num_experts, stride, padding);
         let filter = geometry.c_in * kernel * kernel;
-        let tile = Tile::for_product(c_out, filter);
+        let variant = variant_for(&input);
+        let tile = Tile::for_product(variant, c_out, filter);
         let tiles = filter.div_ceil(tile.tile_n as usize) * c_out.div_ceil(tile.tile_m as usize);
         // Split the batch until the grid has enough workgroups to fill a GPU; each split writes
         // its own partial sum (no float atomics, which WebGPU lacks).
@@ -345,7 +368,7 @@ impl SparseMoeOps for CubeBackend {
         geometry.splits = wanted.clamp(1, geometry.batch.clamp(1, 64));
         let splits = geometry.splits;
         let partial = launch(
-            Shader::WeightGrad,
+            Shader::WeightGrad(variant),
             tile,
             grid(
                 filter.div_ceil(tile.tile_n as usize),

@@ -6,7 +6,9 @@
 //! GPU buffer and compute that expert alone: forward, input gradient, weight gradient (each
 //! sample adds into its own expert's slice) and the straight-through router gradient. They are
 //! a Burn backend extension ([`SparseMoeOps`]) with a hand-written autodiff backward, so
-//! training and attacks use them end to end. Everywhere else, and as the oracle of the parity
+//! training and attacks use them end to end. Each matrix-product shader comes in a tiled
+//! variant (workgroup-memory tiles, for GPUs) and a direct one (no workgroup memory, for
+//! software adapters); [`Variant`] says which, chosen by adapter. Everywhere else, and as the oracle of the parity
 //! tests, [`reference::moe_conv`] runs all experts and selects.
 //!
 //! This crate must not read GPU data back or loop over experts on the host.
@@ -24,8 +26,23 @@ use burn::tensor::{Device, Int, Tensor};
 
 pub use ops::SparseMoeOps;
 
+pub use shaders::Variant;
+
 thread_local! {
     static SPARSE_ENABLED: Cell<bool> = const { Cell::new(true) };
+    static VARIANT: Cell<Option<Variant>> = const { Cell::new(None) };
+}
+
+/// Force the kernel variant for launches from this thread (`None`: by adapter, the default);
+/// returns the previous setting. For the parity tests, which check both variants on one
+/// adapter, and the benchmark's `--variant`.
+pub fn set_kernel_variant(variant: Option<Variant>) -> Option<Variant> {
+    VARIANT.with(|cell| cell.replace(variant))
+}
+
+/// The forced kernel variant of this thread, if any.
+pub fn kernel_variant() -> Option<Variant> {
+    VARIANT.with(Cell::get)
 }
 
 /// Turn sparse execution on or off for MoE convs built on this thread from now on (on by

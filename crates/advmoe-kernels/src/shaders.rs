@@ -10,16 +10,38 @@ pub const FORWARD: &str = include_str!("../../../shaders/moe_conv_forward.wgsl")
 pub const INPUT_GRAD: &str = include_str!("../../../shaders/moe_conv_input_grad.wgsl");
 /// The gradient with respect to the weight (per-expert slices, split over the batch).
 pub const WEIGHT_GRAD: &str = include_str!("../../../shaders/moe_conv_weight_grad.wgsl");
+/// The forward pass, direct variant (no workgroup memory), for software adapters.
+pub const FORWARD_DIRECT: &str = include_str!("../../../shaders/moe_conv_forward_direct.wgsl");
+/// The input gradient, direct variant.
+pub const INPUT_GRAD_DIRECT: &str =
+    include_str!("../../../shaders/moe_conv_input_grad_direct.wgsl");
+/// The weight gradient, direct variant.
+pub const WEIGHT_GRAD_DIRECT: &str =
+    include_str!("../../../shaders/moe_conv_weight_grad_direct.wgsl");
 /// The straight-through router gradient.
 pub const GATE_GRAD: &str = include_str!("../../../shaders/moe_gate_grad.wgsl");
 
 /// Every shader with its file name, for validation.
-pub const ALL: [(&str, &str); 4] = [
+pub const ALL: [(&str, &str); 7] = [
     ("moe_conv_forward.wgsl", FORWARD),
     ("moe_conv_input_grad.wgsl", INPUT_GRAD),
     ("moe_conv_weight_grad.wgsl", WEIGHT_GRAD),
+    ("moe_conv_forward_direct.wgsl", FORWARD_DIRECT),
+    ("moe_conv_input_grad_direct.wgsl", INPUT_GRAD_DIRECT),
+    ("moe_conv_weight_grad_direct.wgsl", WEIGHT_GRAD_DIRECT),
     ("moe_gate_grad.wgsl", GATE_GRAD),
 ];
+
+/// How the matrix-product shaders compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// Tiles staged in workgroup memory (16-deep steps between barriers): for GPUs.
+    Tiled,
+    /// Every thread reads global memory directly; no workgroup memory, no barriers: for
+    /// software adapters (lavapipe, SwiftShader), where workgroup memory is ordinary memory
+    /// and a barrier only costs.
+    Direct,
+}
 
 /// The block of a matrix product one workgroup computes. Each thread computes 4 × 4 outputs, so
 /// a workgroup has `tile_m * tile_n / 16` threads; every choice keeps that a multiple of
@@ -43,7 +65,17 @@ impl Tile {
         self.tile_m * self.tile_n / 16
     }
 
-    /// The shapes the launcher chooses from.
+    /// The shapes the direct variant chooses from (64 threads each).
+    pub const DIRECT_CHOICES: [Tile; 6] = [
+        Tile::new(4, 256),
+        Tile::new(8, 128),
+        Tile::new(16, 64),
+        Tile::new(32, 32),
+        Tile::new(64, 16),
+        Tile::new(128, 8),
+    ];
+
+    /// The shapes the tiled variant chooses from.
     pub const CHOICES: [Tile; 7] = [
         Tile::new(64, 64),
         Tile::new(32, 128),
@@ -54,16 +86,21 @@ impl Tile {
         Tile::new(64, 16),
     ];
 
-    /// The tile that wastes the least work on a `rows × cols` product: padded area, with a
-    /// penalty for small workgroups (fewer threads share each tile loaded).
-    pub fn for_product(rows: usize, cols: usize) -> Tile {
+    /// The tile of `variant` that wastes the least work on a `rows × cols` product: padded
+    /// area, with a penalty for small workgroups (fewer threads share each tile loaded).
+    pub fn for_product(variant: Variant, rows: usize, cols: usize) -> Tile {
         let cost = |tile: &Tile| {
             let padded = |len: usize, block: u32| len.div_ceil(block as usize) * block as usize;
             let area = (padded(rows, tile.tile_m) * padded(cols, tile.tile_n)) as f64;
             area * (1.0 + 16.0 / f64::from(tile.threads()))
         };
-        Tile::CHOICES
-            .into_iter()
+        let choices: &[Tile] = match variant {
+            Variant::Tiled => &Tile::CHOICES,
+            Variant::Direct => &Tile::DIRECT_CHOICES,
+        };
+        choices
+            .iter()
+            .copied()
             .min_by(|a, b| cost(a).total_cmp(&cost(b)))
             .expect("the tile list is not empty")
     }
