@@ -9,6 +9,10 @@
 // thread computes 4 input channels x 4 input pixels straight from global memory (the launcher
 // picks this variant on software adapters).
 //
+// Input pixels are split into stride x stride phases (iy mod stride, ix mod stride), one phase
+// per workgroup: within a phase only the taps with ky = (iy + padding) mod stride (mod stride)
+// reach an output, so a stride-2 layer visits a quarter of the taps instead of testing all.
+//
 // Bindings (all read_write storage, because the allocator may place several tensors in one
 // wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
 // row-major f32 unless noted):
@@ -17,7 +21,8 @@
 //   2 experts     [batch] i32
 //   3 grad_input  [batch, c_in, h_in, w_in]
 //   4 params      MoeConvParams (12 x u32)
-// Dispatch: (ceil(h_in * w_in / TILE_N), ceil(c_in / TILE_M), batch).
+// Dispatch: (ceil(ceil(h_in / stride) * ceil(w_in / stride) / TILE_N), ceil(c_in / TILE_M),
+//            batch * stride * stride).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_input_grad`).
 
 struct MoeConvParams {
@@ -51,7 +56,13 @@ const THREADS: u32 = THREADS_M * THREADS_N;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let b = group.z;
+    let phases = params.stride * params.stride;
+    let b = group.z / phases;
+    let phase_y = (group.z % phases) / params.stride;
+    let phase_x = group.z % params.stride;
+    // This phase's pixels: iy = py * stride + phase_y for py < phase_h, likewise x.
+    let phase_h = (params.h_in + params.stride - 1u - phase_y) / params.stride;
+    let phase_w = (params.w_in + params.stride - 1u - phase_x) / params.stride;
     let m0 = group.y * TILE_M + lid / THREADS_N;
     let n0 = group.x * TILE_N + lid % THREADS_N;
     let pixels_in = params.h_in * params.w_in;
@@ -61,7 +72,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     let expert_raw = experts[b];
     let expert_ok = expert_raw >= 0 && u32(expert_raw) < params.num_experts;
     let expert = select(0u, u32(expert_raw), expert_ok);
-    let stride = vec4<i32>(i32(params.stride));
+    let stride = i32(params.stride);
     let h_out = vec4<i32>(i32(params.h_out));
     let w_out = vec4<i32>(i32(params.w_out));
 
@@ -74,8 +85,14 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         min(m0 + 3u * THREADS_M, last) * taps,
     );
     let n = vec4<u32>(n0, n0 + THREADS_N, n0 + 2u * THREADS_N, n0 + 3u * THREADS_N);
-    let shifted_y = vec4<i32>(n / params.w_in) + vec4<i32>(i32(params.padding));
-    let shifted_x = vec4<i32>(n % params.w_in) + vec4<i32>(i32(params.padding));
+    let in_phase = n < vec4<u32>(phase_h * phase_w);
+    let iy = (n / max(phase_w, 1u)) * params.stride + phase_y;
+    let ix = (n % max(phase_w, 1u)) * params.stride + phase_x;
+    let shifted_y = vec4<i32>(iy) + vec4<i32>(i32(params.padding));
+    let shifted_x = vec4<i32>(ix) + vec4<i32>(i32(params.padding));
+    // The first tap of this phase in each direction; the next ones are `stride` apart.
+    let first_ky = (phase_y + params.padding) % params.stride;
+    let first_kx = (phase_x + params.padding) % params.stride;
     let expert_base = expert * params.c_out * filter_len;
 
     var acc0 = vec4<f32>(0.0);
@@ -85,14 +102,15 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     for (var co = 0u; co < params.c_out; co++) {
         let plane = vec4<i32>(i32((b * params.c_out + co) * pixels_out));
         let filter_base = expert_base + co * filter_len;
-        for (var ky = 0u; ky < params.kernel; ky++) {
+        for (var ky = first_ky; ky < params.kernel; ky += params.stride) {
+            // Exact division: shifted_y - ky is a multiple of the stride in this phase.
             let ty = shifted_y - vec4<i32>(i32(ky));
-            let oy = ty / stride;
-            let row_ok = (ty >= vec4<i32>(0)) & (ty == oy * stride) & (oy < h_out);
-            for (var kx = 0u; kx < params.kernel; kx++) {
+            let oy = ty / vec4<i32>(stride);
+            let row_ok = in_phase & (ty >= vec4<i32>(0)) & (oy < h_out);
+            for (var kx = first_kx; kx < params.kernel; kx += params.stride) {
                 let tx = shifted_x - vec4<i32>(i32(kx));
-                let ox = tx / stride;
-                let ok = row_ok & (tx >= vec4<i32>(0)) & (tx == ox * stride) & (ox < w_out);
+                let ox = tx / vec4<i32>(stride);
+                let ok = row_ok & (tx >= vec4<i32>(0)) & (ox < w_out);
                 let index = select(vec4<i32>(0), plane + oy * w_out + ox, ok);
                 let g = select(
                     vec4<f32>(0.0),
@@ -124,8 +142,9 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + r * THREADS_M;
         for (var c = 0u; c < 4u; c++) {
-            if (m < params.c_in && n[c] < pixels_in) {
-                grad_input[(b * params.c_in + m) * pixels_in + n[c]] = select(poison, rows[r][c], expert_ok);
+            if (m < params.c_in && in_phase[c]) {
+                let pixel = iy[c] * params.w_in + ix[c];
+                grad_input[(b * params.c_in + m) * pixels_in + pixel] = select(poison, rows[r][c], expert_ok);
             }
         }
     }

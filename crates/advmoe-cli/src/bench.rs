@@ -7,7 +7,9 @@ use std::sync::Arc;
 use advmoe_core::macs::conv_plans;
 use advmoe_core::{DatasetSpec, MethodKind, ModelSpec, Rng, TrainSpec};
 use advmoe_engine::{DeviceChoice, Run, RunConfig, make_device};
-use advmoe_kernels::{reference, set_sparse_execution, sparse_moe_conv, sparse_supported};
+use advmoe_kernels::{
+    Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
+};
 use anyhow::{Context as _, bail};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -36,6 +38,17 @@ pub(crate) enum Scale {
     All,
 }
 
+/// Which kernel variant to time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum VariantArg {
+    /// Chosen by adapter.
+    Auto,
+    /// Workgroup-memory tiles.
+    Tiled,
+    /// Straight from global memory.
+    Direct,
+}
+
 #[derive(Args)]
 pub(crate) struct SparseConvArgs {
     /// Layer shapes: classroom, paper or all.
@@ -50,6 +63,9 @@ pub(crate) struct SparseConvArgs {
     /// Timed repetitions per measurement (the median is reported), after one warm-up.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Kernel variant: auto (direct on software adapters, tiled on GPUs), tiled or direct.
+    #[arg(long, value_enum, default_value = "auto")]
+    variant: VariantArg,
     /// Skip the whole-training-step comparison.
     #[arg(long)]
     no_step: bool,
@@ -90,11 +106,22 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
     if let Some(&n) = args.experts.iter().find(|&&n| !(1..=8).contains(&n)) {
         bail!("--experts {n}: the kernels support 1 to 8 experts");
     }
+    set_kernel_variant(match args.variant {
+        VariantArg::Auto => None,
+        VariantArg::Tiled => Some(Variant::Tiled),
+        VariantArg::Direct => Some(Variant::Direct),
+    });
     let device = make_device(DeviceChoice::Gpu);
     if !sparse_supported(&device) {
         bail!("no wgpu device: the sparse kernels need Burn's wgpu backend");
     }
-    let adapter = format!("{:?}", device);
+    let adapter = device
+        .identity()
+        .map_or_else(|| format!("{device:?}"), |identity| identity.name);
+    if !args.json {
+        println!("device: {adapter}; kernel variant: {:?}", args.variant);
+        println!();
+    }
     let mut rows = Vec::new();
     let scales: &[(Scale, &'static str, ModelSpec)] = &[
         (

@@ -298,7 +298,6 @@ impl SparseMoeOps for CubeBackend {
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
         height: usize,
@@ -309,8 +308,9 @@ impl SparseMoeOps for CubeBackend {
             f32_contiguous(weight),
             i32_contiguous(experts),
         );
-        let [batch, _, h_out, w_out] = dims4(&grad_output);
+        let [batch, c_out, h_out, w_out] = dims4(&grad_output);
         let weight_dims = dims4(&weight);
+        let num_experts = weight_dims[0] / c_out.max(1);
         let geometry = Geometry::new(
             [batch, weight_dims[1], height, width],
             weight_dims,
@@ -323,8 +323,16 @@ impl SparseMoeOps for CubeBackend {
             [h_out, w_out],
             "output gradient does not match the convolution geometry"
         );
-        let pixels = height * width;
         let variant = variant_for(&grad_output);
+        // The direct kernel runs one stride × stride phase of the input pixels per workgroup
+        // (see its header); the tiled one all pixels with every tap.
+        let (pixels, phases) = match variant {
+            Variant::Direct => (
+                height.div_ceil(stride) * width.div_ceil(stride),
+                stride * stride,
+            ),
+            Variant::Tiled => (height * width, 1),
+        };
         let tile = Tile::for_product(variant, geometry.c_in, pixels);
         launch(
             Shader::InputGrad(variant),
@@ -332,7 +340,7 @@ impl SparseMoeOps for CubeBackend {
             grid(
                 pixels.div_ceil(tile.tile_n as usize),
                 geometry.c_in.div_ceil(tile.tile_m as usize),
-                batch,
+                batch * phases,
             ),
             [&grad_output, &weight, &experts],
             Shape::from([batch, geometry.c_in, height, width]),

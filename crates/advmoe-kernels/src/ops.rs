@@ -38,16 +38,12 @@ pub trait SparseMoeOps: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
-    /// Gradient of the ungated convolution with respect to its input, `[batch, c_in, height, width]`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the geometry of a transposed convolution"
-    )]
+    /// Gradient of the ungated convolution with respect to its input, `[batch, c_in, height, width]`
+    /// (the number of experts is the weight's rows over the output gradient's channels).
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
         height: usize,
