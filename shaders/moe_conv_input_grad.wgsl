@@ -7,17 +7,21 @@
 // and (oy, ox) lies inside the output. Only the selected expert's filters are read. An expert
 // index outside [0, num_experts) writes NaN.
 //
-// Implicit GEMM per sample: rows = input channels (c_in), columns = input pixels, reduction =
-// c_out * kernel * kernel. Same tiling as the forward kernel.
+// Implicit GEMM per sample and stride phase: rows = input channels (c_in), columns = the input
+// pixels of one phase (iy mod stride, ix mod stride), reduction = c_out times the taps that
+// reach an output from that phase (ky = (iy + padding) mod stride, then every stride-th; a
+// quarter of the taps for stride 2). Same tiling as the forward kernel.
 //
 // Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous row-major f32 unless noted):
+// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted):
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 weight      [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts     [batch] i32
 //   3 grad_input  [batch, c_in, h_in, w_in]
 //   4 params      MoeConvParams (12 x u32)
-// Dispatch: (ceil(h_in * w_in / TILE_N), ceil(c_in / TILE_M), batch).
+// Dispatch: (ceil(ceil(h_in / stride) * ceil(w_in / stride) / TILE_N), ceil(c_in / TILE_M),
+//            batch * stride * stride).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`input_grad`).
 
 struct MoeConvParams {
@@ -61,14 +65,26 @@ var<workgroup> tap_x: array<i32, TILE_K>;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let b = group.z;
+    let phases = params.stride * params.stride;
+    let b = group.z / phases;
+    let phase_y = (group.z % phases) / params.stride;
+    let phase_x = group.z % params.stride;
+    // This phase's pixels: iy = py * stride + phase_y for py < phase_h, likewise x; its taps:
+    // ky = first_ky + j * stride for j < taps_y, likewise x.
+    let phase_h = (params.h_in + params.stride - 1u - phase_y) / params.stride;
+    let phase_w = (params.w_in + params.stride - 1u - phase_x) / params.stride;
+    let first_ky = (phase_y + params.padding) % params.stride;
+    let first_kx = (phase_x + params.padding) % params.stride;
+    let taps_y = (params.kernel + params.stride - 1u - min(first_ky, params.kernel)) / params.stride;
+    let taps_x = (params.kernel + params.stride - 1u - min(first_kx, params.kernel)) / params.stride;
+    let phase_taps = taps_y * taps_x;
     let m0 = group.y * TILE_M;
     let n0 = group.x * TILE_N;
     let pixels_in = params.h_in * params.w_in;
     let pixels_out = params.h_out * params.w_out;
     let taps = params.kernel * params.kernel;
     let filter_len = params.c_in * taps;
-    let reduce = params.c_out * taps;
+    let reduce = params.c_out * phase_taps;
     let expert_raw = experts[b];
     let expert_ok = expert_raw >= 0 && u32(expert_raw) < params.num_experts;
     let expert = select(0u, u32(expert_raw), expert_ok);
@@ -82,9 +98,9 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     let b_col = lid % TILE_N;
     let b_row = lid / TILE_N;
     let n_load = n0 + b_col;
-    let n_ok = n_load < pixels_in;
-    let shifted_y = i32(n_load / params.w_in) + i32(params.padding);
-    let shifted_x = i32(n_load % params.w_in) + i32(params.padding);
+    let n_ok = n_load < phase_h * phase_w;
+    let shifted_y = i32((n_load / max(phase_w, 1u)) * params.stride + phase_y + params.padding);
+    let shifted_x = i32((n_load % max(phase_w, 1u)) * params.stride + phase_x + params.padding);
 
     let tm = lid / THREADS_N;
     let tn = lid % THREADS_N;
@@ -96,12 +112,14 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
     for (var k0 = 0u; k0 < reduce; k0 += TILE_K) {
         if (lid < TILE_K) {
             let k = min(k0 + lid, reduce - 1u);
-            let co = k / taps;
-            let tap = k % taps;
+            let co = k / phase_taps;
+            let tap = k % phase_taps;
+            let ky = first_ky + (tap / taps_x) * params.stride;
+            let kx = first_kx + (tap % taps_x) * params.stride;
             tap_grad[lid] = i32(co * pixels_out);
-            tap_weight[lid] = co * filter_len + tap;
-            tap_y[lid] = i32(tap / params.kernel);
-            tap_x[lid] = i32(tap % params.kernel);
+            tap_weight[lid] = co * filter_len + ky * params.kernel + kx;
+            tap_y[lid] = i32(ky);
+            tap_x[lid] = i32(kx);
         }
         workgroupBarrier();
         // Weights: row m = ci of filter (co, tap).
@@ -115,17 +133,16 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             }
             tile_a[kl * TILE_M + ml] = value;
         }
-        // Output-gradient taps that reach this input pixel through tap (ky, kx).
+        // Output-gradient taps that reach this input pixel through tap (ky, kx); within the
+        // phase the divisions are exact.
         for (var kl = b_row; kl < TILE_K; kl += THREADS / TILE_N) {
             let ty = shifted_y - tap_y[kl];
             let tx = shifted_x - tap_x[kl];
+            let oy = ty / stride;
+            let ox = tx / stride;
             var value = 0.0;
-            if (n_ok && k0 + kl < reduce && ty >= 0 && tx >= 0 && ty % stride == 0 && tx % stride == 0) {
-                let oy = ty / stride;
-                let ox = tx / stride;
-                if (oy < h_out && ox < w_out) {
-                    value = grad_output[grad_base + tap_grad[kl] + oy * w_out + ox];
-                }
+            if (n_ok && k0 + kl < reduce && ty >= 0 && tx >= 0 && oy < h_out && ox < w_out) {
+                value = grad_output[grad_base + tap_grad[kl] + oy * w_out + ox];
             }
             tile_b[kl * TILE_N + b_col] = value;
         }
@@ -149,8 +166,11 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         let m = m0 + tm + r * THREADS_M;
         for (var c = 0u; c < 4u; c++) {
             let n = n0 + tn + c * THREADS_N;
-            if (m < params.c_in && n < pixels_in) {
-                grad_input[(b * params.c_in + m) * pixels_in + n] = select(poison, rows[r][c], expert_ok);
+            if (m < params.c_in && n < phase_h * phase_w) {
+                let iy = (n / phase_w) * params.stride + phase_y;
+                let ix = (n % phase_w) * params.stride + phase_x;
+                let pixel = iy * params.w_in + ix;
+                grad_input[(b * params.c_in + m) * pixels_in + pixel] = select(poison, rows[r][c], expert_ok);
             }
         }
     }

@@ -154,7 +154,6 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
                 )
             })
             .collect();
-        shapes.dedup();
         shapes.sort();
         shapes.dedup();
         for &(c_in, c_out, [h, w], kernel, stride) in &shapes {
@@ -407,8 +406,8 @@ fn read_values<const D: usize>(tensor: Tensor<D>) -> anyhow::Result<Vec<f32>> {
 }
 
 /// The largest difference between the sparse and the reference results (the output, and with
-/// `backward` the input, weight and router-score gradients), relative to the largest reference value:
-/// a benchmark of a kernel that computes something else would measure nothing.
+/// `backward` the input, weight and router-score gradients), relative to the largest reference
+/// value: a benchmark of a kernel that computes something else would measure nothing.
 fn agreement(
     x: &Tensor<4>,
     weight: &Tensor<4>,

@@ -324,15 +324,10 @@ impl SparseMoeOps for CubeBackend {
             "output gradient does not match the convolution geometry"
         );
         let variant = variant_for(&grad_output);
-        // The direct kernel runs one stride × stride phase of the input pixels per workgroup
-        // (see its header); the tiled one all pixels with every tap.
-        let (pixels, phases) = match variant {
-            Variant::Direct => (
-                height.div_ceil(stride) * width.div_ceil(stride),
-                stride * stride,
-            ),
-            Variant::Tiled => (height * width, 1),
-        };
+        // One stride × stride phase of the input pixels per workgroup (see the shaders'
+        // headers): only the taps that reach an output are visited.
+        let pixels = height.div_ceil(stride) * width.div_ceil(stride);
+        let phases = stride * stride;
         let tile = Tile::for_product(variant, geometry.c_in, pixels);
         launch(
             Shader::InputGrad(variant),

@@ -8,8 +8,8 @@
 //! a Burn backend extension ([`SparseMoeOps`]) with a hand-written autodiff backward, so
 //! training and attacks use them end to end. Each matrix-product shader comes in a tiled
 //! variant (workgroup-memory tiles, for GPUs) and a direct one (no workgroup memory, for
-//! software adapters); [`Variant`] says which, chosen by adapter. Everywhere else, and as the oracle of the parity
-//! tests, [`reference::moe_conv`] runs all experts and selects.
+//! software adapters); [`Variant`] says which, chosen by adapter. Everywhere else, and as the
+//! oracle of the parity tests, [`reference::moe_conv`] runs all experts and selects.
 //!
 //! This crate must not read GPU data back or loop over experts on the host.
 

@@ -13,7 +13,8 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 /// - `weight [num_experts * c_out, c_in, kernel, kernel]`, expert `e` owning rows
 ///   `e * c_out .. (e + 1) * c_out`
 /// - `gate [batch, num_experts]`, `experts [batch]` (the selected expert of each sample)
-/// - output `[batch, c_out, h_out, w_out]` with `h_out = (h_in + 2 * padding - kernel) / stride + 1`
+/// - output `[batch, c_out, h_out, w_out]` with
+///   `h_out = (h_in + 2 * padding - kernel) / stride + 1`
 #[backend_extension(Cube, Autodiff)]
 pub trait SparseMoeOps: Backend {
     /// `output[b] = gate[b, experts[b]] * conv(input[b], weight of expert experts[b])`.
@@ -38,8 +39,9 @@ pub trait SparseMoeOps: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
-    /// Gradient of the ungated convolution with respect to its input, `[batch, c_in, height, width]`
-    /// (the number of experts is the weight's rows over the output gradient's channels).
+    /// Gradient of the ungated convolution with respect to its input,
+    /// `[batch, c_in, height, width]` (the number of experts is the weight's rows over the
+    /// output gradient's channels).
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -2,10 +2,10 @@
 //!
 //! The convolution itself is `advmoe_kernels::moe_conv`: sparse WGSL kernels on `wgpu` devices
 //! (only the selected expert runs), the reference elsewhere (one dense conv over all experts'
-//! filters, then each sample keeps the `width_out` channels of its own expert). The router receives gradient through
-//! the straight-through estimator: the selected expert's output is multiplied by a gate whose
-//! value is exactly 1 and whose derivative with respect to the selected score is 1, so
-//! `dL/ds[b, e_b] = sum(dL/dy_b * y_b)` and unselected scores get zero.
+//! filters, then each sample keeps the `width_out` channels of its own expert). The router
+//! receives gradient through the straight-through estimator: the selected expert's output is
+//! multiplied by a gate whose value is exactly 1 and whose derivative with respect to the
+//! selected score is 1, so `dL/ds[b, e_b] = sum(dL/dy_b * y_b)` and unselected scores get zero.
 //!
 //! A NaN score makes its sample's gate NaN (its output is poisoned, never silently expert 0), and
 //! [`check_routes`] turns it into an error wherever routes are read back.
