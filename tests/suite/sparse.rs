@@ -2,14 +2,16 @@
 //! MoE conv agrees with the reference (all experts, then select) in its output and in all three
 //! gradients (input, weight, router scores) over a grid of shapes and edge cases.
 
-use advmoe_core::Rng;
+use advmoe_core::{MethodKind, Rng};
+use advmoe_engine::Run;
 use advmoe_kernels::shaders::{self, Tile};
-use advmoe_kernels::{Variant, set_kernel_variant};
-use advmoe_kernels::{reference, sparse_moe_conv, sparse_supported};
+use advmoe_kernels::{
+    Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
+};
 use advmoe_model::{LayerRoute, gate_from_scores};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::common::{cpu, gpu, max_abs_diff, read, read2, tensor4};
+use crate::common::{cpu, gpu, max_abs_diff, read, read2, small_config, synthetic, tensor4};
 
 /// Parse and validate one WGSL text; the error names the file and the tile shape.
 fn validate(name: &str, text: &str) -> Result<(), String> {
@@ -365,4 +367,31 @@ fn an_empty_batch_gives_an_empty_output_and_zero_weight_gradient() {
     let grad = read(Tensor::from_inner(weight.grad(&grads).unwrap()));
     assert_eq!(grad.len(), 6 * 2 * 9);
     assert!(grad.iter().all(|&g| g == 0.0));
+}
+
+/// Training and its attacks run through the sparse kernels on wgpu and follow the reference
+/// path: two `advmoe` steps (two attacks and two optimiser steps each) give the same losses
+/// with sparse execution on and off.
+#[test]
+fn advmoe_training_on_wgpu_gives_the_same_losses_sparse_and_reference() {
+    let losses = |sparse: bool| {
+        let previous = set_sparse_execution(sparse);
+        let mut config = small_config(4, 2, 2);
+        config.train.method = MethodKind::Advmoe;
+        config.train.batch_size = 8;
+        config.data.augment = false;
+        let mut run = Run::new(config, synthetic(16, 16), &gpu()).unwrap();
+        run.run_chunk(2).unwrap();
+        let losses = run.drain_losses().unwrap();
+        set_sparse_execution(previous);
+        losses
+    };
+    let (sparse, reference) = (losses(true), losses(false));
+    assert_eq!(sparse.len(), reference.len());
+    for (s, r) in sparse.iter().zip(&reference) {
+        assert!(
+            (s - r).abs() <= 1e-3 * (1.0 + r.abs()),
+            "sparse {sparse:?} vs reference {reference:?}"
+        );
+    }
 }

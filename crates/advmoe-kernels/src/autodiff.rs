@@ -8,12 +8,13 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
-use burn::tensor::Shape;
+use burn::tensor::{DType, IntDType, Shape};
 
 use crate::ops::SparseMoeOps;
 
-/// The gated forward on a plain backend: `(output, z, scale)` with `z` the ungated expert
-/// output and `scale [batch, 1, 1, 1]` each sample's gate at its selected expert.
+/// The gated forward on a plain backend: `(output, z, scale, experts)` with `z` the ungated
+/// expert output, `scale [batch, 1, 1, 1]` each sample's gate at its selected expert and the
+/// expert indices as i32.
 pub(crate) fn gated<B: SparseMoeOps>(
     input: FloatTensor<B>,
     weight: FloatTensor<B>,
@@ -21,15 +22,20 @@ pub(crate) fn gated<B: SparseMoeOps>(
     experts: IntTensor<B>,
     stride: usize,
     padding: usize,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, IntTensor<B>) {
     let [batch, num_experts] = gate.shape().dims::<2>();
+    // The kernels read i32 indices: convert once here, so the backward's launches reuse them.
+    let experts = match experts.dtype() {
+        DType::I32 => experts,
+        _ => B::int_cast(experts, IntDType::I32),
+    };
     let z =
         B::sparse_moe_conv_forward(input, weight, experts.clone(), num_experts, stride, padding);
-    let index = B::int_reshape(experts, Shape::from([batch, 1]));
+    let index = B::int_reshape(experts.clone(), Shape::from([batch, 1]));
     let scale = B::float_gather(1, gate, index);
     let scale = B::float_reshape(scale, Shape::from([batch, 1, 1, 1]));
     let output = B::float_mul(z.clone(), scale.clone());
-    (output, z, scale)
+    (output, z, scale, experts)
 }
 
 /// What the backward needs from the forward.
@@ -111,11 +117,11 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
             weight.into_primitive(),
             gate.into_primitive(),
         );
-        let (output, z, scale) = gated::<B>(
+        let (output, z, scale, experts) = gated::<B>(
             input.clone(),
             weight.clone(),
             gate,
-            experts.clone(),
+            experts,
             stride,
             padding,
         );
