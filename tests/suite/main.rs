@@ -9,6 +9,7 @@
 )]
 
 mod adversarial;
+mod app;
 mod attacks;
 mod checkpoint;
 mod common;

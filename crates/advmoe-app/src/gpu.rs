@@ -1,0 +1,70 @@
+//! One GPU device for drawing and training: eframe creates the wgpu device (asking for what the
+//! adapter offers, as Burn's own device creation does), and Burn registers that same device.
+
+use std::sync::Arc;
+
+use burn::backend::wgpu::{WgpuSetup, wgpu};
+use burn::tensor::Device;
+use eframe::egui_wgpu;
+
+/// eframe's wgpu configuration: the device gets the adapter's features and limits, which Burn's
+/// kernels need (eframe's default asks for WebGL-level limits).
+pub fn wgpu_configuration() -> egui_wgpu::WgpuConfiguration {
+    let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    setup.device_descriptor = Arc::new(|adapter: &wgpu::Adapter| wgpu::DeviceDescriptor {
+        label: Some("advmoe-lab device"),
+        required_features: adapter
+            .features()
+            .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+        required_limits: adapter.limits(),
+        memory_hints: wgpu::MemoryHints::MemoryUsage,
+        ..Default::default()
+    });
+    egui_wgpu::WgpuConfiguration {
+        wgpu_setup: egui_wgpu::WgpuSetup::CreateNew(setup),
+        ..Default::default()
+    }
+}
+
+/// Where training runs, and why.
+#[derive(Debug, Clone)]
+pub struct ComputeDevice {
+    /// The Burn device.
+    pub device: Device,
+    /// What to show the user, e.g. "GPU: NVIDIA H200 (Vulkan)".
+    pub label: String,
+    /// Why the GPU is not used, if it is not.
+    pub fallback_reason: Option<String>,
+}
+
+/// Register eframe's wgpu device with Burn; without one (or if Burn rejects it) fall back to
+/// Burn's CPU backend and say why.
+pub fn compute_device(render_state: Option<&egui_wgpu::RenderState>) -> ComputeDevice {
+    let cpu = |reason: String| ComputeDevice {
+        device: Device::flex(),
+        label: "CPU (Burn flex backend)".into(),
+        fallback_reason: Some(reason),
+    };
+    let Some(state) = render_state else {
+        return cpu("the window has no wgpu renderer".into());
+    };
+    let info = state.adapter.get_info();
+    let setup = WgpuSetup {
+        instance: state.instance.clone(),
+        adapter: state.adapter.clone(),
+        device: state.device.clone(),
+        queue: state.queue.clone(),
+        backend: info.backend,
+    };
+    match Device::wgpu_options().setup(setup).init() {
+        Ok(device) => ComputeDevice {
+            device,
+            label: format!("GPU: {} ({:?})", info.name, info.backend),
+            fallback_reason: None,
+        },
+        Err(e) => cpu(format!(
+            "Burn could not use the adapter {:?} ({e}); training runs on the CPU",
+            info.name
+        )),
+    }
+}

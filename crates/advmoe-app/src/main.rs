@@ -1,0 +1,16 @@
+//! Native entry point: a window whose wgpu device Burn shares for training.
+
+fn main() -> eframe::Result {
+    let options = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_title("AdvMoE Lab")
+            .with_inner_size([1200.0, 800.0]),
+        wgpu_options: advmoe_app::gpu::wgpu_configuration(),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "AdvMoE Lab",
+        options,
+        Box::new(|cc| Ok(Box::new(advmoe_app::LabApp::new(cc)))),
+    )
+}

@@ -1,0 +1,188 @@
+//! Setup: dataset, backbone, MoE shape, router, method and its hyper-parameters, with
+//! classroom presets.
+
+use advmoe_core::{Arch, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterKind, TrainSpec};
+use advmoe_engine::RunConfig;
+use eframe::egui;
+
+/// A ready-made configuration for a lesson.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// The quick start: a 2-expert ResNet-10, standard training.
+    QuickStart,
+    /// The same MoE under vanilla adversarial training (`moe-at`): watch the router collapse.
+    VanillaAt,
+    /// AdvMoE: routers and experts trained in turn, adversarially.
+    AdvMoe,
+    /// A dense TRADES model of the same pathway cost, the baseline.
+    DenseTrades,
+}
+
+impl Preset {
+    /// Every preset, in menu order.
+    pub const ALL: [Preset; 4] = [
+        Preset::QuickStart,
+        Preset::VanillaAt,
+        Preset::AdvMoe,
+        Preset::DenseTrades,
+    ];
+
+    /// Its name in the menu.
+    pub fn label(self) -> &'static str {
+        match self {
+            Preset::QuickStart => "Quick start (standard MoE)",
+            Preset::VanillaAt => "Dense vs MoE: MoE under vanilla AT",
+            Preset::AdvMoe => "AdvMoE fixes the routers",
+            Preset::DenseTrades => "Dense TRADES baseline (same cost)",
+        }
+    }
+
+    /// The configuration it stands for.
+    pub fn config(self) -> RunConfig {
+        let mut config = RunConfig {
+            model: ModelSpec::resnet(16, 1, 2, 0.5),
+            data: DatasetSpec::default(),
+            train: TrainSpec::default(),
+            balance_weight: 1.0,
+        };
+        config.train.total_steps = 300;
+        config.train.eval_every = 50;
+        config.train.eval_size = 200;
+        config.train.batch_size = 32;
+        match self {
+            Preset::QuickStart => config.train.method = MethodKind::Standard,
+            Preset::VanillaAt => config.train.method = MethodKind::MoeAt,
+            Preset::AdvMoe => config.train.method = MethodKind::Advmoe,
+            Preset::DenseTrades => {
+                config.model.num_experts = 1;
+                config.train.method = MethodKind::Trades;
+            }
+        }
+        config
+    }
+}
+
+/// What the setup view edits.
+#[derive(Debug, Clone)]
+pub struct SetupState {
+    /// The configuration training will start with.
+    pub config: RunConfig,
+}
+
+impl Default for SetupState {
+    fn default() -> Self {
+        Self {
+            config: Preset::QuickStart.config(),
+        }
+    }
+}
+
+fn combo<T: Copy + PartialEq + std::fmt::Display>(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut T,
+    all: &[T],
+) {
+    egui::ComboBox::new(label, label)
+        .selected_text(value.to_string())
+        .show_ui(ui, |ui| {
+            for &option in all {
+                ui.selectable_value(value, option, option.to_string());
+            }
+        });
+}
+
+/// One grid row: a label and the widget it names (for screen readers and UI tests).
+fn row(ui: &mut egui::Ui, name: &str, add: impl FnOnce(&mut egui::Ui) -> egui::Response) {
+    let label = ui.label(name);
+    add(ui).labelled_by(label.id);
+    ui.end_row();
+}
+
+/// Draw the setup view; returns `true` when the user pressed "Start training".
+pub fn setup_ui(ui: &mut egui::Ui, state: &mut SetupState, busy: bool) -> bool {
+    ui.heading("Setup");
+    ui.horizontal(|ui| {
+        ui.label("Preset:");
+        for preset in Preset::ALL {
+            if ui.button(preset.label()).clicked() {
+                state.config = preset.config();
+            }
+        }
+    });
+    ui.separator();
+    let config = &mut state.config;
+    egui::Grid::new("setup grid")
+        .num_columns(2)
+        .spacing([16.0, 6.0])
+        .show(ui, |ui| {
+            ui.label("Dataset");
+            combo(ui, "Dataset", &mut config.data.kind, DatasetKind::ALL);
+            ui.end_row();
+            if config.data.kind != DatasetKind::Synthetic {
+                let mut dir = config.data.data_dir.clone().unwrap_or_default();
+                row(ui, "Data folder", |ui| {
+                    ui.add(
+                        egui::TextEdit::singleline(&mut dir)
+                            .hint_text("folder with the dataset files"),
+                    )
+                });
+                config.data.data_dir = (!dir.trim().is_empty()).then(|| dir.trim().to_owned());
+            }
+            ui.label("Backbone");
+            combo(ui, "Backbone", &mut config.model.arch, Arch::ALL);
+            ui.end_row();
+            row(ui, "Base width b", |ui| {
+                ui.add(egui::DragValue::new(&mut config.model.width).range(4..=128))
+            });
+            row(ui, "Depth d", |ui| {
+                ui.add(egui::DragValue::new(&mut config.model.depth).range(1..=2))
+            });
+            row(ui, "Experts N", |ui| {
+                ui.add(egui::DragValue::new(&mut config.model.num_experts).range(1..=8))
+            });
+            row(ui, "Expert ratio r", |ui| {
+                ui.add(
+                    egui::DragValue::new(&mut config.model.ratio)
+                        .range(0.125..=1.0)
+                        .speed(0.01),
+                )
+            });
+            ui.label("Router");
+            combo(ui, "Router", &mut config.model.router, RouterKind::ALL);
+            ui.end_row();
+            ui.label("Method");
+            combo(ui, "Method", &mut config.train.method, MethodKind::ALL);
+            ui.end_row();
+            row(ui, "Steps", |ui| {
+                ui.add(egui::DragValue::new(&mut config.train.total_steps).range(1..=1_000_000))
+            });
+            row(ui, "Batch size", |ui| {
+                ui.add(egui::DragValue::new(&mut config.train.batch_size).range(1..=1024))
+            });
+            row(ui, "Learning rate", |ui| {
+                ui.add(
+                    egui::DragValue::new(&mut config.train.lr)
+                        .range(1e-5..=1.0)
+                        .speed(0.001),
+                )
+            });
+            row(ui, "Evaluate every", |ui| {
+                ui.add(egui::DragValue::new(&mut config.train.eval_every).range(1..=100_000))
+            });
+            row(ui, "Seed", |ui| {
+                ui.add(egui::DragValue::new(&mut config.train.seed))
+            });
+        });
+    ui.separator();
+    if let Err(e) = config.validate() {
+        ui.colored_label(ui.visuals().error_fg_color, format!("Invalid setup: {e}"));
+        return false;
+    }
+    let label = if busy {
+        "Restart training"
+    } else {
+        "Start training"
+    };
+    ui.button(label).clicked()
+}

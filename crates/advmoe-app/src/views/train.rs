@@ -1,0 +1,148 @@
+//! Train: start / pause / resume / stop, live plots of the loss, clean accuracy and expert load,
+//! progress, throughput and ETA.
+
+use advmoe_core::EvalReport;
+use advmoe_engine::RunState;
+use eframe::egui;
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+/// What the train view shows, filled from the worker's events.
+#[derive(Debug, Default, Clone)]
+pub struct TrainState {
+    /// Steps of the current run.
+    pub total_steps: usize,
+    /// Steps done.
+    pub step: usize,
+    /// `[step, training loss]` of every step.
+    pub losses: Vec<[f64; 2]>,
+    /// Every evaluation, in order.
+    pub evals: Vec<EvalReport>,
+    /// Training throughput of the last chunk.
+    pub steps_per_sec: f64,
+    /// The run's state; `None` before the first run.
+    pub state: Option<RunState>,
+}
+
+impl TrainState {
+    /// Forget the previous run.
+    pub fn reset(&mut self, total_steps: usize) {
+        *self = Self {
+            total_steps,
+            state: Some(RunState::Running),
+            ..Self::default()
+        };
+    }
+}
+
+/// What the user pressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainAction {
+    /// Pause the run.
+    Pause,
+    /// Resume it.
+    Resume,
+    /// Stop it.
+    Stop,
+}
+
+/// Draw the train view.
+pub fn train_ui(ui: &mut egui::Ui, state: &TrainState) -> Option<TrainAction> {
+    let mut action = None;
+    ui.heading("Train");
+    let Some(run_state) = state.state else {
+        ui.label("No run yet: choose a setup and press \"Start training\".");
+        return None;
+    };
+    ui.horizontal(|ui| {
+        let running = run_state == RunState::Running;
+        let paused = run_state == RunState::Paused;
+        if ui
+            .add_enabled(running, egui::Button::new("Pause"))
+            .clicked()
+        {
+            action = Some(TrainAction::Pause);
+        }
+        if ui
+            .add_enabled(paused, egui::Button::new("Resume"))
+            .clicked()
+        {
+            action = Some(TrainAction::Resume);
+        }
+        if ui
+            .add_enabled(running || paused, egui::Button::new("Stop"))
+            .clicked()
+        {
+            action = Some(TrainAction::Stop);
+        }
+        ui.label(format!("State: {run_state:?}"));
+    });
+    let fraction = state.step as f32 / state.total_steps.max(1) as f32;
+    let remaining = state.total_steps.saturating_sub(state.step) as f64;
+    let eta = if state.steps_per_sec > 0.0 && run_state == RunState::Running {
+        format!(", ETA {:.0} s", remaining / state.steps_per_sec)
+    } else {
+        String::new()
+    };
+    ui.add(egui::ProgressBar::new(fraction).text(format!(
+        "step {} / {} · {:.2} steps/s{eta}",
+        state.step, state.total_steps, state.steps_per_sec
+    )));
+    if let Some(last) = state.evals.last() {
+        ui.label(format!(
+            "Clean accuracy: {:.1}% (step {}, {} test images)",
+            100.0 * last.clean_acc,
+            last.step,
+            last.images
+        ));
+    }
+    let height = (ui.available_height() / 3.0 - 12.0).max(90.0);
+    ui.label("Training loss");
+    Plot::new("loss plot")
+        .height(height)
+        .legend(Legend::default())
+        .show(ui, |plot| {
+            plot.line(Line::new("loss", PlotPoints::from(state.losses.clone())));
+        });
+    ui.label("Clean accuracy (%)");
+    Plot::new("accuracy plot")
+        .height(height)
+        .include_y(0.0)
+        .include_y(100.0)
+        .legend(Legend::default())
+        .show(ui, |plot| {
+            let points: Vec<[f64; 2]> = state
+                .evals
+                .iter()
+                .map(|e| [e.step as f64, 100.0 * e.clean_acc])
+                .collect();
+            plot.line(Line::new("clean accuracy", PlotPoints::from(points)));
+        });
+    ui.label("Expert load of the first MoE layer (%)");
+    Plot::new("load plot")
+        .height(height)
+        .include_y(0.0)
+        .include_y(100.0)
+        .legend(Legend::default())
+        .show(ui, |plot| {
+            let experts = state
+                .evals
+                .last()
+                .and_then(|e| e.expert_load.first())
+                .map_or(0, Vec::len);
+            for expert in 0..experts {
+                let points: Vec<[f64; 2]> = state
+                    .evals
+                    .iter()
+                    .filter_map(|e| {
+                        let load = e.expert_load.first()?.get(expert)?;
+                        Some([e.step as f64, 100.0 * load])
+                    })
+                    .collect();
+                plot.line(Line::new(
+                    format!("expert {expert}"),
+                    PlotPoints::from(points),
+                ));
+            }
+        });
+    action
+}
