@@ -1,5 +1,6 @@
 //! The desktop app driven through its accessible labels with egui_kittest: presets, a short
-//! training started from the setup view, and the metrics the train view shows.
+//! training started from the setup view, the metrics the train view shows, and a checkpoint
+//! saved from it.
 
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,7 @@ fn presets_fill_the_setup() {
 }
 
 #[test]
-fn a_training_started_from_the_setup_view_reports_progress_and_accuracy() {
+fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoint() {
     let mut harness = harness();
     {
         let config = &mut harness.state_mut().setup_mut().config;
@@ -80,4 +81,37 @@ fn a_training_started_from_the_setup_view_reports_progress_and_accuracy() {
     harness.get_by_label_contains("step 20 / 20");
     let accuracy = format!("Clean accuracy: {:.1}%", 100.0 * state.evals[1].clean_acc);
     harness.get_by_label_contains(&accuracy);
+
+    // Save a checkpoint through the train view; the CLI's files appear in the folder.
+    let dir = std::env::temp_dir().join(format!("advmoe-app-test-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    harness.get_by_label("Checkpoint folder").focus();
+    harness.run_steps(1);
+    harness
+        .get_by_label("Checkpoint folder")
+        .type_text(dir.to_str().unwrap());
+    harness.run_steps(2);
+    harness.get_by_label("Save checkpoint").click();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.state().train_state().saved_to.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoint was not saved in 60 s"
+        );
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "run.json",
+    ] {
+        assert!(
+            dir.join(file).is_file(),
+            "{file} missing in {}",
+            dir.display()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -104,6 +104,7 @@ impl LabApp {
             }
             Event::Eval(report) => self.train.evals.push(report),
             Event::State(state) => self.train.state = Some(state),
+            Event::Saved(dir) => self.train.saved_to = Some(dir.display().to_string()),
             Event::Error(message) => self.error = Some(message),
         }
     }
@@ -150,11 +151,12 @@ impl eframe::App for LabApp {
                     }
                 }
                 Tab::Train => {
-                    if let Some(action) = views::train::train_ui(ui, &self.train) {
+                    if let Some(action) = views::train::train_ui(ui, &mut self.train) {
                         self.send(match action {
                             TrainAction::Pause => Command::Pause,
                             TrainAction::Resume => Command::Resume,
                             TrainAction::Stop => Command::Stop,
+                            TrainAction::Save => Command::Save(self.train.save_dir.trim().into()),
                         });
                     }
                 }

@@ -4,6 +4,7 @@
 //!
 //! TODO(#6): on the web the same loop runs as a cooperative task instead of a thread.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
@@ -23,6 +24,9 @@ pub enum Command {
     Resume,
     /// End the run early; its model stays available.
     Stop,
+    /// Write a resumable checkpoint of the current run (model, optimiser state, metrics) into a
+    /// folder; `advmoe train --resume DIR` and `advmoe eval --model DIR` read it.
+    Save(PathBuf),
 }
 
 /// What the worker reports.
@@ -48,6 +52,8 @@ pub enum Event {
     Eval(EvalReport),
     /// The run changed state (paused, resumed, stopped, finished).
     State(RunState),
+    /// A checkpoint was written into this folder.
+    Saved(PathBuf),
     /// Something failed; the message is for the user.
     Error(String),
 }
@@ -134,6 +140,16 @@ fn worker_loop(
                             send(Event::Error(message));
                         }
                     }
+                }
+                Command::Save(dir) => {
+                    let event = match run.as_mut() {
+                        Some(run) => match run.save_checkpoint(&dir) {
+                            Ok(()) => Event::Saved(dir),
+                            Err(e) => Event::Error(format!("saving to {}: {e:#}", dir.display())),
+                        },
+                        None => Event::Error("there is no trained model to save yet".into()),
+                    };
+                    send(event);
                 }
                 Command::Pause | Command::Resume | Command::Stop => {
                     if let Some(run) = run.as_mut() {

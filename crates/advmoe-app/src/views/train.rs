@@ -21,6 +21,10 @@ pub struct TrainState {
     pub steps_per_sec: f64,
     /// The run's state; `None` before the first run.
     pub state: Option<RunState>,
+    /// Where "Save checkpoint" writes.
+    pub save_dir: String,
+    /// The folder the last checkpoint went to, if any since the run changed.
+    pub saved_to: Option<String>,
 }
 
 impl TrainState {
@@ -29,6 +33,7 @@ impl TrainState {
         *self = Self {
             total_steps,
             state: Some(RunState::Running),
+            save_dir: std::mem::take(&mut self.save_dir),
             ..Self::default()
         };
     }
@@ -43,10 +48,12 @@ pub enum TrainAction {
     Resume,
     /// Stop it.
     Stop,
+    /// Save a checkpoint into `TrainState::save_dir`.
+    Save,
 }
 
 /// Draw the train view.
-pub fn train_ui(ui: &mut egui::Ui, state: &TrainState) -> Option<TrainAction> {
+pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction> {
     let mut action = None;
     ui.heading("Train");
     let Some(run_state) = state.state else {
@@ -75,6 +82,21 @@ pub fn train_ui(ui: &mut egui::Ui, state: &TrainState) -> Option<TrainAction> {
             action = Some(TrainAction::Stop);
         }
         ui.label(format!("State: {run_state:?}"));
+    });
+    ui.horizontal(|ui| {
+        let label = ui.label("Checkpoint folder");
+        ui.add(egui::TextEdit::singleline(&mut state.save_dir).hint_text("runs/lab"))
+            .labelled_by(label.id);
+        let can_save = !state.save_dir.trim().is_empty() && run_state != RunState::Failed;
+        if ui
+            .add_enabled(can_save, egui::Button::new("Save checkpoint"))
+            .clicked()
+        {
+            action = Some(TrainAction::Save);
+        }
+        if let Some(dir) = &state.saved_to {
+            ui.label(format!("Saved to {dir}"));
+        }
     });
     let fraction = state.step as f32 / state.total_steps.max(1) as f32;
     let remaining = state.total_steps.saturating_sub(state.step) as f64;
