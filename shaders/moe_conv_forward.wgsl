@@ -13,44 +13,21 @@
 // neighbouring pixels.
 //
 // Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous row-major f32 unless noted):
+// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted):
 //   0 input   [batch, c_in, h_in, w_in]
 //   1 weight  [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts [batch] i32
 //   3 output  [batch, c_out, h_out, w_out]
-//   4 params  MoeConvParams (12 x u32)
+//   4 params  MoeConvParams (12 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(h_out * w_out / TILE_N), ceil(c_out / TILE_M), batch).
-// Launcher: crates/advmoe-kernels/src/cube.rs (`forward`).
-
-struct MoeConvParams {
-    batch: u32,
-    c_in: u32,
-    h_in: u32,
-    w_in: u32,
-    c_out: u32,
-    h_out: u32,
-    w_out: u32,
-    kernel: u32,
-    stride: u32,
-    padding: u32,
-    num_experts: u32,
-    splits: u32,
-}
+// Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_forward`).
 
 @group(0) @binding(0) var<storage, read_write> input: array<f32>;
 @group(0) @binding(1) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 @group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
-
-// Tile shape: the launcher rewrites these two lines. Each thread computes 4 x 4 outputs.
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
-
-const TILE_K: u32 = 16u;
-const THREADS_M: u32 = TILE_M / 4u;
-const THREADS_N: u32 = TILE_N / 4u;
-const THREADS: u32 = THREADS_M * THREADS_N;
 
 var<workgroup> tile_a: array<f32, TILE_K * TILE_M>; // weights, [k][m]
 var<workgroup> tile_b: array<f32, TILE_K * TILE_N>; // input patches, [k][n]

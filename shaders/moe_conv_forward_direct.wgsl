@@ -16,38 +16,15 @@
 //   1 weight  [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts [batch] i32
 //   3 output  [batch, c_out, h_out, w_out]
-//   4 params  MoeConvParams (12 x u32)
+//   4 params  MoeConvParams (12 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(h_out * w_out / TILE_N), ceil(c_out / TILE_M), batch).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_forward`).
-
-struct MoeConvParams {
-    batch: u32,
-    c_in: u32,
-    h_in: u32,
-    w_in: u32,
-    c_out: u32,
-    h_out: u32,
-    w_out: u32,
-    kernel: u32,
-    stride: u32,
-    padding: u32,
-    num_experts: u32,
-    splits: u32,
-}
 
 @group(0) @binding(0) var<storage, read_write> input: array<f32>;
 @group(0) @binding(1) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 @group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
-
-// Tile shape: the launcher rewrites these two lines. Each thread computes 4 x 4 outputs.
-const TILE_M: u32 = 64u;
-const TILE_N: u32 = 64u;
-
-const THREADS_M: u32 = TILE_M / 4u;
-const THREADS_N: u32 = TILE_N / 4u;
-const THREADS: u32 = THREADS_M * THREADS_N;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

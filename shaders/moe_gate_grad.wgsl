@@ -10,29 +10,15 @@
 // workgroup memory.
 //
 // Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous row-major f32 unless noted):
+// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted):
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 z           [batch, c_out, h_out, w_out] (the ungated expert output)
 //   2 experts     [batch] i32
 //   3 grad_gate   [batch, num_experts]
-//   4 params      MoeConvParams (12 x u32)
+//   4 params      MoeConvParams (12 x u32, moe_conv_common.wgsl)
 // Dispatch: (batch, 1, 1).
-// Launcher: crates/advmoe-kernels/src/cube.rs (`gate_grad`).
-
-struct MoeConvParams {
-    batch: u32,
-    c_in: u32,
-    h_in: u32,
-    w_in: u32,
-    c_out: u32,
-    h_out: u32,
-    w_out: u32,
-    kernel: u32,
-    stride: u32,
-    padding: u32,
-    num_experts: u32,
-    splits: u32,
-}
+// Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_gate_grad`).
 
 @group(0) @binding(0) var<storage, read_write> grad_output: array<f32>;
 @group(0) @binding(1) var<storage, read_write> z: array<f32>;
@@ -40,22 +26,22 @@ struct MoeConvParams {
 @group(0) @binding(3) var<storage, read_write> grad_gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
 
-const THREADS: u32 = 256u;
+const REDUCE_THREADS: u32 = 256u;
 
-var<workgroup> sums: array<f32, THREADS>;
+var<workgroup> sums: array<f32, REDUCE_THREADS>;
 
-@compute @workgroup_size(THREADS)
+@compute @workgroup_size(REDUCE_THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let b = group.x;
     let count = params.c_out * params.h_out * params.w_out;
     let base = b * count;
     var sum = 0.0;
-    for (var i = lid; i < count; i += THREADS) {
+    for (var i = lid; i < count; i += REDUCE_THREADS) {
         sum = fma(grad_output[base + i], z[base + i], sum);
     }
     sums[lid] = sum;
     workgroupBarrier();
-    for (var width = THREADS / 2u; width > 0u; width /= 2u) {
+    for (var width = REDUCE_THREADS / 2u; width > 0u; width /= 2u) {
         if (lid < width) {
             sums[lid] += sums[lid + width];
         }

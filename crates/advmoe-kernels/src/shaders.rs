@@ -1,9 +1,12 @@
 //! The registry of WGSL shaders: the only module that names files under `shaders/`.
 //!
-//! Each matrix-product shader declares its tile shape in two `const` lines with defaults, so the
-//! file as written is valid WGSL (the naga test validates it as is and in every tile shape the
-//! launcher can pick); [`render`] rewrites those lines for the shape a launch needs.
+//! Every kernel file starts from [`COMMON`] (the geometry struct and the tile shape, written
+//! once): [`render`] prepends it and rewrites its two tile lines for the shape a launch needs.
+//! The naga test validates every kernel so rendered, in every tile shape.
 
+/// What every kernel shares: the `MoeConvParams` struct and the tile-shape constants (defaults
+/// 64 × 64).
+pub const COMMON: &str = include_str!("../../../shaders/moe_conv_common.wgsl");
 /// The forward pass: each sample's output from its own expert's filters only.
 pub const FORWARD: &str = include_str!("../../../shaders/moe_conv_forward.wgsl");
 /// The gradient with respect to the input.
@@ -21,7 +24,7 @@ pub const WEIGHT_GRAD_DIRECT: &str =
 /// The straight-through router gradient.
 pub const GATE_GRAD: &str = include_str!("../../../shaders/moe_gate_grad.wgsl");
 
-/// Every shader with its file name, for validation.
+/// Every kernel with its file name, for validation ([`COMMON`] is prepended to each).
 pub const ALL: [(&str, &str); 7] = [
     ("moe_conv_forward.wgsl", FORWARD),
     ("moe_conv_input_grad.wgsl", INPUT_GRAD),
@@ -106,20 +109,17 @@ impl Tile {
     }
 }
 
-/// The shader text with its tile constants set. Shaders without tile constants come back as is.
+/// The full text of a kernel for a tile shape: [`COMMON`] with its tile lines set, then the
+/// kernel's own text.
 ///
 /// # Panics
-/// If a matrix-product shader lost one of its two tile lines (a bug caught by the shader test).
-pub fn render(source: &str, tile: Tile) -> String {
-    let defaults = [("TILE_M", 64, tile.tile_m), ("TILE_N", 64, tile.tile_n)];
-    if !source.contains("const TILE_M: u32") {
-        return source.to_owned();
+/// If [`COMMON`] lost one of its two tile lines (a bug the shader test catches).
+pub fn render(kernel: &str, tile: Tile) -> String {
+    let mut common = COMMON.to_owned();
+    for (name, value) in [("TILE_M", tile.tile_m), ("TILE_N", tile.tile_n)] {
+        let line = format!("const {name}: u32 = 64u;");
+        assert!(common.contains(&line), "moe_conv_common.wgsl lost `{line}`");
+        common = common.replacen(&line, &format!("const {name}: u32 = {value}u;"), 1);
     }
-    let mut text = source.to_owned();
-    for (name, default, value) in defaults {
-        let line = format!("const {name}: u32 = {default}u;");
-        assert!(text.contains(&line), "shader lost its tile line `{line}`");
-        text = text.replacen(&line, &format!("const {name}: u32 = {value}u;"), 1);
-    }
-    text
+    common + "\n" + kernel
 }
