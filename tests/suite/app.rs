@@ -44,9 +44,8 @@ fn presets_fill_the_setup() {
     assert_eq!(config.model.num_experts, 1);
 }
 
-#[test]
-fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoint() {
-    let mut harness = harness();
+/// Set a tiny run, press "Start training" and wait until both evaluations arrived.
+fn train_tiny(harness: &mut Harness<'static, LabApp>) {
     {
         let config = &mut harness.state_mut().setup_mut().config;
         config.model.width = 4;
@@ -69,6 +68,12 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
         std::thread::sleep(Duration::from_millis(20));
     }
     harness.run_steps(2);
+}
+
+#[test]
+fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoint() {
+    let mut harness = harness();
+    train_tiny(&mut harness);
     let state = harness.state().train_state().clone();
     assert_eq!(state.step, 20);
     assert_eq!(state.losses.len(), 20);
@@ -114,4 +119,28 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
         );
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// With a wgpu renderer (lavapipe in CI) the app registers the renderer's own device with Burn
+/// and trains on it: one device for drawing and training.
+#[test]
+fn the_app_trains_on_the_device_it_draws_with() {
+    let mut setup = egui_kittest::wgpu::default_wgpu_setup();
+    if let eframe::egui_wgpu::WgpuSetup::CreateNew(create) = &mut setup {
+        create.device_descriptor = advmoe_app::gpu::device_descriptor();
+    }
+    let mut harness = Harness::builder()
+        .with_size([1100.0, 900.0])
+        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_setup(setup))
+        .build_eframe(|cc| LabApp::new(cc));
+    let label = harness.state().compute_label().to_owned();
+    assert!(
+        label.starts_with("GPU: "),
+        "not on the renderer's device: {label}"
+    );
+    train_tiny(&mut harness);
+    let state = harness.state().train_state();
+    assert_eq!(state.step, 20);
+    assert!(state.losses.iter().all(|[_, loss]| loss.is_finite()));
+    harness.get_by_label_contains("step 20 / 20");
 }

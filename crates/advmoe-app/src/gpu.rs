@@ -7,11 +7,11 @@ use burn::backend::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::Device;
 use eframe::egui_wgpu;
 
-/// eframe's wgpu configuration: the device gets the adapter's features and limits, which Burn's
-/// kernels need (eframe's default asks for WebGL-level limits).
-pub fn wgpu_configuration() -> egui_wgpu::WgpuConfiguration {
-    let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
-    setup.device_descriptor = Arc::new(|adapter: &wgpu::Adapter| wgpu::DeviceDescriptor {
+/// The device request: the adapter's features and limits, which Burn's kernels need (eframe's
+/// default asks for WebGL-level limits), as Burn's own device creation does.
+pub fn device_descriptor()
+-> Arc<dyn Fn(&wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> + Send + Sync> {
+    Arc::new(|adapter: &wgpu::Adapter| wgpu::DeviceDescriptor {
         label: Some("advmoe-lab device"),
         required_features: adapter
             .features()
@@ -19,7 +19,13 @@ pub fn wgpu_configuration() -> egui_wgpu::WgpuConfiguration {
         required_limits: adapter.limits(),
         memory_hints: wgpu::MemoryHints::MemoryUsage,
         ..Default::default()
-    });
+    })
+}
+
+/// eframe's wgpu configuration, with [`device_descriptor`].
+pub fn wgpu_configuration() -> egui_wgpu::WgpuConfiguration {
+    let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    setup.device_descriptor = device_descriptor();
     egui_wgpu::WgpuConfiguration {
         wgpu_setup: egui_wgpu::WgpuSetup::CreateNew(setup),
         ..Default::default()

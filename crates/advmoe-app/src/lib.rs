@@ -41,6 +41,11 @@ impl LabApp {
     /// fall back to the CPU) and start the worker.
     pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
         let compute = gpu::compute_device(cc.wgpu_render_state.as_ref());
+        // Said once at start, so a terminal shows where training will run and why.
+        eprintln!("advmoe-lab: training on {}", compute.label);
+        if let Some(reason) = &compute.fallback_reason {
+            eprintln!("advmoe-lab: {reason}");
+        }
         Self::with_device(compute, cc.egui_ctx.clone())
     }
 
@@ -78,6 +83,11 @@ impl LabApp {
     /// The setup being edited.
     pub fn setup(&self) -> &SetupState {
         &self.setup
+    }
+
+    /// Where training runs, as shown in the title bar.
+    pub fn compute_label(&self) -> &str {
+        &self.compute.label
     }
 
     fn send(&mut self, command: Command) {
