@@ -10,6 +10,7 @@ use advmoe_engine::{DeviceChoice, Run, RunConfig, make_device};
 use advmoe_kernels::{
     Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
 };
+use advmoe_model::readback::read_f32;
 use anyhow::{Context as _, bail};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -397,14 +398,6 @@ fn time_conv(
     })
 }
 
-fn read_values<const D: usize>(tensor: Tensor<D>) -> anyhow::Result<Vec<f32>> {
-    tensor
-        .try_into_data()
-        .map_err(|e| anyhow::anyhow!("reading a result back failed: {e:?}"))?
-        .try_into_vec_as::<f32>()
-        .map_err(|e| anyhow::anyhow!("unexpected result type: {e:?}"))
-}
-
 /// The largest difference between the sparse and the reference results (the output, and with
 /// `backward` the input, weight and router-score gradients), relative to the largest reference
 /// value: a benchmark of a kernel that computes something else would measure nothing.
@@ -440,19 +433,22 @@ fn agreement(
         } else {
             reference::moe_conv(x.clone(), weight.clone(), gate, stride, padding)
         };
-        let mut values = vec![read_values(y.clone().detach())?];
+        let mut values = vec![read_f32(y.clone().detach(), "benchmark output")?];
         if backward {
             let grads = y.sum().backward();
             let missing = || anyhow::anyhow!("a benchmark input got no gradient");
-            values.push(read_values(Tensor::<4>::from_inner(
-                x.grad(&grads).ok_or_else(missing)?,
-            ))?);
-            values.push(read_values(Tensor::<4>::from_inner(
-                weight.grad(&grads).ok_or_else(missing)?,
-            ))?);
-            values.push(read_values(Tensor::<2>::from_inner(
-                scores.grad(&grads).ok_or_else(missing)?,
-            ))?);
+            values.push(read_f32(
+                Tensor::<4>::from_inner(x.grad(&grads).ok_or_else(missing)?),
+                "input gradient",
+            )?);
+            values.push(read_f32(
+                Tensor::<4>::from_inner(weight.grad(&grads).ok_or_else(missing)?),
+                "weight gradient",
+            )?);
+            values.push(read_f32(
+                Tensor::<2>::from_inner(scores.grad(&grads).ok_or_else(missing)?),
+                "router-score gradient",
+            )?);
         }
         Ok(values)
     };

@@ -13,11 +13,14 @@ pub struct ReadbackError {
     pub reason: String,
 }
 
-fn data_as<E: Element>(data: TensorData, what: &'static str) -> Result<Vec<E>, ReadbackError> {
-    data.try_into_vec_as::<E>().map_err(|e| ReadbackError {
-        what,
-        reason: format!("{e:?}"),
-    })
+fn data_as<E: Element, X: std::fmt::Debug>(
+    data: Result<TensorData, X>,
+    what: &'static str,
+) -> Result<Vec<E>, ReadbackError> {
+    let error = |reason: String| ReadbackError { what, reason };
+    data.map_err(|e| error(format!("{e:?}")))?
+        .try_into_vec_as::<E>()
+        .map_err(|e| error(format!("{e:?}")))
 }
 
 /// Read a float tensor back as `f32`s.
@@ -25,7 +28,7 @@ pub fn read_f32<const D: usize>(
     t: Tensor<D>,
     what: &'static str,
 ) -> Result<Vec<f32>, ReadbackError> {
-    data_as(t.into_data(), what)
+    data_as(t.try_into_data(), what)
 }
 
 /// Read an int tensor back as `i64`s.
@@ -33,5 +36,5 @@ pub fn read_i64<const D: usize>(
     t: Tensor<D, Int>,
     what: &'static str,
 ) -> Result<Vec<i64>, ReadbackError> {
-    data_as(t.into_data(), what)
+    data_as(t.try_into_data(), what)
 }
