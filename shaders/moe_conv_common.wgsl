@@ -20,7 +20,7 @@ struct MoeConvParams {
 }
 
 // Tile shape of the matrix-product shaders: the launcher rewrites these two lines. Each thread
-// computes 4 x 4 outputs; the direct variants ignore TILE_K.
+// computes 4 x 4 outputs; the direct variants ignore TILE_K and the tiles below.
 const TILE_M: u32 = 64u;
 const TILE_N: u32 = 64u;
 
@@ -28,3 +28,34 @@ const TILE_K: u32 = 16u;
 const THREADS_M: u32 = TILE_M / 4u;
 const THREADS_N: u32 = TILE_N / 4u;
 const THREADS: u32 = THREADS_M * THREADS_N;
+
+// The tiled kernels' workgroup tiles: TILE_K reduction steps of TILE_M rows (A) and TILE_N
+// columns (B). A kernel that never calls multiply_tiles does not allocate them.
+var<workgroup> tile_a: array<f32, TILE_K * TILE_M>;
+var<workgroup> tile_b: array<f32, TILE_K * TILE_N>;
+
+// One thread's 4 x 4 outputs: rows tm + r * THREADS_M (r0..r3), columns tn + c * THREADS_N
+// (the vec4 lanes). Four named vectors rather than an indexed array keep them in registers.
+struct Block {
+    r0: vec4<f32>,
+    r1: vec4<f32>,
+    r2: vec4<f32>,
+    r3: vec4<f32>,
+}
+
+// Add the product of the staged tiles to this thread's block (between the barriers that fill
+// and release the tiles).
+fn multiply_tiles(block: Block, tm: u32, tn: u32) -> Block {
+    var out = block;
+    for (var kl = 0u; kl < TILE_K; kl++) {
+        let row = kl * TILE_M + tm;
+        let col = kl * TILE_N + tn;
+        let a = vec4<f32>(tile_a[row], tile_a[row + THREADS_M], tile_a[row + 2u * THREADS_M], tile_a[row + 3u * THREADS_M]);
+        let b = vec4<f32>(tile_b[col], tile_b[col + THREADS_N], tile_b[col + 2u * THREADS_N], tile_b[col + 3u * THREADS_N]);
+        out.r0 = fma(vec4<f32>(a.x), b, out.r0);
+        out.r1 = fma(vec4<f32>(a.y), b, out.r1);
+        out.r2 = fma(vec4<f32>(a.z), b, out.r2);
+        out.r3 = fma(vec4<f32>(a.w), b, out.r3);
+    }
+    return out;
+}

@@ -29,8 +29,6 @@
 @group(0) @binding(3) var<storage, read_write> output: array<f32>;
 @group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
 
-var<workgroup> tile_a: array<f32, TILE_K * TILE_M>; // weights, [k][m]
-var<workgroup> tile_b: array<f32, TILE_K * TILE_N>; // input patches, [k][n]
 // Per reduction index of the current step: offset of (ci, ky, kx) in one sample's input, ky, kx.
 var<workgroup> tap_offset: array<i32, TILE_K>;
 var<workgroup> tap_y: array<i32, TILE_K>;
@@ -64,10 +62,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 
     let tm = lid / THREADS_N;
     let tn = lid % THREADS_N;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc = Block();
 
     for (var k0 = 0u; k0 < reduce; k0 += TILE_K) {
         if (lid < TILE_K) {
@@ -104,21 +99,12 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
             tile_b[kl * TILE_N + b_col] = value;
         }
         workgroupBarrier();
-        for (var kl = 0u; kl < TILE_K; kl++) {
-            let row = kl * TILE_M + tm;
-            let col = kl * TILE_N + tn;
-            let a = vec4<f32>(tile_a[row], tile_a[row + THREADS_M], tile_a[row + 2u * THREADS_M], tile_a[row + 3u * THREADS_M]);
-            let bv = vec4<f32>(tile_b[col], tile_b[col + THREADS_N], tile_b[col + 2u * THREADS_N], tile_b[col + 3u * THREADS_N]);
-            acc0 = fma(vec4<f32>(a.x), bv, acc0);
-            acc1 = fma(vec4<f32>(a.y), bv, acc1);
-            acc2 = fma(vec4<f32>(a.z), bv, acc2);
-            acc3 = fma(vec4<f32>(a.w), bv, acc3);
-        }
+        acc = multiply_tiles(acc, tm, tn);
         workgroupBarrier();
     }
 
     let poison = bitcast<f32>(0x7fc00000u);
-    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    let rows = array<vec4<f32>, 4>(acc.r0, acc.r1, acc.r2, acc.r3);
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + tm + r * THREADS_M;
         for (var c = 0u; c < 4u; c++) {

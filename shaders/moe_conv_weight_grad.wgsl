@@ -28,8 +28,6 @@
 @group(0) @binding(3) var<storage, read_write> partial: array<f32>;
 @group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
 
-var<workgroup> tile_a: array<f32, TILE_K * TILE_M>; // output gradient, [pixel][m]
-var<workgroup> tile_b: array<f32, TILE_K * TILE_N>; // input patches, [pixel][n]
 // Per output pixel of the current step: the top-left input corner of its receptive field.
 var<workgroup> corner_y: array<i32, TILE_K>;
 var<workgroup> corner_x: array<i32, TILE_K>;
@@ -63,10 +61,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 
     let tm = lid / THREADS_N;
     let tn = lid % THREADS_N;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc = Block();
 
     for (var b = b_start; b < b_end; b++) {
         if (experts[b] != i32(expert)) {
@@ -104,22 +99,13 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                 tile_b[kl * TILE_N + b_col] = value;
             }
             workgroupBarrier();
-            for (var kl = 0u; kl < TILE_K; kl++) {
-                let row = kl * TILE_M + tm;
-                let col = kl * TILE_N + tn;
-                let a = vec4<f32>(tile_a[row], tile_a[row + THREADS_M], tile_a[row + 2u * THREADS_M], tile_a[row + 3u * THREADS_M]);
-                let bv = vec4<f32>(tile_b[col], tile_b[col + THREADS_N], tile_b[col + 2u * THREADS_N], tile_b[col + 3u * THREADS_N]);
-                acc0 = fma(vec4<f32>(a.x), bv, acc0);
-                acc1 = fma(vec4<f32>(a.y), bv, acc1);
-                acc2 = fma(vec4<f32>(a.z), bv, acc2);
-                acc3 = fma(vec4<f32>(a.w), bv, acc3);
-            }
+            acc = multiply_tiles(acc, tm, tn);
             workgroupBarrier();
         }
     }
 
     let weight_rows = params.num_experts * params.c_out;
-    let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    let rows = array<vec4<f32>, 4>(acc.r0, acc.r1, acc.r2, acc.r3);
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + tm + r * THREADS_M;
         for (var c = 0u; c < 4u; c++) {
