@@ -1,16 +1,92 @@
 //! The desktop app driven through its accessible labels with egui_kittest: presets, a short
-//! training started from the setup view, the metrics the train view shows, and a checkpoint
-//! saved from it.
+//! training started from the setup view, the metrics the train view shows, a checkpoint saved
+//! from it, the close dialog, the bundled demo models, the attack lab, the routing atlas and the
+//! report; on the wgpu renderer (lavapipe in CI) the same flow with snapshot images of each view.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use advmoe_app::LabApp;
+use advmoe_app::analysis::AttackOutcome;
+use advmoe_app::demo::{DEMOS, recorded_row};
 use advmoe_app::gpu::ComputeDevice;
 use advmoe_core::MethodKind;
-use egui_kittest::Harness;
+use advmoe_engine::eval::{EvalOptions, evaluate};
+use advmoe_engine::load_model_bytes;
+use eframe::egui;
 use egui_kittest::kittest::Queryable as _;
+use egui_kittest::{Harness, SnapshotOptions};
 
 use crate::common::cpu;
+
+/// Step the app until `done` holds, failing after `secs` with `what`.
+fn wait_for(
+    harness: &mut Harness<'static, LabApp>,
+    what: &str,
+    secs: u64,
+    done: impl Fn(&LabApp) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done(harness.state()) {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not done in {secs} s (error shown: {:?})",
+            harness.state().error()
+        );
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    harness.run_steps(2);
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("advmoe-{name}-{}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    dir
+}
+
+/// Wait until the three bundled demo models are in the library.
+fn wait_for_demos(harness: &mut Harness<'static, LabApp>) {
+    wait_for(harness, "loading the demo models", 120, |app| {
+        app.models().len() == DEMOS.len() && !app.analysis_busy()
+    });
+}
+
+/// Open the combo box labelled `combo` and pick `item`.
+fn choose(harness: &mut Harness<'static, LabApp>, combo: &str, item: &str) {
+    harness.get_by_label(combo).click();
+    harness.run_steps(2);
+    harness.get_by_label(item).click();
+    harness.run_steps(2);
+}
+
+/// Press "Attack" in the attack lab and wait for that attack's result.
+fn attack_now(harness: &mut Harness<'static, LabApp>, what: &str) -> AttackOutcome {
+    let before = harness.state().attack_state().sent;
+    harness.get_by_label("Attack").click();
+    wait_for(harness, what, 300, |app| {
+        let state = app.attack_state();
+        state.sent > before
+            && state.result.as_ref().is_some_and(|r| r.seq == state.sent)
+            && !app.analysis_busy()
+    });
+    harness
+        .state()
+        .attack_state()
+        .result
+        .clone()
+        .expect("an attack result")
+}
+
+/// Type into the text field labelled `label`, replacing what it held.
+fn type_into(harness: &mut Harness<'static, LabApp>, label: &str, text: &str) {
+    harness.get_by_label(label).focus();
+    harness.run_steps(1);
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::A);
+    harness.key_press(egui::Key::Backspace);
+    harness.get_by_label(label).type_text(text);
+    harness.run_steps(2);
+}
 
 fn harness() -> Harness<'static, LabApp> {
     Harness::builder()
@@ -42,6 +118,27 @@ fn presets_fill_the_setup() {
     let config = &harness.state().setup().config;
     assert_eq!(config.train.method, MethodKind::Trades);
     assert_eq!(config.model.num_experts, 1);
+
+    // The lesson "attack the router only" opens the attack lab on the vanilla MoE AT demo
+    // model with the router target, and attacks.
+    wait_for_demos(&mut harness);
+    harness.get_by_label("Attack the router only").click();
+    wait_for(&mut harness, "the router-only lesson", 120, |app| {
+        app.attack_state().result.is_some() && !app.analysis_busy()
+    });
+    let outcome = harness
+        .state()
+        .attack_state()
+        .result
+        .clone()
+        .expect("result");
+    assert_eq!(
+        outcome.attack.spec.target,
+        advmoe_core::AttackTarget::Router
+    );
+    let model = &harness.state().models()[outcome.model];
+    assert_eq!(model.config.train.method, MethodKind::MoeAt);
+    harness.get_by_label_contains("Routing map: routes flipped in");
 }
 
 /// Set a tiny run, press "Start training" and wait until both evaluations arrived.
@@ -87,25 +184,45 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
     let accuracy = format!("Clean accuracy: {:.1}%", 100.0 * state.evals[1].clean_acc);
     harness.get_by_label_contains(&accuracy);
 
-    // Save a checkpoint through the train view; the CLI's files appear in the folder.
-    let dir = std::env::temp_dir().join(format!("advmoe-app-test-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    harness.get_by_label("Checkpoint folder").focus();
-    harness.run_steps(1);
+    // The finished run's model joins the library (after the three demo models).
+    wait_for(&mut harness, "adopting the trained model", 60, |app| {
+        app.models().len() == DEMOS.len() + 1
+    });
+    assert_eq!(
+        harness.state().models()[DEMOS.len()].origin,
+        "trained in this session"
+    );
+
+    // Closing the window with the model unsaved asks first; "Cancel" keeps the app open.
+    assert!(harness.state().has_unsaved_model());
     harness
-        .get_by_label("Checkpoint folder")
-        .type_text(dir.to_str().unwrap());
-    harness.run_steps(2);
-    harness.get_by_label("Save checkpoint").click();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while harness.state().train_state().saved_to.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the checkpoint was not saved in 60 s"
-        );
-        harness.step();
-        std::thread::sleep(Duration::from_millis(20));
+        .input_mut()
+        .viewports
+        .entry(egui::ViewportId::ROOT)
+        .or_default()
+        .events
+        .push(egui::ViewportEvent::Close);
+    harness.step();
+    // The harness keeps raw input between frames: the close request was one event.
+    for info in harness.input_mut().viewports.values_mut() {
+        info.events.clear();
     }
+    harness.run_steps(2);
+    assert!(harness.state().confirming_close());
+    harness.get_by_label_contains("Discard the trained model?");
+    harness.get_by_label("Cancel").click();
+    harness.run_steps(2);
+    assert!(!harness.state().confirming_close());
+
+    // Save a checkpoint through the train view; the CLI's files appear in the folder.
+    let dir = temp_dir("app-checkpoint");
+    harness.get_by_label("Checkpoint folder").click();
+    harness.run_steps(2);
+    type_into(&mut harness, "Checkpoint folder", dir.to_str().unwrap());
+    harness.get_by_label("Save checkpoint").click();
+    wait_for(&mut harness, "saving the checkpoint", 60, |app| {
+        app.train_state().saved_to.is_some()
+    });
     for file in [
         "config.json",
         "model.safetensors",
@@ -118,6 +235,35 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
             dir.display()
         );
     }
+    assert!(!harness.state().has_unsaved_model());
+
+    // A fresh app loads that checkpoint from the train view: same step and evaluations, and
+    // the finished run's model joins the library.
+    let saved = harness.state().train_state().clone();
+    let mut fresh = self::harness();
+    wait_for_demos(&mut fresh);
+    fresh.get_by_label("Train").click();
+    fresh.run_steps(2);
+    fresh.get_by_label("Checkpoint folder").click();
+    fresh.run_steps(2);
+    type_into(&mut fresh, "Checkpoint folder", dir.to_str().unwrap());
+    fresh.get_by_label("Load checkpoint").click();
+    wait_for(&mut fresh, "loading the checkpoint", 60, |app| {
+        app.models().len() == DEMOS.len() + 1
+    });
+    let loaded = fresh.state().train_state();
+    assert_eq!(loaded.step, 20);
+    assert_eq!(loaded.evals, saved.evals);
+    assert_eq!(loaded.state, Some(advmoe_engine::RunState::Finished));
+
+    // A folder that holds a model but no run checkpoint: a message naming the missing file.
+    std::fs::remove_file(dir.join("run.json")).expect("remove run.json");
+    fresh.get_by_label("Load checkpoint").click();
+    wait_for(&mut fresh, "the load error", 60, |app| {
+        app.error().is_some()
+    });
+    let error = fresh.state().error().unwrap_or_default().to_owned();
+    assert!(error.contains("run.json"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -143,4 +289,289 @@ fn the_app_trains_on_the_device_it_draws_with() {
     assert_eq!(state.step, 20);
     assert!(state.losses.iter().all(|[_, loss]| loss.is_finite()));
     harness.get_by_label_contains("step 20 / 20");
+}
+
+/// Every bundled demo model loads and measures, on the CPU, the clean accuracy recorded when
+/// `advmoe compare` trained it, on the same test images.
+#[test]
+fn the_demo_models_load_and_reach_their_recorded_accuracy() {
+    let device = cpu();
+    for demo in DEMOS {
+        let (config, model) = load_model_bytes(
+            demo.config_json,
+            demo.model_safetensors,
+            std::path::Path::new(demo.name),
+            &device,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", demo.name));
+        let recorded = recorded_row(demo.name)
+            .expect("compare.json")
+            .unwrap_or_else(|| panic!("no recorded row for {}", demo.name));
+        assert_eq!(config.train.method, recorded.method, "{}", demo.name);
+        assert_eq!(config.model.num_experts, recorded.experts, "{}", demo.name);
+        let data = advmoe_data::load(&config.data).expect("synthetic data");
+        let result = evaluate(
+            &model,
+            &data.test,
+            &EvalOptions {
+                limit: recorded.report.images,
+                ..EvalOptions::default()
+            },
+            &device,
+        )
+        .expect("evaluation");
+        assert_eq!(result.images, recorded.report.images);
+        assert!(
+            (result.clean_acc - recorded.report.clean_acc).abs() <= 0.5 / result.images as f64,
+            "{}: clean accuracy {} but {} was recorded",
+            demo.name,
+            result.clean_acc,
+            recorded.report.clean_acc
+        );
+        // A demo worth showing: far above chance (10 classes).
+        assert!(
+            result.clean_acc > 0.6,
+            "{}: {}",
+            demo.name,
+            result.clean_acc
+        );
+    }
+}
+
+/// Wait for the demo models, open the attack lab and attack an MoE demo model: the result stays
+/// in the ε-ball, the view shows its predictions and routing map; ε = 0 changes nothing; the
+/// user's own PNG can be attacked too.
+#[test]
+fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
+    let mut harness = harness();
+    wait_for_demos(&mut harness);
+    harness.get_by_label("Attack lab").click();
+    harness.run_steps(2);
+    choose(&mut harness, "Model to attack", "Demo: MoE, vanilla MoE AT");
+    let outcome = attack_now(&mut harness, "attacking");
+    let a = &outcome.attack;
+    assert_eq!(outcome.model, 1);
+    assert!((a.spec.eps - 8.0 / 255.0).abs() < 1e-7);
+    assert!(a.linf <= a.spec.eps + 1e-6, "left the ε-ball: {}", a.linf);
+    assert!(a.adversarial_pixels.iter().all(|v| (0.0..=1.0).contains(v)));
+    let layers = a.clean.routes.len();
+    assert!(
+        layers > 1,
+        "per-layer routers expected, got {layers} routes"
+    );
+    let flips = a.flipped().iter().filter(|f| **f).count();
+    harness.get_by_label_contains(&format!(
+        "Routing map: routes flipped in {flips} of {layers} MoE layers"
+    ));
+    let names = &harness.state().models()[1].class_names;
+    harness.get_by_label_contains(&format!(
+        "Adversarial prediction: {}",
+        names[a.adversarial.prediction]
+    ));
+    let probs: f32 = a.adversarial.probabilities.iter().sum();
+    assert!((probs - 1.0).abs() < 1e-4);
+
+    // ε = 0: the adversarial image is the clean image and no route moves.
+    harness.state_mut().attack_state_mut().eps_255 = 0.0;
+    let outcome = attack_now(&mut harness, "attacking at ε = 0");
+    assert_eq!(outcome.attack.spec.eps, 0.0);
+    assert_eq!(
+        outcome.attack.adversarial_pixels,
+        outcome.attack.clean_pixels
+    );
+    assert_eq!(outcome.attack.clean, outcome.attack.adversarial);
+    harness.get_by_label_contains(&format!(
+        "Routing map: routes flipped in 0 of {layers} MoE layers"
+    ));
+
+    // The user's own PNG, opened by path: fitted to 32×32 RGB and attacked.
+    let dir = temp_dir("own-image");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("stripes.png");
+    let stripes = egui::ColorImage::new(
+        [48, 40],
+        (0..48 * 40)
+            .map(|i| {
+                let v = if (i % 48) / 4 % 2 == 0 { 230 } else { 20 };
+                egui::Color32::from_rgb(v, v / 2, 255 - v)
+            })
+            .collect(),
+    );
+    advmoe_app::picture::save_png(&stripes, &path).expect("png");
+    harness.state_mut().attack_state_mut().eps_255 = 8.0;
+    type_into(
+        &mut harness,
+        "Image file",
+        path.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Open image").click();
+    wait_for(&mut harness, "attacking the own image", 120, |app| {
+        app.attack_state()
+            .result
+            .as_ref()
+            .is_some_and(|r| r.source == "stripes.png")
+            && !app.analysis_busy()
+    });
+    let outcome = harness
+        .state()
+        .attack_state()
+        .result
+        .clone()
+        .expect("result");
+    assert_eq!(outcome.attack.shape, [3, 32, 32]);
+    assert_eq!(outcome.attack.label, outcome.attack.clean.prediction);
+    assert!(outcome.attack.linf <= 8.0 / 255.0 + 1e-6);
+    harness.get_by_label_contains("Label taken as the clean prediction");
+    std::fs::remove_dir_all(&dir).ok();
+
+    // A file that is not an image: a readable message, nothing else changes.
+    let bad = temp_dir("bad-image");
+    std::fs::create_dir_all(&bad).expect("temp dir");
+    std::fs::write(bad.join("notes.png"), b"not a png").expect("write");
+    type_into(
+        &mut harness,
+        "Image file",
+        bad.join("notes.png").to_str().expect("utf-8"),
+    );
+    harness.get_by_label("Open image").click();
+    harness.run_steps(3);
+    let error = harness.state().error().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("notes.png") && error.contains("PNG or JPEG"),
+        "{error}"
+    );
+    std::fs::remove_dir_all(&bad).ok();
+}
+
+/// The routing atlas of an MoE demo model: class × expert counts that add up, per layer, to the
+/// images routed; and the report: the demo models' recorded rows, exported as CSV and JSON, and
+/// one model measured again in the app.
+#[test]
+fn the_atlas_and_the_report_show_the_demo_models() {
+    let mut harness = harness();
+    wait_for_demos(&mut harness);
+    harness.get_by_label("Routing atlas").click();
+    harness.state_mut().atlas_state_mut().limit = 300;
+    harness.run_steps(2);
+    choose(&mut harness, "Model", "Demo: MoE, AdvMoE");
+    wait_for(&mut harness, "computing the atlas", 300, |app| {
+        app.atlas_state().atlas.is_some() && !app.analysis_busy()
+    });
+    let atlas = harness.state().atlas_state().atlas.clone().expect("atlas");
+    assert_eq!(atlas.model, 2);
+    assert_eq!(atlas.eval.images, 300);
+    for (layer, matrix) in atlas.eval.class_expert.iter().enumerate() {
+        let total: usize = matrix.iter().flatten().sum();
+        assert_eq!(total, 300, "layer {layer}");
+        for (e, load) in atlas.eval.expert_load[layer].iter().enumerate() {
+            let routed: usize = matrix.iter().map(|c| c[e]).sum();
+            assert!((load - routed as f64 / 300.0).abs() < 1e-12);
+            assert_eq!(
+                atlas.examples[layer][e].len(),
+                routed.min(advmoe_app::analysis::ATLAS_EXAMPLES)
+            );
+        }
+    }
+    harness.get_by_label_contains("Layer 1: expert load");
+
+    harness.get_by_label("Report").click();
+    harness.run_steps(2);
+    let dir = temp_dir("report");
+    type_into(
+        &mut harness,
+        "Export folder",
+        dir.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Export CSV and JSON").click();
+    harness.run_steps(2);
+    let csv = std::fs::read_to_string(dir.join("report.csv")).expect("report.csv");
+    assert_eq!(csv.lines().count(), 1 + DEMOS.len(), "{csv}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json"))
+            .expect("json");
+    let rows = json["rows"].as_array().expect("rows");
+    for (row, demo) in rows.iter().zip(DEMOS) {
+        let recorded = recorded_row(demo.name).expect("json").expect("row");
+        assert_eq!(
+            row["report"]["clean_acc"].as_f64(),
+            Some(recorded.report.clean_acc)
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+
+    {
+        let report = harness.state_mut().report_state_mut();
+        report.eval_size = 20;
+        report.sweep = "4/255".into();
+    }
+    harness.run_steps(1);
+    harness
+        .get_all_by_label("Re-measure")
+        .next()
+        .expect("a button")
+        .click();
+    wait_for(&mut harness, "measuring", 300, |app| {
+        !app.report_state().measured.is_empty() && !app.analysis_busy()
+    });
+    let row = harness.state().report_state().measured[&0].clone();
+    assert_eq!(row.report.images, 20);
+    assert_eq!(row.report.sweep.len(), 1);
+    assert!((row.report.sweep[0].eps - 4.0 / 255.0).abs() < 1e-7);
+    assert!(
+        row.report.router_robustness.is_none(),
+        "the dense model has no routers"
+    );
+}
+
+/// On the wgpu renderer (lavapipe in CI): the demo models attacked on the GPU device, and a
+/// snapshot image of each view (kept under tests/snapshots/, shown in the README).
+#[test]
+fn snapshots_of_every_view_on_the_gpu() {
+    let mut setup = egui_kittest::wgpu::default_wgpu_setup();
+    if let eframe::egui_wgpu::WgpuSetup::CreateNew(create) = &mut setup {
+        create.device_descriptor = advmoe_app::gpu::device_descriptor();
+    }
+    let mut harness = Harness::builder()
+        .with_size([1200.0, 860.0])
+        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_setup(setup))
+        .build_eframe(|cc| LabApp::new(cc));
+    let options = SnapshotOptions::new().output_path("snapshots");
+    wait_for_demos(&mut harness);
+    harness.get_by_label("AdvMoE fixes the routers").click();
+    harness.run_steps(2);
+    harness.snapshot_options("setup", &options);
+
+    // The router-only lesson on the vanilla MoE AT model, at the first test image whose
+    // routes the attack flips (the routing map is the point of the view).
+    harness.get_by_label("Attack the router only").click();
+    harness.run_steps(2);
+    let mut flipped = None;
+    for index in 0..20 {
+        harness.state_mut().attack_state_mut().test_index = index;
+        let a = attack_now(&mut harness, "attacking on the GPU").attack;
+        assert!(a.linf <= a.spec.eps + 1e-6);
+        assert_eq!(a.spec.target, advmoe_core::AttackTarget::Router);
+        if a.flipped().contains(&true) {
+            flipped = Some(index);
+            break;
+        }
+    }
+    assert!(
+        flipped.is_some(),
+        "the router attack flipped no route in 20 test images"
+    );
+    harness.snapshot_options("attack_lab", &options);
+
+    harness.get_by_label("Routing atlas").click();
+    harness.state_mut().atlas_state_mut().limit = 200;
+    harness.run_steps(2);
+    choose(&mut harness, "Model", "Demo: MoE, AdvMoE");
+    wait_for(&mut harness, "computing the atlas on the GPU", 300, |app| {
+        app.atlas_state().atlas.is_some() && !app.analysis_busy()
+    });
+    harness.snapshot_options("routing_atlas", &options);
+
+    harness.get_by_label("Report").click();
+    harness.run_steps(3);
+    harness.snapshot_options("report", &options);
 }

@@ -353,3 +353,65 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     // guaranteed image by image, but the flip rate of a weaker attack on average is lower.
     assert!(report.sweep[0].router_robustness.unwrap() >= router_robustness - 0.05);
 }
+
+/// `attack_image` (the attack lab's and `advmoe attack`'s one-image attack): what it reports
+/// matches the model run again on its pixels, it stays in the ball, the perturbation image is
+/// 0.5 + 0.5·δ/ε, and the expert target reports the pathway with the clean routes.
+#[test]
+fn attack_image_reports_what_the_model_does_on_its_pixels() {
+    use advmoe_engine::{attack_image, predict};
+    let trained = trained(RouterKind::PerLayer);
+    let model = &trained.model;
+    let device = cpu().autodiff();
+    let data = synthetic(4000, 500);
+    for (index, target) in [
+        (0, AttackTarget::Full),
+        (1, AttackTarget::Router),
+        (2, AttackTarget::Expert),
+    ] {
+        let host = data.test.batch(index, index + 1);
+        let label = usize::from(host.labels[0]);
+        let image = to_device(&host, 10, &device).images;
+        let spec = AttackSpec {
+            target,
+            loss: if target == AttackTarget::Router {
+                AttackLoss::Kl
+            } else {
+                AttackLoss::Ce
+            },
+            ..AttackSpec::paper_eval()
+        };
+        let a = attack_image(model, image.clone(), label, &spec, 7).unwrap();
+        assert_eq!(a.shape, [3, 32, 32]);
+        assert_eq!(a.label, label);
+        assert_eq!(a.clean_pixels, host.images);
+        assert!(a.linf <= spec.eps + 1e-6, "{target}: {}", a.linf);
+        assert!(a.adversarial_pixels.iter().all(|v| (0.0..=1.0).contains(v)));
+        let again = tensor4(a.adversarial_pixels.clone(), [1, 3, 32, 32], &device);
+        let rerun = predict(model, again, &Routing::Free, label).unwrap();
+        assert_eq!(rerun.prediction, a.adversarial.prediction, "{target}");
+        assert_eq!(rerun.routes, a.adversarial.routes, "{target}");
+        assert_eq!(
+            a.clean,
+            predict(model, image, &Routing::Free, label).unwrap()
+        );
+        assert_eq!(a.flipped().len(), a.clean.routes.len());
+        assert_eq!(a.clean.routes.len(), model.moe_convs().len());
+        for ((p, adv), clean) in a
+            .perturbation_pixels()
+            .iter()
+            .zip(&a.adversarial_pixels)
+            .zip(&a.clean_pixels)
+        {
+            assert!((p - (0.5 + 0.5 * (adv - clean) / spec.eps)).abs() < 1e-5);
+        }
+        let frozen = a.adversarial_with_clean_routes.as_ref();
+        assert_eq!(frozen.is_some(), target == AttackTarget::Expert, "{target}");
+        if let Some(frozen) = frozen {
+            assert_eq!(frozen.routes, a.clean.routes);
+        }
+        let top = a.clean.top_k(3);
+        assert_eq!(top[0], (a.clean.prediction, a.clean.confidence));
+        assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
+    }
+}

@@ -4,29 +4,48 @@
 //!
 //! TODO(#6): on the web the same loop runs as a cooperative task instead of a thread.
 
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use advmoe_core::EvalReport;
 use advmoe_engine::{Run, RunConfig, RunState};
+use advmoe_model::MoeNet;
 use burn::tensor::Device;
 use web_time::Instant;
 
 /// What the UI asks of the worker.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Build the dataset and the model and start training (replaces any current run).
-    Start(Box<RunConfig>),
+    /// Build the dataset and the model and start training (replaces any current run); `true`
+    /// trains on Burn's CPU backend instead of the shared GPU device.
+    Start(Box<RunConfig>, bool),
     /// Stop taking steps; the run stays in memory.
     Pause,
     /// Continue a paused run.
     Resume,
     /// End the run early; its model stays available.
     Stop,
+    /// Load a run checkpoint (written by "Save checkpoint" or `advmoe train`) from a folder, in
+    /// place of any current run, paused at its step; `true` trains on the CPU.
+    Load(PathBuf, bool),
     /// Write a resumable checkpoint of the current run (model, optimiser state, metrics) into a
     /// folder; `advmoe train --resume DIR` and `advmoe eval --model DIR` read it.
     Save(PathBuf),
+}
+
+/// A model that training produced.
+#[derive(Debug, Clone)]
+pub struct TrainedModel {
+    /// Its run's configuration.
+    pub config: RunConfig,
+    /// The model (on the training device).
+    pub model: MoeNet,
+    /// Optimiser steps taken.
+    pub steps: usize,
+    /// Training wall-clock seconds.
+    pub train_secs: f64,
 }
 
 /// What the worker reports.
@@ -36,6 +55,10 @@ pub enum Event {
     Started {
         /// Steps it will take.
         total_steps: usize,
+        /// Steps already taken (a loaded checkpoint's).
+        step: usize,
+        /// Evaluations already made (a loaded checkpoint's).
+        history: Vec<EvalReport>,
         /// Names of the loss terms (the first is the training loss).
         loss_terms: Vec<&'static str>,
     },
@@ -54,6 +77,8 @@ pub enum Event {
     State(RunState),
     /// A checkpoint was written into this folder.
     Saved(PathBuf),
+    /// The run ended (finished or stopped) and this is its model, for the other views.
+    Trained(Box<TrainedModel>),
     /// Something failed; the message is for the user.
     Error(String),
 }
@@ -61,49 +86,96 @@ pub enum Event {
 /// Steps per chunk between looks at the command queue.
 const CHUNK_STEPS: usize = 5;
 
-/// The UI's handle on the worker thread.
-pub struct Worker {
-    commands: Sender<Command>,
-    events: Receiver<Event>,
+/// The UI's handle on a worker thread that takes commands `C` and reports events `E`.
+pub struct Handle<C, E> {
+    commands: Sender<C>,
+    events: Receiver<E>,
 }
 
-impl Worker {
-    /// Spawn the worker on its own named thread. `wake` is called after every event (the app
+/// A worker's way back to the UI: every event wakes the UI.
+pub struct Outbox<E> {
+    events: Sender<E>,
+    wake: Box<dyn Fn() + Send>,
+}
+
+impl<E> Outbox<E> {
+    /// Send an event and wake the UI; `false` when the UI is gone.
+    pub fn send(&self, event: E) -> bool {
+        let delivered = self.events.send(event).is_ok();
+        (self.wake)();
+        delivered
+    }
+}
+
+impl<C: Send + 'static, E: Send + 'static> Handle<C, E> {
+    /// Run `body` on a new thread called `name`. `wake` is called after every event (the app
     /// passes `egui::Context::request_repaint`).
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn spawn(device: Device, wake: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+    pub fn spawn(
+        name: &str,
+        wake: impl Fn() + Send + 'static,
+        body: impl FnOnce(Receiver<C>, Outbox<E>) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (commands, command_rx) = channel();
         let (event_tx, events) = channel();
+        let outbox = Outbox {
+            events: event_tx,
+            wake: Box::new(wake),
+        };
         std::thread::Builder::new()
-            .name("advmoe-engine".into())
-            .spawn(move || worker_loop(&device, &command_rx, &event_tx, &wake))?;
+            .name(name.into())
+            .spawn(move || body(command_rx, outbox))?;
         Ok(Self { commands, events })
     }
 
     /// Send a command; `false` when the worker is gone.
-    pub fn send(&self, command: Command) -> bool {
+    pub fn send(&self, command: C) -> bool {
         self.commands.send(command).is_ok()
     }
 
     /// Every event that arrived since the last call.
-    pub fn drain(&self) -> Vec<Event> {
+    pub fn drain(&self) -> Vec<E> {
         self.events.try_iter().collect()
     }
 }
 
-fn worker_loop(
-    device: &Device,
-    commands: &Receiver<Command>,
-    events: &Sender<Event>,
-    wake: &dyn Fn(),
-) {
-    let send = |event: Event| {
-        let delivered = events.send(event).is_ok();
-        wake();
-        delivered
-    };
+/// Run `work`, turning a panic inside it (a failed or lost GPU device, a bug) into an error
+/// message instead of a dead worker, so no panic reaches the user.
+pub fn guarded<T>(what: &str, work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("no detail");
+            Err(format!(
+                "{what} failed unexpectedly ({detail}). If the GPU device was lost, restart \
+                 the app; saved models and checkpoints are unaffected"
+            ))
+        }
+    }
+}
+
+/// The training worker.
+pub type Worker = Handle<Command, Event>;
+
+/// Spawn the training worker ("advmoe-engine") on `device`.
+///
+/// # Errors
+/// If the thread cannot be spawned.
+pub fn spawn_training(device: Device, wake: impl Fn() + Send + 'static) -> std::io::Result<Worker> {
+    Handle::spawn("advmoe-engine", wake, move |commands, events| {
+        worker_loop(&device, &commands, &events);
+    })
+}
+
+fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Event>) {
+    let send = |event: Event| events.send(event);
+    let cpu = Device::flex();
     let mut run: Option<Run> = None;
     loop {
         let running = run.as_ref().is_some_and(|r| r.state() == RunState::Running);
@@ -122,19 +194,40 @@ fn worker_loop(
         };
         if let Some(command) = command {
             match command {
-                Command::Start(config) => {
-                    run = None;
-                    match build_run(*config, device) {
+                Command::Start(_, on_cpu) | Command::Load(_, on_cpu) => {
+                    // A run replaced mid-way still hands its model to the library.
+                    if let Some(old) = run.take().filter(|r| {
+                        r.progress().step > 0
+                            && matches!(r.state(), RunState::Running | RunState::Paused)
+                    }) {
+                        send(Event::Trained(Box::new(trained(&old))));
+                    }
+                    let device = if on_cpu { &cpu } else { device };
+                    let built = match command {
+                        Command::Start(config, _) => {
+                            guarded("building the run", || build_run(*config, device))
+                        }
+                        Command::Load(dir, _) => {
+                            guarded("loading the checkpoint", || load_run(&dir, device))
+                        }
+                        _ => continue,
+                    };
+                    match built {
                         Ok(new_run) => {
-                            let total_steps = new_run.progress().total_steps;
-                            let loss_terms = new_run.loss_terms().to_vec();
-                            run = Some(new_run);
-                            if !send(Event::Started {
-                                total_steps,
-                                loss_terms,
-                            }) {
+                            let started = Event::Started {
+                                total_steps: new_run.progress().total_steps,
+                                step: new_run.progress().step,
+                                history: new_run.history().to_vec(),
+                                loss_terms: new_run.loss_terms().to_vec(),
+                            };
+                            let state = new_run.state();
+                            if !send(started) || !send(Event::State(state)) {
                                 return;
                             }
+                            if state == RunState::Finished {
+                                send(Event::Trained(Box::new(trained(&new_run))));
+                            }
+                            run = Some(new_run);
                         }
                         Err(message) => {
                             send(Event::Error(message));
@@ -143,22 +236,28 @@ fn worker_loop(
                 }
                 Command::Save(dir) => {
                     let event = match run.as_mut() {
-                        Some(run) => match run.save_checkpoint(&dir) {
+                        Some(run) => match guarded("saving", || {
+                            run.save_checkpoint(&dir)
+                                .map_err(|e| format!("saving to {}: {e:#}", dir.display()))
+                        }) {
                             Ok(()) => Event::Saved(dir),
-                            Err(e) => Event::Error(format!("saving to {}: {e:#}", dir.display())),
+                            Err(message) => Event::Error(message),
                         },
                         None => Event::Error("there is no trained model to save yet".into()),
                     };
                     send(event);
                 }
                 Command::Pause | Command::Resume | Command::Stop => {
-                    if let Some(run) = run.as_mut() {
+                    if let Some(active) = run.as_mut() {
                         match command {
-                            Command::Pause => run.pause(),
-                            Command::Resume => run.resume(),
-                            _ => run.stop(),
+                            Command::Pause => active.pause(),
+                            Command::Resume => active.resume(),
+                            _ => active.stop(),
                         }
-                        send(Event::State(run.state()));
+                        send(Event::State(active.state()));
+                        if active.state() == RunState::Stopped {
+                            send(Event::Trained(Box::new(trained(active))));
+                        }
                     }
                 }
             }
@@ -167,11 +266,20 @@ fn worker_loop(
         let Some(active) = run.as_mut() else {
             continue;
         };
-        if let Err(message) = train_chunk(active, &send) {
+        if let Err(message) = guarded("training", || train_chunk(active, &send)) {
             send(Event::Error(message));
             send(Event::State(RunState::Failed));
             run = None;
         }
+    }
+}
+
+fn trained(run: &Run) -> TrainedModel {
+    TrainedModel {
+        config: run.config().clone(),
+        model: run.model().clone(),
+        steps: run.progress().step,
+        train_secs: run.progress().train_secs,
     }
 }
 
@@ -182,6 +290,19 @@ fn build_run(mut config: RunConfig, device: &Device) -> Result<Run, String> {
         .validate()
         .map_err(|e| format!("invalid setup: {e}"))?;
     Run::new(config, Arc::new(data), device).map_err(|e| format!("{e:#}"))
+}
+
+fn load_run(dir: &std::path::Path, device: &Device) -> Result<Run, String> {
+    let config_path = dir.join("config.json");
+    let bytes = std::fs::read(&config_path)
+        .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
+    let config: RunConfig = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a run configuration: {e}", config_path.display()))?;
+    let data = advmoe_data::load(&config.data).map_err(|e| format!("dataset: {e}"))?;
+    let mut run = Run::resume_from(dir, Arc::new(data), device)
+        .map_err(|e| format!("loading the checkpoint in {}: {e:#}", dir.display()))?;
+    run.pause();
+    Ok(run)
 }
 
 /// Take one chunk of steps, report the losses, evaluate when due.
@@ -206,6 +327,9 @@ fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> Result<(), String
     }
     if run.state() != RunState::Running {
         send(Event::State(run.state()));
+        if run.state() == RunState::Finished {
+            send(Event::Trained(Box::new(trained(run))));
+        }
     }
     Ok(())
 }

@@ -8,17 +8,15 @@ use advmoe_core::{
     AttackKind, AttackLoss, AttackSpec, AttackTarget, MethodKind, OptimizerKind, RouterObjective,
     ScheduleKind, TargetClass, TrainSpec, count_macs,
 };
-use advmoe_engine::attack::{self as attacks, LogitObjective, RouterObjective as RouterAttack};
 use advmoe_engine::compare::{CompareEvent, compare_entries, markdown_table, run_comparison};
 use advmoe_engine::eval::{EvalOptions, evaluate};
 use advmoe_engine::robust::{RobustOptions, RobustReport, evaluate_robust};
 use advmoe_engine::run::load_model_dir;
-use advmoe_engine::tensors::{read_f32, to_device};
-use advmoe_engine::{DeviceChoice, RunConfig, make_device};
-use advmoe_model::{Mode, MoeNet, Routing, check_routes};
+use advmoe_engine::tensors::to_device;
+use advmoe_engine::{DeviceChoice, RunConfig, attack_image, make_device};
+use advmoe_model::MoeNet;
 use anyhow::{Context as _, bail};
 use burn::module::Module as _;
-use burn::tensor::{Tensor, activation::softmax};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -170,6 +168,7 @@ pub(crate) fn eval(args: EvalArgs) -> anyhow::Result<()> {
         &EvalOptions {
             batch_size: args.batch_size.unwrap_or(250),
             limit: args.limit,
+            ..EvalOptions::default()
         },
         &device,
     )?;
@@ -314,36 +313,6 @@ pub(crate) struct AttackArgs {
     out: PathBuf,
 }
 
-/// Prediction, confidence and routes of one image.
-fn describe(
-    model: &MoeNet,
-    image: Tensor<4>,
-    routing: &Routing,
-    label: usize,
-) -> anyhow::Result<serde_json::Value> {
-    let out = model.forward_with(image, Mode::Eval, routing);
-    let routes: Vec<usize> = check_routes(&out.routes)?
-        .into_iter()
-        .filter_map(|r| r.first().copied())
-        .collect();
-    let probs = read_f32(softmax(out.logits, 1), "probabilities")?;
-    let (prediction, confidence) =
-        probs
-            .iter()
-            .copied()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, p)| {
-                if p > best.1 { (i, p) } else { best }
-            });
-    Ok(serde_json::json!({
-        "prediction": prediction,
-        "confidence": confidence,
-        "label_probability": probs.get(label).copied().unwrap_or(f32::NAN),
-        "probabilities": probs,
-        "routes": routes,
-    }))
-}
-
 pub(crate) fn attack(args: AttackArgs) -> anyhow::Result<()> {
     let device = make_device(args.device).autodiff();
     let (config, model, dataset) =
@@ -366,62 +335,35 @@ pub(crate) fn attack(args: AttackArgs) -> anyhow::Result<()> {
     let host = test.batch(args.index, args.index + 1);
     let label = usize::from(host.labels[0]);
     let batch = to_device(&host, config.model.num_classes, &device);
-    let images = batch.images.clone();
-    let mut rng = advmoe_core::Rng::stream(args.seed, 0x6174_7461_636b);
-    let (adv, frozen) = match args.target {
-        AttackTarget::Router => {
-            let objective = RouterAttack::new(&model, images.clone(), spec.loss);
-            let adv = attacks::attack(&objective, images.clone(), &spec, &mut rng);
-            (adv, None)
-        }
-        _ => {
-            let objective =
-                LogitObjective::from_spec(&model, images.clone(), batch.labels.clone(), &spec);
-            let adv = attacks::attack(&objective, images.clone(), &spec, &mut rng);
-            let frozen = (args.target == AttackTarget::Expert).then(|| objective.routing().clone());
-            (adv, frozen)
-        }
-    };
-    let clean_values = read_f32(images.clone(), "clean image")?;
-    let adv_values = read_f32(adv.clone(), "adversarial image")?;
-    let delta: Vec<f32> = adv_values
-        .iter()
-        .zip(&clean_values)
-        .map(|(a, c)| a - c)
-        .collect();
-    let linf = delta.iter().fold(0.0f32, |m, d| m.max(d.abs()));
-    let l2 = delta.iter().map(|d| d * d).sum::<f32>().sqrt();
-    let amplify = if spec.kind.is_l2() { linf } else { spec.eps }.max(1e-12);
-    let amplified: Vec<f32> = delta.iter().map(|d| 0.5 + 0.5 * d / amplify).collect();
-    let [_, c, h, w] = host.shape;
+    let result = attack_image(&model, batch.images, label, &spec, args.seed)?;
+    let [c, h, w] = result.shape;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     for (name, values) in [
-        ("clean.png", &clean_values),
-        ("perturbation.png", &amplified),
-        ("adversarial.png", &adv_values),
+        ("clean.png", &result.clean_pixels),
+        ("perturbation.png", &result.perturbation_pixels()),
+        ("adversarial.png", &result.adversarial_pixels),
     ] {
         let path = args.out.join(name);
         write_png(&path, values, c, h, w, args.scale.max(1))
             .with_context(|| format!("writing {path:?}"))?;
     }
-    let clean = describe(&model, images, &Routing::Free, label)?;
-    let adversarial = describe(&model, adv.clone(), &Routing::Free, label)?;
     let mut json = serde_json::json!({
         "model": args.model,
         "index": args.index,
         "label": label,
         "attack": spec,
-        "linf": linf,
-        "l2": l2,
-        "clean": clean,
-        "adversarial": adversarial,
+        "linf": result.linf,
+        "l2": result.l2,
+        "clean": result.clean,
+        "adversarial": result.adversarial,
         "files": ["clean.png", "perturbation.png", "adversarial.png"],
         "perturbation_png": "0.5 + 0.5 * delta / eps (gray = unchanged); for pgd-l2, scaled by the largest |delta|",
     });
-    if let (Some(routing), Some(obj)) = (&frozen, json.as_object_mut()) {
+    if let (Some(frozen), Some(obj)) = (&result.adversarial_with_clean_routes, json.as_object_mut())
+    {
         obj.insert(
             "adversarial_with_clean_routes".into(),
-            describe(&model, adv, routing, label)?,
+            serde_json::to_value(frozen)?,
         );
     }
     let path = args.out.join("attack.json");
@@ -499,6 +441,9 @@ pub(crate) struct CompareArgs {
     /// Test images evaluated per model (0: all).
     #[arg(long, default_value_t = 500)]
     eval_size: usize,
+    /// Extra radii for the ε-curves of every model, comma separated (fractions work).
+    #[arg(long, value_delimiter = ',', value_parser = parse_fraction)]
+    eps_sweep: Vec<f32>,
     /// Only these models, comma separated (dense-full-trades, dense-same-cost-trades, moe-at,
     /// moe-at-balanced, advmoe); default: all.
     #[arg(long, value_delimiter = ',')]
@@ -551,6 +496,7 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let eval = RobustOptions {
         limit: args.eval_size,
         seed: args.seed,
+        eps_sweep: args.eps_sweep.clone(),
         ..args.flags.robust_options(args.attack)?
     };
     let mut entries = compare_entries(&base);

@@ -16,6 +16,8 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Evaluate only the first this many test images (0: all).
     pub limit: usize,
+    /// Per MoE layer and expert, keep the indices of up to this many images routed there.
+    pub examples_per_expert: usize,
 }
 
 impl Default for EvalOptions {
@@ -23,6 +25,7 @@ impl Default for EvalOptions {
         Self {
             batch_size: 250,
             limit: 0,
+            examples_per_expert: 0,
         }
     }
 }
@@ -38,6 +41,11 @@ pub struct EvalResult {
     pub images: usize,
     /// `[moe layer][expert]` fraction of images routed there.
     pub expert_load: Vec<Vec<f64>>,
+    /// `[moe layer][class][expert]`: images of each class routed to each expert.
+    pub class_expert: Vec<Vec<Vec<usize>>>,
+    /// `[moe layer][expert]`: indices (into the set) of the first images routed there, up to
+    /// `EvalOptions::examples_per_expert` each.
+    pub examples: Vec<Vec<Vec<usize>>>,
 }
 
 /// Why an evaluation failed.
@@ -69,6 +77,9 @@ pub fn evaluate(
     let moe_convs = model.moe_convs();
     let num_experts = moe_convs.first().map_or(0, |c| c.num_experts);
     let mut load = vec![vec![0usize; num_experts]; moe_convs.len()];
+    let mut class_expert =
+        vec![vec![vec![0usize; num_experts]; model.num_classes]; moe_convs.len()];
+    let mut examples = vec![vec![Vec::new(); num_experts]; moe_convs.len()];
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
     let mut start = 0;
     while start < total {
@@ -84,8 +95,12 @@ pub fn evaluate(
             other => other,
         })?;
         for (layer, experts) in routes.iter().enumerate() {
-            for &e in experts {
+            for (i, (&e, &y)) in experts.iter().zip(&host.labels).enumerate() {
                 load[layer][e] += 1;
+                class_expert[layer][usize::from(y)][e] += 1;
+                if examples[layer][e].len() < options.examples_per_expert {
+                    examples[layer][e].push(start + i);
+                }
             }
         }
         let n = host.len() as f64;
@@ -106,5 +121,7 @@ pub fn evaluate(
             .into_iter()
             .map(|l| l.into_iter().map(|c| c as f64 / denom).collect())
             .collect(),
+        class_expert,
+        examples,
     })
 }

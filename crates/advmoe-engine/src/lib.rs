@@ -11,6 +11,7 @@ pub mod attack;
 pub mod compare;
 pub mod device;
 pub mod eval;
+pub mod inspect;
 pub mod loss;
 pub mod method;
 pub mod optim;
@@ -20,5 +21,6 @@ pub mod tensors;
 
 pub use device::{DeviceChoice, make_device};
 pub use eval::{EvalOptions, evaluate};
+pub use inspect::{ImageAttack, Prediction, attack_image, predict};
 pub use robust::{RobustOptions, RobustReport, evaluate_robust};
-pub use run::{EngineError, Progress, Run, RunConfig, RunState};
+pub use run::{EngineError, Progress, Run, RunConfig, RunState, load_model_bytes, load_model_dir};

@@ -561,17 +561,37 @@ impl Run {
 
 /// Load a model saved by [`Run::save_model`] (or a checkpoint) from `dir` onto `device`.
 pub fn load_model_dir(dir: &Path, device: &Device) -> Result<(RunConfig, MoeNet), EngineError> {
-    let config_path = dir.join("config.json");
-    let bytes = std::fs::read(&config_path).map_err(|source| CheckpointError::Io {
-        path: config_path.clone(),
-        source,
-    })?;
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| CheckpointError::Io { path, source })
+    };
+    load_model_bytes(
+        &read("config.json")?,
+        &read("model.safetensors")?,
+        dir,
+        device,
+    )
+}
+
+/// Load a model from the bytes of its `config.json` and `model.safetensors` (a bundled model,
+/// or files the user picked in a browser). `origin` names them in error messages.
+pub fn load_model_bytes(
+    config_json: &[u8],
+    model_safetensors: &[u8],
+    origin: &Path,
+    device: &Device,
+) -> Result<(RunConfig, MoeNet), EngineError> {
     let config: RunConfig =
-        serde_json::from_slice(&bytes).map_err(|e| EngineError::BadCheckpoint {
-            path: config_path,
+        serde_json::from_slice(config_json).map_err(|e| EngineError::BadCheckpoint {
+            path: origin.join("config.json"),
             reason: e.to_string(),
         })?;
     config.model.validate()?;
-    let model = advmoe_model::load_model(&dir.join("model.safetensors"), &config.model, device)?;
+    let model = advmoe_model::model_from_bytes(
+        model_safetensors,
+        &config.model,
+        device,
+        &origin.join("model.safetensors"),
+    )?;
     Ok((config, model))
 }

@@ -16,7 +16,7 @@ pub mod readback;
 pub mod router;
 
 pub use advmoe_core::{MacReport, ModelSpec, count_macs};
-pub use checkpoint::{CheckpointError, load_model, save_model};
+pub use checkpoint::{CheckpointError, load_model, model_from_bytes, save_model};
 pub use moe::{
     LayerRoute, MoeConv2d, RouteError, check_routes, fixed_route, gate_from_scores, hard_route,
 };

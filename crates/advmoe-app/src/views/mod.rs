@@ -1,5 +1,74 @@
-//! The views, one module each. A view reads app state and returns what the user asked for; it
-//! never touches Burn tensors or blocks on the GPU.
+//! The views, one module each. A view reads app state and returns what the user asked for (the
+//! app turns that into worker commands); it never touches Burn tensors or blocks on the GPU.
 
+pub mod atlas;
+pub mod attack;
+pub mod report;
 pub mod setup;
 pub mod train;
+
+use eframe::egui;
+
+use crate::analysis::ModelInfo;
+
+/// A labelled combo box over the library's models; `true` when the choice changed. Picks the
+/// first model when none is chosen yet.
+pub fn model_picker(
+    ui: &mut egui::Ui,
+    label: &str,
+    selected: &mut Option<usize>,
+    models: &[ModelInfo],
+) -> bool {
+    let before = *selected;
+    if selected.is_none_or(|m| m >= models.len()) {
+        *selected = models.first().map(|m| m.id);
+    }
+    ui.horizontal(|ui| {
+        let label = ui.label(label);
+        let current = selected
+            .and_then(|m| models.get(m))
+            .map_or("(none)".to_string(), |m| m.name.clone());
+        egui::ComboBox::from_id_salt(label.id)
+            .selected_text(current)
+            .width(320.0)
+            .show_ui(ui, |ui| {
+                for model in models {
+                    ui.selectable_value(selected, Some(model.id), &model.name)
+                        .on_hover_text(&model.origin);
+                }
+            })
+            .response
+            .labelled_by(label.id);
+        if let Some(model) = selected.and_then(|m| models.get(m)) {
+            ui.label(format!(
+                "{} · {} · {}",
+                model.origin, model.config.data.kind, model.config.train.method
+            ));
+        }
+    });
+    *selected != before
+}
+
+/// A label and a combo box over `all` that it names (for screen readers and UI tests); `true`
+/// when the choice changed.
+pub fn labelled_combo<T: Copy + PartialEq + std::fmt::Display>(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut T,
+    all: &[T],
+) -> bool {
+    let name = ui.label(label);
+    let mut changed = false;
+    egui::ComboBox::from_id_salt(label)
+        .selected_text(value.to_string())
+        .show_ui(ui, |ui| {
+            for &option in all {
+                changed |= ui
+                    .selectable_value(value, option, option.to_string())
+                    .changed();
+            }
+        })
+        .response
+        .labelled_by(name.id);
+    changed
+}

@@ -5,6 +5,8 @@ use advmoe_core::{Arch, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterK
 use advmoe_engine::RunConfig;
 use eframe::egui;
 
+use crate::views::labelled_combo;
+
 /// A ready-made configuration for a lesson.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
@@ -67,29 +69,38 @@ impl Preset {
 pub struct SetupState {
     /// The configuration training will start with.
     pub config: RunConfig,
+    /// Train on Burn's CPU backend instead of the window's GPU device.
+    pub on_cpu: bool,
 }
 
 impl Default for SetupState {
     fn default() -> Self {
         Self {
             config: Preset::QuickStart.config(),
+            on_cpu: false,
         }
     }
 }
 
+/// What the user pressed in the setup view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupAction {
+    /// Start training with the setup.
+    Start,
+    /// The lesson "attack the router only": the attack lab on the bundled MoE trained with
+    /// vanilla MoE AT, aimed at its routers.
+    RouterOnlyLesson,
+}
+
+/// One grid row: a label and a combo box over `all` that it names.
 fn combo<T: Copy + PartialEq + std::fmt::Display>(
     ui: &mut egui::Ui,
     label: &str,
     value: &mut T,
     all: &[T],
 ) {
-    egui::ComboBox::new(label, label)
-        .selected_text(value.to_string())
-        .show_ui(ui, |ui| {
-            for &option in all {
-                ui.selectable_value(value, option, option.to_string());
-            }
-        });
+    labelled_combo(ui, label, value, all);
+    ui.end_row();
 }
 
 /// One grid row: a label and the widget it names (for screen readers and UI tests).
@@ -99,8 +110,14 @@ fn row(ui: &mut egui::Ui, name: &str, add: impl FnOnce(&mut egui::Ui) -> egui::R
     ui.end_row();
 }
 
-/// Draw the setup view; returns `true` when the user pressed "Start training".
-pub fn setup_ui(ui: &mut egui::Ui, state: &mut SetupState, busy: bool) -> bool {
+/// Draw the setup view; `compute` names the GPU device training would share.
+pub fn setup_ui(
+    ui: &mut egui::Ui,
+    state: &mut SetupState,
+    busy: bool,
+    compute: &str,
+) -> Option<SetupAction> {
+    let mut action = None;
     ui.heading("Setup");
     ui.horizontal(|ui| {
         ui.label("Preset:");
@@ -110,15 +127,19 @@ pub fn setup_ui(ui: &mut egui::Ui, state: &mut SetupState, busy: bool) -> bool {
             }
         }
     });
+    ui.horizontal(|ui| {
+        ui.label("With the demo models, no training needed:");
+        if ui.button("Attack the router only").clicked() {
+            action = Some(SetupAction::RouterOnlyLesson);
+        }
+    });
     ui.separator();
     let config = &mut state.config;
     egui::Grid::new("setup grid")
         .num_columns(2)
         .spacing([16.0, 6.0])
         .show(ui, |ui| {
-            ui.label("Dataset");
             combo(ui, "Dataset", &mut config.data.kind, DatasetKind::ALL);
-            ui.end_row();
             if config.data.kind != DatasetKind::Synthetic {
                 let mut dir = config.data.data_dir.clone().unwrap_or_default();
                 row(ui, "Data folder", |ui| {
@@ -129,9 +150,7 @@ pub fn setup_ui(ui: &mut egui::Ui, state: &mut SetupState, busy: bool) -> bool {
                 });
                 config.data.data_dir = (!dir.trim().is_empty()).then(|| dir.trim().to_owned());
             }
-            ui.label("Backbone");
             combo(ui, "Backbone", &mut config.model.arch, Arch::ALL);
-            ui.end_row();
             row(ui, "Base width b", |ui| {
                 ui.add(egui::DragValue::new(&mut config.model.width).range(4..=128))
             });
@@ -148,12 +167,8 @@ pub fn setup_ui(ui: &mut egui::Ui, state: &mut SetupState, busy: bool) -> bool {
                         .speed(0.01),
                 )
             });
-            ui.label("Router");
             combo(ui, "Router", &mut config.model.router, RouterKind::ALL);
-            ui.end_row();
-            ui.label("Method");
             combo(ui, "Method", &mut config.train.method, MethodKind::ALL);
-            ui.end_row();
             row(ui, "Steps", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.total_steps).range(1..=1_000_000))
             });
@@ -170,19 +185,64 @@ pub fn setup_ui(ui: &mut egui::Ui, state: &mut SetupState, busy: bool) -> bool {
             row(ui, "Evaluate every", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.eval_every).range(1..=100_000))
             });
+            let adversarial = config.train.method != MethodKind::Standard;
+            if adversarial {
+                let mut eps_255 = config.train.attack.eps * 255.0;
+                row(ui, "Training attack ε (×1/255)", |ui| {
+                    ui.add(
+                        egui::DragValue::new(&mut eps_255)
+                            .range(0.0..=32.0)
+                            .speed(0.5),
+                    )
+                });
+                config.train.attack.eps = eps_255 / 255.0;
+                row(ui, "Training attack steps", |ui| {
+                    ui.add(egui::DragValue::new(&mut config.train.attack.steps).range(1..=20))
+                });
+            }
+            if matches!(
+                config.train.method,
+                MethodKind::Trades | MethodKind::MoeAt | MethodKind::Advmoe
+            ) {
+                row(ui, "KL weight β", |ui| {
+                    ui.add(
+                        egui::DragValue::new(&mut config.train.beta)
+                            .range(0.0..=20.0)
+                            .speed(0.1),
+                    )
+                });
+            }
+            if config.model.is_moe() {
+                row(ui, "Balance weight", |ui| {
+                    ui.add(
+                        egui::DragValue::new(&mut config.balance_weight)
+                            .range(0.0..=10.0)
+                            .speed(0.05),
+                    )
+                });
+            }
             row(ui, "Seed", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.seed))
             });
+            ui.label("Device");
+            ui.horizontal(|ui| {
+                ui.radio_value(&mut state.on_cpu, false, compute);
+                ui.radio_value(&mut state.on_cpu, true, "CPU (Burn flex)");
+            });
+            ui.end_row();
         });
     ui.separator();
     if let Err(e) = config.validate() {
         ui.colored_label(ui.visuals().error_fg_color, format!("Invalid setup: {e}"));
-        return false;
+        return action;
     }
     let label = if busy {
         "Restart training"
     } else {
         "Start training"
     };
-    ui.button(label).clicked()
+    if ui.button(label).clicked() {
+        action = Some(SetupAction::Start);
+    }
+    action
 }

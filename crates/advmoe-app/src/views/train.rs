@@ -25,6 +25,8 @@ pub struct TrainState {
     pub save_dir: String,
     /// The folder the last checkpoint went to, if any since the run changed.
     pub saved_to: Option<String>,
+    /// Steps were taken since the last checkpoint was saved.
+    pub unsaved: bool,
 }
 
 impl TrainState {
@@ -50,15 +52,40 @@ pub enum TrainAction {
     Stop,
     /// Save a checkpoint into `TrainState::save_dir`.
     Save,
+    /// Load the checkpoint in `TrainState::save_dir` (paused; "Resume" continues it).
+    Load,
 }
 
 /// Draw the train view.
 pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction> {
     let mut action = None;
     ui.heading("Train");
+    ui.horizontal(|ui| {
+        let label = ui.label("Checkpoint folder");
+        ui.add(egui::TextEdit::singleline(&mut state.save_dir).hint_text("runs/lab"))
+            .labelled_by(label.id);
+        let folder = !state.save_dir.trim().is_empty();
+        let can_save = folder && state.state.is_some_and(|s| s != RunState::Failed);
+        if ui
+            .add_enabled(can_save, egui::Button::new("Save checkpoint"))
+            .clicked()
+        {
+            action = Some(TrainAction::Save);
+        }
+        if ui
+            .add_enabled(folder, egui::Button::new("Load checkpoint"))
+            .on_hover_text("Load a run checkpoint from the folder, paused; Resume continues it")
+            .clicked()
+        {
+            action = Some(TrainAction::Load);
+        }
+        if let Some(dir) = &state.saved_to {
+            ui.label(format!("Saved to {dir}"));
+        }
+    });
     let Some(run_state) = state.state else {
-        ui.label("No run yet: choose a setup and press \"Start training\".");
-        return None;
+        ui.label("No run yet: choose a setup and press \"Start training\", or load a checkpoint.");
+        return action;
     };
     ui.horizontal(|ui| {
         let running = run_state == RunState::Running;
@@ -82,21 +109,6 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
             action = Some(TrainAction::Stop);
         }
         ui.label(format!("State: {run_state:?}"));
-    });
-    ui.horizontal(|ui| {
-        let label = ui.label("Checkpoint folder");
-        ui.add(egui::TextEdit::singleline(&mut state.save_dir).hint_text("runs/lab"))
-            .labelled_by(label.id);
-        let can_save = !state.save_dir.trim().is_empty() && run_state != RunState::Failed;
-        if ui
-            .add_enabled(can_save, egui::Button::new("Save checkpoint"))
-            .clicked()
-        {
-            action = Some(TrainAction::Save);
-        }
-        if let Some(dir) = &state.saved_to {
-            ui.label(format!("Saved to {dir}"));
-        }
     });
     let fraction = state.step as f32 / state.total_steps.max(1) as f32;
     let remaining = state.total_steps.saturating_sub(state.step) as f64;

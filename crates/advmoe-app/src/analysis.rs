@@ -1,0 +1,491 @@
+//! The analysis worker: a second named thread ("advmoe-analysis") that owns every model the lab
+//! can attack or inspect (the bundled demo models, models opened from disk, models that training
+//! produced) and runs the attack lab's attacks, the routing atlas and the robustness report's
+//! evaluations on them. It runs beside the training worker, so a student can attack the demo
+//! models while a training runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use advmoe_core::{AttackSpec, count_macs};
+use advmoe_data::Dataset;
+use advmoe_engine::compare::CompareRow;
+use advmoe_engine::eval::{EvalOptions, EvalResult, evaluate};
+use advmoe_engine::tensors::to_device;
+use advmoe_engine::{
+    ImageAttack, RobustOptions, RunConfig, attack_image, evaluate_robust, load_model_bytes,
+    load_model_dir, predict,
+};
+use advmoe_model::{MoeNet, Routing};
+use burn::module::Module as _;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::demo;
+use crate::worker::{Handle, Outbox, TrainedModel, guarded};
+
+/// A model in the lab's library, as the views see it (the weights stay on the worker).
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Its index in the library.
+    pub id: usize,
+    /// Display name.
+    pub name: String,
+    /// Where it came from ("bundled demo", a folder, "trained in this session").
+    pub origin: String,
+    /// Its run configuration (model, data, training).
+    pub config: RunConfig,
+    /// Class names of its dataset.
+    pub class_names: Vec<String>,
+    /// Test images available.
+    pub test_len: usize,
+    /// Measurements recorded with it (a bundled model's), shown in the report until re-measured.
+    pub recorded: Option<CompareRow>,
+    /// Training wall-clock seconds, when known.
+    pub train_secs: Option<f64>,
+}
+
+/// Which image the attack lab attacks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    /// A test image of the model's dataset.
+    Test(usize),
+    /// The user's own image, already fitted to the model's input (`[c, h, w]`, channel-major,
+    /// in [0, 1]); its label is taken to be the model's clean prediction.
+    Own {
+        /// File name, for display.
+        name: String,
+        /// `[channels, height, width]`.
+        shape: [usize; 3],
+        /// Pixels.
+        pixels: Vec<f32>,
+    },
+}
+
+/// What the views ask of the analysis worker.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Load the bundled demo models.
+    LoadDemos,
+    /// Load a model folder (`config.json` + `model.safetensors`).
+    Open(PathBuf),
+    /// Add a model that training produced.
+    Adopt(Box<TrainedModel>),
+    /// Attack one image.
+    Attack {
+        /// Sequence number, echoed in the reply (the lab shows only its latest request).
+        seq: u64,
+        /// Library index.
+        model: usize,
+        /// The image.
+        image: ImageSource,
+        /// The attack.
+        spec: AttackSpec,
+        /// Seed of the random start.
+        seed: u64,
+    },
+    /// Routing atlas of a model on its test split.
+    Atlas {
+        /// Library index.
+        model: usize,
+        /// Test images (0: all).
+        limit: usize,
+    },
+    /// Measure a model for the report.
+    Evaluate {
+        /// Library index.
+        model: usize,
+        /// What to measure.
+        options: RobustOptions,
+    },
+}
+
+/// One attack, with what the lab needs to draw it.
+#[derive(Debug, Clone)]
+pub struct AttackOutcome {
+    /// The request's sequence number.
+    pub seq: u64,
+    /// Library index of the model attacked.
+    pub model: usize,
+    /// The image attacked, in words.
+    pub source: String,
+    /// Everything measured.
+    pub attack: ImageAttack,
+}
+
+/// The routing atlas of one model.
+#[derive(Debug, Clone)]
+pub struct Atlas {
+    /// Library index.
+    pub model: usize,
+    /// Clean evaluation with class × expert counts and example indices.
+    pub eval: EvalResult,
+    /// `[layer][expert]`: example images routed there (`[c, h, w]` bytes each).
+    pub examples: Vec<Vec<Vec<Vec<u8>>>>,
+    /// `[c, h, w]` of the images.
+    pub shape: [usize; 3],
+}
+
+/// What the analysis worker reports.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A model joined the library.
+    Loaded(Box<ModelInfo>),
+    /// An attack finished.
+    Attacked(Box<AttackOutcome>),
+    /// An atlas finished.
+    Atlas(Box<Atlas>),
+    /// A model was measured for the report.
+    Evaluated {
+        /// Library index.
+        model: usize,
+        /// The measurements, as a comparison row.
+        row: Box<CompareRow>,
+    },
+    /// Long work progressed.
+    Progress {
+        /// What is being done.
+        what: String,
+        /// Done so far.
+        done: usize,
+        /// In all.
+        of: usize,
+    },
+    /// The worker finished every request it received so far: this many since it started.
+    /// (Superseded attacks count as finished.)
+    Idle(u64),
+    /// Something failed; the message is for the user.
+    Error(String),
+}
+
+/// The UI's handle on the analysis worker.
+pub type Analysis = Handle<Request, Reply>;
+
+/// Spawn the analysis worker on `device`.
+///
+/// # Errors
+/// If the thread cannot be spawned.
+pub fn spawn_analysis(
+    device: Device,
+    wake: impl Fn() + Send + 'static,
+) -> std::io::Result<Analysis> {
+    Handle::spawn("advmoe-analysis", wake, move |requests, replies| {
+        Library::new(device).serve(&requests, &replies);
+    })
+}
+
+struct Entry {
+    info: ModelInfo,
+    /// On the autodiff device (attacks need gradients).
+    model: MoeNet,
+}
+
+struct Library {
+    device: Device,
+    entries: Vec<Entry>,
+    datasets: HashMap<String, Arc<Dataset>>,
+}
+
+impl Library {
+    fn new(device: Device) -> Self {
+        Self {
+            device: device.autodiff(),
+            entries: Vec::new(),
+            datasets: HashMap::new(),
+        }
+    }
+
+    fn serve(&mut self, requests: &Receiver<Request>, replies: &Outbox<Reply>) {
+        let mut handled = 0u64;
+        while let Ok(first) = requests.recv() {
+            // Of queued attacks only the newest matters (the ε slider sends many).
+            let mut queue = vec![first];
+            queue.extend(requests.try_iter());
+            handled += queue.len() as u64;
+            let last_attack = queue
+                .iter()
+                .rposition(|r| matches!(r, Request::Attack { .. }));
+            for (i, request) in queue.into_iter().enumerate() {
+                if matches!(request, Request::Attack { .. }) && Some(i) != last_attack {
+                    continue;
+                }
+                let result = guarded("the analysis", || self.handle(request, replies));
+                let reply = match result {
+                    Ok(Some(reply)) => reply,
+                    Ok(None) => continue,
+                    Err(message) => Reply::Error(message),
+                };
+                if !replies.send(reply) {
+                    return;
+                }
+            }
+            if !replies.send(Reply::Idle(handled)) {
+                return;
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        request: Request,
+        replies: &Outbox<Reply>,
+    ) -> Result<Option<Reply>, String> {
+        let device = self.device.clone();
+        match request {
+            Request::LoadDemos => {
+                for demo in demo::DEMOS {
+                    let (config, model) = load_model_bytes(
+                        demo.config_json,
+                        demo.model_safetensors,
+                        Path::new(demo.name),
+                        &device,
+                    )
+                    .map_err(|e| format!("bundled model {}: {e:#}", demo.name))?;
+                    let recorded = demo::recorded_row(demo.name)?;
+                    let train_secs = recorded.as_ref().map(|r| r.train_secs);
+                    let info = self.add(
+                        demo.title.to_string(),
+                        "bundled demo".into(),
+                        config,
+                        model,
+                        recorded,
+                        train_secs,
+                    )?;
+                    replies.send(Reply::Loaded(Box::new(info)));
+                }
+                Ok(None)
+            }
+            Request::Open(dir) => {
+                let (config, model) = load_model_dir(&dir, &device)
+                    .map_err(|e| format!("opening {}: {e:#}", dir.display()))?;
+                let name = dir
+                    .file_name()
+                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+                let info = self.add(name, dir.display().to_string(), config, model, None, None)?;
+                Ok(Some(Reply::Loaded(Box::new(info))))
+            }
+            Request::Adopt(trained) => {
+                let TrainedModel {
+                    config,
+                    model,
+                    steps,
+                    train_secs,
+                } = *trained;
+                let name = format!(
+                    "{} N={} ({} steps)",
+                    config.train.method, config.model.num_experts, steps
+                );
+                let model = model.fork(&device);
+                let info = self.add(
+                    name,
+                    "trained in this session".into(),
+                    config,
+                    model,
+                    None,
+                    Some(train_secs),
+                )?;
+                Ok(Some(Reply::Loaded(Box::new(info))))
+            }
+            Request::Attack {
+                seq,
+                model,
+                image,
+                spec,
+                seed,
+            } => {
+                let (entry, dataset) = self.with_data(model)?;
+                let num_classes = entry.info.config.model.num_classes;
+                let (images, label, source) = match image {
+                    ImageSource::Test(index) => {
+                        if index >= dataset.test.len() {
+                            return Err(format!(
+                                "test image {index} does not exist: the test split has {} images",
+                                dataset.test.len()
+                            ));
+                        }
+                        let host = dataset.test.batch(index, index + 1);
+                        let label = usize::from(host.labels[0]);
+                        let batch = to_device(&host, num_classes, &device);
+                        (batch.images, label, format!("test image {index}"))
+                    }
+                    ImageSource::Own {
+                        name,
+                        shape,
+                        pixels,
+                    } => {
+                        let [c, h, w] = shape;
+                        let expected = [
+                            entry.info.config.model.in_channels,
+                            entry.info.config.model.image_size[0],
+                            entry.info.config.model.image_size[1],
+                        ];
+                        if shape != expected {
+                            return Err(format!(
+                                "{name} was fitted to {shape:?} but the model takes {expected:?}"
+                            ));
+                        }
+                        let images =
+                            Tensor::<4>::from_data(TensorData::new(pixels, [1, c, h, w]), &device);
+                        let clean = predict(&entry.model, images.clone(), &Routing::Free, 0)
+                            .map_err(|e| e.to_string())?;
+                        (images, clean.prediction, name)
+                    }
+                };
+                if label >= num_classes {
+                    return Err(format!(
+                        "label {label} is outside the model's {num_classes} classes"
+                    ));
+                }
+                let attack = attack_image(&entry.model, images, label, &spec, seed)
+                    .map_err(|e| format!("attack: {e}"))?;
+                Ok(Some(Reply::Attacked(Box::new(AttackOutcome {
+                    seq,
+                    model,
+                    source,
+                    attack,
+                }))))
+            }
+            Request::Atlas { model, limit } => {
+                let (entry, dataset) = self.with_data(model)?;
+                let eval = evaluate(
+                    &entry.model,
+                    &dataset.test,
+                    &EvalOptions {
+                        limit,
+                        examples_per_expert: ATLAS_EXAMPLES,
+                        ..EvalOptions::default()
+                    },
+                    &device,
+                )
+                .map_err(|e| format!("atlas: {e}"))?;
+                let examples = eval
+                    .examples
+                    .iter()
+                    .map(|layer| {
+                        layer
+                            .iter()
+                            .map(|ids| {
+                                ids.iter()
+                                    .map(|&i| dataset.test.image(i).to_vec())
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let [h, w] = dataset.test.size;
+                Ok(Some(Reply::Atlas(Box::new(Atlas {
+                    model,
+                    eval,
+                    examples,
+                    shape: [dataset.test.channels, h, w],
+                }))))
+            }
+            Request::Evaluate { model, options } => {
+                let (entry, dataset) = self.with_data(model)?;
+                let what = format!("measuring {}", entry.info.name);
+                let report = evaluate_robust(
+                    &entry.model,
+                    &dataset.test,
+                    &options,
+                    &device,
+                    &mut |done, of| {
+                        replies.send(Reply::Progress {
+                            what: what.clone(),
+                            done,
+                            of,
+                        });
+                    },
+                )
+                .map_err(|e| format!("evaluating {}: {e}", entry.info.name))?;
+                let config = &entry.info.config;
+                let macs = count_macs(&config.model);
+                let row = CompareRow {
+                    name: entry.info.name.clone(),
+                    method: config.train.method,
+                    experts: config.model.num_experts,
+                    ratio: config.model.ratio,
+                    balance_weight: config.balance_weight,
+                    macs_pathway: macs.pathway,
+                    macs_pathway_with_router: macs.pathway_with_router,
+                    steps: config.train.total_steps,
+                    train_secs: entry.info.train_secs.unwrap_or(f64::NAN),
+                    report,
+                };
+                Ok(Some(Reply::Evaluated {
+                    model,
+                    row: Box::new(row),
+                }))
+            }
+        }
+    }
+
+    fn entry(&self, id: usize) -> Result<&Entry, String> {
+        self.entries
+            .get(id)
+            .ok_or_else(|| format!("there is no model number {id}"))
+    }
+
+    /// A model and its dataset.
+    fn with_data(&mut self, id: usize) -> Result<(&Entry, Arc<Dataset>), String> {
+        let config = self.entry(id)?.info.config.clone();
+        let data = self.dataset(&config)?;
+        Ok((self.entry(id)?, data))
+    }
+
+    fn dataset(&mut self, config: &RunConfig) -> Result<Arc<Dataset>, String> {
+        let key = serde_json::to_string(&config.data).map_err(|e| e.to_string())?;
+        if let Some(data) = self.datasets.get(&key) {
+            return Ok(data.clone());
+        }
+        let data = Arc::new(advmoe_data::load(&config.data).map_err(|e| format!("dataset: {e}"))?);
+        self.datasets.insert(key, data.clone());
+        Ok(data)
+    }
+
+    fn add(
+        &mut self,
+        name: String,
+        origin: String,
+        config: RunConfig,
+        model: MoeNet,
+        recorded: Option<CompareRow>,
+        train_secs: Option<f64>,
+    ) -> Result<ModelInfo, String> {
+        let data = self.dataset(&config)?;
+        let matches = data.test.num_classes == config.model.num_classes
+            && data.test.channels == config.model.in_channels
+            && data.test.size == config.model.image_size;
+        if !matches {
+            return Err(format!(
+                "{name}: the model takes {}×{}×{} images in {} classes but its dataset has {}×{}×{} in {}",
+                config.model.in_channels,
+                config.model.image_size[0],
+                config.model.image_size[1],
+                config.model.num_classes,
+                data.test.channels,
+                data.test.size[0],
+                data.test.size[1],
+                data.test.num_classes
+            ));
+        }
+        let info = ModelInfo {
+            id: self.entries.len(),
+            name,
+            origin,
+            class_names: data.test.class_names.clone(),
+            test_len: data.test.len(),
+            config,
+            recorded,
+            train_secs,
+        };
+        self.entries.push(Entry {
+            info: info.clone(),
+            model,
+        });
+        Ok(info)
+    }
+}
+
+/// Example images per expert in the atlas.
+pub const ATLAS_EXAMPLES: usize = 8;

@@ -1,0 +1,79 @@
+//! Images between the engine's channel-major pixels, egui textures, the user's own PNG/JPEG
+//! files and PNG exports.
+
+use std::path::Path;
+
+use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
+
+/// A channel-major `[c, h, w]` image with values in [0, 1] (c = 1 or 3) as an egui image.
+pub fn color_image(pixels: &[f32], [c, h, w]: [usize; 3]) -> ColorImage {
+    let plane = h * w;
+    let rgb: Vec<u8> = (0..plane)
+        .flat_map(|p| {
+            (0..3).map(move |ch| {
+                let v = pixels
+                    .get(ch.min(c.saturating_sub(1)) * plane + p)
+                    .copied()
+                    .unwrap_or(0.0);
+                (v.clamp(0.0, 1.0) * 255.0).round() as u8
+            })
+        })
+        .collect();
+    ColorImage::from_rgb([w, h], &rgb)
+}
+
+/// The same for 8-bit dataset pixels.
+pub fn color_image_u8(pixels: &[u8], shape: [usize; 3]) -> ColorImage {
+    let values: Vec<f32> = pixels.iter().map(|&v| f32::from(v) / 255.0).collect();
+    color_image(&values, shape)
+}
+
+/// Upload an image as a texture drawn with sharp pixels (small images are shown enlarged).
+pub fn texture(ctx: &egui::Context, name: &str, image: ColorImage) -> TextureHandle {
+    ctx.load_texture(name, image, TextureOptions::NEAREST)
+}
+
+/// Decode the user's PNG or JPEG and fit it to a model's input: resized to `h × w` (the whole
+/// picture, aspect not kept), gray when the model takes one channel, channel-major in [0, 1].
+///
+/// # Errors
+/// A file that is not a readable PNG or JPEG, or an empty one.
+pub fn fit_user_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>, String> {
+    let decoded = image::load_from_memory(bytes)
+        .map_err(|e| format!("not a PNG or JPEG image that can be read: {e}"))?;
+    if decoded.width() == 0 || decoded.height() == 0 {
+        return Err("the image is empty".into());
+    }
+    let resized = decoded.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
+    let plane = h * w;
+    let mut out = vec![0.0f32; c * plane];
+    if c == 1 {
+        for (i, p) in resized.to_luma8().pixels().enumerate() {
+            out[i] = f32::from(p.0[0]) / 255.0;
+        }
+    } else {
+        for (i, p) in resized.to_rgb8().pixels().enumerate() {
+            for ch in 0..c.min(3) {
+                out[ch * plane + i] = f32::from(p.0[ch]) / 255.0;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Write an egui image as a PNG.
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn save_png(image: &ColorImage, path: &Path) -> Result<(), String> {
+    let [w, h] = image.size;
+    let rgba: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_array()).collect();
+    image::save_buffer(
+        path,
+        &rgba,
+        w as u32,
+        h as u32,
+        image::ExtendedColorType::Rgba8,
+    )
+    .map_err(|e| format!("writing {}: {e}", path.display()))
+}

@@ -1,0 +1,429 @@
+//! Attack lab: pick a model and an image (a test image, or the user's own PNG/JPEG opened or
+//! dropped), an attack, its target (full / router / expert) and ε; see the clean image, the
+//! amplified perturbation and the adversarial image, the top-5 predictions with confidence bars,
+//! and the routing map (MoE layers × experts) clean vs adversarial with flipped routes marked.
+//! Moving ε re-runs the attack.
+
+use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget};
+use advmoe_engine::Prediction;
+use eframe::egui::{self, Color32, RichText, TextureHandle};
+
+use crate::analysis::{AttackOutcome, ImageSource, ModelInfo, Request};
+use crate::picture;
+use crate::views::{labelled_combo, model_picker};
+
+/// The user's own image, as decoded (fitted to each model when attacked).
+#[derive(Clone)]
+pub struct OwnImage {
+    /// File name.
+    pub name: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What the attack lab edits and shows.
+pub struct AttackState {
+    /// Library index of the model attacked.
+    pub model: Option<usize>,
+    /// Attack the user's own image instead of a test image.
+    pub use_own: bool,
+    /// Test image index.
+    pub test_index: usize,
+    /// The user's image, if one was opened or dropped.
+    pub own: Option<OwnImage>,
+    /// Path typed into the "Image file" field.
+    pub own_path: String,
+    /// Algorithm.
+    pub kind: AttackKind,
+    /// Target.
+    pub target: AttackTarget,
+    /// ε in units of 1/255 (L∞), or the L2 radius ×255 for `pgd-l2`.
+    pub eps_255: f32,
+    /// Gradient steps.
+    pub steps: usize,
+    /// Re-run as soon as a setting changes.
+    pub live: bool,
+    /// Sequence number of the last request sent.
+    pub sent: u64,
+    /// The last result shown.
+    pub result: Option<AttackOutcome>,
+    /// Its clean, perturbation and adversarial textures.
+    textures: Option<[TextureHandle; 3]>,
+    /// A request is in flight.
+    pub busy: bool,
+}
+
+impl Default for AttackState {
+    fn default() -> Self {
+        Self {
+            model: None,
+            use_own: false,
+            test_index: 0,
+            own: None,
+            own_path: String::new(),
+            kind: AttackKind::Pgd,
+            target: AttackTarget::Full,
+            eps_255: 8.0,
+            steps: 10,
+            live: true,
+            sent: 0,
+            result: None,
+            textures: None,
+            busy: false,
+        }
+    }
+}
+
+impl AttackState {
+    /// The attack these settings describe.
+    pub fn spec(&self) -> AttackSpec {
+        let eps = self.eps_255 / 255.0;
+        let steps = if self.kind == AttackKind::Fgsm {
+            1
+        } else {
+            self.steps.max(1)
+        };
+        AttackSpec {
+            kind: self.kind,
+            eps,
+            steps,
+            step_size: if self.kind.is_l2() {
+                2.5 * eps / steps as f32
+            } else {
+                (2.5 * eps / steps as f32).max(eps / 4.0).min(eps)
+            },
+            random_start: false,
+            restarts: 1,
+            loss: if self.target == AttackTarget::Router {
+                AttackLoss::Kl
+            } else {
+                AttackLoss::Ce
+            },
+            target: self.target,
+            targeted: None,
+        }
+    }
+
+    /// The request for the current settings, or why there is none.
+    pub fn request(&mut self, models: &[ModelInfo]) -> Result<Request, String> {
+        let model = self
+            .model
+            .and_then(|m| models.get(m))
+            .ok_or("choose a model to attack")?;
+        if self.target != AttackTarget::Full && !model.config.model.is_moe() {
+            return Err(format!(
+                "the {} target needs an MoE model; {} is dense",
+                self.target, model.name
+            ));
+        }
+        let image = if self.use_own {
+            let own = self
+                .own
+                .as_ref()
+                .ok_or("open or drop an image file first")?;
+            let spec = &model.config.model;
+            let shape = [spec.in_channels, spec.image_size[0], spec.image_size[1]];
+            let pixels = picture::fit_user_image(&own.bytes, shape)
+                .map_err(|e| format!("{}: {e}", own.name))?;
+            ImageSource::Own {
+                name: own.name.clone(),
+                shape,
+                pixels,
+            }
+        } else {
+            ImageSource::Test(self.test_index.min(model.test_len.saturating_sub(1)))
+        };
+        self.sent += 1;
+        self.busy = true;
+        Ok(Request::Attack {
+            seq: self.sent,
+            model: model.id,
+            image,
+            spec: self.spec(),
+            seed: 0,
+        })
+    }
+
+    /// Take a finished attack (older ones than the last request are dropped).
+    pub fn accept(&mut self, ctx: &egui::Context, outcome: AttackOutcome) {
+        if outcome.seq != self.sent {
+            return;
+        }
+        let a = &outcome.attack;
+        self.textures = Some([
+            picture::texture(ctx, "clean", picture::color_image(&a.clean_pixels, a.shape)),
+            picture::texture(
+                ctx,
+                "perturbation",
+                picture::color_image(&a.perturbation_pixels(), a.shape),
+            ),
+            picture::texture(
+                ctx,
+                "adversarial",
+                picture::color_image(&a.adversarial_pixels, a.shape),
+            ),
+        ]);
+        self.result = Some(outcome);
+    }
+
+    /// Use a file's bytes as the user's image.
+    pub fn set_own(&mut self, name: String, bytes: Vec<u8>) {
+        self.own = Some(OwnImage { name, bytes });
+        self.use_own = true;
+    }
+}
+
+/// Draw the attack lab; returns `true` when the attack should run ("Attack" pressed, or a
+/// setting changed with "Update as ε moves" on), plus an error message for the user.
+pub fn attack_ui(
+    ui: &mut egui::Ui,
+    state: &mut AttackState,
+    models: &[ModelInfo],
+) -> (bool, Option<String>) {
+    let mut changed = false;
+    let mut pressed = false;
+    let mut error = None;
+    ui.heading("Attack lab");
+    changed |= model_picker(ui, "Model to attack", &mut state.model, models);
+    let Some(model) = state.model.and_then(|m| models.get(m)) else {
+        ui.label("No model yet: the demo models are loading, or open one in the report view.");
+        return (false, None);
+    };
+    ui.horizontal(|ui| {
+        changed |= ui
+            .radio_value(&mut state.use_own, false, "Test image")
+            .changed();
+        let label = ui.label("Index");
+        changed |= ui
+            .add_enabled(
+                !state.use_own,
+                egui::DragValue::new(&mut state.test_index)
+                    .range(0..=model.test_len.saturating_sub(1)),
+            )
+            .labelled_by(label.id)
+            .changed();
+        ui.separator();
+        changed |= ui
+            .radio_value(&mut state.use_own, true, "Own image")
+            .changed();
+        let label = ui.label("Image file");
+        ui.add(
+            egui::TextEdit::singleline(&mut state.own_path).hint_text("photo.png (or drop a file)"),
+        )
+        .labelled_by(label.id);
+        if ui.button("Open image").clicked() {
+            let path = std::path::PathBuf::from(state.own_path.trim());
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let name = path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into(),
+                    );
+                    state.set_own(name, bytes);
+                    changed = true;
+                }
+                Err(e) => error = Some(format!("reading {}: {e}", path.display())),
+            }
+        }
+        if let Some(own) = &state.own {
+            ui.label(&own.name);
+        }
+    });
+    ui.horizontal(|ui| {
+        changed |= labelled_combo(
+            ui,
+            "Algorithm",
+            &mut state.kind,
+            &[
+                AttackKind::Fgsm,
+                AttackKind::Pgd,
+                AttackKind::PgdL2,
+                AttackKind::Apgd,
+            ],
+        );
+        changed |= labelled_combo(
+            ui,
+            "Target",
+            &mut state.target,
+            &[
+                AttackTarget::Full,
+                AttackTarget::Router,
+                AttackTarget::Expert,
+            ],
+        );
+        let label = ui.label("Steps");
+        changed |= ui
+            .add_enabled(
+                state.kind != AttackKind::Fgsm,
+                egui::DragValue::new(&mut state.steps).range(1..=100),
+            )
+            .labelled_by(label.id)
+            .changed();
+    });
+    ui.horizontal(|ui| {
+        let label = ui.label(if state.kind.is_l2() {
+            "ε (L2, ×1/255)"
+        } else {
+            "ε (×1/255)"
+        });
+        let slider = ui
+            .add(egui::Slider::new(&mut state.eps_255, 0.0..=32.0).step_by(0.5))
+            .labelled_by(label.id);
+        // While dragging, only a release re-runs a slow attack; the worker keeps the newest.
+        changed |= slider.changed();
+        ui.checkbox(&mut state.live, "Update as ε moves");
+        if ui.button("Attack").clicked() {
+            pressed = true;
+        }
+        if state.busy {
+            ui.spinner();
+            ui.label("attacking…");
+        }
+    });
+    ui.separator();
+    let run = pressed || (changed && state.live);
+    let Some(outcome) = &state.result else {
+        ui.label("Press \"Attack\" to attack the chosen image.");
+        return (run, error);
+    };
+    if outcome.model != model.id {
+        ui.label("The last result is for another model; press \"Attack\".");
+    }
+    let a = &outcome.attack;
+    let names = &model.class_names;
+    let name = |c: usize| {
+        names
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class {c}"))
+    };
+    ui.label(format!(
+        "{}: {} {} on the {} target, ε = {:.1}/255, {} steps · max |δ| = {:.2}/255, L2 norm of δ = {:.3}",
+        outcome.source,
+        a.spec.kind,
+        if a.spec.kind.is_l2() { "(L2)" } else { "(L∞)" },
+        a.spec.target,
+        a.spec.eps * 255.0,
+        a.spec.steps,
+        a.linf * 255.0,
+        a.l2
+    ));
+    if let Some(textures) = &state.textures {
+        ui.horizontal(|ui| {
+            for (texture, caption) in textures.iter().zip([
+                "Clean",
+                "Perturbation (gray = 0, amplified to ±ε)",
+                "Adversarial",
+            ]) {
+                ui.vertical(|ui| {
+                    ui.label(caption);
+                    ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(160.0, 160.0)));
+                });
+            }
+        });
+    }
+    let label_text = if matches!(outcome.source.as_str(), s if s.starts_with("test image")) {
+        format!("True label: {}", name(a.label))
+    } else {
+        format!("Label taken as the clean prediction: {}", name(a.label))
+    };
+    ui.label(label_text);
+    ui.columns(2, |cols| {
+        predictions_ui(&mut cols[0], "Clean prediction", &a.clean, &name);
+        predictions_ui(
+            &mut cols[1],
+            "Adversarial prediction",
+            &a.adversarial,
+            &name,
+        );
+    });
+    if let Some(frozen) = &a.adversarial_with_clean_routes {
+        ui.label(format!(
+            "With the clean routes kept (the pathway the expert attack aimed at): {} ({:.1}%)",
+            name(frozen.prediction),
+            100.0 * frozen.confidence
+        ));
+    }
+    routing_map_ui(ui, a, model.config.model.num_experts);
+    (run, error)
+}
+
+fn predictions_ui(ui: &mut egui::Ui, title: &str, p: &Prediction, name: &dyn Fn(usize) -> String) {
+    ui.label(RichText::new(format!("{title}: {}", name(p.prediction))).strong());
+    for (class, prob) in p.top_k(5) {
+        ui.add(
+            egui::ProgressBar::new(prob)
+                .desired_width(ui.available_width().min(320.0))
+                .text(format!("{} {:.1}%", name(class), 100.0 * prob)),
+        );
+    }
+}
+
+/// The routing map: one row per MoE layer, one cell per expert; the clean route is outlined
+/// in blue, the adversarial route filled in orange, and rows whose route flipped are marked.
+fn routing_map_ui(ui: &mut egui::Ui, a: &advmoe_engine::ImageAttack, experts: usize) {
+    let flipped = a.flipped();
+    if flipped.is_empty() {
+        ui.label("Routing map: a dense model has no routes.");
+        return;
+    }
+    let count = flipped.iter().filter(|f| **f).count();
+    ui.label(
+        RichText::new(format!(
+            "Routing map: routes flipped in {count} of {} MoE layers",
+            flipped.len()
+        ))
+        .strong(),
+    );
+    ui.label(
+        "Rows: MoE layers; columns: experts. Blue outline: clean route; orange: adversarial route.",
+    );
+    let cell = 22.0;
+    let clean_color = Color32::from_rgb(60, 120, 220);
+    let adv_color = Color32::from_rgb(240, 150, 40);
+    egui::Grid::new("routing map")
+        .spacing([4.0, 3.0])
+        .show(ui, |ui| {
+            ui.label("");
+            for e in 0..experts {
+                ui.label(format!("E{e}"));
+            }
+            ui.end_row();
+            for (layer, ((&clean, &adv), &flip)) in a
+                .clean
+                .routes
+                .iter()
+                .zip(&a.adversarial.routes)
+                .zip(&flipped)
+                .enumerate()
+            {
+                ui.label(format!("layer {}", layer + 1));
+                for e in 0..experts {
+                    let (rect, _) =
+                        ui.allocate_exact_size(egui::vec2(cell, cell), egui::Sense::hover());
+                    let painter = ui.painter();
+                    painter.rect_filled(rect, 2.0, ui.visuals().faint_bg_color);
+                    if e == adv {
+                        painter.rect_filled(rect.shrink(3.0), 2.0, adv_color);
+                    }
+                    if e == clean {
+                        painter.rect_stroke(
+                            rect.shrink(1.0),
+                            2.0,
+                            egui::Stroke::new(2.5, clean_color),
+                            egui::StrokeKind::Inside,
+                        );
+                    }
+                }
+                if flip {
+                    ui.colored_label(
+                        ui.visuals().error_fg_color,
+                        format!("flipped: expert {clean} to {adv}"),
+                    );
+                } else {
+                    ui.label(format!("kept: expert {clean}"));
+                }
+                ui.end_row();
+            }
+        });
+}

@@ -1,0 +1,457 @@
+//! Robustness report: the library's models side by side (SA, RA, router and expert robustness,
+//! route flips, MACs, training time), RA / route-flip / router-robustness curves against ε,
+//! accuracy against cost, export as CSV and JSON and the plots as PNG.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use advmoe_core::AttackSpec;
+use advmoe_engine::RobustOptions;
+use advmoe_engine::compare::CompareRow;
+use eframe::egui::{self, ColorImage, Rect};
+use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
+
+use crate::analysis::{ModelInfo, Request};
+use crate::picture;
+
+/// The plots, by file name.
+const PLOTS: [&str; 3] = [
+    "robust_accuracy_vs_eps",
+    "route_flips_vs_eps",
+    "accuracy_vs_cost",
+];
+
+/// What the report view edits and shows.
+pub struct ReportState {
+    /// Rows measured in this session, by library index (they replace recorded rows).
+    pub measured: BTreeMap<usize, CompareRow>,
+    /// Test images per measurement.
+    pub eval_size: usize,
+    /// Extra radii of the curves, as typed (e.g. "2/255, 4/255").
+    pub sweep: String,
+    /// Folder that exports go to.
+    pub export_dir: String,
+    /// What the last export wrote.
+    pub exported: Option<String>,
+    /// Model folder typed into "Open model folder".
+    pub open_dir: String,
+    /// Progress of a measurement: what, done, of.
+    pub progress: Option<(String, usize, usize)>,
+    /// Where each plot was drawn in the last frame (for the PNG export).
+    plot_rects: BTreeMap<&'static str, Rect>,
+    /// A screenshot asked for by "Save plots as PNG", filled by egui's callback.
+    screenshot: Arc<Mutex<Option<Arc<ColorImage>>>>,
+    /// The PNG export is waiting for its screenshot into this folder.
+    awaiting_screenshot: Option<PathBuf>,
+}
+
+impl Default for ReportState {
+    fn default() -> Self {
+        Self {
+            measured: BTreeMap::new(),
+            eval_size: 200,
+            sweep: "2/255, 4/255, 16/255".into(),
+            export_dir: "runs/report".into(),
+            exported: None,
+            open_dir: String::new(),
+            progress: None,
+            plot_rects: BTreeMap::new(),
+            screenshot: Arc::new(Mutex::new(None)),
+            awaiting_screenshot: None,
+        }
+    }
+}
+
+/// What the user asked of the report view.
+pub enum ReportAction {
+    /// Send this to the analysis worker.
+    Request(Request),
+}
+
+fn parse_fraction(s: &str) -> Result<f32, String> {
+    let s = s.trim();
+    let value = match s.split_once('/') {
+        Some((a, b)) => {
+            let a: f32 = a
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a number"))?;
+            let b: f32 = b
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a number"))?;
+            a / b
+        }
+        None => s.parse().map_err(|_| format!("{s:?} is not a number"))?,
+    };
+    if value.is_finite() && value > 0.0 {
+        Ok(value)
+    } else {
+        Err(format!("ε must be positive, got {s:?}"))
+    }
+}
+
+/// The radii typed into the sweep field.
+///
+/// # Errors
+/// A radius that is not a positive number or fraction.
+pub fn parse_sweep(text: &str) -> Result<Vec<f32>, String> {
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(parse_fraction)
+        .collect()
+}
+
+impl ReportState {
+    /// The rows shown: a measured row when there is one, else the recorded one.
+    pub fn rows<'a>(&'a self, models: &'a [ModelInfo]) -> Vec<&'a CompareRow> {
+        models
+            .iter()
+            .filter_map(|m| self.measured.get(&m.id).or(m.recorded.as_ref()))
+            .collect()
+    }
+
+    /// Write `report.csv` and `report.json` into `dir`.
+    ///
+    /// # Errors
+    /// If the folder or a file cannot be written.
+    pub fn export(&self, models: &[ModelInfo], dir: &Path) -> Result<Vec<PathBuf>, String> {
+        let rows = self.rows(models);
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let mut csv = String::from(
+            "model,method,experts,ratio,images,clean_acc,robust_acc,router_robustness,expert_robustness,route_flip_rate,macs_pathway,macs_pathway_with_router,train_secs,attack,eps,steps\n",
+        );
+        let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.6}"));
+        for r in &rows {
+            let p = &r.report;
+            csv.push_str(&format!(
+                "\"{}\",{},{},{},{},{:.6},{:.6},{},{},{},{},{},{},{},{:.6},{}\n",
+                r.name.replace('"', "\"\""),
+                r.method,
+                r.experts,
+                r.ratio,
+                p.images,
+                p.clean_acc,
+                p.robust_acc,
+                opt(p.router_robustness),
+                opt(p.expert_robustness),
+                opt(p.route_flip_rate),
+                r.macs_pathway,
+                r.macs_pathway_with_router,
+                if r.train_secs.is_finite() {
+                    format!("{:.1}", r.train_secs)
+                } else {
+                    String::new()
+                },
+                p.attack.kind,
+                p.attack.eps,
+                p.attack.steps
+            ));
+        }
+        let csv_path = dir.join("report.csv");
+        std::fs::write(&csv_path, csv)
+            .map_err(|e| format!("writing {}: {e}", csv_path.display()))?;
+        let json_path = dir.join("report.json");
+        let json = serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows }))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&json_path, json)
+            .map_err(|e| format!("writing {}: {e}", json_path.display()))?;
+        Ok(vec![csv_path, json_path])
+    }
+
+    /// After "Save plots as PNG": once egui delivered the screenshot, cut each plot out of it.
+    fn finish_png_export(&mut self, pixels_per_point: f32) -> Option<Result<String, String>> {
+        let dir = self.awaiting_screenshot.clone()?;
+        let shot = self.screenshot.lock().ok()?.take()?;
+        self.awaiting_screenshot = None;
+        let result = (|| {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let mut written = Vec::new();
+            for (name, rect) in &self.plot_rects {
+                let path = dir.join(format!("{name}.png"));
+                picture::save_png(&shot.region(rect, Some(pixels_per_point)), &path)?;
+                written.push(path.display().to_string());
+            }
+            if written.is_empty() {
+                return Err("no plot was on screen to save".into());
+            }
+            Ok(format!("Saved {}", written.join(", ")))
+        })();
+        Some(result)
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |v| format!("{:.1}", 100.0 * v))
+}
+
+/// Draw the report; returns what the user asked for and an error for the user, if any.
+pub fn report_ui(
+    ui: &mut egui::Ui,
+    state: &mut ReportState,
+    models: &[ModelInfo],
+) -> (Vec<ReportAction>, Option<String>) {
+    let mut actions = Vec::new();
+    let mut error = None;
+    if let Some(done) = state.finish_png_export(ui.ctx().pixels_per_point()) {
+        match done {
+            Ok(message) => state.exported = Some(message),
+            Err(message) => error = Some(message),
+        }
+    }
+    ui.heading("Robustness report");
+    ui.horizontal(|ui| {
+        let label = ui.label("Model folder");
+        ui.add(egui::TextEdit::singleline(&mut state.open_dir).hint_text("runs/quickstart"))
+            .labelled_by(label.id);
+        if ui.button("Open model folder").clicked() {
+            actions.push(ReportAction::Request(Request::Open(
+                state.open_dir.trim().into(),
+            )));
+        }
+    });
+    ui.horizontal(|ui| {
+        let label = ui.label("Test images per measurement");
+        ui.add(egui::DragValue::new(&mut state.eval_size).range(10..=10_000))
+            .labelled_by(label.id);
+        let label = ui.label("Extra ε for the curves");
+        ui.add(egui::TextEdit::singleline(&mut state.sweep).desired_width(160.0))
+            .labelled_by(label.id);
+        ui.label("Attack: PGD-10, ε = 8/255, step 2/255 (the paper's evaluation)");
+    });
+    if let Some((what, done, of)) = &state.progress {
+        ui.add(
+            egui::ProgressBar::new(*done as f32 / (*of).max(1) as f32)
+                .text(format!("{what}: {done} / {of} images")),
+        );
+    }
+    let idle = state.progress.is_none();
+    egui::Grid::new("report table")
+        .striped(true)
+        .spacing([12.0, 4.0])
+        .show(ui, |ui| {
+            for h in [
+                "model",
+                "method",
+                "N",
+                "r",
+                "SA %",
+                "RA %",
+                "router rob. %",
+                "expert rob. %",
+                "route flips %",
+                "MMACs",
+                "train s",
+                "",
+            ] {
+                ui.label(egui::RichText::new(h).strong());
+            }
+            ui.end_row();
+            for model in models {
+                let row = state.measured.get(&model.id).or(model.recorded.as_ref());
+                ui.label(&model.name);
+                ui.label(model.config.train.method.to_string());
+                ui.label(model.config.model.num_experts.to_string());
+                ui.label(format!("{}", model.config.model.ratio));
+                match row {
+                    Some(r) => {
+                        let p = &r.report;
+                        ui.label(format!("{:.1}", 100.0 * p.clean_acc));
+                        ui.label(format!("{:.1}", 100.0 * p.robust_acc));
+                        ui.label(pct(p.router_robustness));
+                        ui.label(pct(p.expert_robustness));
+                        ui.label(pct(p.route_flip_rate));
+                        ui.label(format!("{:.2}", r.macs_pathway_with_router as f64 / 1e6));
+                        ui.label(if r.train_secs.is_finite() {
+                            format!("{:.0}", r.train_secs)
+                        } else {
+                            "–".into()
+                        });
+                    }
+                    None => {
+                        for _ in 0..7 {
+                            ui.label("–");
+                        }
+                    }
+                }
+                let label = if row.is_some() {
+                    "Re-measure"
+                } else {
+                    "Measure"
+                };
+                let button = ui.add_enabled(idle, egui::Button::new(label));
+                if button.clicked() {
+                    match parse_sweep(&state.sweep) {
+                        Ok(eps_sweep) => {
+                            state.progress = Some((format!("measuring {}", model.name), 0, 1));
+                            actions.push(ReportAction::Request(Request::Evaluate {
+                                model: model.id,
+                                options: RobustOptions {
+                                    attack: AttackSpec::paper_eval(),
+                                    eps_sweep,
+                                    limit: state.eval_size,
+                                    ..RobustOptions::default()
+                                },
+                            }));
+                        }
+                        Err(e) => error = Some(e),
+                    }
+                }
+                ui.end_row();
+            }
+        });
+    ui.label("Rows of the demo models are what `advmoe compare` measured when it trained them; \"Measure\" measures again here.");
+    ui.horizontal(|ui| {
+        let label = ui.label("Export folder");
+        ui.add(egui::TextEdit::singleline(&mut state.export_dir))
+            .labelled_by(label.id);
+        if ui.button("Export CSV and JSON").clicked() {
+            match state.export(models, Path::new(state.export_dir.trim())) {
+                Ok(paths) => {
+                    state.exported = Some(format!(
+                        "Saved {}",
+                        paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                Err(e) => error = Some(e),
+            }
+        }
+        if ui.button("Save plots as PNG").clicked() {
+            let slot = state.screenshot.clone();
+            let ctx = ui.ctx().clone();
+            state.awaiting_screenshot = Some(PathBuf::from(state.export_dir.trim()));
+            ui.ctx().request_screenshot(move |image| {
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(image);
+                }
+                ctx.request_repaint();
+            });
+        }
+        if let Some(message) = &state.exported {
+            ui.label(message);
+        }
+    });
+    let rows: Vec<CompareRow> = state.rows(models).into_iter().cloned().collect();
+    plots_ui(ui, state, &rows);
+    (actions, error)
+}
+
+/// The ε-curve of one row: the sweep's points plus the main attack's, sorted by ε.
+fn curve(
+    row: &CompareRow,
+    value: impl Fn(f64, Option<f64>, Option<f64>) -> Option<f64>,
+) -> Vec<[f64; 2]> {
+    let r = &row.report;
+    let mut points: Vec<[f64; 2]> = r
+        .sweep
+        .iter()
+        .filter_map(|p| {
+            Some([
+                f64::from(p.eps) * 255.0,
+                value(p.robust_acc, p.route_flip_rate, p.router_robustness)?,
+            ])
+        })
+        .chain(
+            value(r.robust_acc, r.route_flip_rate, r.router_robustness)
+                .map(|v| [f64::from(r.attack.eps) * 255.0, v]),
+        )
+        .collect();
+    points.sort_by(|a, b| a[0].total_cmp(&b[0]));
+    points.dedup_by(|a, b| a[0] == b[0]);
+    points
+}
+
+fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
+    let width = (ui.available_width() / 3.0 - 10.0).max(220.0);
+    ui.horizontal_wrapped(|ui| {
+        for name in PLOTS {
+            ui.vertical(|ui| {
+                let (title, x_label, y_label) = match name {
+                    "robust_accuracy_vs_eps" => ("Robust accuracy vs ε", "ε (×1/255)", "RA %"),
+                    "route_flips_vs_eps" => (
+                        "Route flips vs ε (dashed: routes kept under the router attack)",
+                        "ε (×1/255)",
+                        "%",
+                    ),
+                    _ => (
+                        "Accuracy vs cost",
+                        "MMACs per image (pathway + router)",
+                        "%",
+                    ),
+                };
+                ui.label(title);
+                let response = Plot::new(name)
+                    .width(width)
+                    .height(220.0)
+                    .include_y(0.0)
+                    .include_y(100.0)
+                    .x_axis_label(x_label)
+                    .y_axis_label(y_label)
+                    .legend(Legend::default())
+                    .show(ui, |plot| {
+                        for row in rows {
+                            match name {
+                                "robust_accuracy_vs_eps" => {
+                                    let pts = curve(row, |ra, _, _| Some(100.0 * ra));
+                                    plot.line(Line::new(
+                                        row.name.clone(),
+                                        PlotPoints::from(pts.clone()),
+                                    ));
+                                    plot.points(
+                                        Points::new(row.name.clone(), PlotPoints::from(pts))
+                                            .radius(3.0),
+                                    );
+                                }
+                                "route_flips_vs_eps" => {
+                                    let flips = curve(row, |_, f, _| f.map(|f| 100.0 * f));
+                                    if !flips.is_empty() {
+                                        plot.line(Line::new(
+                                            format!("{} flips", row.name),
+                                            PlotPoints::from(flips),
+                                        ));
+                                    }
+                                    let kept = curve(row, |_, _, k| k.map(|k| 100.0 * k));
+                                    if !kept.is_empty() {
+                                        plot.line(
+                                            Line::new(
+                                                format!("{} router rob.", row.name),
+                                                PlotPoints::from(kept),
+                                            )
+                                            .style(egui_plot::LineStyle::dashed_loose()),
+                                        );
+                                    }
+                                }
+                                _ => {
+                                    let x = row.macs_pathway_with_router as f64 / 1e6;
+                                    let r = &row.report;
+                                    plot.points(
+                                        Points::new(
+                                            format!("{} RA", row.name),
+                                            vec![[x, 100.0 * r.robust_acc]],
+                                        )
+                                        .radius(5.0),
+                                    );
+                                    plot.points(
+                                        Points::new(
+                                            format!("{} SA", row.name),
+                                            vec![[x, 100.0 * r.clean_acc]],
+                                        )
+                                        .radius(5.0)
+                                        .shape(egui_plot::MarkerShape::Diamond),
+                                    );
+                                }
+                            }
+                        }
+                    })
+                    .response;
+                state.plot_rects.insert(name, response.rect);
+            });
+        }
+    });
+}
