@@ -153,10 +153,11 @@ fn train_tiny(harness: &mut Harness<'static, LabApp>) {
         config.data.synthetic_train_size = 200;
         config.data.synthetic_test_size = 50;
     }
+    harness.state_mut().setup_mut().robust_images = 16;
     harness.run_steps(2);
     harness.get_by_label("Start training").click();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while harness.state().train_state().evals.len() < 2 {
+    while harness.state().train_state().robust.len() < 2 {
         assert!(
             Instant::now() < deadline,
             "training did not finish in 300 s"
@@ -179,6 +180,20 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
         state.evals.iter().map(|e| e.step).collect::<Vec<_>>(),
         [10, 20]
     );
+    // Each evaluation also measured the robustness on 16 test images.
+    assert_eq!(
+        state
+            .robust
+            .iter()
+            .map(|(step, _)| *step)
+            .collect::<Vec<_>>(),
+        [10, 20]
+    );
+    for (_, r) in &state.robust {
+        assert_eq!(r.images, 16);
+        assert!(r.robust_acc <= 1.0 && r.router_robustness.is_some_and(|v| v <= 1.0));
+    }
+    harness.get_by_label_contains("Robust accuracy (PGD-10, 8/255)");
     // The train view (opened by the start button) shows the figures it was sent.
     harness.get_by_label_contains("step 20 / 20");
     let accuracy = format!("Clean accuracy: {:.1}%", 100.0 * state.evals[1].clean_acc);
@@ -574,4 +589,34 @@ fn snapshots_of_every_view_on_the_gpu() {
     harness.get_by_label("Report").click();
     harness.run_steps(3);
     harness.snapshot_options("report", &options);
+
+    // "Save plots as PNG" cuts each plot out of a screenshot of the window.
+    let dir = temp_dir("report-png");
+    type_into(
+        &mut harness,
+        "Export folder",
+        dir.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Save plots as PNG").click();
+    let files = [
+        "robust_accuracy_vs_eps",
+        "route_flips_vs_eps",
+        "accuracy_vs_cost",
+    ]
+    .map(|name| dir.join(format!("{name}.png")));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !files.iter().all(|f| f.is_file()) {
+        assert!(
+            Instant::now() < deadline,
+            "the plots were not saved in 60 s"
+        );
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for file in &files {
+        let bytes = std::fs::read(file).expect("png");
+        assert_eq!(&bytes[1..4], b"PNG", "{}", file.display());
+        assert!(bytes.len() > 2000, "{} is nearly empty", file.display());
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

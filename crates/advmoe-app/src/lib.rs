@@ -253,6 +253,7 @@ impl LabApp {
                 self.train.unsaved = true;
             }
             Event::Eval(report) => self.train.evals.push(report),
+            Event::Robust { step, report } => self.train.robust.push((step, *report)),
             Event::State(state) => self.train.state = Some(state),
             Event::Saved(dir) => {
                 self.train.saved_to = Some(dir.display().to_string());
@@ -452,7 +453,7 @@ impl eframe::App for LabApp {
                     match views::setup::setup_ui(ui, &mut self.setup, busy, &self.compute.label) {
                         Some(SetupAction::Start) => {
                             let config = Box::new(self.setup.config.clone());
-                            self.send(Command::Start(config, self.setup.on_cpu));
+                            self.send(Command::Start(config, self.setup.run_options()));
                             self.tab = Tab::Train;
                         }
                         Some(SetupAction::RouterOnlyLesson) => self.router_only_lesson(),
@@ -466,9 +467,10 @@ impl eframe::App for LabApp {
                             TrainAction::Resume => Command::Resume,
                             TrainAction::Stop => Command::Stop,
                             TrainAction::Save => Command::Save(self.train.save_dir.trim().into()),
-                            TrainAction::Load => {
-                                Command::Load(self.train.save_dir.trim().into(), self.setup.on_cpu)
-                            }
+                            TrainAction::Load => Command::Load(
+                                self.train.save_dir.trim().into(),
+                                self.setup.run_options(),
+                            ),
                         });
                     }
                 }

@@ -10,17 +10,17 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use advmoe_core::EvalReport;
-use advmoe_engine::{Run, RunConfig, RunState};
+use advmoe_engine::{RobustOptions, RobustReport, Run, RunConfig, RunState, evaluate_robust};
 use advmoe_model::MoeNet;
+use burn::module::Module as _;
 use burn::tensor::Device;
 use web_time::Instant;
 
 /// What the UI asks of the worker.
 #[derive(Debug, Clone)]
 pub enum Command {
-    /// Build the dataset and the model and start training (replaces any current run); `true`
-    /// trains on Burn's CPU backend instead of the shared GPU device.
-    Start(Box<RunConfig>, bool),
+    /// Build the dataset and the model and start training (replaces any current run).
+    Start(Box<RunConfig>, RunOptions),
     /// Stop taking steps; the run stays in memory.
     Pause,
     /// Continue a paused run.
@@ -28,11 +28,21 @@ pub enum Command {
     /// End the run early; its model stays available.
     Stop,
     /// Load a run checkpoint (written by "Save checkpoint" or `advmoe train`) from a folder, in
-    /// place of any current run, paused at its step; `true` trains on the CPU.
-    Load(PathBuf, bool),
+    /// place of any current run, paused at its step.
+    Load(PathBuf, RunOptions),
     /// Write a resumable checkpoint of the current run (model, optimiser state, metrics) into a
     /// folder; `advmoe train --resume DIR` and `advmoe eval --model DIR` read it.
     Save(PathBuf),
+}
+
+/// How the worker runs a training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOptions {
+    /// Train on Burn's CPU backend instead of the shared GPU device.
+    pub on_cpu: bool,
+    /// At each evaluation also measure robust accuracy and router robustness (PGD-10 at
+    /// 8/255) on this many test images; 0 turns it off.
+    pub robust_images: usize,
 }
 
 /// A model that training produced.
@@ -73,6 +83,13 @@ pub enum Event {
     },
     /// An evaluation finished.
     Eval(EvalReport),
+    /// The robustness measured with an evaluation (see [`RunOptions::robust_images`]).
+    Robust {
+        /// Step of the evaluation.
+        step: usize,
+        /// What was measured.
+        report: Box<RobustReport>,
+    },
     /// The run changed state (paused, resumed, stopped, finished).
     State(RunState),
     /// A checkpoint was written into this folder.
@@ -177,6 +194,7 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
     let send = |event: Event| events.send(event);
     let cpu = Device::flex();
     let mut run: Option<Run> = None;
+    let mut robust_images = 0;
     loop {
         let running = run.as_ref().is_some_and(|r| r.state() == RunState::Running);
         // Block while idle; poll between chunks while running.
@@ -194,7 +212,7 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
         };
         if let Some(command) = command {
             match command {
-                Command::Start(_, on_cpu) | Command::Load(_, on_cpu) => {
+                Command::Start(_, options) | Command::Load(_, options) => {
                     // A run replaced mid-way still hands its model to the library.
                     if let Some(old) = run.take().filter(|r| {
                         r.progress().step > 0
@@ -202,7 +220,8 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
                     }) {
                         send(Event::Trained(Box::new(trained(&old))));
                     }
-                    let device = if on_cpu { &cpu } else { device };
+                    robust_images = options.robust_images;
+                    let device = if options.on_cpu { &cpu } else { device };
                     let built = match command {
                         Command::Start(config, _) => {
                             guarded("building the run", || build_run(*config, device))
@@ -266,7 +285,7 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
         let Some(active) = run.as_mut() else {
             continue;
         };
-        if let Err(message) = guarded("training", || train_chunk(active, &send)) {
+        if let Err(message) = guarded("training", || train_chunk(active, robust_images, &send)) {
             send(Event::Error(message));
             send(Event::State(RunState::Failed));
             run = None;
@@ -305,8 +324,13 @@ fn load_run(dir: &std::path::Path, device: &Device) -> Result<Run, String> {
     Ok(run)
 }
 
-/// Take one chunk of steps, report the losses, evaluate when due.
-fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> Result<(), String> {
+/// Take one chunk of steps, report the losses, evaluate when due (with `robust_images` > 0,
+/// the robustness too).
+fn train_chunk(
+    run: &mut Run,
+    robust_images: usize,
+    send: &dyn Fn(Event) -> bool,
+) -> Result<(), String> {
     let start = Instant::now();
     // Stop at the next evaluation step, so none is skipped.
     let eval_every = run.config().train.eval_every.max(1);
@@ -323,7 +347,32 @@ fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> Result<(), String
     });
     if run.eval_due() {
         let report = run.evaluate().map_err(|e| format!("{e:#}"))?;
+        let step = report.step;
         send(Event::Eval(report));
+        if robust_images > 0 {
+            let options = RobustOptions {
+                limit: robust_images,
+                ..RobustOptions::default()
+            };
+            let device = run
+                .model()
+                .devices()
+                .first()
+                .cloned()
+                .ok_or("the model has no device")?;
+            let report = evaluate_robust(
+                run.model(),
+                &run.dataset().test,
+                &options,
+                &device,
+                &mut |_, _| {},
+            )
+            .map_err(|e| format!("measuring robustness: {e}"))?;
+            send(Event::Robust {
+                step,
+                report: Box::new(report),
+            });
+        }
     }
     if run.state() != RunState::Running {
         send(Event::State(run.state()));

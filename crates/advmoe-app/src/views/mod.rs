@@ -72,3 +72,31 @@ pub fn labelled_combo<T: Copy + PartialEq + std::fmt::Display>(
         .labelled_by(name.id);
     changed
 }
+
+/// The `index`-th colour of the plots' palette.
+pub fn palette(index: usize) -> egui::Color32 {
+    const PALETTE: [egui::Color32; 6] = [
+        egui::Color32::from_rgb(80, 150, 240),
+        egui::Color32::from_rgb(240, 150, 40),
+        egui::Color32::from_rgb(90, 200, 110),
+        egui::Color32::from_rgb(220, 90, 200),
+        egui::Color32::from_rgb(230, 220, 80),
+        egui::Color32::from_rgb(120, 220, 230),
+    ];
+    PALETTE[index % PALETTE.len()]
+}
+
+/// One plot series as a line with a marker on each point, both in the `index`-th palette
+/// colour (so a single point shows as a dot, and the legend's entry has one colour).
+pub fn series(plot: &mut egui_plot::PlotUi<'_>, name: &str, points: Vec<[f64; 2]>, index: usize) {
+    if points.is_empty() {
+        return;
+    }
+    let color = palette(index);
+    plot.line(egui_plot::Line::new(name, egui_plot::PlotPoints::from(points.clone())).color(color));
+    plot.points(
+        egui_plot::Points::new(name, egui_plot::PlotPoints::from(points))
+            .radius(3.0)
+            .color(color),
+    );
+}

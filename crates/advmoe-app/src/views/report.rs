@@ -14,6 +14,7 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
 use crate::analysis::{ModelInfo, Request};
 use crate::picture;
+use crate::views::{palette, series};
 
 /// The plots, by file name.
 const PLOTS: [&str; 3] = [
@@ -368,10 +369,14 @@ fn curve(
 }
 
 fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
+    let max_mmacs = rows
+        .iter()
+        .map(|r| r.macs_pathway_with_router as f64 / 1e6)
+        .fold(1.0, f64::max);
     let width = (ui.available_width() / 3.0 - 10.0).max(220.0);
     ui.horizontal_wrapped(|ui| {
         for name in PLOTS {
-            ui.vertical(|ui| {
+            let group = ui.vertical(|ui| {
                 let (title, x_label, y_label) = match name {
                     "robust_accuracy_vs_eps" => ("Robust accuracy vs ε", "ε (×1/255)", "RA %"),
                     "route_flips_vs_eps" => (
@@ -386,72 +391,73 @@ fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
                     ),
                 };
                 ui.label(title);
-                let response = Plot::new(name)
+                let mut plot = Plot::new(name)
                     .width(width)
                     .height(220.0)
                     .include_y(0.0)
                     .include_y(100.0)
                     .x_axis_label(x_label)
                     .y_axis_label(y_label)
-                    .legend(Legend::default())
-                    .show(ui, |plot| {
-                        for row in rows {
-                            match name {
-                                "robust_accuracy_vs_eps" => {
-                                    let pts = curve(row, |ra, _, _| Some(100.0 * ra));
-                                    plot.line(Line::new(
-                                        row.name.clone(),
-                                        PlotPoints::from(pts.clone()),
-                                    ));
-                                    plot.points(
-                                        Points::new(row.name.clone(), PlotPoints::from(pts))
-                                            .radius(3.0),
-                                    );
+                    .legend(Legend::default());
+                if name == "accuracy_vs_cost" {
+                    // Room on the right, and the legend below the points (high accuracy).
+                    plot = plot
+                        .include_x(0.0)
+                        .include_x(1.3 * max_mmacs)
+                        .legend(Legend::default().position(egui_plot::Corner::RightBottom));
+                }
+                plot.show(ui, |plot| {
+                    for (i, row) in rows.iter().enumerate() {
+                        let color = palette(i);
+                        match name {
+                            "robust_accuracy_vs_eps" => {
+                                let pts = curve(row, |ra, _, _| Some(100.0 * ra));
+                                series(plot, &row.name, pts, i);
+                            }
+                            "route_flips_vs_eps" => {
+                                let flips = curve(row, |_, f, _| f.map(|f| 100.0 * f));
+                                if !flips.is_empty() {
+                                    series(plot, &format!("{} flips", row.name), flips, i);
                                 }
-                                "route_flips_vs_eps" => {
-                                    let flips = curve(row, |_, f, _| f.map(|f| 100.0 * f));
-                                    if !flips.is_empty() {
-                                        plot.line(Line::new(
-                                            format!("{} flips", row.name),
-                                            PlotPoints::from(flips),
-                                        ));
-                                    }
-                                    let kept = curve(row, |_, _, k| k.map(|k| 100.0 * k));
-                                    if !kept.is_empty() {
-                                        plot.line(
-                                            Line::new(
-                                                format!("{} router rob.", row.name),
-                                                PlotPoints::from(kept),
-                                            )
-                                            .style(egui_plot::LineStyle::dashed_loose()),
-                                        );
-                                    }
-                                }
-                                _ => {
-                                    let x = row.macs_pathway_with_router as f64 / 1e6;
-                                    let r = &row.report;
-                                    plot.points(
-                                        Points::new(
-                                            format!("{} RA", row.name),
-                                            vec![[x, 100.0 * r.robust_acc]],
+                                let kept = curve(row, |_, _, k| k.map(|k| 100.0 * k));
+                                if !kept.is_empty() {
+                                    plot.line(
+                                        Line::new(
+                                            format!("{} router rob.", row.name),
+                                            PlotPoints::from(kept),
                                         )
-                                        .radius(5.0),
-                                    );
-                                    plot.points(
-                                        Points::new(
-                                            format!("{} SA", row.name),
-                                            vec![[x, 100.0 * r.clean_acc]],
-                                        )
-                                        .radius(5.0)
-                                        .shape(egui_plot::MarkerShape::Diamond),
+                                        .color(color)
+                                        .style(egui_plot::LineStyle::dashed_loose()),
                                     );
                                 }
                             }
+                            _ => {
+                                let x = row.macs_pathway_with_router as f64 / 1e6;
+                                let r = &row.report;
+                                plot.points(
+                                    Points::new(
+                                        format!("{} RA", row.name),
+                                        vec![[x, 100.0 * r.robust_acc]],
+                                    )
+                                    .radius(5.0)
+                                    .color(color),
+                                );
+                                plot.points(
+                                    Points::new(
+                                        format!("{} SA", row.name),
+                                        vec![[x, 100.0 * r.clean_acc]],
+                                    )
+                                    .radius(5.0)
+                                    .color(color)
+                                    .shape(egui_plot::MarkerShape::Diamond),
+                                );
+                            }
                         }
-                    })
-                    .response;
-                state.plot_rects.insert(name, response.rect);
+                    }
+                });
             });
+            // The whole group (title, axes, legend) is what the PNG export keeps.
+            state.plot_rects.insert(name, group.response.rect);
         }
     });
 }

@@ -6,6 +6,7 @@ use advmoe_engine::RunConfig;
 use eframe::egui;
 
 use crate::views::labelled_combo;
+use crate::worker::RunOptions;
 
 /// A ready-made configuration for a lesson.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,18 @@ pub struct SetupState {
     pub config: RunConfig,
     /// Train on Burn's CPU backend instead of the window's GPU device.
     pub on_cpu: bool,
+    /// Test images of the robustness measured at each evaluation (0: none).
+    pub robust_images: usize,
+}
+
+impl SetupState {
+    /// How the worker should run the training.
+    pub fn run_options(&self) -> RunOptions {
+        RunOptions {
+            on_cpu: self.on_cpu,
+            robust_images: self.robust_images,
+        }
+    }
 }
 
 impl Default for SetupState {
@@ -78,6 +91,7 @@ impl Default for SetupState {
         Self {
             config: Preset::QuickStart.config(),
             on_cpu: false,
+            robust_images: 64,
         }
     }
 }
@@ -221,6 +235,10 @@ pub fn setup_ui(
                     )
                 });
             }
+            row(ui, "Robustness images per evaluation (0: off)", |ui| {
+                ui.add(egui::DragValue::new(&mut state.robust_images).range(0..=10_000))
+                    .on_hover_text("RA and router robustness under PGD-10 at 8/255, measured at every evaluation")
+            });
             row(ui, "Seed", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.seed))
             });

@@ -1,10 +1,12 @@
-//! Train: start / pause / resume / stop, live plots of the loss, clean accuracy and expert load,
-//! progress, throughput and ETA.
+//! Train: start / pause / resume / stop, live plots of the loss, clean and robust accuracy,
+//! router robustness and expert load, progress, throughput and ETA; save and load checkpoints.
 
 use advmoe_core::EvalReport;
-use advmoe_engine::RunState;
+use advmoe_engine::{RobustReport, RunState};
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+use crate::views::series;
 
 /// What the train view shows, filled from the worker's events.
 #[derive(Debug, Default, Clone)]
@@ -17,6 +19,8 @@ pub struct TrainState {
     pub losses: Vec<[f64; 2]>,
     /// Every evaluation, in order.
     pub evals: Vec<EvalReport>,
+    /// `(step, report)` of every robustness measurement, in order.
+    pub robust: Vec<(usize, RobustReport)>,
     /// Training throughput of the last chunk.
     pub steps_per_sec: f64,
     /// The run's state; `None` before the first run.
@@ -137,19 +141,48 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
         .show(ui, |plot| {
             plot.line(Line::new("loss", PlotPoints::from(state.losses.clone())));
         });
-    ui.label("Clean accuracy (%)");
+    if let Some((step, r)) = state.robust.last() {
+        let router = r.router_robustness.map_or(String::new(), |v| {
+            format!(", router robustness {:.1}%", 100.0 * v)
+        });
+        ui.label(format!(
+            "Robust accuracy (PGD-10, 8/255): {:.1}%{router} (step {step}, {} test images)",
+            100.0 * r.robust_acc,
+            r.images
+        ));
+    }
+    ui.label("Accuracy and router robustness (%)");
     Plot::new("accuracy plot")
         .height(height)
         .include_y(0.0)
         .include_y(100.0)
         .legend(Legend::default())
         .show(ui, |plot| {
-            let points: Vec<[f64; 2]> = state
+            let clean: Vec<[f64; 2]> = state
                 .evals
                 .iter()
                 .map(|e| [e.step as f64, 100.0 * e.clean_acc])
                 .collect();
-            plot.line(Line::new("clean accuracy", PlotPoints::from(points)));
+            let robust: Vec<[f64; 2]> = state
+                .robust
+                .iter()
+                .map(|(step, r)| [*step as f64, 100.0 * r.robust_acc])
+                .collect();
+            let router: Vec<[f64; 2]> = state
+                .robust
+                .iter()
+                .filter_map(|(step, r)| Some([*step as f64, 100.0 * r.router_robustness?]))
+                .collect();
+            for (i, (name, points)) in [
+                ("clean accuracy (SA)", clean),
+                ("robust accuracy (RA)", robust),
+                ("router robustness", router),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                series(plot, name, points, i);
+            }
         });
     ui.label("Expert load of the first MoE layer (%)");
     Plot::new("load plot")
@@ -172,10 +205,7 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
                         Some([e.step as f64, 100.0 * load])
                     })
                     .collect();
-                plot.line(Line::new(
-                    format!("expert {expert}"),
-                    PlotPoints::from(points),
-                ));
+                series(plot, &format!("expert {expert}"), points, expert);
             }
         });
     action
