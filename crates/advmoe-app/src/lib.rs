@@ -75,6 +75,9 @@ pub struct LabApp {
     allow_close: bool,
     /// CPU seconds of recent frames, for the status line and [`LabApp::frame_ms`].
     frame_times: Vec<f32>,
+    /// Seconds between recent consecutive frames drawn back to back (input or animation
+    /// pending), for [`LabApp::frame_interval_ms`].
+    frame_intervals: Vec<f32>,
 }
 
 impl LabApp {
@@ -121,6 +124,7 @@ impl LabApp {
             confirm_close: false,
             allow_close: false,
             frame_times: Vec::new(),
+            frame_intervals: Vec::new(),
         };
         app.ask(Request::LoadDemos);
         app
@@ -196,14 +200,17 @@ impl LabApp {
         &self.compute.label
     }
 
-    /// Median frame time of the last 120 frames, in milliseconds.
+    /// Median CPU time of the last 120 frames (building and tessellating the UI, as eframe
+    /// measures it), in milliseconds.
     pub fn frame_ms(&self) -> Option<f32> {
-        let mut times = self.frame_times.clone();
-        if times.is_empty() {
-            return None;
-        }
-        times.sort_by(f32::total_cmp);
-        Some(1000.0 * times[times.len() / 2])
+        median_ms(&self.frame_times)
+    }
+
+    /// Median wall time between the last 120 frames drawn back to back (while the pointer moves
+    /// or something animates), in milliseconds: the frame time the user sees, GPU work
+    /// included.
+    pub fn frame_interval_ms(&self) -> Option<f32> {
+        median_ms(&self.frame_intervals)
     }
 
     /// A trained model exists that was never saved since it last changed.
@@ -414,12 +421,15 @@ impl eframe::App for LabApp {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         // eframe's CPU time of the previous frame: building the UI and tessellating it.
         if let Some(secs) = frame.info().cpu_usage {
-            self.frame_times.push(secs);
-            if self.frame_times.len() > 120 {
-                self.frame_times.remove(0);
-            }
+            push_recent(&mut self.frame_times, secs);
+        }
+        // Frames less than 0.25 s apart were drawn back to back; longer gaps are idle time.
+        let dt = ui.input(|i| i.unstable_dt);
+        if dt < 0.25 {
+            push_recent(&mut self.frame_intervals, dt);
         }
         let cpu_ms = self.frame_ms();
+        let interval_ms = self.frame_interval_ms();
         egui::Panel::top("tabs").show(ui, |ui| {
             ui.horizontal(|ui| {
                 for (tab, name) in Tab::ALL {
@@ -427,8 +437,8 @@ impl eframe::App for LabApp {
                 }
                 ui.separator();
                 ui.label(&self.compute.label);
-                if let Some(ms) = cpu_ms {
-                    ui.label(format!("· UI {ms:.1} ms/frame"));
+                if let (Some(cpu), Some(interval)) = (cpu_ms, interval_ms) {
+                    ui.label(format!("· frame {interval:.1} ms (UI CPU {cpu:.1} ms)"));
                 }
             });
         });
@@ -502,4 +512,19 @@ impl eframe::App for LabApp {
             });
         });
     }
+}
+
+/// Keep the last 120 samples.
+fn push_recent(samples: &mut Vec<f32>, value: f32) {
+    samples.push(value);
+    if samples.len() > 120 {
+        samples.remove(0);
+    }
+}
+
+/// Median of seconds, in milliseconds.
+fn median_ms(samples: &[f32]) -> Option<f32> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f32::total_cmp);
+    sorted.get(sorted.len() / 2).map(|s| 1000.0 * s)
 }
