@@ -536,6 +536,37 @@ fn the_atlas_and_the_report_show_the_demo_models() {
         row.report.router_robustness.is_none(),
         "the dense model has no routers"
     );
+
+    // "Open model folder": a model folder joins the library under its folder name; a folder
+    // whose weights are cut short gives a message naming the file, and nothing joins.
+    let folder = temp_dir("opened").join("my-model");
+    std::fs::create_dir_all(&folder).expect("temp dir");
+    std::fs::write(folder.join("config.json"), DEMOS[2].config_json).expect("write");
+    std::fs::write(folder.join("model.safetensors"), DEMOS[2].model_safetensors).expect("write");
+    type_into(
+        &mut harness,
+        "Model folder",
+        folder.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Open model folder").click();
+    wait_for(&mut harness, "opening the folder", 60, |app| {
+        app.models().len() == DEMOS.len() + 1 && !app.analysis_busy()
+    });
+    assert_eq!(harness.state().models()[DEMOS.len()].name, "my-model");
+    let half = DEMOS[2].model_safetensors.len() / 2;
+    std::fs::write(
+        folder.join("model.safetensors"),
+        &DEMOS[2].model_safetensors[..half],
+    )
+    .expect("write");
+    harness.get_by_label("Open model folder").click();
+    wait_for(&mut harness, "the open error", 60, |app| {
+        app.error().is_some() && !app.analysis_busy()
+    });
+    let error = harness.state().error().unwrap_or_default().to_owned();
+    assert!(error.contains("model.safetensors"), "{error}");
+    assert_eq!(harness.state().models().len(), DEMOS.len() + 1);
+    std::fs::remove_dir_all(folder.parent().expect("parent")).ok();
 }
 
 /// On the wgpu renderer (lavapipe in CI): the demo models attacked on the GPU device, and a
