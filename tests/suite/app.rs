@@ -205,7 +205,7 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
     });
     assert_eq!(
         harness.state().models()[DEMOS.len()].origin,
-        "trained in this session"
+        advmoe_app::analysis::ORIGIN_TRAINED
     );
 
     // Closing the window with the model unsaved asks first; "Cancel" keeps the app open.

@@ -246,7 +246,7 @@ impl Library {
                     let train_secs = recorded.as_ref().map(|r| r.train_secs);
                     let info = self.add(
                         demo.title.to_string(),
-                        "bundled demo".into(),
+                        ORIGIN_DEMO.into(),
                         config,
                         model,
                         recorded,
@@ -279,7 +279,7 @@ impl Library {
                 let model = model.fork(&device);
                 let info = self.add(
                     name,
-                    "trained in this session".into(),
+                    ORIGIN_TRAINED.into(),
                     config,
                     model,
                     None,
@@ -486,6 +486,12 @@ impl Library {
         Ok(info)
     }
 }
+
+/// [`ModelInfo::origin`] of the bundled demo models.
+pub const ORIGIN_DEMO: &str = "bundled demo";
+
+/// [`ModelInfo::origin`] of models trained in this session.
+pub const ORIGIN_TRAINED: &str = "trained in this session";
 
 /// Example images per expert in the atlas.
 pub const ATLAS_EXAMPLES: usize = 8;

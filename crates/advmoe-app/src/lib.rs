@@ -275,7 +275,7 @@ impl LabApp {
         match reply {
             Reply::Loaded(info) => {
                 let id = info.id;
-                let trained = info.origin == "trained in this session";
+                let trained = info.origin == analysis::ORIGIN_TRAINED;
                 self.models.push(*info);
                 if trained {
                     // The model just trained is what the class wants to attack next.
@@ -350,7 +350,8 @@ impl LabApp {
     /// routers attacked with PGD-10 at 8/255.
     fn router_only_lesson(&mut self) {
         let Some(model) = self.models.iter().find(|m| {
-            m.origin == "bundled demo" && m.config.train.method == advmoe_core::MethodKind::MoeAt
+            m.origin == analysis::ORIGIN_DEMO
+                && m.config.train.method == advmoe_core::MethodKind::MoeAt
         }) else {
             self.error = Some("the demo models are not loaded yet".into());
             return;
