@@ -655,15 +655,9 @@ fn snapshots_of_every_view_on_the_gpu() {
         "accuracy_vs_cost",
     ]
     .map(|name| dir.join(format!("{name}.png")));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !files.iter().all(|f| f.is_file()) {
-        assert!(
-            Instant::now() < deadline,
-            "the plots were not saved in 60 s"
-        );
-        harness.step();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&mut harness, "saving the plots", 60, |_| {
+        files.iter().all(|f| f.is_file())
+    });
     for file in &files {
         let bytes = std::fs::read(file).expect("png");
         assert_eq!(&bytes[1..4], b"PNG", "{}", file.display());

@@ -453,22 +453,9 @@ impl Library {
         train_secs: Option<f64>,
     ) -> Result<ModelInfo, String> {
         let data = self.dataset(&config)?;
-        let matches = data.test.num_classes == config.model.num_classes
-            && data.test.channels == config.model.in_channels
-            && data.test.size == config.model.image_size;
-        if !matches {
-            return Err(format!(
-                "{name}: the model takes {}×{}×{} images in {} classes but its dataset has {}×{}×{} in {}",
-                config.model.in_channels,
-                config.model.image_size[0],
-                config.model.image_size[1],
-                config.model.num_classes,
-                data.test.channels,
-                data.test.size[0],
-                data.test.size[1],
-                data.test.num_classes
-            ));
-        }
+        config
+            .check_dataset(&data)
+            .map_err(|e| format!("{name}: {e}"))?;
         let info = ModelInfo {
             id: self.entries.len(),
             name,

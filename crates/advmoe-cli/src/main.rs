@@ -430,21 +430,9 @@ pub(crate) fn check_matches(
     dataset: &advmoe_data::Dataset,
     dir: &Path,
 ) -> anyhow::Result<()> {
-    let m = &config.model;
-    let t = &dataset.test;
-    if m.in_channels != t.channels || m.image_size != t.size || m.num_classes != t.num_classes {
-        bail!(
-            "model in {dir:?} expects {} channels, {:?} pixels and {} classes, but {} has {}, {:?}, {}",
-            m.in_channels,
-            m.image_size,
-            m.num_classes,
-            t.name,
-            t.channels,
-            t.size,
-            t.num_classes
-        );
-    }
-    Ok(())
+    config
+        .check_dataset(dataset)
+        .map_err(|e| anyhow::anyhow!("model in {dir:?}: {e}"))
 }
 
 fn macs(args: ModelArgs) -> anyhow::Result<()> {

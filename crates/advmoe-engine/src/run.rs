@@ -54,6 +54,28 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Check that `dataset` fits this run's model: channels, image size and classes.
+    ///
+    /// # Errors
+    /// A message naming both shapes.
+    pub fn check_dataset(&self, dataset: &Dataset) -> Result<(), String> {
+        let m = &self.model;
+        let t = &dataset.test;
+        if m.in_channels != t.channels || m.image_size != t.size || m.num_classes != t.num_classes {
+            return Err(format!(
+                "the model expects {} channels, {:?} pixels and {} classes, but {} has {}, {:?}, {}",
+                m.in_channels,
+                m.image_size,
+                m.num_classes,
+                t.name,
+                t.channels,
+                t.size,
+                t.num_classes
+            ));
+        }
+        Ok(())
+    }
+
     /// Set the model's input shape and class count from a dataset.
     pub fn fit_to(&mut self, dataset: &Dataset) {
         self.model.in_channels = dataset.train.channels;
