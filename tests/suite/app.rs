@@ -45,6 +45,19 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The app on a wgpu renderer (lavapipe in CI) whose device it shares with Burn, as eframe
+/// sets it up natively.
+fn gpu_harness(size: [f32; 2]) -> Harness<'static, LabApp> {
+    let mut setup = egui_kittest::wgpu::default_wgpu_setup();
+    if let eframe::egui_wgpu::WgpuSetup::CreateNew(create) = &mut setup {
+        create.device_descriptor = advmoe_app::gpu::device_descriptor();
+    }
+    Harness::builder()
+        .with_size(size)
+        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_setup(setup))
+        .build_eframe(|cc| LabApp::new(cc))
+}
+
 /// Wait until the three bundled demo models are in the library.
 fn wait_for_demos(harness: &mut Harness<'static, LabApp>) {
     wait_for(harness, "loading the demo models", 120, |app| {
@@ -306,14 +319,7 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
 /// and trains on it: one device for drawing and training.
 #[test]
 fn the_app_trains_on_the_device_it_draws_with() {
-    let mut setup = egui_kittest::wgpu::default_wgpu_setup();
-    if let eframe::egui_wgpu::WgpuSetup::CreateNew(create) = &mut setup {
-        create.device_descriptor = advmoe_app::gpu::device_descriptor();
-    }
-    let mut harness = Harness::builder()
-        .with_size([1100.0, 900.0])
-        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_setup(setup))
-        .build_eframe(|cc| LabApp::new(cc));
+    let mut harness = gpu_harness([1100.0, 900.0]);
     let label = harness.state().compute_label().to_owned();
     assert!(
         label.starts_with("GPU: "),
@@ -593,14 +599,7 @@ fn the_atlas_and_the_report_show_the_demo_models() {
 /// snapshot image of each view (kept under tests/snapshots/, shown in the README).
 #[test]
 fn snapshots_of_every_view_on_the_gpu() {
-    let mut setup = egui_kittest::wgpu::default_wgpu_setup();
-    if let eframe::egui_wgpu::WgpuSetup::CreateNew(create) = &mut setup {
-        create.device_descriptor = advmoe_app::gpu::device_descriptor();
-    }
-    let mut harness = Harness::builder()
-        .with_size([1200.0, 860.0])
-        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_setup(setup))
-        .build_eframe(|cc| LabApp::new(cc));
+    let mut harness = gpu_harness([1200.0, 860.0]);
     let options = SnapshotOptions::new().output_path("snapshots");
     wait_for_demos(&mut harness);
     harness.get_by_label("AdvMoE fixes the routers").click();

@@ -54,24 +54,29 @@ impl RunConfig {
         Ok(())
     }
 
-    /// Check that `dataset` fits this run's model: channels, image size and classes.
+    /// Check that `dataset` fits this run's model: channels, image size and classes of both
+    /// splits.
     ///
     /// # Errors
     /// A message naming both shapes.
     pub fn check_dataset(&self, dataset: &Dataset) -> Result<(), String> {
         let m = &self.model;
-        let t = &dataset.test;
-        if m.in_channels != t.channels || m.image_size != t.size || m.num_classes != t.num_classes {
-            return Err(format!(
-                "the model expects {} channels, {:?} pixels and {} classes, but {} has {}, {:?}, {}",
-                m.in_channels,
-                m.image_size,
-                m.num_classes,
-                t.name,
-                t.channels,
-                t.size,
-                t.num_classes
-            ));
+        for t in [&dataset.train, &dataset.test] {
+            if m.in_channels != t.channels
+                || m.image_size != t.size
+                || m.num_classes != t.num_classes
+            {
+                return Err(format!(
+                    "the model expects {} channels, {:?} pixels and {} classes, but {} has {}, {:?}, {}",
+                    m.in_channels,
+                    m.image_size,
+                    m.num_classes,
+                    t.name,
+                    t.channels,
+                    t.size,
+                    t.num_classes
+                ));
+            }
         }
         Ok(())
     }
@@ -214,20 +219,9 @@ impl Run {
         device: &Device,
     ) -> Result<Self, EngineError> {
         config.validate()?;
+        config.check_dataset(&dataset).map_err(EngineError::Shape)?;
         let m = &config.model;
         let t = &dataset.train;
-        if m.in_channels != t.channels || m.image_size != t.size || m.num_classes != t.num_classes {
-            return Err(EngineError::Shape(format!(
-                "model expects {} channels, {:?} pixels, {} classes; {} has {}, {:?}, {}",
-                m.in_channels,
-                m.image_size,
-                m.num_classes,
-                t.name,
-                t.channels,
-                t.size,
-                t.num_classes
-            )));
-        }
         if t.is_empty() || dataset.test.is_empty() {
             return Err(EngineError::Shape(format!(
                 "{} or its test split is empty",
