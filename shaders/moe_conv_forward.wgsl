@@ -103,7 +103,8 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
     }
 
-    let poison = bitcast<f32>(0x7fc00000u);
+    // A NaN made at run time: a constant NaN fails shader creation in browsers (Tint).
+    let poison = bitcast<f32>(0x7fc00000u + min(params.c_out, 0u));
     let rows = array<vec4<f32>, 4>(acc.r0, acc.r1, acc.r2, acc.r3);
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + tm + r * THREADS_M;

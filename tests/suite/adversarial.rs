@@ -13,6 +13,7 @@ use advmoe_model::{MoeNet, is_router_path};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::common::Wait as _;
 use crate::common::{Poison, cpu, gpu, small_config, synthetic};
 
 fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig {
@@ -30,8 +31,8 @@ fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig
 
 /// Which tensors changed between two snapshots, split by router / not router.
 fn changed(before: &MoeNet, after: &MoeNet) -> (Vec<String>, Vec<String>, usize, usize) {
-    let a = host_tensors(before).unwrap();
-    let b = host_tensors(after).unwrap();
+    let a = host_tensors(before).wait().unwrap();
+    let b = host_tensors(after).wait().unwrap();
     let (mut router_changed, mut expert_changed) = (Vec::new(), Vec::new());
     let (mut routers, mut experts) = (0, 0);
     for (x, y) in a.iter().zip(&b) {
@@ -119,16 +120,16 @@ fn advmoe_runs_50_steps_on_wgpu_without_nan() {
     let mut losses = Vec::new();
     while run.state() == RunState::Running {
         run.run_chunk(10).unwrap();
-        losses.extend(run.drain_losses().unwrap());
+        losses.extend(run.drain_losses().wait().unwrap());
     }
     assert_eq!(losses.len(), 50);
     assert!(
         losses.iter().all(|l| l.is_finite() && *l > 0.0),
         "{losses:?}"
     );
-    let report = run.evaluate().unwrap();
+    let report = run.evaluate().wait().unwrap();
     assert_eq!(report.images, 32);
-    for t in host_tensors(run.model()).unwrap() {
+    for t in host_tensors(run.model()).wait().unwrap() {
         assert!(
             t.values.iter().all(|v| v.is_finite()),
             "{} is not finite",
@@ -147,7 +148,7 @@ fn nan_router_weights_stop_advmoe_naming_the_term_and_step() {
     let poisoned = run.model().clone().map(&mut Poison::routers());
     run.set_model(poisoned);
     run.run_chunk(1).unwrap();
-    let err = run.drain_losses().unwrap_err();
+    let err = run.drain_losses().wait().unwrap_err();
     let text = err.to_string();
     assert!(
         matches!(err, EngineError::NonFinite { step: 1, .. }),
@@ -216,6 +217,7 @@ fn the_comparison_trains_and_measures_every_model() {
         &mut |_| {},
         &|| false,
     )
+    .wait()
     .unwrap();
     assert_eq!(rows.len(), 5);
     let by = |name: &str| rows.iter().find(|r| r.name == name).unwrap();

@@ -17,6 +17,7 @@ use eframe::egui;
 use egui_kittest::kittest::Queryable as _;
 use egui_kittest::{Harness, SnapshotOptions};
 
+use crate::common::Wait as _;
 use crate::common::cpu;
 
 /// Step the app until `done` holds, failing after `secs` with `what`.
@@ -360,6 +361,7 @@ fn the_demo_models_load_and_reach_their_recorded_accuracy() {
             },
             &device,
         )
+        .wait()
         .expect("evaluation");
         assert_eq!(result.images, recorded.report.images);
         assert!(
@@ -663,4 +665,127 @@ fn snapshots_of_every_view_on_the_gpu() {
         assert!(bytes.len() > 2000, "{} is nearly empty", file.display());
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// What the web build does, natively: the test hooks the browser test uses (a training, an
+/// attack, the JSON status) and files arriving as bytes (a downloaded model pair, a checkpoint's
+/// files, dataset files, an unknown file).
+#[test]
+fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
+    use advmoe_app::hooks::HookCommand;
+    let mut harness = harness();
+    wait_for_demos(&mut harness);
+    let hook = |json: &str| serde_json::from_str::<HookCommand>(json).expect(json);
+    harness.state_mut().run_hook(hook(
+        r#"{"action":"train","steps":20,"eval_every":10,"batch_size":16,"eval_size":50,"method":"moe-at"}"#,
+    ));
+    wait_for(&mut harness, "the hook's training", 300, |app| {
+        app.models().len() == DEMOS.len() + 1
+    });
+    let status = harness.state().status();
+    assert_eq!(status["train"]["state"], "Finished");
+    assert_eq!(status["train"]["step"], 20);
+    let evals = status["train"]["evals"].as_array().unwrap();
+    assert_eq!(evals.len(), 2);
+    assert_eq!(evals[1]["step"], 20);
+    let trained = DEMOS.len();
+    assert_eq!(
+        status["models"][trained]["origin"],
+        "trained in this session"
+    );
+
+    harness.state_mut().run_hook(hook(
+        r#"{"action":"attack","image":3,"eps_255":16,"steps":5}"#,
+    ));
+    wait_for(&mut harness, "the hook's attack", 120, |app| {
+        app.attack_state().result.is_some() && !app.analysis_busy()
+    });
+    let status = harness.state().status();
+    let attack = &status["attack"];
+    assert_eq!(attack["model"], trained);
+    assert_eq!(attack["source"], "test image 3");
+    assert!(attack["linf"].as_f64().unwrap() <= attack["eps"].as_f64().unwrap() + 1e-6);
+    let routes = attack["clean"]["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 8, "one route per MoE layer of ResNet-10");
+    let flips = routes
+        .iter()
+        .zip(attack["adversarial"]["routes"].as_array().unwrap())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(attack["flipped_layers"], flips);
+    assert!(harness.state().error().is_none());
+
+    // "Save" natively writes the checkpoint folder; its files, handed over as bytes the way a
+    // browser's picker does, resume the run (run.json present) ...
+    let dir = temp_dir("hook-checkpoint");
+    harness.state_mut().train_state_mut().save_dir = dir.display().to_string();
+    harness.state_mut().run_hook(hook(r#"{"action":"save"}"#));
+    wait_for(&mut harness, "saving", 60, |app| {
+        app.train_state().saved_to.is_some()
+    });
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let checkpoint: Vec<(String, Vec<u8>)> = [
+        "config.json",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "run.json",
+    ]
+    .iter()
+    .map(|n| (n.to_string(), read(n)))
+    .collect();
+    let mut fresh = self::harness();
+    wait_for_demos(&mut fresh);
+    fresh.state_mut().accept_files(checkpoint);
+    wait_for(&mut fresh, "resuming from files", 60, |app| {
+        app.models().len() == DEMOS.len() + 1
+    });
+    assert_eq!(fresh.state().train_state().step, 20);
+    assert_eq!(fresh.state().train_state().evals.len(), 2);
+
+    // ... a model pair as the web build downloads it joins the library under its stem, and
+    // the same pair on disk opens by either file (as `advmoe eval --model` does) ...
+    let stem = "advmoe-lab-moe-at-n2-step20";
+    fresh.state_mut().accept_files(vec![
+        (format!("{stem}.safetensors"), read("model.safetensors")),
+        (format!("{stem}.json"), read("config.json")),
+    ]);
+    wait_for(&mut fresh, "opening the pair", 60, |app| {
+        app.models().len() == DEMOS.len() + 2
+    });
+    assert_eq!(fresh.state().models()[DEMOS.len() + 1].name, stem);
+    std::fs::write(
+        dir.join(format!("{stem}.safetensors")),
+        read("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{stem}.json")), read("config.json")).unwrap();
+    let (_, from_pair) =
+        advmoe_engine::load_model_path(&dir.join(format!("{stem}.json")), &cpu()).unwrap();
+    let (_, from_dir) = advmoe_engine::load_model_path(&dir, &cpu()).unwrap();
+    let weights = |m: &advmoe_model::MoeNet| {
+        advmoe_model::checkpoint::host_tensors(m)
+            .wait()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.values)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(weights(&from_pair), weights(&from_dir));
+
+    // ... one file of a pair alone is refused, dataset files become the setup's data folder,
+    // and an unknown file is named in the error.
+    fresh.state_mut().accept_files(vec![(
+        "lonely.safetensors".into(),
+        read("model.safetensors"),
+    )]);
+    assert!(fresh.state().error().unwrap().contains("needs both files"));
+    fresh.state_mut().accept_files(vec![
+        ("t10k-labels-idx1-ubyte.gz".into(), vec![0x1f, 0x8b]),
+        ("notes.txt".into(), b"hello".to_vec()),
+    ]);
+    assert_eq!(
+        fresh.state().setup().config.data.data_dir.as_deref(),
+        Some(advmoe_data::files::MEMORY_DIR)
+    );
+    assert!(fresh.state().error().unwrap().contains("notes.txt"));
 }

@@ -13,6 +13,7 @@ use advmoe_engine::tensors::to_device;
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
 
+use crate::common::Wait as _;
 use crate::common::{cpu, gpu, max_abs_diff, read, synthetic, tensor4, trained};
 
 /// `value = -w·x` per image: the L∞ worst case is `x - ε·sign(w)`, the L2 one `x - ε·w/‖w‖`.
@@ -218,7 +219,7 @@ fn robust_acc(model: &MoeNet, n: usize, spec: &AttackSpec) -> f64 {
     let mut rng = Rng::seed(11);
     let adv = attack(&objective, batch.images.clone(), spec, &mut rng);
     let logits = model.forward(adv, Mode::Eval).logits;
-    count_correct(logits, &host.labels).unwrap() as f64 / n as f64
+    count_correct(logits, &host.labels).wait().unwrap() as f64 / n as f64
 }
 
 #[test]
@@ -268,10 +269,13 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     let batch = to_device(&host, 10, &device);
     let eps = 8.0 / 255.0;
     let mut rng = Rng::seed(2);
-    let clean_routes =
-        check_routes(&model.forward(batch.images.clone(), Mode::Eval).routes).unwrap();
+    let clean_routes = check_routes(&model.forward(batch.images.clone(), Mode::Eval).routes)
+        .wait()
+        .unwrap();
     let flips = |images: Tensor<4>| {
-        let routes = check_routes(&model.forward(images, Mode::Eval).routes).unwrap();
+        let routes = check_routes(&model.forward(images, Mode::Eval).routes)
+            .wait()
+            .unwrap();
         let mut flipped = 0;
         for (a, b) in clean_routes.iter().zip(&routes) {
             flipped += a.iter().zip(b).filter(|(x, y)| x != y).count();
@@ -317,13 +321,14 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     };
     let adv = attack(&objective, batch.images.clone(), &s, &mut rng);
     let out = model.forward_with(adv, Mode::Eval, &Routing::Fixed(fixed));
-    assert_eq!(check_routes(&out.routes).unwrap(), clean_routes);
+    assert_eq!(check_routes(&out.routes).wait().unwrap(), clean_routes);
     let clean_correct = count_correct(
         model.forward(batch.images.clone(), Mode::Eval).logits,
         &host.labels,
     )
+    .wait()
     .unwrap();
-    let expert_correct = count_correct(out.logits, &host.labels).unwrap();
+    let expert_correct = count_correct(out.logits, &host.labels).wait().unwrap();
     assert!(
         expert_correct < clean_correct / 2,
         "expert attack: {expert_correct} of {clean_correct} still correct"
@@ -341,6 +346,7 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
         &device,
         &mut |_, _| {},
     )
+    .wait()
     .unwrap();
     println!("{report:?}");
     let router_robustness = report.router_robustness.unwrap();
@@ -381,19 +387,21 @@ fn attack_image_reports_what_the_model_does_on_its_pixels() {
             },
             ..AttackSpec::paper_eval()
         };
-        let a = attack_image(model, image.clone(), label, &spec, 7).unwrap();
+        let a = attack_image(model, image.clone(), label, &spec, 7)
+            .wait()
+            .unwrap();
         assert_eq!(a.shape, [3, 32, 32]);
         assert_eq!(a.label, label);
         assert_eq!(a.clean_pixels, host.images);
         assert!(a.linf <= spec.eps + 1e-6, "{target}: {}", a.linf);
         assert!(a.adversarial_pixels.iter().all(|v| (0.0..=1.0).contains(v)));
         let again = tensor4(a.adversarial_pixels.clone(), [1, 3, 32, 32], &device);
-        let rerun = predict(model, again, &Routing::Free, label).unwrap();
+        let rerun = predict(model, again, &Routing::Free, label).wait().unwrap();
         assert_eq!(rerun.prediction, a.adversarial.prediction, "{target}");
         assert_eq!(rerun.routes, a.adversarial.routes, "{target}");
         assert_eq!(
             a.clean,
-            predict(model, image, &Routing::Free, label).unwrap()
+            predict(model, image, &Routing::Free, label).wait().unwrap()
         );
         assert_eq!(a.flipped().len(), a.clean.routes.len());
         assert_eq!(a.clean.routes.len(), model.moe_convs().len());

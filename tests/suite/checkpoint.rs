@@ -6,6 +6,7 @@ use advmoe_model::{Mode, MoeNet};
 use burn::module::Module as _;
 use burn::tensor::{Device, Tensor};
 
+use crate::common::Wait as _;
 use crate::common::{cpu, gpu, max_abs_diff, read2, tensor4};
 
 fn images(device: &Device) -> Tensor<4> {
@@ -44,7 +45,7 @@ fn saved_models_reload_to_identical_logits() {
     for (i, spec) in specs().iter().enumerate() {
         let model = MoeNet::new(spec, 3 + i as u64, &device).unwrap();
         let path = dir.join(format!("m{i}.safetensors"));
-        save_model(&model, spec, &path).unwrap();
+        save_model(&model, spec, &path).wait().unwrap();
         let loaded = load_model(&path, spec, &device).unwrap();
         let a = read2(model.forward(images(&device), Mode::Eval).logits);
         let b = read2(loaded.forward(images(&device), Mode::Eval).logits);
@@ -59,7 +60,7 @@ fn saved_models_reload_to_identical_logits() {
 fn a_model_saved_on_cpu_runs_the_same_on_wgpu() {
     let spec = &specs()[0];
     let model = MoeNet::new(spec, 1, &cpu()).unwrap();
-    let bytes = model_bytes(&model, spec).unwrap();
+    let bytes = model_bytes(&model, spec).wait().unwrap();
     let on_gpu = model_from_bytes(&bytes, spec, &gpu(), "mem".as_ref()).unwrap();
     let a = read2(model.forward(images(&cpu()), Mode::Eval).logits);
     let b = read2(on_gpu.forward(images(&gpu()), Mode::Eval).logits);
@@ -72,7 +73,9 @@ fn wrong_files_give_clear_errors() {
     let dir = tempdir("wrong");
     let spec = ModelSpec::resnet(8, 1, 2, 0.5);
     let path = dir.join("model.safetensors");
-    save_model(&MoeNet::new(&spec, 0, &device).unwrap(), &spec, &path).unwrap();
+    save_model(&MoeNet::new(&spec, 0, &device).unwrap(), &spec, &path)
+        .wait()
+        .unwrap();
 
     let wider = ModelSpec::resnet(16, 1, 2, 0.5);
     let err = load_model(&path, &wider, &device).unwrap_err().to_string();
@@ -133,7 +136,7 @@ fn gradient_mismatches(spec: &ModelSpec) -> Vec<String> {
     }
 
     let cpu_model = MoeNet::new(spec, 4, &cpu().autodiff()).unwrap();
-    let bytes = model_bytes(&cpu_model, spec).unwrap();
+    let bytes = model_bytes(&cpu_model, spec).wait().unwrap();
     let gpu_model = model_from_bytes(&bytes, spec, &gpu().autodiff(), "mem".as_ref()).unwrap();
     let grads_of = |model: &MoeNet, device: &Device| {
         let out = model.forward(images(device), Mode::Train);

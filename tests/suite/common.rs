@@ -9,6 +9,16 @@ use advmoe_model::{MoeNet, is_router_path};
 use burn::module::{ModuleMapper, Param};
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 
+/// `.wait()` on any of the engine's futures: drive it to completion here, as the CLI and the
+/// desktop app's worker threads do.
+pub trait Wait: std::future::Future + Sized {
+    fn wait(self) -> Self::Output {
+        advmoe_engine::block_on(self)
+    }
+}
+
+impl<F: std::future::Future> Wait for F {}
+
 pub fn cpu() -> Device {
     Device::flex()
 }
@@ -86,9 +96,9 @@ pub fn train_run(config: RunConfig, train_images: usize) -> Run {
     let mut run = Run::new(config, data, &cpu()).unwrap();
     while run.state() == RunState::Running {
         run.run_chunk(25).unwrap();
-        run.drain_losses().unwrap();
+        run.drain_losses().wait().unwrap();
     }
-    run.evaluate().unwrap();
+    run.evaluate().wait().unwrap();
     run
 }
 

@@ -5,6 +5,7 @@ use advmoe_model::layers::conv_options;
 use advmoe_model::{MoeConv2d, RouteError, check_routes, gate_from_scores};
 use burn::tensor::{Device, Tensor, TensorData, module::conv2d};
 
+use crate::common::Wait as _;
 use crate::common::{cpu, gpu, max_abs_diff, read, read2, tensor4};
 
 fn random(shape: [usize; 4], rng: &mut Rng, device: &Device) -> Tensor<4> {
@@ -43,7 +44,7 @@ fn check_selection(device: &Device) {
         let (y, _) = conv.forward(x.clone(), Some(route.clone()), false);
         let [_, c, h, w] = y.dims();
         assert_eq!([c, h, w], [4, (7 - 1) / stride + 1, (7 - 1) / stride + 1]);
-        assert_eq!(check_routes(&[route]).unwrap()[0], experts);
+        assert_eq!(check_routes(&[route]).wait().unwrap()[0], experts);
         let y = read(y);
         let per = c * h * w;
         for (b, &e) in experts.iter().enumerate() {
@@ -128,7 +129,7 @@ fn ties_go_to_the_lowest_index_and_nan_scores_are_errors() {
     );
     let route = gate_from_scores(scores);
     assert_eq!(
-        check_routes(std::slice::from_ref(&route)).unwrap(),
+        check_routes(std::slice::from_ref(&route)).wait().unwrap(),
         vec![vec![0, 1]]
     );
     assert_eq!(read2(route.gate), vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
@@ -138,7 +139,9 @@ fn ties_go_to_the_lowest_index_and_nan_scores_are_errors() {
         &device,
     );
     let route = gate_from_scores(nan);
-    let err = check_routes(std::slice::from_ref(&route)).unwrap_err();
+    let err = check_routes(std::slice::from_ref(&route))
+        .wait()
+        .unwrap_err();
     assert_eq!(
         err,
         RouteError::NonFinite {
@@ -164,6 +167,7 @@ fn per_layer_router_routes_by_its_own_input() {
     let (_, route) = conv.forward(x.clone(), None, false);
     let route = route.expect("per-layer routers return their route");
     let experts = check_routes(std::slice::from_ref(&route))
+        .wait()
         .unwrap()
         .remove(0);
     // The scores are linear(global average pool(x)).

@@ -11,6 +11,7 @@ use advmoe_kernels::{
 use advmoe_model::{LayerRoute, gate_from_scores};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::common::Wait as _;
 use crate::common::{cpu, gpu, max_abs_diff, read, read2, small_config, synthetic, tensor4};
 
 /// Parse and validate one WGSL text; the error names the file and the tile shape.
@@ -387,7 +388,7 @@ fn advmoe_training_on_wgpu_gives_the_same_losses_sparse_and_reference() {
         config.data.augment = false;
         let mut run = Run::new(config, synthetic(16, 16), &gpu()).unwrap();
         run.run_chunk(2).unwrap();
-        let losses = run.drain_losses().unwrap();
+        let losses = run.drain_losses().wait().unwrap();
         set_sparse_execution(previous);
         losses
     };

@@ -7,6 +7,7 @@ use advmoe_engine::run::load_model_dir;
 use advmoe_engine::{EngineError, Run, RunState};
 use burn::module::Module;
 
+use crate::common::Wait as _;
 use crate::common::{Poison, cpu, gpu, small_config, synthetic, trained};
 
 /// Asserts that at least `min_layers` MoE layers send more than 5% of the test images to every
@@ -69,20 +70,20 @@ fn resumes_exactly(method: MethodKind, width: usize) {
 
     let mut straight = Run::new(config.clone(), data.clone(), &cpu()).unwrap();
     straight.run_chunk(8).unwrap();
-    let expected = straight.drain_losses().unwrap();
+    let expected = straight.drain_losses().wait().unwrap();
 
     let dir = std::env::temp_dir().join(format!("advmoe-resume-{method}-{}", std::process::id()));
     let mut first = Run::new(config, data.clone(), &cpu()).unwrap();
     first.run_chunk(4).unwrap();
-    let mut got = first.drain_losses().unwrap();
-    first.evaluate().unwrap();
-    first.save_checkpoint(&dir).unwrap();
+    let mut got = first.drain_losses().wait().unwrap();
+    first.evaluate().wait().unwrap();
+    first.save_checkpoint(&dir).wait().unwrap();
     drop(first);
     let mut resumed = Run::resume_from(&dir, data, &cpu()).unwrap();
     assert_eq!(resumed.step_index(), 4);
     assert_eq!(resumed.history().len(), 1);
     resumed.run_chunk(100).unwrap();
-    got.extend(resumed.drain_losses().unwrap());
+    got.extend(resumed.drain_losses().wait().unwrap());
     assert_eq!(resumed.state(), RunState::Finished);
     assert_eq!(got.len(), 8);
     for (i, (a, b)) in expected.iter().zip(&got).enumerate() {
@@ -115,7 +116,7 @@ fn nan_losses_stop_the_run_with_the_step_and_pause_stop_work() {
     let poisoned = run.model().clone().map(&mut Poison::all());
     run.set_model(poisoned);
     run.run_chunk(2).unwrap();
-    let err = run.drain_losses().unwrap_err();
+    let err = run.drain_losses().wait().unwrap_err();
     assert!(
         matches!(err, EngineError::NonFinite { step: 2, .. }),
         "{err}"
@@ -144,10 +145,10 @@ fn a_tiny_run_on_wgpu_lowers_the_loss() {
     let data: Arc<_> = synthetic(32, 32);
     let mut run = Run::new(config, data, &gpu()).unwrap();
     run.run_chunk(30).unwrap();
-    let losses = run.drain_losses().unwrap();
+    let losses = run.drain_losses().wait().unwrap();
     let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = losses[25..].iter().sum::<f64>() / 5.0;
     assert!(last < 0.8 * first, "loss did not fall on wgpu: {losses:?}");
-    let report = run.evaluate().unwrap();
+    let report = run.evaluate().wait().unwrap();
     assert_eq!(report.images, 32);
 }

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::Receiver;
 
 use advmoe_core::{AttackSpec, count_macs};
 use advmoe_data::Dataset;
@@ -16,14 +15,14 @@ use advmoe_engine::eval::{EvalOptions, EvalResult, evaluate};
 use advmoe_engine::tensors::to_device;
 use advmoe_engine::{
     ImageAttack, RobustOptions, RunConfig, attack_image, evaluate_robust, load_model_bytes,
-    load_model_dir, predict,
+    load_model_path, predict,
 };
 use advmoe_model::{MoeNet, Routing};
 use burn::module::Module as _;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::demo;
-use crate::worker::{Handle, Outbox, TrainedModel, guarded};
+use crate::worker::{Handle, Inbox, Outbox, TrainedModel, guarded, yield_now};
 
 /// A model in the lab's library, as the views see it (the weights stay on the worker).
 #[derive(Debug, Clone)]
@@ -68,8 +67,18 @@ pub enum ImageSource {
 pub enum Request {
     /// Load the bundled demo models.
     LoadDemos,
-    /// Load a model folder (`config.json` + `model.safetensors`).
+    /// Load a model folder (`config.json` + `model.safetensors`), or a downloaded
+    /// `<stem>.safetensors` + `<stem>.json` pair given by either file.
     Open(PathBuf),
+    /// Load a model from the bytes of its two files (picked or dropped in a browser).
+    OpenBytes {
+        /// Display name.
+        name: String,
+        /// The run configuration (`config.json` or `<stem>.json`).
+        config_json: Vec<u8>,
+        /// The weights (`model.safetensors` or `<stem>.safetensors`).
+        safetensors: Vec<u8>,
+    },
     /// Add a model that training produced.
     Adopt(Box<TrainedModel>),
     /// Attack one image.
@@ -170,9 +179,13 @@ pub fn spawn_analysis(
     device: Device,
     wake: impl Fn() + Send + 'static,
 ) -> std::io::Result<Analysis> {
-    Handle::spawn("advmoe-analysis", wake, move |requests, replies| {
-        Library::new(device).serve(&requests, &replies);
-    })
+    Handle::spawn(
+        "advmoe-analysis",
+        wake,
+        move |requests, replies| async move {
+            Library::new(device).serve(&requests, &replies).await;
+        },
+    )
 }
 
 struct Entry {
@@ -196,12 +209,12 @@ impl Library {
         }
     }
 
-    fn serve(&mut self, requests: &Receiver<Request>, replies: &Outbox<Reply>) {
+    async fn serve(&mut self, requests: &Inbox<Request>, replies: &Outbox<Reply>) {
         let mut handled = 0u64;
-        while let Ok(first) = requests.recv() {
+        while let Some(first) = requests.next().await {
             // Of queued attacks only the newest matters (the ε slider sends many).
             let mut queue = vec![first];
-            queue.extend(requests.try_iter());
+            queue.extend(requests.drain());
             handled += queue.len() as u64;
             let last_attack = queue
                 .iter()
@@ -210,7 +223,8 @@ impl Library {
                 if matches!(request, Request::Attack { .. }) && Some(i) != last_attack {
                     continue;
                 }
-                let result = guarded("the analysis", || self.handle(request, replies));
+                let result = guarded("the analysis", self.handle(request, replies)).await;
+                yield_now().await;
                 let reply = match result {
                     Ok(Some(reply)) => reply,
                     Ok(None) => continue,
@@ -226,7 +240,7 @@ impl Library {
         }
     }
 
-    fn handle(
+    async fn handle(
         &mut self,
         request: Request,
         replies: &Outbox<Reply>,
@@ -256,13 +270,25 @@ impl Library {
                 }
                 Ok(None)
             }
-            Request::Open(dir) => {
-                let (config, model) = load_model_dir(&dir, &device)
-                    .map_err(|e| format!("opening {}: {e:#}", dir.display()))?;
-                let name = dir
-                    .file_name()
-                    .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
-                let info = self.add(name, dir.display().to_string(), config, model, None, None)?;
+            Request::Open(path) => {
+                let (config, model) = load_model_path(&path, &device)
+                    .map_err(|e| format!("opening {}: {e:#}", path.display()))?;
+                let name = path.file_stem().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into(),
+                );
+                let info = self.add(name, path.display().to_string(), config, model, None, None)?;
+                Ok(Some(Reply::Loaded(Box::new(info))))
+            }
+            Request::OpenBytes {
+                name,
+                config_json,
+                safetensors,
+            } => {
+                let (config, model) =
+                    load_model_bytes(&config_json, &safetensors, Path::new(&name), &device)
+                        .map_err(|e| format!("opening {name}: {e:#}"))?;
+                let info = self.add(name, ORIGIN_FILES.into(), config, model, None, None)?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
             Request::Adopt(trained) => {
@@ -328,6 +354,7 @@ impl Library {
                         let images =
                             Tensor::<4>::from_data(TensorData::new(pixels, [1, c, h, w]), &device);
                         let clean = predict(&entry.model, images.clone(), &Routing::Free, 0)
+                            .await
                             .map_err(|e| e.to_string())?;
                         (images, clean.prediction, name)
                     }
@@ -338,6 +365,7 @@ impl Library {
                     ));
                 }
                 let attack = attack_image(&entry.model, images, label, &spec, seed)
+                    .await
                     .map_err(|e| format!("attack: {e}"))?;
                 Ok(Some(Reply::Attacked(Box::new(AttackOutcome {
                     seq,
@@ -358,6 +386,7 @@ impl Library {
                     },
                     &device,
                 )
+                .await
                 .map_err(|e| format!("atlas: {e}"))?;
                 let examples = eval
                     .examples
@@ -397,6 +426,7 @@ impl Library {
                         });
                     },
                 )
+                .await
                 .map_err(|e| format!("evaluating {}: {e}", entry.info.name))?;
                 let config = &entry.info.config;
                 let macs = count_macs(&config.model);
@@ -476,6 +506,9 @@ impl Library {
 
 /// [`ModelInfo::origin`] of the bundled demo models.
 pub const ORIGIN_DEMO: &str = "bundled demo";
+
+/// [`ModelInfo::origin`] of models opened from files picked or dropped in a browser.
+pub const ORIGIN_FILES: &str = "opened files";
 
 /// [`ModelInfo::origin`] of models trained in this session.
 pub const ORIGIN_TRAINED: &str = "trained in this session";

@@ -1,5 +1,6 @@
-//! One GPU device for drawing and training: eframe creates the wgpu device (asking for what the
-//! adapter offers, as Burn's own device creation does), and Burn registers that same device.
+//! One GPU device for drawing and training. Natively eframe creates the wgpu device (asking for
+//! what the adapter offers, as Burn's own device creation does) and Burn registers that same
+//! device; on the web Burn acquires the device first and eframe draws with it (`web.rs`).
 
 use std::sync::Arc;
 

@@ -1,29 +1,38 @@
 //! AdvMoE Lab's application: eframe views over the training engine.
 //!
-//! One GPU device serves drawing and training ([`gpu`]). Two named worker threads do all Burn
-//! work, so a frame never waits on the GPU: the training worker ([`worker`]) owns the current
-//! run, and the analysis worker ([`analysis`]) owns the model library (bundled demo models,
-//! opened folders, models training produced) and runs attacks, the routing atlas and the
-//! report's measurements. Views live in [`views`], one module each; platform glue stays in
-//! `main.rs` (and the web entry point, TODO(#6)).
+//! One GPU device serves drawing and training ([`gpu`]). Two workers do all Burn work, so a
+//! frame never waits on the GPU: the training worker ([`worker`]) owns the current run, and the
+//! analysis worker ([`analysis`]) owns the model library (bundled demo models, opened models,
+//! models training produced) and runs attacks, the routing atlas and the report's
+//! measurements. Natively each is a thread; in the browser each is a cooperative task. Views
+//! live in [`views`], one module each; files in and out in [`files`]; the test hooks in
+//! [`hooks`]; browser glue in `web` (wasm32 only); the native entry point is `main.rs`.
 
 pub mod analysis;
 pub mod demo;
+pub mod files;
 pub mod gpu;
+pub mod hooks;
 pub mod picture;
 pub mod views;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod worker;
+
+use std::path::PathBuf;
 
 use eframe::egui;
 
 use crate::analysis::{Analysis, ModelInfo, Reply, Request, spawn_analysis};
+use crate::files::FileKind;
 use crate::gpu::ComputeDevice;
+use crate::hooks::HookCommand;
 use crate::views::atlas::AtlasState;
 use crate::views::attack::AttackState;
 use crate::views::report::{ReportAction, ReportState};
 use crate::views::setup::{SetupAction, SetupState};
 use crate::views::train::{TrainAction, TrainState};
-use crate::worker::{Command, Event, Worker, spawn_training};
+use crate::worker::{CheckpointSource, Command, Event, Files, SaveTarget, Worker, spawn_training};
 
 /// The views, as tabs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +61,7 @@ impl Tab {
 
 /// The application.
 pub struct LabApp {
+    ctx: egui::Context,
     compute: ComputeDevice,
     worker: Option<Worker>,
     analysis: Option<Analysis>,
@@ -78,6 +88,10 @@ pub struct LabApp {
     /// Seconds between recent consecutive frames drawn back to back (input or animation
     /// pending), for [`LabApp::frame_interval_ms`].
     frame_intervals: Vec<f32>,
+    /// Frames drawn so far.
+    frames: u64,
+    /// When the first frame was drawn, in milliseconds since the page started loading (web).
+    first_frame_ms: Option<f64>,
 }
 
 impl LabApp {
@@ -108,6 +122,7 @@ impl LabApp {
             .map_err(|e| errors.push(format!("could not start the analysis thread: {e}")))
             .ok();
         let mut app = Self {
+            ctx,
             compute,
             worker,
             analysis,
@@ -125,6 +140,8 @@ impl LabApp {
             allow_close: false,
             frame_times: Vec::new(),
             frame_intervals: Vec::new(),
+            frames: 0,
+            first_frame_ms: None,
         };
         app.ask(Request::LoadDemos);
         app
@@ -133,6 +150,11 @@ impl LabApp {
     /// What the train view shows (for tests and snapshots).
     pub fn train_state(&self) -> &TrainState {
         &self.train
+    }
+
+    /// What the train view shows, to set its checkpoint folder.
+    pub fn train_state_mut(&mut self) -> &mut TrainState {
+        &mut self.train
     }
 
     /// The setup being edited (tests set a tiny configuration through it).
@@ -262,8 +284,8 @@ impl LabApp {
             Event::Eval(report) => self.train.evals.push(report),
             Event::Robust { step, report } => self.train.robust.push((step, *report)),
             Event::State(state) => self.train.state = Some(state),
-            Event::Saved(dir) => {
-                self.train.saved_to = Some(dir.display().to_string());
+            Event::Saved(place) => {
+                self.train.saved_to = Some(place);
                 self.train.unsaved = false;
             }
             Event::Trained(model) => self.ask(Request::Adopt(model)),
@@ -301,42 +323,232 @@ impl LabApp {
         }
     }
 
-    /// Files dropped on the window: images go to the attack lab, model folders (or a file in
-    /// one) to the library.
+    /// Files dropped on the window: images go to the attack lab, models (a folder, or a file
+    /// of one, or a downloaded `.safetensors` + `.json` pair) to the library. On the web the
+    /// browser reads them first and they arrive through [`files::take_incoming`].
     fn take_dropped_files(&mut self, ctx: &egui::Context) {
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
+        if dropped.is_empty() {
+            return;
+        }
+        #[cfg(target_arch = "wasm32")]
+        web::read_dropped(dropped, ctx.clone());
+        #[cfg(not(target_arch = "wasm32"))]
         for file in dropped {
             let path = file.path().to_path_buf();
-            let ext = path
-                .extension()
-                .map(|e| e.to_string_lossy().to_lowercase())
-                .unwrap_or_default();
-            if matches!(ext.as_str(), "png" | "jpg" | "jpeg") {
-                match file.bytes() {
+            match files::classify(&path.to_string_lossy()) {
+                FileKind::Image => match file.bytes() {
                     Ok(bytes) => {
                         let name = path
                             .file_name()
                             .map_or_else(|| "image".into(), |n| n.to_string_lossy().into());
-                        self.attack.set_own(name, bytes);
-                        self.tab = Tab::Attack;
-                        self.run_attack();
+                        self.accept_files(vec![(name, bytes)]);
                     }
                     Err(e) => self.error = Some(format!("reading {}: {e}", path.display())),
+                },
+                FileKind::ModelConfig | FileKind::ModelWeights => self.ask(Request::Open(path)),
+                _ if path.is_dir() => self.ask(Request::Open(path)),
+                _ => {
+                    self.error = Some(format!(
+                        "{} is neither a PNG/JPEG image nor a model",
+                        path.display()
+                    ));
                 }
-            } else if path.is_dir() {
-                self.ask(Request::Open(path));
-            } else if let Some(parent) = path
-                .parent()
-                .filter(|_| matches!(ext.as_str(), "json" | "safetensors"))
-            {
-                self.ask(Request::Open(parent.to_path_buf()));
-            } else {
-                self.error = Some(format!(
-                    "{} is neither a PNG/JPEG image nor a model folder",
-                    path.display()
-                ));
             }
         }
+    }
+
+    /// Files that arrived as bytes (the browser's picker or a drop; a dropped image natively):
+    /// a checkpoint's files resume its run, model pairs join the library, dataset files become
+    /// the setup's data folder, an image goes to the attack lab.
+    pub fn accept_files(&mut self, files: Files) {
+        let names = |kind: FileKind| -> Vec<&String> {
+            files
+                .iter()
+                .filter(|(n, _)| files::classify(n) == kind)
+                .map(|(n, _)| n)
+                .collect()
+        };
+        let unknown: Vec<String> = names(FileKind::Unknown).into_iter().cloned().collect();
+        if files.iter().any(|(n, _)| n == "run.json") {
+            self.send(Command::Load(
+                CheckpointSource::Files(files.clone()),
+                self.setup.run_options(),
+            ));
+            self.tab = Tab::Train;
+        } else {
+            let pairs = files::model_pairs(&files);
+            let loose = names(FileKind::ModelConfig).len() + names(FileKind::ModelWeights).len();
+            if loose > 2 * pairs.len() {
+                self.error = Some(
+                    "a model needs both files: <name>.safetensors with <name>.json (or \
+                     model.safetensors with config.json)"
+                        .into(),
+                );
+            }
+            for (name, config_json, safetensors) in pairs {
+                self.ask(Request::OpenBytes {
+                    name,
+                    config_json,
+                    safetensors,
+                });
+            }
+        }
+        let mut data_dir = None;
+        for (name, bytes) in &files {
+            match files::classify(name) {
+                FileKind::Dataset => {
+                    data_dir = Some(advmoe_data::files::add_memory_file(name, bytes.clone()));
+                }
+                FileKind::Image => {
+                    self.attack.set_own(name.clone(), bytes.clone());
+                    self.tab = Tab::Attack;
+                }
+                _ => {}
+            }
+        }
+        if let Some(dir) = data_dir {
+            self.setup.config.data.data_dir = Some(dir.to_string_lossy().into_owned());
+            self.tab = Tab::Setup;
+        }
+        if self.attack.use_own && self.tab == Tab::Attack {
+            self.run_attack();
+        }
+        if !unknown.is_empty() {
+            self.error = Some(format!(
+                "not a model, image or dataset file: {}",
+                unknown.join(", ")
+            ));
+        }
+    }
+
+    /// Carry out a test-hook command, as the matching clicks would.
+    pub fn run_hook(&mut self, command: HookCommand) {
+        match command {
+            HookCommand::Tab { tab } => match Tab::ALL
+                .iter()
+                .find(|(_, name)| name.to_lowercase().starts_with(&tab.to_lowercase()))
+            {
+                Some((t, _)) => self.tab = *t,
+                None => self.error = Some(format!("no tab {tab:?}")),
+            },
+            HookCommand::Train {
+                steps,
+                eval_every,
+                batch_size,
+                eval_size,
+                method,
+                augment,
+                robust_images,
+                on_cpu,
+            } => {
+                let config = &mut self.setup.config;
+                config.train.total_steps = steps;
+                config.train.eval_every = eval_every;
+                config.train.batch_size = batch_size;
+                if let Some(size) = eval_size {
+                    config.train.eval_size = size;
+                }
+                if let Some(method) = method {
+                    config.train.method = method;
+                }
+                if let Some(augment) = augment {
+                    config.data.augment = augment;
+                }
+                self.setup.robust_images = robust_images;
+                self.setup.on_cpu = on_cpu;
+                self.start_training();
+            }
+            HookCommand::Attack {
+                model,
+                image,
+                eps_255,
+                steps,
+                kind,
+                target,
+            } => {
+                self.attack.model = model.or_else(|| self.models.last().map(|m| m.id));
+                self.attack.use_own = false;
+                self.attack.test_index = image;
+                self.attack.eps_255 = eps_255;
+                self.attack.steps = steps;
+                self.attack.kind = kind;
+                self.attack.target = target;
+                self.tab = Tab::Attack;
+                self.run_attack();
+            }
+            HookCommand::Save => self.save_checkpoint(),
+            HookCommand::Pick => {
+                if !files::pick_files(&self.ctx) {
+                    self.error = Some("there is no file picker in the desktop app".into());
+                }
+            }
+        }
+    }
+
+    fn start_training(&mut self) {
+        let config = Box::new(self.setup.config.clone());
+        self.send(Command::Start(config, self.setup.run_options()));
+        self.tab = Tab::Train;
+    }
+
+    fn save_checkpoint(&mut self) {
+        let target = if cfg!(target_arch = "wasm32") {
+            SaveTarget::Download
+        } else {
+            SaveTarget::Folder(PathBuf::from(self.train.save_dir.trim()))
+        };
+        self.send(Command::Save(target));
+    }
+
+    /// What the app shows, as JSON (published for the test hooks every frame).
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let prediction = |p: &advmoe_engine::Prediction| {
+            json!({
+                "prediction": p.prediction,
+                "confidence": p.confidence,
+                "routes": p.routes,
+            })
+        };
+        let attack = self.attack.result.as_ref().map(|r| {
+            json!({
+                "seq": r.seq,
+                "model": r.model,
+                "source": r.source,
+                "label": r.attack.label,
+                "linf": r.attack.linf,
+                "eps": r.attack.spec.eps,
+                "clean": prediction(&r.attack.clean),
+                "adversarial": prediction(&r.attack.adversarial),
+                "flipped_layers": r.attack.flipped().iter().filter(|f| **f).count(),
+            })
+        });
+        json!({
+            "frames": self.frames,
+            "first_frame_ms": self.first_frame_ms,
+            "compute": self.compute.label,
+            "on_gpu": self.compute.fallback_reason.is_none(),
+            "fallback_reason": self.compute.fallback_reason,
+            "tab": format!("{:?}", self.tab),
+            "models": self.models.iter().map(|m| json!({
+                "id": m.id, "name": m.name, "origin": m.origin,
+            })).collect::<Vec<_>>(),
+            "analysis_busy": self.analysis_busy(),
+            "train": {
+                "state": self.train.state.map(|s| format!("{s:?}")),
+                "step": self.train.step,
+                "total_steps": self.train.total_steps,
+                "steps_per_sec": self.train.steps_per_sec,
+                "evals": self.train.evals.iter().map(|e| json!({
+                    "step": e.step, "clean_acc": e.clean_acc, "loss": e.loss,
+                })).collect::<Vec<_>>(),
+                "saved_to": self.train.saved_to,
+                "data_dir": self.setup.config.data.data_dir,
+            },
+            "attack": attack,
+            "error": self.error,
+        })
     }
 
     fn run_attack(&mut self) {
@@ -416,6 +628,15 @@ impl eframe::App for LabApp {
             self.reply(ctx, reply);
         }
         self.take_dropped_files(ctx);
+        for batch in files::take_incoming() {
+            self.accept_files(batch);
+        }
+        for command in hooks::take_commands() {
+            self.run_hook(command);
+        }
+        if let Some(message) = hooks::take_errors().pop() {
+            self.error = Some(message);
+        }
         self.close_dialog(ctx);
     }
 
@@ -429,6 +650,11 @@ impl eframe::App for LabApp {
         if dt < 0.25 {
             push_recent(&mut self.frame_intervals, dt);
         }
+        self.frames += 1;
+        #[cfg(target_arch = "wasm32")]
+        if self.first_frame_ms.is_none() {
+            self.first_frame_ms = web::now_ms();
+        }
         let cpu_ms = self.frame_ms();
         let interval_ms = self.frame_interval_ms();
         egui::Panel::top("tabs").show(ui, |ui| {
@@ -437,6 +663,17 @@ impl eframe::App for LabApp {
                     ui.selectable_value(&mut self.tab, tab, name);
                 }
                 ui.separator();
+                if cfg!(target_arch = "wasm32")
+                    && ui
+                        .button("Open files…")
+                        .on_hover_text(
+                            "A model (.safetensors + .json), a checkpoint's files, dataset \
+                             files or a PNG/JPEG image; dropping them on the page works too",
+                        )
+                        .clicked()
+                {
+                    files::pick_files(ui.ctx());
+                }
                 ui.label(&self.compute.label);
                 if let (Some(cpu), Some(interval)) = (cpu_ms, interval_ms) {
                     ui.label(format!("· frame {interval:.1} ms (UI CPU {cpu:.1} ms)"));
@@ -462,29 +699,25 @@ impl eframe::App for LabApp {
                         Some(advmoe_engine::RunState::Running | advmoe_engine::RunState::Paused)
                     );
                     match views::setup::setup_ui(ui, &mut self.setup, busy, &self.compute.label) {
-                        Some(SetupAction::Start) => {
-                            let config = Box::new(self.setup.config.clone());
-                            self.send(Command::Start(config, self.setup.run_options()));
-                            self.tab = Tab::Train;
-                        }
+                        Some(SetupAction::Start) => self.start_training(),
                         Some(SetupAction::RouterOnlyLesson) => self.router_only_lesson(),
                         None => {}
                     }
                 }
-                Tab::Train => {
-                    if let Some(action) = views::train::train_ui(ui, &mut self.train) {
-                        self.send(match action {
-                            TrainAction::Pause => Command::Pause,
-                            TrainAction::Resume => Command::Resume,
-                            TrainAction::Stop => Command::Stop,
-                            TrainAction::Save => Command::Save(self.train.save_dir.trim().into()),
-                            TrainAction::Load => Command::Load(
-                                self.train.save_dir.trim().into(),
-                                self.setup.run_options(),
-                            ),
-                        });
+                Tab::Train => match views::train::train_ui(ui, &mut self.train) {
+                    Some(TrainAction::Pause) => self.send(Command::Pause),
+                    Some(TrainAction::Resume) => self.send(Command::Resume),
+                    Some(TrainAction::Stop) => self.send(Command::Stop),
+                    Some(TrainAction::Save) => self.save_checkpoint(),
+                    Some(TrainAction::Load) if cfg!(target_arch = "wasm32") => {
+                        files::pick_files(ui.ctx());
                     }
-                }
+                    Some(TrainAction::Load) => self.send(Command::Load(
+                        CheckpointSource::Folder(self.train.save_dir.trim().into()),
+                        self.setup.run_options(),
+                    )),
+                    None => {}
+                },
                 Tab::Attack => {
                     let (run, error) = views::attack::attack_ui(ui, &mut self.attack, &self.models);
                     if let Some(error) = error {
@@ -512,6 +745,7 @@ impl eframe::App for LabApp {
                 }
             });
         });
+        hooks::publish(self.status().to_string());
     }
 }
 

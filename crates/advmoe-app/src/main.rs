@@ -1,5 +1,8 @@
-//! Native entry point: a window whose wgpu device Burn shares for training.
+//! Entry points: natively a window whose wgpu device Burn shares for training; on the web
+//! (`trunk build`, see `index.html`) the same app on the page's canvas, on the browser's WebGPU
+//! device.
 
+#[cfg(not(target_arch = "wasm32"))]
 fn main() -> eframe::Result {
     let options = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default()
@@ -13,4 +16,9 @@ fn main() -> eframe::Result {
         options,
         Box::new(|cc| Ok(Box::new(advmoe_app::LabApp::new(cc)))),
     )
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {
+    advmoe_app::web::start();
 }

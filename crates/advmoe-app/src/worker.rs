@@ -1,20 +1,49 @@
-//! The training worker: one named native thread owns the engine's `Run` (all Burn work for a run
-//! happens on it), takes [`Command`]s from the UI and sends back [`Event`]s. It never blocks
-//! the frame: the UI drains events in `App::logic` and the worker wakes it with a callback.
+//! The training worker and the task machinery both workers share.
 //!
-//! TODO(#6): on the web the same loop runs as a cooperative task instead of a thread.
+//! A worker owns all Burn work of its kind, takes commands from the UI and sends back events;
+//! it never blocks the frame (the UI drains events in `App::logic` and the worker wakes it).
+//! Its body is one `async` function, because the engine's readbacks are async:
+//! - natively it runs on a named thread of its own, driven by `block_on` (Burn's streams are
+//!   per thread, so all of a worker's work stays on that thread);
+//! - on the web it runs as a cooperative task on the page's event loop (`spawn_local`): it
+//!   yields at every readback and between chunks of steps, so the page keeps drawing.
 
-use std::panic::AssertUnwindSafe;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use advmoe_core::EvalReport;
-use advmoe_engine::{RobustOptions, RobustReport, Run, RunConfig, RunState, evaluate_robust};
+use advmoe_engine::{
+    EngineError, RobustOptions, RobustReport, Run, RunConfig, RunState, evaluate_robust,
+};
 use advmoe_model::MoeNet;
 use burn::module::Module as _;
 use burn::tensor::Device;
 use web_time::Instant;
+
+/// Named files, as the browser's file picker gives them or a download takes them.
+pub type Files = Vec<(String, Vec<u8>)>;
+
+/// Where a run checkpoint comes from.
+#[derive(Debug, Clone)]
+pub enum CheckpointSource {
+    /// A folder written by "Save checkpoint" or `advmoe train`.
+    Folder(PathBuf),
+    /// The same files, by name (`config.json`, `model.safetensors`, `optimizer.safetensors`,
+    /// `run.json`), picked in a browser.
+    Files(Files),
+}
+
+/// Where "Save checkpoint" writes.
+#[derive(Debug, Clone)]
+pub enum SaveTarget {
+    /// Into this folder (native).
+    Folder(PathBuf),
+    /// As browser downloads: the model as a `<stem>.safetensors` + `<stem>.json` pair, which
+    /// the app (web or native) and `advmoe eval --model` open.
+    Download,
+}
 
 /// What the UI asks of the worker.
 #[derive(Debug, Clone)]
@@ -27,12 +56,13 @@ pub enum Command {
     Resume,
     /// End the run early; its model stays available.
     Stop,
-    /// Load a run checkpoint (written by "Save checkpoint" or `advmoe train`) from a folder, in
-    /// place of any current run, paused at its step.
-    Load(PathBuf, RunOptions),
-    /// Write a resumable checkpoint of the current run (model, optimiser state, metrics) into a
-    /// folder; `advmoe train --resume DIR` and `advmoe eval --model DIR` read it.
-    Save(PathBuf),
+    /// Load a run checkpoint (written by "Save checkpoint" or `advmoe train`), in place of any
+    /// current run, paused at its step.
+    Load(CheckpointSource, RunOptions),
+    /// Save the current run: natively a resumable checkpoint (model, optimiser state, metrics)
+    /// that `advmoe train --resume DIR` and `advmoe eval --model DIR` read; on the web the
+    /// model as a download.
+    Save(SaveTarget),
 }
 
 /// How the worker runs a training.
@@ -92,8 +122,8 @@ pub enum Event {
     },
     /// The run changed state (paused, resumed, stopped, finished).
     State(RunState),
-    /// A checkpoint was written into this folder.
-    Saved(PathBuf),
+    /// A checkpoint was saved; where, in words.
+    Saved(String),
     /// The run ended (finished or stopped) and this is its model, for the other views.
     Trained(Box<TrainedModel>),
     /// Something failed; the message is for the user.
@@ -103,7 +133,7 @@ pub enum Event {
 /// Steps per chunk between looks at the command queue.
 const CHUNK_STEPS: usize = 5;
 
-/// The UI's handle on a worker thread that takes commands `C` and reports events `E`.
+/// The UI's handle on a worker that takes commands `C` and reports events `E`.
 pub struct Handle<C, E> {
     commands: Sender<C>,
     events: Receiver<E>,
@@ -124,26 +154,91 @@ impl<E> Outbox<E> {
     }
 }
 
+/// A worker's command queue.
+pub struct Inbox<C> {
+    commands: Receiver<C>,
+}
+
+/// The UI dropped its handle: the worker should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
+impl<C> Inbox<C> {
+    /// The next command, waiting for one (natively by blocking the worker's own thread, on the
+    /// web by sleeping between looks); `None` when the UI is gone.
+    pub async fn next(&self) -> Option<C> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.commands.recv().ok()
+        }
+        #[cfg(target_arch = "wasm32")]
+        loop {
+            match self.commands.try_recv() {
+                Ok(command) => return Some(command),
+                Err(TryRecvError::Empty) => crate::web::sleep_ms(15).await,
+                Err(TryRecvError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// A command if one is queued.
+    ///
+    /// # Errors
+    /// [`Gone`] when the UI is gone.
+    pub fn try_next(&self) -> Result<Option<C>, Gone> {
+        match self.commands.try_recv() {
+            Ok(command) => Ok(Some(command)),
+            Err(TryRecvError::Empty) => Ok(None),
+            Err(TryRecvError::Disconnected) => Err(Gone),
+        }
+    }
+
+    /// Every command queued now.
+    pub fn drain(&self) -> Vec<C> {
+        self.commands.try_iter().collect()
+    }
+}
+
+/// Let the page draw: on the web, return to the browser's event loop once; natively nothing
+/// (the worker has its own thread).
+pub async fn yield_now() {
+    #[cfg(target_arch = "wasm32")]
+    crate::web::sleep_ms(0).await;
+}
+
 impl<C: Send + 'static, E: Send + 'static> Handle<C, E> {
-    /// Run `body` on a new thread called `name`. `wake` is called after every event (the app
+    /// Start `body` as a worker called `name`: natively on a new thread of that name, on the
+    /// web as a task on the page's event loop. `wake` is called after every event (the app
     /// passes `egui::Context::request_repaint`).
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn spawn(
+    pub fn spawn<F>(
         name: &str,
         wake: impl Fn() + Send + 'static,
-        body: impl FnOnce(Receiver<C>, Outbox<E>) + Send + 'static,
-    ) -> std::io::Result<Self> {
+        body: impl FnOnce(Inbox<C>, Outbox<E>) -> F + Send + 'static,
+    ) -> std::io::Result<Self>
+    where
+        F: Future<Output = ()> + 'static,
+    {
         let (commands, command_rx) = channel();
         let (event_tx, events) = channel();
         let outbox = Outbox {
             events: event_tx,
             wake: Box::new(wake),
         };
+        let inbox = Inbox {
+            commands: command_rx,
+        };
+        #[cfg(not(target_arch = "wasm32"))]
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || body(command_rx, outbox))?;
+            .spawn(move || advmoe_engine::block_on(body(inbox, outbox)))?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            let _ = name;
+            wasm_bindgen_futures::spawn_local(body(inbox, outbox));
+        }
         Ok(Self { commands, events })
     }
 
@@ -159,21 +254,34 @@ impl<C: Send + 'static, E: Send + 'static> Handle<C, E> {
 }
 
 /// Run `work`, turning a panic inside it (a failed or lost GPU device, a bug) into an error
-/// message instead of a dead worker, so no panic reaches the user.
-pub fn guarded<T>(what: &str, work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    match std::panic::catch_unwind(AssertUnwindSafe(work)) {
-        Ok(result) => result,
-        Err(payload) => {
-            let detail = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("no detail");
-            Err(format!(
-                "{what} failed unexpectedly ({detail}). If the GPU device was lost, restart \
-                 the app; saved models and checkpoints are unaffected"
-            ))
+/// message instead of a dead worker, so no panic reaches the user. On the web a panic aborts
+/// the module instead (wasm has no unwinding); the page's panic hook then shows it.
+pub async fn guarded<T>(
+    what: &str,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use futures_lite::FutureExt as _;
+        match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+            Ok(result) => result,
+            Err(payload) => {
+                let detail = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("no detail");
+                Err(format!(
+                    "{what} failed unexpectedly ({detail}). If the GPU device was lost, restart \
+                     the app; saved models and checkpoints are unaffected"
+                ))
+            }
         }
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        let _ = what;
+        work.await
     }
 }
 
@@ -185,29 +293,28 @@ pub type Worker = Handle<Command, Event>;
 /// # Errors
 /// If the thread cannot be spawned.
 pub fn spawn_training(device: Device, wake: impl Fn() + Send + 'static) -> std::io::Result<Worker> {
-    Handle::spawn("advmoe-engine", wake, move |commands, events| {
-        worker_loop(&device, &commands, &events);
+    Handle::spawn("advmoe-engine", wake, move |commands, events| async move {
+        worker_loop(&device, &commands, &events).await;
     })
 }
 
-fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Event>) {
+async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox<Event>) {
     let send = |event: Event| events.send(event);
     let cpu = Device::flex();
     let mut run: Option<Run> = None;
     let mut robust_images = 0;
     loop {
         let running = run.as_ref().is_some_and(|r| r.state() == RunState::Running);
-        // Block while idle; poll between chunks while running.
+        // Wait while idle; look between chunks while running.
         let command = if running {
-            match commands.try_recv() {
-                Ok(command) => Some(command),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => return,
+            match commands.try_next() {
+                Ok(command) => command,
+                Err(Gone) => return,
             }
         } else {
-            match commands.recv() {
-                Ok(command) => Some(command),
-                Err(_) => return,
+            match commands.next().await {
+                Some(command) => Some(command),
+                None => return,
             }
         };
         if let Some(command) = command {
@@ -224,10 +331,13 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
                     let device = if options.on_cpu { &cpu } else { device };
                     let built = match command {
                         Command::Start(config, _) => {
-                            guarded("building the run", || build_run(*config, device))
+                            guarded("building the run", async { build_run(*config, device) }).await
                         }
-                        Command::Load(dir, _) => {
-                            guarded("loading the checkpoint", || load_run(&dir, device))
+                        Command::Load(source, _) => {
+                            guarded("loading the checkpoint", async {
+                                load_run(&source, device)
+                            })
+                            .await
                         }
                         _ => continue,
                     };
@@ -253,13 +363,10 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
                         }
                     }
                 }
-                Command::Save(dir) => {
+                Command::Save(target) => {
                     let event = match run.as_mut() {
-                        Some(run) => match guarded("saving", || {
-                            run.save_checkpoint(&dir)
-                                .map_err(|e| format!("saving to {}: {e:#}", dir.display()))
-                        }) {
-                            Ok(()) => Event::Saved(dir),
+                        Some(run) => match guarded("saving", save(run, &target)).await {
+                            Ok(saved) => Event::Saved(saved),
                             Err(message) => Event::Error(message),
                         },
                         None => Event::Error("there is no trained model to save yet".into()),
@@ -285,11 +392,12 @@ fn worker_loop(device: &Device, commands: &Receiver<Command>, events: &Outbox<Ev
         let Some(active) = run.as_mut() else {
             continue;
         };
-        if let Err(message) = guarded("training", || train_chunk(active, robust_images, &send)) {
+        if let Err(message) = guarded("training", train_chunk(active, robust_images, &send)).await {
             send(Event::Error(message));
             send(Event::State(RunState::Failed));
             run = None;
         }
+        yield_now().await;
     }
 }
 
@@ -311,22 +419,94 @@ fn build_run(mut config: RunConfig, device: &Device) -> Result<Run, String> {
     Run::new(config, Arc::new(data), device).map_err(|e| format!("{e:#}"))
 }
 
-fn load_run(dir: &std::path::Path, device: &Device) -> Result<Run, String> {
-    let config_path = dir.join("config.json");
-    let bytes = std::fs::read(&config_path)
-        .map_err(|e| format!("reading {}: {e}", config_path.display()))?;
-    let config: RunConfig = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a run configuration: {e}", config_path.display()))?;
+/// Reads a checkpoint's file by name.
+type ReadFile<'a> = dyn Fn(&str) -> Result<Vec<u8>, EngineError> + 'a;
+
+fn load_run(source: &CheckpointSource, device: &Device) -> Result<Run, String> {
+    let (origin, read): (PathBuf, Box<ReadFile<'_>>) = match source {
+        CheckpointSource::Folder(dir) => {
+            let dir = dir.clone();
+            (
+                dir.clone(),
+                Box::new(move |name: &str| {
+                    let path = dir.join(name);
+                    std::fs::read(&path).map_err(|source| {
+                        EngineError::Checkpoint(advmoe_model::CheckpointError::Io { path, source })
+                    })
+                }),
+            )
+        }
+        CheckpointSource::Files(files) => (
+            PathBuf::from("the chosen files"),
+            Box::new(move |name: &str| {
+                files
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, bytes)| bytes.clone())
+                    .ok_or_else(|| EngineError::BadCheckpoint {
+                        path: PathBuf::from(name),
+                        reason: "not among the chosen files".into(),
+                    })
+            }),
+        ),
+    };
+    let config_bytes = read("config.json").map_err(|e| format!("{e:#}"))?;
+    let config: RunConfig = serde_json::from_slice(&config_bytes).map_err(|e| {
+        format!(
+            "{} is not a run configuration: {e}",
+            origin.join("config.json").display()
+        )
+    })?;
     let data = advmoe_data::load(&config.data).map_err(|e| format!("dataset: {e}"))?;
-    let mut run = Run::resume_from(dir, Arc::new(data), device)
-        .map_err(|e| format!("loading the checkpoint in {}: {e:#}", dir.display()))?;
+    let mut run = Run::resume_from_files(&*read, &origin, Arc::new(data), device)
+        .map_err(|e| format!("loading the checkpoint in {}: {e:#}", origin.display()))?;
     run.pause();
     Ok(run)
 }
 
+/// Save `run` to `target`; returns where, in words.
+async fn save(run: &mut Run, target: &SaveTarget) -> Result<String, String> {
+    match target {
+        SaveTarget::Folder(dir) => {
+            run.save_checkpoint(dir)
+                .await
+                .map_err(|e| format!("saving to {}: {e:#}", dir.display()))?;
+            Ok(dir.display().to_string())
+        }
+        SaveTarget::Download => {
+            let files = run
+                .model_files()
+                .await
+                .map_err(|e| format!("saving the model: {e:#}"))?;
+            let stem = download_stem(run.config(), run.progress().step);
+            let named: Files = files
+                .into_iter()
+                .map(|(name, bytes)| {
+                    let ext = if name.ends_with(".json") {
+                        "json"
+                    } else {
+                        "safetensors"
+                    };
+                    (format!("{stem}.{ext}"), bytes)
+                })
+                .collect();
+            crate::files::offer_downloads(&named)?;
+            Ok(format!("downloads {stem}.safetensors and {stem}.json"))
+        }
+    }
+}
+
+/// File stem of a downloaded model, e.g. `advmoe-lab-advmoe-n2-step200`.
+pub fn download_stem(config: &RunConfig, step: usize) -> String {
+    format!(
+        "advmoe-lab-{}-n{}-step{step}",
+        config.train.method, config.model.num_experts
+    )
+}
+
 /// Take one chunk of steps, report the losses, evaluate when due (with `robust_images` > 0,
 /// the robustness too).
-fn train_chunk(
+async fn train_chunk(
     run: &mut Run,
     robust_images: usize,
     send: &dyn Fn(Event) -> bool,
@@ -338,7 +518,7 @@ fn train_chunk(
     let taken = run
         .run_chunk(CHUNK_STEPS.min(until_eval))
         .map_err(|e| format!("{e:#}"))?;
-    let losses = run.drain_losses().map_err(|e| format!("{e:#}"))?;
+    let losses = run.drain_losses().await.map_err(|e| format!("{e:#}"))?;
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     send(Event::Progress {
         step: run.progress().step,
@@ -346,7 +526,7 @@ fn train_chunk(
         steps_per_sec: taken as f64 / secs,
     });
     if run.eval_due() {
-        let report = run.evaluate().map_err(|e| format!("{e:#}"))?;
+        let report = run.evaluate().await.map_err(|e| format!("{e:#}"))?;
         let step = report.step;
         send(Event::Eval(report));
         if robust_images > 0 {
@@ -367,6 +547,7 @@ fn train_chunk(
                 &device,
                 &mut |_, _| {},
             )
+            .await
             .map_err(|e| format!("measuring robustness: {e}"))?;
             send(Event::Robust {
                 step,

@@ -11,9 +11,9 @@ use advmoe_core::{
 use advmoe_engine::compare::{CompareEvent, compare_entries, markdown_table, run_comparison};
 use advmoe_engine::eval::{EvalOptions, evaluate};
 use advmoe_engine::robust::{RobustOptions, RobustReport, evaluate_robust};
-use advmoe_engine::run::load_model_dir;
+use advmoe_engine::run::load_model_path;
 use advmoe_engine::tensors::to_device;
-use advmoe_engine::{DeviceChoice, RunConfig, attack_image, make_device};
+use advmoe_engine::{DeviceChoice, RunConfig, attack_image, block_on, make_device};
 use advmoe_model::MoeNet;
 use anyhow::{Context as _, bail};
 use burn::module::Module as _;
@@ -94,7 +94,8 @@ impl AttackFlags {
 
 #[derive(Args)]
 pub(crate) struct EvalArgs {
-    /// Folder written by `advmoe train`.
+    /// Folder written by `advmoe train`, or a model pair the web app downloaded (either of
+    /// `<name>.safetensors` / `<name>.json`).
     #[arg(long)]
     model: PathBuf,
     /// Device: cpu or gpu.
@@ -147,7 +148,7 @@ fn load_model_and_data(
     device: &burn::tensor::Device,
 ) -> anyhow::Result<(RunConfig, MoeNet, advmoe_data::Dataset)> {
     let (mut config, model) =
-        load_model_dir(dir, device).with_context(|| format!("loading model from {dir:?}"))?;
+        load_model_path(dir, device).with_context(|| format!("loading model from {dir:?}"))?;
     if let Some(data_dir) = data_dir {
         config.data.data_dir = Some(data_dir.to_string_lossy().into_owned());
     }
@@ -162,7 +163,7 @@ pub(crate) fn eval(args: EvalArgs) -> anyhow::Result<()> {
         load_model_and_data(&args.model, args.data_dir.as_deref(), &device)?;
     let macs = count_macs(&config.model);
     let started = std::time::Instant::now();
-    let result = evaluate(
+    let result = block_on(evaluate(
         &model,
         &dataset.test,
         &EvalOptions {
@@ -171,7 +172,7 @@ pub(crate) fn eval(args: EvalArgs) -> anyhow::Result<()> {
             ..EvalOptions::default()
         },
         &device,
-    )?;
+    ))?;
     let clean_secs = started.elapsed().as_secs_f64();
     let mut json = serde_json::json!({
         "model": args.model,
@@ -201,10 +202,13 @@ pub(crate) fn eval(args: EvalArgs) -> anyhow::Result<()> {
             };
             let bar = progress_bar(result.images, "images attacked");
             let model = model.fork(&device.clone().autodiff());
-            let report =
-                evaluate_robust(&model, &dataset.test, &options, &device, &mut |done, _| {
-                    bar.set_position(done as u64)
-                })?;
+            let report = block_on(evaluate_robust(
+                &model,
+                &dataset.test,
+                &options,
+                &device,
+                &mut |done, _| bar.set_position(done as u64),
+            ))?;
             bar.finish_and_clear();
             Some(report)
         }
@@ -282,7 +286,8 @@ fn print_robust(r: &RobustReport) {
 
 #[derive(Args)]
 pub(crate) struct AttackArgs {
-    /// Folder written by `advmoe train`.
+    /// Folder written by `advmoe train`, or a model pair the web app downloaded (either of
+    /// `<name>.safetensors` / `<name>.json`).
     #[arg(long)]
     model: PathBuf,
     /// Index of the test image.
@@ -335,7 +340,7 @@ pub(crate) fn attack(args: AttackArgs) -> anyhow::Result<()> {
     let host = test.batch(args.index, args.index + 1);
     let label = usize::from(host.labels[0]);
     let batch = to_device(&host, config.model.num_classes, &device);
-    let result = attack_image(&model, batch.images, label, &spec, args.seed)?;
+    let result = block_on(attack_image(&model, batch.images, label, &spec, args.seed))?;
     let [c, h, w] = result.shape;
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     for (name, values) in [
@@ -518,7 +523,7 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     let mut bar = ProgressBar::hidden();
     let mut evaluating = false;
-    let rows = run_comparison(
+    let rows = block_on(run_comparison(
         &entries,
         dataset,
         &device,
@@ -565,7 +570,7 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
         },
         &|| interrupted.load(Ordering::SeqCst),
-    )?;
+    ))?;
     let table = markdown_table(&rows);
     let json = serde_json::json!({
         "base": base,

@@ -10,7 +10,7 @@ use advmoe_engine::{DeviceChoice, Run, RunConfig, make_device};
 use advmoe_kernels::{
     Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
 };
-use advmoe_model::readback::read_f32;
+use advmoe_model::readback::{block_on, read_f32};
 use anyhow::{Context as _, bail};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
@@ -433,22 +433,22 @@ fn agreement(
         } else {
             reference::moe_conv(x.clone(), weight.clone(), gate, stride, padding)
         };
-        let mut values = vec![read_f32(y.clone().detach(), "benchmark output")?];
+        let mut values = vec![block_on(read_f32(y.clone().detach(), "benchmark output"))?];
         if backward {
             let grads = y.sum().backward();
             let missing = || anyhow::anyhow!("a benchmark input got no gradient");
-            values.push(read_f32(
+            values.push(block_on(read_f32(
                 Tensor::<4>::from_inner(x.grad(&grads).ok_or_else(missing)?),
                 "input gradient",
-            )?);
-            values.push(read_f32(
+            ))?);
+            values.push(block_on(read_f32(
                 Tensor::<4>::from_inner(weight.grad(&grads).ok_or_else(missing)?),
                 "weight gradient",
-            )?);
-            values.push(read_f32(
+            ))?);
+            values.push(block_on(read_f32(
                 Tensor::<2>::from_inner(scores.grad(&grads).ok_or_else(missing)?),
                 "router-score gradient",
-            )?);
+            ))?);
         }
         Ok(values)
     };

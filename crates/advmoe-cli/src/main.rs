@@ -13,7 +13,7 @@ use advmoe_core::{
     Arch, AttackSpec, DatasetKind, DatasetSpec, MethodKind, ModelSpec, OptimizerKind, RouterKind,
     RouterObjective, ScheduleKind, TrainSpec, count_macs,
 };
-use advmoe_engine::{DeviceChoice, Run, RunConfig, RunState, make_device};
+use advmoe_engine::{DeviceChoice, Run, RunConfig, RunState, block_on, make_device};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -358,13 +358,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         bar.inc(1);
         let step = run.step_index();
         if step % 10 == 0 || run.state() != RunState::Running {
-            if let Some(&l) = run.drain_losses()?.last() {
+            if let Some(&l) = block_on(run.drain_losses())?.last() {
                 last_loss = l;
             }
             bar.set_message(format!("loss {last_loss:.4}"));
         }
         if run.eval_due() {
-            let report = run.evaluate()?;
+            let report = block_on(run.evaluate())?;
             let line = serde_json::to_string(&report)?;
             let mut file = OpenOptions::new()
                 .create(true)
@@ -393,11 +393,11 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             && step % args.checkpoint_every == 0
             && run.state() == RunState::Running
         {
-            run.save_checkpoint(&out)?;
+            block_on(run.save_checkpoint(&out))?;
         }
     }
     bar.finish_and_clear();
-    run.save_checkpoint(&out)
+    block_on(run.save_checkpoint(&out))
         .with_context(|| format!("writing checkpoint to {out:?}"))?;
     let p = run.progress();
     match run.state() {

@@ -4,7 +4,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use crate::{DataError, ImageSet, read_file};
+use crate::{DataError, ImageSet, files, read_file};
 
 const FORMAT: &str = "CIFAR binary";
 const IMAGE_BYTES: usize = 3 * 32 * 32;
@@ -165,15 +165,12 @@ pub fn read_cifar_dir(
     let archive = dir.join(variant.archive());
     let mut train_files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut test_file: Option<(PathBuf, Vec<u8>)> = None;
-    if archive.is_file() {
-        let file = std::fs::File::open(&archive).map_err(|source| DataError::Io {
-            path: archive.clone(),
-            source,
-        })?;
+    if files::is_file(&archive) {
+        let file = read_file(&archive)?;
         let corrupt = |e: std::io::Error| {
             DataError::format(&archive, "tar.gz", format!("corrupt archive: {e}"))
         };
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file.as_slice()));
         for entry in tar.entries().map_err(corrupt)? {
             let mut entry = entry.map_err(corrupt)?;
             let member = entry.path().map_err(corrupt)?.into_owned();
@@ -199,20 +196,20 @@ pub fn read_cifar_dir(
         }
         train_files.sort_by(|a, b| a.0.cmp(&b.0));
     } else {
-        let base = if dir.join(variant.folder()).is_dir() {
+        let base = if files::is_dir(&dir.join(variant.folder())) {
             dir.join(variant.folder())
         } else {
             dir.to_path_buf()
         };
         for name in variant.train_files() {
             let path = base.join(name);
-            if path.is_file() {
+            if files::is_file(&path) {
                 let bytes = read_file(&path)?;
                 train_files.push((path, bytes));
             }
         }
         let path = base.join(variant.test_file());
-        if path.is_file() {
+        if files::is_file(&path) {
             let bytes = read_file(&path)?;
             test_file = Some((path, bytes));
         }

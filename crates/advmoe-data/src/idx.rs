@@ -124,7 +124,7 @@ fn find(dir: &Path, stem: &str, kind: &'static str) -> Result<PathBuf, DataError
     tried
         .iter()
         .map(|name| dir.join(name))
-        .find(|p| p.is_file())
+        .find(|p| crate::files::is_file(p))
         .ok_or_else(|| DataError::Missing {
             dataset: kind,
             dir: dir.to_path_buf(),

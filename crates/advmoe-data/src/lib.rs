@@ -9,6 +9,7 @@
 //! names the file: a dataset is loaded whole or not at all.
 
 mod cifar;
+pub mod files;
 mod idx;
 mod loader;
 mod synthetic;
@@ -154,12 +155,7 @@ impl DataError {
     }
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, DataError> {
-    std::fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
-}
+use files::read_file;
 
 /// Load the dataset a spec names.
 pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {

@@ -326,3 +326,41 @@ fn augmentation_moves_pixels_and_no_augmentation_is_identity() {
     }
     assert_eq!(row0, expected);
 }
+
+#[test]
+fn files_handed_over_in_memory_read_like_files_on_disk() {
+    // What the web build does with files picked in the browser.
+    let disk = tempdir("mnist-memory");
+    write_mnist(&disk, true);
+    let mut dir = None;
+    for entry in std::fs::read_dir(&disk).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        dir = Some(files::add_memory_file(
+            &name,
+            std::fs::read(entry.path()).unwrap(),
+        ));
+    }
+    let dir = dir.unwrap();
+    assert_eq!(dir, Path::new(files::MEMORY_DIR));
+    assert!(!dir.exists(), "the memory folder must not be a real folder");
+    let from_disk = load(&spec(DatasetKind::Mnist, &disk)).unwrap();
+    let from_memory = load(&spec(DatasetKind::Mnist, &dir)).unwrap();
+    assert_eq!(from_disk.train, from_memory.train);
+    assert_eq!(from_disk.test, from_memory.test);
+
+    for (name, bytes) in cifar_files() {
+        files::add_memory_file(&name, bytes);
+    }
+    let cifar = load(&spec(DatasetKind::Cifar10, &dir)).unwrap();
+    assert_eq!(cifar.train.labels, vec![1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
+    assert!(files::memory_files().contains(&"test_batch.bin".to_string()));
+
+    // A broken file handed over in memory is reported under its name like one on disk.
+    files::add_memory_file("t10k-labels-idx1-ubyte.gz", gz(&idx_labels(&[7, 10])));
+    let err = load(&spec(DatasetKind::Mnist, &dir))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("t10k-labels-idx1-ubyte.gz"), "{err}");
+    assert!(err.contains("label 10"), "{err}");
+}

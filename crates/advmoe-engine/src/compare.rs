@@ -125,7 +125,7 @@ pub enum CompareEvent<'a> {
 /// Train and evaluate every entry in turn. Models are saved under `out/<name>` when `out` is
 /// given. `stop()` is polled between steps: when it returns true the comparison ends with the
 /// rows finished so far.
-pub fn run_comparison(
+pub async fn run_comparison(
     entries: &[CompareEntry],
     dataset: Arc<Dataset>,
     device: &Device,
@@ -150,17 +150,18 @@ pub fn run_comparison(
             run.step()?;
             let done = run.step_index();
             if done % 10 == 0 || run.state() != RunState::Running {
-                run.drain_losses()?;
+                run.drain_losses().await?;
             }
             on_event(CompareEvent::Step { done, of: total });
         }
-        run.drain_losses()?;
+        run.drain_losses().await?;
         if let Some(dir) = out {
-            run.save_model(&dir.join(&entry.name))?;
+            run.save_model(&dir.join(&entry.name)).await?;
         }
         let report = evaluate_robust(run.model(), &dataset.test, eval, device, &mut |done, of| {
             on_event(CompareEvent::Evaluating { done, of })
-        })?;
+        })
+        .await?;
         let macs = count_macs(&entry.config.model);
         let row = CompareRow {
             name: entry.name.clone(),

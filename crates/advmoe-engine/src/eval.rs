@@ -60,8 +60,8 @@ pub enum EvalError {
 }
 
 /// Evaluate `model` (on any device, in eval mode without autodiff) on `set`.
-/// Reads back logits and routes synchronously: not for the training hot loop.
-pub fn evaluate(
+/// Reads back logits and routes: not for the training hot loop.
+pub async fn evaluate(
     model: &MoeNet,
     set: &ImageSet,
     options: &EvalOptions,
@@ -87,7 +87,7 @@ pub fn evaluate(
         let host = set.batch(start, end);
         let batch = to_device(&host, model.num_classes, &plain_device);
         let out = plain.forward(batch.images.clone(), Mode::Eval);
-        let routes = check_routes(&out.routes).map_err(|e| match e {
+        let routes = check_routes(&out.routes).await.map_err(|e| match e {
             RouteError::NonFinite { layer, sample } => RouteError::NonFinite {
                 layer,
                 sample: sample + start,
@@ -107,9 +107,10 @@ pub fn evaluate(
         let loss = read_f32(
             cross_entropy(out.logits.clone(), batch.one_hot.clone()),
             "test loss",
-        )?;
+        )
+        .await?;
         loss_sum += f64::from(loss.first().copied().unwrap_or(f32::NAN)) * n;
-        correct += count_correct(out.logits, &host.labels)?;
+        correct += count_correct(out.logits, &host.labels).await?;
         start = end;
     }
     let denom = total.max(1) as f64;

@@ -42,18 +42,19 @@ impl Prediction {
 ///
 /// # Errors
 /// A NaN router score or a failed readback.
-pub fn predict(
+pub async fn predict(
     model: &MoeNet,
     image: Tensor<4>,
     routing: &Routing,
     label: usize,
 ) -> Result<Prediction, EvalError> {
     let out = model.forward_with(image, Mode::Eval, routing);
-    let routes: Vec<usize> = check_routes(&out.routes)?
+    let routes: Vec<usize> = check_routes(&out.routes)
+        .await?
         .into_iter()
         .filter_map(|r| r.first().copied())
         .collect();
-    let probabilities = read_f32(softmax(out.logits, 1), "probabilities")?;
+    let probabilities = read_f32(softmax(out.logits, 1), "probabilities").await?;
     let (prediction, confidence) =
         probabilities
             .iter()
@@ -132,7 +133,7 @@ impl ImageAttack {
 ///
 /// # Errors
 /// A NaN router score or a failed readback.
-pub fn attack_image(
+pub async fn attack_image(
     model: &MoeNet,
     image: Tensor<4>,
     label: usize,
@@ -152,8 +153,8 @@ pub fn attack_image(
         let frozen = (spec.target == AttackTarget::Expert).then(|| objective.routing().clone());
         (adv, frozen)
     };
-    let clean_pixels = read_f32(image.clone(), "clean image")?;
-    let adversarial_pixels = read_f32(adv.clone(), "adversarial image")?;
+    let clean_pixels = read_f32(image.clone(), "clean image").await?;
+    let adversarial_pixels = read_f32(adv.clone(), "adversarial image").await?;
     let (linf, l2sq) =
         adversarial_pixels
             .iter()
@@ -162,10 +163,10 @@ pub fn attack_image(
                 let d = a - c;
                 (m.max(d.abs()), s + d * d)
             });
-    let clean = predict(model, image, &Routing::Free, label)?;
-    let adversarial = predict(model, adv.clone(), &Routing::Free, label)?;
+    let clean = predict(model, image, &Routing::Free, label).await?;
+    let adversarial = predict(model, adv.clone(), &Routing::Free, label).await?;
     let adversarial_with_clean_routes = match &frozen {
-        Some(routing) => Some(predict(model, adv, routing, label)?),
+        Some(routing) => Some(predict(model, adv, routing, label).await?),
         None => None,
     };
     Ok(ImageAttack {

@@ -19,8 +19,14 @@ pub mod robust;
 pub mod run;
 pub mod tensors;
 
+/// Drive one of the engine's async functions to completion on this thread (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub use advmoe_model::readback::block_on;
 pub use device::{DeviceChoice, make_device};
 pub use eval::{EvalOptions, evaluate};
 pub use inspect::{ImageAttack, Prediction, attack_image, predict};
 pub use robust::{RobustOptions, RobustReport, evaluate_robust};
-pub use run::{EngineError, Progress, Run, RunConfig, RunState, load_model_bytes, load_model_dir};
+pub use run::{
+    EngineError, Progress, Run, RunConfig, RunState, load_model_bytes, load_model_dir,
+    load_model_path,
+};

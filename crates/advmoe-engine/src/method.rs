@@ -379,12 +379,8 @@ impl AdvMoe {
                 let clean = model.forward(batch.images.clone(), Mode::Train);
                 let perturbed = model.forward(adv, Mode::Train);
                 let n = self.config.num_experts;
-                let partition = batch
-                    .labels
-                    .clone()
-                    .remainder_scalar(n as i64)
-                    .one_hot::<2>(n)
-                    .float();
+                let partition =
+                    advmoe_model::one_hot_rows(batch.labels.clone().remainder_scalar(n as i64), n);
                 let pairs: Vec<_> = distinct_routes(&clean.routes, self.config.image_router)
                     .iter()
                     .zip(distinct_routes(&perturbed.routes, self.config.image_router))

@@ -75,8 +75,8 @@ impl Optimizer {
     }
 
     /// The state as named host tensors (`{path}.momentum`, `{path}.adam_m`, `{path}.adam_v`),
-    /// sorted by name. Synchronous readback.
-    pub fn export(&self) -> Result<Vec<NamedTensor>, ReadbackError> {
+    /// sorted by name (reads back).
+    pub async fn export(&self) -> Result<Vec<NamedTensor>, ReadbackError> {
         let names: &[&str] = match self.kind {
             OptimizerKind::Sgd => &["momentum"],
             OptimizerKind::Adam => &["adam_m", "adam_v"],
@@ -87,7 +87,7 @@ impl Optimizer {
                 out.push(NamedTensor {
                     name: format!("{path}.{suffix}"),
                     shape: t.dims().to_vec(),
-                    values: read_f32(t.clone(), "optimizer state")?,
+                    values: read_f32(t.clone(), "optimizer state").await?,
                 });
             }
         }

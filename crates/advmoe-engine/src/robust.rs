@@ -115,7 +115,7 @@ fn fraction(a: usize, b: usize) -> f64 {
 
 /// Run every measurement on `set`. `model` must live on an autodiff device (`device` is that
 /// device or its inner device). `progress(done, total)` is called after each batch.
-pub fn evaluate_robust(
+pub async fn evaluate_robust(
     model: &MoeNet,
     set: &ImageSet,
     options: &RobustOptions,
@@ -156,12 +156,12 @@ pub fn evaluate_robust(
 
         // One clean forward pass serves the counts and every attack's clean reference.
         let out = model.forward(images.clone(), Mode::Eval);
-        let clean_routes = check_routes(&out.routes)?;
+        let clean_routes = check_routes(&out.routes).await?;
         let clean_scores: Vec<Tensor<2>> = distinct_routes(&out.routes, model.has_image_router())
             .iter()
             .map(|r| r.scores.clone())
             .collect();
-        clean += count_correct(out.logits.clone(), &host.labels)?;
+        clean += count_correct(out.logits.clone(), &host.labels).await?;
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (&e, &y) in experts.iter().zip(&host.labels) {
                 load[layer][e] += 1;
@@ -169,18 +169,18 @@ pub fn evaluate_robust(
             }
         }
 
-        let full_at = |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
+        let full_at = async |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
             let s = spec(AttackTarget::Full, eps, options.attack.loss);
             let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
             let adv = attack(&objective, images.clone(), &s, rng);
             let out = model.forward(adv, Mode::Eval);
-            let routes = check_routes(&out.routes)?;
+            let routes = check_routes(&out.routes).await?;
             Ok(Tally {
-                correct: count_correct(out.logits, &host.labels)?,
+                correct: count_correct(out.logits, &host.labels).await?,
                 ..compare_routes(&clean_routes, &routes)
             })
         };
-        let router_at = |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
+        let router_at = async |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
             let s = spec(AttackTarget::Router, eps, options.router_loss);
             let objective = RouterObjective::from_clean_scores(
                 model,
@@ -188,13 +188,13 @@ pub fn evaluate_robust(
                 options.router_loss,
             );
             let adv = attack(&objective, images.clone(), &s, rng);
-            let routes = check_routes(&model.forward(adv, Mode::Eval).routes)?;
+            let routes = check_routes(&model.forward(adv, Mode::Eval).routes).await?;
             Ok(compare_routes(&clean_routes, &routes))
         };
 
-        full.add(full_at(options.attack.eps, &mut rng)?);
+        full.add(full_at(options.attack.eps, &mut rng).await?);
         if moe {
-            router.add(router_at(options.attack.eps, &mut rng)?);
+            router.add(router_at(options.attack.eps, &mut rng).await?);
             let s = spec(
                 AttackTarget::Expert,
                 options.attack.eps,
@@ -204,12 +204,12 @@ pub fn evaluate_robust(
             let adv = attack(&objective, images.clone(), &s, &mut rng);
             let routing: Routing = objective.routing().clone();
             let logits = model.forward_with(adv, Mode::Eval, &routing).logits;
-            expert.correct += count_correct(logits, &host.labels)?;
+            expert.correct += count_correct(logits, &host.labels).await?;
         }
         for (i, &eps) in options.eps_sweep.iter().enumerate() {
-            sweep_full[i].add(full_at(eps, &mut rng)?);
+            sweep_full[i].add(full_at(eps, &mut rng).await?);
             if moe {
-                sweep_router[i].add(router_at(eps, &mut rng)?);
+                sweep_router[i].add(router_at(eps, &mut rng).await?);
             }
         }
         start = end;
@@ -255,9 +255,10 @@ fn compare_routes(clean: &[Vec<usize>], other: &[Vec<usize>]) -> Tally {
 }
 
 /// Correct predictions of `logits` `[batch, classes]` against `labels`.
-pub fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, EvalError> {
+pub async fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, EvalError> {
     let [b, _] = logits.dims();
-    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")?
+    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")
+        .await?
         .iter()
         .zip(labels)
         .filter(|(p, l)| **p == i64::from(**l))

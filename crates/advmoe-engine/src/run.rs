@@ -408,10 +408,10 @@ impl Run {
         self.method.terms()
     }
 
-    /// Read back the losses of the steps taken since the last drain (one synchronous readback)
-    /// and check every loss term. A NaN or infinite term fails the run, naming the term and the
-    /// step that produced it. Returns the training loss (first term) of each step.
-    pub fn drain_losses(&mut self) -> Result<Vec<f64>, EngineError> {
+    /// Read back the losses of the steps taken since the last drain (one readback) and check
+    /// every loss term. A NaN or infinite term fails the run, naming the term and the step that
+    /// produced it. Returns the training loss (first term) of each step.
+    pub async fn drain_losses(&mut self) -> Result<Vec<f64>, EngineError> {
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -419,7 +419,8 @@ impl Run {
         let values: Vec<f64> = read_f32(
             Tensor::cat(std::mem::take(&mut self.pending), 0),
             "training losses",
-        )?
+        )
+        .await?
         .into_iter()
         .map(f64::from)
         .collect();
@@ -437,13 +438,13 @@ impl Run {
     }
 
     /// Evaluate on (the first `eval_size` images of) the test split and record the result.
-    pub fn evaluate(&mut self) -> Result<EvalReport, EngineError> {
-        self.drain_losses()?;
+    pub async fn evaluate(&mut self) -> Result<EvalReport, EngineError> {
+        self.drain_losses().await?;
         let options = EvalOptions {
             limit: self.config.train.eval_size,
             ..EvalOptions::default()
         };
-        let result = evaluate(self.model(), &self.dataset.test, &options, &self.device)?;
+        let result = evaluate(self.model(), &self.dataset.test, &options, &self.device).await?;
         let loss = if self.losses_since_eval.is_empty() {
             f64::NAN
         } else {
@@ -463,37 +464,36 @@ impl Run {
         Ok(report)
     }
 
-    /// Write the model alone: `config.json` and `model.safetensors` in `dir`.
-    pub fn save_model(&self, dir: &Path) -> Result<(), EngineError> {
-        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+    /// The model alone as files: `config.json` and `model.safetensors` (what
+    /// [`load_model_bytes`] reads).
+    pub async fn model_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, EngineError> {
         let config = serde_json::to_vec_pretty(&self.config).unwrap_or_default();
-        write_atomic(&dir.join("config.json"), &config)?;
-        write_atomic(
-            &dir.join("model.safetensors"),
-            &model_bytes(self.model(), &self.config.model)?,
-        )?;
-        Ok(())
+        let model = model_bytes(self.model(), &self.config.model).await?;
+        Ok(vec![("config.json", config), ("model.safetensors", model)])
     }
 
-    /// Write a full run checkpoint into `dir`: the model files plus `optimizer.safetensors` and
-    /// `run.json` (step, RNG, loader position, metrics). Pending losses are drained first.
-    pub fn save_checkpoint(&mut self, dir: &Path) -> Result<(), EngineError> {
-        self.drain_losses()?;
-        self.save_model(dir)?;
+    /// Write the model alone: `config.json` and `model.safetensors` in `dir`.
+    pub async fn save_model(&self, dir: &Path) -> Result<(), EngineError> {
+        write_files(dir, &self.model_files().await?)
+    }
+
+    /// A full run checkpoint as files: the model files plus `optimizer.safetensors` (and
+    /// `router_optimizer.safetensors` for AdvMoE) and `run.json` (step, RNG, loader position,
+    /// metrics). Pending losses are drained first. The browser offers these as downloads.
+    pub async fn checkpoint_files(&mut self) -> Result<Vec<(&'static str, Vec<u8>)>, EngineError> {
+        self.drain_losses().await?;
+        let mut files = self.model_files().await?;
         let mut metadata = BTreeMap::new();
         metadata.insert("format".to_string(), "advmoe-optimizer/1".to_string());
-        write_atomic(
-            &dir.join("optimizer.safetensors"),
-            &safetensors_bytes(&self.optimizers.main.export()?, metadata.clone())?,
-        )?;
+        files.push((
+            "optimizer.safetensors",
+            safetensors_bytes(&self.optimizers.main.export().await?, metadata.clone())?,
+        ));
         if self.method.kind() == MethodKind::Advmoe {
-            write_atomic(
-                &dir.join("router_optimizer.safetensors"),
-                &safetensors_bytes(&self.optimizers.router.export()?, metadata)?,
-            )?;
+            files.push((
+                "router_optimizer.safetensors",
+                safetensors_bytes(&self.optimizers.router.export().await?, metadata)?,
+            ));
         }
         let record = RunRecord {
             format: RUN_FORMAT.to_string(),
@@ -506,11 +506,17 @@ impl Run {
             history: self.history.clone(),
             train_secs: self.train_secs,
         };
-        write_atomic(
-            &dir.join("run.json"),
-            &serde_json::to_vec_pretty(&record).unwrap_or_default(),
-        )?;
-        Ok(())
+        files.push((
+            "run.json",
+            serde_json::to_vec_pretty(&record).unwrap_or_default(),
+        ));
+        Ok(files)
+    }
+
+    /// Write a full run checkpoint ([`Run::checkpoint_files`]) into `dir`.
+    pub async fn save_checkpoint(&mut self, dir: &Path) -> Result<(), EngineError> {
+        let files = self.checkpoint_files().await?;
+        write_files(dir, &files)
     }
 
     /// Continue a run from a checkpoint written by [`Run::save_checkpoint`], with a dataset loaded
@@ -520,13 +526,28 @@ impl Run {
         dataset: Arc<Dataset>,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        let read = |name: &str| {
-            let path = dir.join(name);
-            std::fs::read(&path)
-                .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
-        };
+        Self::resume_from_files(
+            &|name: &str| {
+                let path = dir.join(name);
+                std::fs::read(&path)
+                    .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
+            },
+            dir,
+            dataset,
+            device,
+        )
+    }
+
+    /// [`Run::resume_from`] with the checkpoint's files given by name (`read("run.json")`), as a
+    /// browser's file picker provides them; `origin` names them in error messages.
+    pub fn resume_from_files(
+        read: &dyn Fn(&str) -> Result<Vec<u8>, EngineError>,
+        origin: &Path,
+        dataset: Arc<Dataset>,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
         let bad = |path: &str, reason: String| EngineError::BadCheckpoint {
-            path: dir.join(path),
+            path: origin.join(path),
             reason,
         };
         let config: RunConfig = serde_json::from_slice(&read("config.json")?)
@@ -540,14 +561,14 @@ impl Run {
             ));
         }
         let mut run = Self::new(config, dataset, device)?;
-        let model_path = dir.join("model.safetensors");
+        let model_path = origin.join("model.safetensors");
         run.model = Some(model_from_bytes(
             &read("model.safetensors")?,
             &run.config.model,
             &run.device,
             &model_path,
         )?);
-        let opt_path = dir.join("optimizer.safetensors");
+        let opt_path = origin.join("optimizer.safetensors");
         let (tensors, _) = parse_safetensors(&opt_path, &read("optimizer.safetensors")?)?;
         let inner = run.device.clone().without_autodiff();
         run.optimizers
@@ -555,7 +576,7 @@ impl Run {
             .import(record.optimizer_steps, tensors, &inner)
             .map_err(|reason| bad("optimizer.safetensors", reason))?;
         if run.method.kind() == MethodKind::Advmoe {
-            let path = dir.join("router_optimizer.safetensors");
+            let path = origin.join("router_optimizer.safetensors");
             let (tensors, _) = parse_safetensors(&path, &read("router_optimizer.safetensors")?)?;
             run.optimizers
                 .router
@@ -572,6 +593,46 @@ impl Run {
             run.state = RunState::Finished;
         }
         Ok(run)
+    }
+}
+
+/// Write named files into `dir` (created if needed), each atomically.
+pub fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<(), EngineError> {
+    std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for (name, bytes) in files {
+        write_atomic(&dir.join(name), bytes)?;
+    }
+    Ok(())
+}
+
+/// Load a model from a path: a folder written by [`Run::save_model`] (or a checkpoint), one of
+/// its two files, or either file of a downloaded `<stem>.safetensors` + `<stem>.json` pair (what
+/// the web app's "Save checkpoint" downloads).
+pub fn load_model_path(path: &Path, device: &Device) -> Result<(RunConfig, MoeNet), EngineError> {
+    if path.is_dir() {
+        return load_model_dir(path, device);
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().to_string());
+    let parent = path.parent().unwrap_or(Path::new("."));
+    if matches!(name.as_deref(), Some("config.json" | "model.safetensors")) {
+        return load_model_dir(parent, device);
+    }
+    let read =
+        |path: PathBuf| std::fs::read(&path).map_err(|source| CheckpointError::Io { path, source });
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json" | "safetensors") => load_model_bytes(
+            &read(path.with_extension("json"))?,
+            &read(path.with_extension("safetensors"))?,
+            parent,
+            device,
+        ),
+        _ => Err(EngineError::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason: "expected a model folder, or a .safetensors + .json pair".into(),
+        }),
     }
 }
 

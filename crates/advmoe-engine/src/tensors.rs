@@ -20,7 +20,15 @@ pub fn to_device(batch: &Batch, num_classes: usize, device: &Device) -> DeviceBa
     let images = Tensor::from_data(TensorData::new(batch.images.clone(), batch.shape), device);
     let labels_i64: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(labels_i64, [batch.len()]), device);
-    let one_hot = labels.clone().one_hot::<2>(num_classes).float();
+    // Built on the host: Burn's `Tensor::one_hot` checks its input with a synchronous
+    // readback, which panics in a browser (and costs a GPU round trip natively).
+    let mut hot = vec![0f32; batch.len() * num_classes];
+    for (i, &label) in batch.labels.iter().enumerate() {
+        if let Some(x) = hot.get_mut(i * num_classes + usize::from(label)) {
+            *x = 1.0;
+        }
+    }
+    let one_hot = Tensor::from_data(TensorData::new(hot, [batch.len(), num_classes]), device);
     DeviceBatch {
         images,
         labels,

@@ -115,22 +115,24 @@ pub fn device_tensors<M: Module>(module: &M) -> Vec<(String, Tensor<1>, Vec<usiz
     c.tensors
 }
 
-/// Read every float tensor of a module back to the host (synchronous readback).
-pub fn host_tensors<M: Module>(module: &M) -> Result<Vec<NamedTensor>, CheckpointError> {
-    device_tensors(module)
-        .into_iter()
-        .map(|(name, t, shape)| {
-            let values = read_f32(t, "a parameter").map_err(|e| CheckpointError::Readback {
+/// Read every float tensor of a module back to the host. Burn's own `Module::into_record`
+/// reads synchronously, which panics in a browser; this awaits each read.
+pub async fn host_tensors<M: Module>(module: &M) -> Result<Vec<NamedTensor>, CheckpointError> {
+    let mut out = Vec::new();
+    for (name, t, shape) in device_tensors(module) {
+        let values = read_f32(t, "a parameter")
+            .await
+            .map_err(|e| CheckpointError::Readback {
                 name: name.clone(),
                 reason: e.to_string(),
             })?;
-            Ok(NamedTensor {
-                name,
-                shape,
-                values,
-            })
-        })
-        .collect()
+        out.push(NamedTensor {
+            name,
+            shape,
+            values,
+        });
+    }
+    Ok(out)
 }
 
 /// Serialise named tensors (and string metadata) as safetensors bytes.
@@ -274,20 +276,24 @@ pub fn load_tensors<M: Module>(
     }
 }
 
-/// Serialise a model (synchronous readback) with its spec in the metadata.
-pub fn model_bytes(model: &MoeNet, spec: &ModelSpec) -> Result<Vec<u8>, CheckpointError> {
+/// Serialise a model (reading it back) with its spec in the metadata.
+pub async fn model_bytes(model: &MoeNet, spec: &ModelSpec) -> Result<Vec<u8>, CheckpointError> {
     let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), MODEL_FORMAT.to_string());
     metadata.insert(
         "spec".to_string(),
         serde_json::to_string(spec).unwrap_or_default(),
     );
-    safetensors_bytes(&host_tensors(model)?, metadata)
+    safetensors_bytes(&host_tensors(model).await?, metadata)
 }
 
 /// Write `model` to a safetensors file.
-pub fn save_model(model: &MoeNet, spec: &ModelSpec, path: &Path) -> Result<(), CheckpointError> {
-    let bytes = model_bytes(model, spec)?;
+pub async fn save_model(
+    model: &MoeNet,
+    spec: &ModelSpec,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let bytes = model_bytes(model, spec).await?;
     write_atomic(path, &bytes)
 }
 

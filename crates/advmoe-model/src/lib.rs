@@ -19,5 +19,6 @@ pub use advmoe_core::{MacReport, ModelSpec, count_macs};
 pub use checkpoint::{CheckpointError, load_model, model_from_bytes, save_model};
 pub use moe::{
     LayerRoute, MoeConv2d, RouteError, check_routes, fixed_route, gate_from_scores, hard_route,
+    one_hot_rows,
 };
 pub use net::{BnUpdate, Mode, MoeNet, Output, Routing, is_router_path};

@@ -28,6 +28,22 @@ pub struct LayerRoute {
     pub gate: Tensor<2>,
 }
 
+/// `[batch, n]` one-hot rows of `indices` (each in `0..n`), computed on the device. Burn's own
+/// `Tensor::one_hot` checks its input with a synchronous readback, which panics in a browser and
+/// costs a GPU round trip per call natively; this never reads back.
+pub fn one_hot_rows(indices: Tensor<1, Int>, n: usize) -> Tensor<2> {
+    let [b] = indices.dims();
+    let device = indices.device();
+    let classes = Tensor::<1, Int>::arange(0..n as i64, &device)
+        .reshape([1, n])
+        .repeat_dim(0, b);
+    indices
+        .reshape([b, 1])
+        .repeat_dim(1, n)
+        .equal(classes)
+        .float()
+}
+
 /// Top-1 selection (ties go to the lowest index) and the straight-through gate.
 ///
 /// # Shapes
@@ -35,7 +51,7 @@ pub struct LayerRoute {
 pub fn gate_from_scores(scores: Tensor<2>) -> LayerRoute {
     let [batch, num_experts] = scores.dims();
     let experts = scores.clone().detach().argmax(1).reshape([batch]);
-    let one_hot = experts.clone().one_hot::<2>(num_experts).float();
+    let one_hot = one_hot_rows(experts.clone(), num_experts);
     let straight_through = scores.clone() - scores.clone().detach() + 1.0;
     let gate = one_hot * straight_through;
     LayerRoute {
@@ -58,7 +74,7 @@ pub fn gate_from_scores(scores: Tensor<2>) -> LayerRoute {
 pub fn hard_route(scores: Tensor<2>) -> LayerRoute {
     let [batch, num_experts] = scores.dims();
     let experts = scores.clone().detach().argmax(1).reshape([batch]);
-    let gate = experts.clone().one_hot::<2>(num_experts).float();
+    let gate = one_hot_rows(experts.clone(), num_experts);
     LayerRoute {
         scores,
         experts,
@@ -73,7 +89,7 @@ pub fn hard_route(scores: Tensor<2>) -> LayerRoute {
 /// # Shapes
 /// - experts `[batch]`
 pub fn fixed_route(experts: Tensor<1, Int>, num_experts: usize) -> LayerRoute {
-    let gate = experts.clone().one_hot::<2>(num_experts).float();
+    let gate = one_hot_rows(experts.clone(), num_experts);
     LayerRoute {
         scores: gate.clone(),
         experts,
@@ -103,8 +119,8 @@ pub enum RouteError {
 }
 
 /// Read the routes back and return the selected experts, `[layer][sample]`, or an error for a
-/// non-finite score. Synchronous readback: for evaluation and inspection, not the training loop.
-pub fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError> {
+/// non-finite score. Reads back: for evaluation and inspection, not the training loop.
+pub async fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError> {
     let mut all = Vec::with_capacity(routes.len());
     for (layer, route) in routes.iter().enumerate() {
         let [_, n] = route.scores.dims();
@@ -112,14 +128,18 @@ pub fn check_routes(routes: &[LayerRoute]) -> Result<Vec<Vec<usize>>, RouteError
             layer,
             reason: e.to_string(),
         };
-        let scores = read_f32(route.scores.clone(), "router scores").map_err(readback)?;
+        let scores = read_f32(route.scores.clone(), "router scores")
+            .await
+            .map_err(readback)?;
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
             return Err(RouteError::NonFinite {
                 layer,
                 sample: i / n.max(1),
             });
         }
-        let experts = read_i64(route.experts.clone(), "routes").map_err(readback)?;
+        let experts = read_i64(route.experts.clone(), "routes")
+            .await
+            .map_err(readback)?;
         all.push(experts.into_iter().map(|e| e as usize).collect());
     }
     Ok(all)

@@ -1,5 +1,10 @@
-//! Synchronous readback of small tensors to the host, with failures as errors (never empty data).
-//! For evaluation, checkpoints and inspection; the training loop defers its readbacks.
+//! Readback of small tensors to the host, with failures as errors (never empty data).
+//!
+//! Every readback is `async` ([`Tensor::into_data_async`]), because the browser's WebGPU can
+//! only map a buffer by returning to its event loop: a synchronous read panics there. Native
+//! callers (the CLI, the desktop app's worker threads, tests) drive these futures with
+//! [`block_on`]; the web build awaits them in a cooperative task. The training loop defers its
+//! readbacks and reads many steps' losses at once.
 
 use burn::tensor::{Element, Int, Tensor, TensorData};
 
@@ -24,17 +29,25 @@ fn data_as<E: Element, X: std::fmt::Debug>(
 }
 
 /// Read a float tensor back as `f32`s.
-pub fn read_f32<const D: usize>(
+pub async fn read_f32<const D: usize>(
     t: Tensor<D>,
     what: &'static str,
 ) -> Result<Vec<f32>, ReadbackError> {
-    data_as(t.try_into_data(), what)
+    data_as(t.into_data_async().await, what)
 }
 
 /// Read an int tensor back as `i64`s.
-pub fn read_i64<const D: usize>(
+pub async fn read_i64<const D: usize>(
     t: Tensor<D, Int>,
     what: &'static str,
 ) -> Result<Vec<i64>, ReadbackError> {
-    data_as(t.try_into_data(), what)
+    data_as(t.into_data_async().await, what)
+}
+
+/// Run a future to completion on the calling thread: how native code (threads of its own, the
+/// CLI, tests) uses the async engine. Not available on the web, where blocking would freeze the
+/// page and a GPU readback could never complete.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    futures_lite::future::block_on(future)
 }

@@ -110,7 +110,7 @@ impl<'a> LogitObjective<'a> {
             model,
             routing,
             loss,
-            aim: aim_index.one_hot::<2>(classes).float(),
+            aim: advmoe_model::one_hot_rows(aim_index, classes),
             labels,
             targeted: targeted.is_some(),
             clean_log_probs,
@@ -231,7 +231,10 @@ impl Objective for RouterObjective<'_> {
             let [_, n] = s.dims();
             let term = match self.loss {
                 AttackLoss::Kl => kl_each_from_log(clean_lp.clone(), log_softmax(s.clone(), 1)),
-                _ => cross_entropy_each(s.clone(), clean_route.clone().one_hot::<2>(n).float()),
+                _ => cross_entropy_each(
+                    s.clone(),
+                    advmoe_model::one_hot_rows(clean_route.clone(), n),
+                ),
             };
             value = value + term;
             let route = s.detach().argmax(1).reshape([b]);

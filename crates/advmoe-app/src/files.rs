@@ -1,0 +1,126 @@
+//! Files into and out of the app, the same on both platforms once they are bytes: natively by
+//! path (typed or dropped), on the web from the browser's file picker or a drop, as named bytes
+//! that arrive asynchronously ([`push_incoming`], read by the app each frame with
+//! [`take_incoming`]). What a file is, the app decides by its name ([`classify`]).
+
+use std::sync::{Mutex, PoisonError};
+
+use crate::worker::Files;
+
+static INCOMING: Mutex<Vec<Files>> = Mutex::new(Vec::new());
+
+/// Hand files that arrived (a drop, a pick) to the app; it takes them on its next frame.
+pub fn push_incoming(files: Files) {
+    INCOMING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(files);
+}
+
+/// Every batch of files that arrived since the last call.
+pub fn take_incoming() -> Vec<Files> {
+    std::mem::take(&mut *INCOMING.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// What a file is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A PNG or JPEG image, for the attack lab.
+    Image,
+    /// A model's run configuration (`config.json` or a downloaded `<stem>.json`).
+    ModelConfig,
+    /// A model's weights (`model.safetensors` or a downloaded `<stem>.safetensors`).
+    ModelWeights,
+    /// One of the official dataset files: MNIST / Fashion-MNIST IDX (raw or `.gz`), CIFAR
+    /// `.bin` batches or the CIFAR `.tar.gz` archive.
+    Dataset,
+    /// Checkpoint state the web build does not resume from (`run.json`, optimiser state).
+    CheckpointState,
+    /// Anything else.
+    Unknown,
+}
+
+/// Classify a file by its name.
+pub fn classify(name: &str) -> FileKind {
+    let lower = name.to_lowercase();
+    if lower.ends_with(".png") || lower.ends_with(".jpg") || lower.ends_with(".jpeg") {
+        FileKind::Image
+    } else if lower == "run.json" || lower.ends_with("optimizer.safetensors") {
+        FileKind::CheckpointState
+    } else if lower.ends_with(".json") {
+        FileKind::ModelConfig
+    } else if lower.ends_with(".safetensors") {
+        FileKind::ModelWeights
+    } else if lower.contains("-ubyte")
+        || lower.contains(".idx")
+        || lower.ends_with(".bin")
+        || lower.ends_with(".tar.gz")
+    {
+        FileKind::Dataset
+    } else {
+        FileKind::Unknown
+    }
+}
+
+/// A model among named files: `(name, config.json bytes, safetensors bytes)` for each
+/// `config.json` + `model.safetensors` pair or `<stem>.json` + `<stem>.safetensors` pair.
+pub fn model_pairs(files: &Files) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    let stem = |name: &str| {
+        let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+        match base {
+            "config.json" | "model.safetensors" => "model".to_string(),
+            _ => base
+                .rsplit_once('.')
+                .map_or(base, |(stem, _)| stem)
+                .to_string(),
+        }
+    };
+    let mut pairs = Vec::new();
+    for (name, config) in files
+        .iter()
+        .filter(|(n, _)| classify(n) == FileKind::ModelConfig)
+    {
+        let wanted = stem(name);
+        if let Some((_, weights)) = files
+            .iter()
+            .find(|(n, _)| classify(n) == FileKind::ModelWeights && stem(n) == wanted)
+        {
+            pairs.push((wanted, config.clone(), weights.clone()));
+        }
+    }
+    pairs
+}
+
+/// Offer files as browser downloads.
+///
+/// # Errors
+/// Natively (the desktop app writes folders instead), or if the browser refuses.
+pub fn offer_downloads(files: &Files) -> Result<(), String> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        for (name, bytes) in files {
+            crate::web::download(name, bytes)?;
+        }
+        Ok(())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = files;
+        Err("downloads exist only in the web build; save into a folder".into())
+    }
+}
+
+/// Open the browser's file picker; the chosen files arrive through [`take_incoming`]. Natively
+/// there is no picker (type a path or drop files on the window): returns `false`.
+pub fn pick_files(ctx: &eframe::egui::Context) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        crate::web::pick_files(ctx.clone());
+        true
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = ctx;
+        false
+    }
+}

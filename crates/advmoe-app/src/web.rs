@@ -1,0 +1,300 @@
+//! Browser glue of the web build: starting the app on the page's canvas, timers, downloads,
+//! the file picker, dropped files, the page's status line, and the test hooks
+//! (`window.advmoeLab`) the headless-browser test drives the app through.
+
+use std::cell::RefCell;
+
+use eframe::egui;
+use eframe::wasm_bindgen::{JsCast as _, JsValue, closure::Closure};
+use eframe::web_sys;
+
+use crate::files::push_incoming;
+use crate::hooks;
+
+fn window() -> Result<web_sys::Window, String> {
+    web_sys::window().ok_or_else(|| "no browser window".to_string())
+}
+
+fn js_error(e: JsValue) -> String {
+    e.as_string()
+        .or_else(|| {
+            e.dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{e:?}"))
+}
+
+/// Sleep on the page's event loop (a `setTimeout`), letting the browser draw meanwhile.
+pub async fn sleep_ms(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        if let Ok(window) = window() {
+            let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// Milliseconds since the page started loading (`performance.now()`).
+pub fn now_ms() -> Option<f64> {
+    web_sys::window()?.performance().map(|p| p.now())
+}
+
+/// Offer `bytes` as a download called `name`.
+///
+/// # Errors
+/// If the browser refuses to build the file.
+pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
+    let array = js_sys::Uint8Array::from(bytes);
+    let parts = js_sys::Array::of1(&array.buffer());
+    let options = web_sys::BlobPropertyBag::new();
+    options.set_type("application/octet-stream");
+    let blob = web_sys::Blob::new_with_buffer_source_sequence_and_options(&parts, &options)
+        .map_err(js_error)?;
+    let url = web_sys::Url::create_object_url_with_blob(&blob).map_err(js_error)?;
+    let document = window()?.document().ok_or("no document")?;
+    let anchor: web_sys::HtmlAnchorElement = document
+        .create_element("a")
+        .map_err(js_error)?
+        .dyn_into()
+        .map_err(|_| "not an anchor")?;
+    anchor.set_href(&url);
+    anchor.set_download(name);
+    anchor.click();
+    // The click has started the download; the URL can go once the browser has taken it.
+    let revoke = Closure::once_into_js(move || {
+        let _ = web_sys::Url::revoke_object_url(&url);
+    });
+    let _ = window()?
+        .set_timeout_with_callback_and_timeout_and_arguments_0(revoke.unchecked_ref(), 10_000);
+    Ok(())
+}
+
+/// Read browser files into memory and hand them to the app.
+async fn read_files(files: Vec<web_sys::File>, ctx: egui::Context) {
+    let mut out = Vec::new();
+    for file in files {
+        match wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await {
+            Ok(buffer) => out.push((file.name(), js_sys::Uint8Array::new(&buffer).to_vec())),
+            Err(e) => hooks::report_error(format!("reading {}: {}", file.name(), js_error(e))),
+        }
+    }
+    push_incoming(out);
+    ctx.request_repaint();
+}
+
+/// Open the browser's file picker (several files at once: a model's two files, a dataset's
+/// four); the chosen files reach the app through [`crate::files::take_incoming`].
+pub fn pick_files(ctx: egui::Context) {
+    let result = (|| -> Result<(), String> {
+        let document = window()?.document().ok_or("no document")?;
+        let input: web_sys::HtmlInputElement = document
+            .create_element("input")
+            .map_err(js_error)?
+            .dyn_into()
+            .map_err(|_| "not an input")?;
+        input.set_type("file");
+        input.set_multiple(true);
+        input.set_id("advmoe-file-picker");
+        let picked = input.clone();
+        let on_change = Closure::once_into_js(move || {
+            let Some(list) = picked.files() else {
+                return;
+            };
+            let files: Vec<web_sys::File> =
+                (0..list.length()).filter_map(|i| list.get(i)).collect();
+            wasm_bindgen_futures::spawn_local(read_files(files, ctx));
+        });
+        input.set_onchange(Some(on_change.unchecked_ref()));
+        input.click();
+        Ok(())
+    })();
+    if let Err(message) = result {
+        hooks::report_error(format!("the file picker failed: {message}"));
+    }
+}
+
+/// Read files dropped on the page (eframe hands them over with their browser handles).
+pub fn read_dropped(dropped: Vec<egui::DroppedFileHandle>, ctx: egui::Context) {
+    wasm_bindgen_futures::spawn_local(async move {
+        let mut out = Vec::new();
+        for file in &dropped {
+            let name = file.path().to_string_lossy().into_owned();
+            match file.bytes_async().await {
+                Ok(bytes) => out.push((name, bytes)),
+                Err(e) => hooks::report_error(format!("reading {name}: {e}")),
+            }
+        }
+        push_incoming(out);
+        ctx.request_repaint();
+    });
+}
+
+/// Show `message` in the page's status line (`#status`), above the canvas.
+pub fn set_page_status(message: &str, is_error: bool) {
+    let Some(element) = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id("status"))
+    else {
+        return;
+    };
+    element.set_text_content(Some(message));
+    let _ = element.set_attribute("class", if is_error { "error" } else { "" });
+    if let Ok(element) = element.dyn_into::<web_sys::HtmlElement>() {
+        let _ = element
+            .style()
+            .set_property("display", if message.is_empty() { "none" } else { "block" });
+    }
+}
+
+thread_local! {
+    static KEEP: RefCell<Vec<JsValue>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Install `window.advmoeLab`: `status()` returns the app's state as JSON
+/// ([`hooks::status_json`]); `send(json)` queues a command ([`hooks::HookCommand`]) that the
+/// app carries out on its next frame, as the matching clicks would.
+fn install_hooks(ctx: egui::Context) -> Result<(), String> {
+    let object = js_sys::Object::new();
+    let status = Closure::<dyn Fn() -> String>::new(hooks::status_json);
+    let send = Closure::<dyn Fn(String) -> Result<(), JsValue>>::new(move |json: String| {
+        hooks::queue(&json).map_err(|e| JsValue::from_str(&e))?;
+        ctx.request_repaint();
+        Ok(())
+    });
+    js_sys::Reflect::set(&object, &"status".into(), status.as_ref()).map_err(js_error)?;
+    js_sys::Reflect::set(&object, &"send".into(), send.as_ref()).map_err(js_error)?;
+    js_sys::Reflect::set(&window()?.into(), &"advmoeLab".into(), &object).map_err(js_error)?;
+    KEEP.with(|k| {
+        k.borrow_mut().push(status.into_js_value());
+        k.borrow_mut().push(send.into_js_value());
+    });
+    Ok(())
+}
+
+/// Burn acquires the browser's WebGPU device (asynchronously, as the web requires) and eframe
+/// draws with WebGL 2 beside it (or, with `?draw=webgpu`, with the same device); without
+/// WebGPU, eframe draws with what it finds and Burn runs on its CPU backend, saying why.
+async fn compute_device() -> (
+    crate::gpu::ComputeDevice,
+    eframe::egui_wgpu::WgpuConfiguration,
+) {
+    use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupExisting};
+    match burn::tensor::Device::wgpu_options()
+        .init_with_setup_async()
+        .await
+    {
+        Ok((device, setup)) => {
+            let info = setup.adapter.get_info();
+            let mut label = "GPU: WebGPU".to_string();
+            if !info.name.is_empty() {
+                label += &format!(" ({})", info.name);
+            }
+            if info.device_type == eframe::wgpu::DeviceType::Cpu {
+                label += ", a software adapter";
+            }
+            let existing = WgpuSetupExisting {
+                instance: setup.instance,
+                adapter: setup.adapter,
+                device: setup.device,
+                queue: setup.queue,
+            };
+            let compute = crate::gpu::ComputeDevice {
+                device,
+                label,
+                fallback_reason: None,
+            };
+            // eframe draws with WebGL 2 by default: a canvas presenting from the WebGPU
+            // device that trains lost that device in headless Chromium ("A valid external
+            // Instance reference no longer exists"). `?draw=webgpu` draws with it anyway.
+            let share = web_sys::window()
+                .and_then(|w| w.location().search().ok())
+                .is_some_and(|q| q.contains("draw=webgpu"));
+            let config = if !share {
+                let mut create = eframe::egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+                create.instance_descriptor.backends = eframe::wgpu::Backends::GL;
+                WgpuConfiguration {
+                    wgpu_setup: WgpuSetup::CreateNew(create),
+                    ..Default::default()
+                }
+            } else {
+                WgpuConfiguration {
+                    wgpu_setup: WgpuSetup::Existing(existing),
+                    ..Default::default()
+                }
+            };
+            (compute, config)
+        }
+        Err(e) => {
+            let compute = crate::gpu::ComputeDevice {
+                device: burn::tensor::Device::flex(),
+                label: "CPU (Burn flex backend, WebAssembly)".into(),
+                fallback_reason: Some(format!(
+                    "No WebGPU device ({e}), so training and attacks run on Burn's CPU backend \
+                     compiled to WebAssembly: expect them to be much slower. Chrome or Edge \
+                     113+ (on Linux with WebGPU enabled), Firefox 141+ on Windows or Safari 26 \
+                     have WebGPU"
+                )),
+            };
+            (compute, WgpuConfiguration::default())
+        }
+    }
+}
+
+/// Start the app on the page's canvas (`#the_canvas_id`). Whatever fails is said in the page,
+/// never left as a blank canvas.
+pub fn start() {
+    eframe::WebLogger::init(log::LevelFilter::Warn).ok();
+    let runner = eframe::WebRunner::new();
+    // After eframe's own hook (which logs to the console): also say it in the page.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        set_page_status(
+            &format!(
+                "AdvMoE Lab stopped after an internal error: {info}. Reload the page; \
+                 downloaded models are unaffected."
+            ),
+            true,
+        );
+    }));
+    wasm_bindgen_futures::spawn_local(async move {
+        let canvas = window()
+            .ok()
+            .and_then(|w| w.document())
+            .and_then(|d| d.get_element_by_id("the_canvas_id"))
+            .and_then(|c| c.dyn_into::<web_sys::HtmlCanvasElement>().ok());
+        let Some(canvas) = canvas else {
+            set_page_status("This page has no canvas #the_canvas_id to draw in.", true);
+            return;
+        };
+        let (compute, wgpu_options) = compute_device().await;
+        let options = eframe::WebOptions {
+            wgpu_options,
+            ..Default::default()
+        };
+        let started = runner
+            .start(
+                canvas,
+                options,
+                Box::new(|cc| {
+                    install_hooks(cc.egui_ctx.clone()).map_err(|e| e.to_string())?;
+                    Ok(Box::new(crate::LabApp::with_device(
+                        compute,
+                        cc.egui_ctx.clone(),
+                    )))
+                }),
+            )
+            .await;
+        match started {
+            Ok(()) => set_page_status("", false),
+            Err(e) => set_page_status(
+                &format!(
+                    "AdvMoE Lab could not start: {}. It needs a browser with WebGPU (Chrome or \
+                     Edge 113+, Firefox 141+ on Windows, Safari 26) or at least WebGL 2.",
+                    js_error(e)
+                ),
+                true,
+            ),
+        }
+    });
+}
