@@ -28,7 +28,7 @@ import { fileURLToPath } from "node:url";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const dist = path.join(root, "target/web/dist");
 const out = path.join(root, "target/web/e2e");
-const cli = path.join(root, "target/debug/advmoe");
+const cli = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/advmoe");
 const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
 // Training on SwiftShader is slow: a few minutes in all on two cores.
 // The app's default model (ResNet-10, b = 16, N = 2); without augmentation it is well above
