@@ -100,7 +100,7 @@ pub fn take_commands() -> Vec<HookCommand> {
     std::mem::take(&mut *QUEUE.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// Publish the app's state (the app does this every frame).
+/// Publish the app's state (the web build does this every frame).
 pub fn publish(status: String) {
     *STATUS.lock().unwrap_or_else(PoisonError::into_inner) = status;
 }

@@ -745,6 +745,8 @@ impl eframe::App for LabApp {
                 }
             });
         });
+        // Only the page reads it (window.advmoeLab); native tests call `status()` directly.
+        #[cfg(target_arch = "wasm32")]
         hooks::publish(self.status().to_string());
     }
 }
