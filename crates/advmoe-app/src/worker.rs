@@ -424,18 +424,7 @@ type ReadFile<'a> = dyn Fn(&str) -> Result<Vec<u8>, EngineError> + 'a;
 
 fn load_run(source: &CheckpointSource, device: &Device) -> Result<Run, String> {
     let (origin, read): (PathBuf, Box<ReadFile<'_>>) = match source {
-        CheckpointSource::Folder(dir) => {
-            let dir = dir.clone();
-            (
-                dir.clone(),
-                Box::new(move |name: &str| {
-                    let path = dir.join(name);
-                    std::fs::read(&path).map_err(|source| {
-                        EngineError::Checkpoint(advmoe_model::CheckpointError::Io { path, source })
-                    })
-                }),
-            )
-        }
+        CheckpointSource::Folder(dir) => (dir.clone(), Box::new(advmoe_engine::run::read_in(dir))),
         CheckpointSource::Files(files) => (
             PathBuf::from("the chosen files"),
             Box::new(move |name: &str| {

@@ -526,16 +526,7 @@ impl Run {
         dataset: Arc<Dataset>,
         device: &Device,
     ) -> Result<Self, EngineError> {
-        Self::resume_from_files(
-            &|name: &str| {
-                let path = dir.join(name);
-                std::fs::read(&path)
-                    .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
-            },
-            dir,
-            dataset,
-            device,
-        )
+        Self::resume_from_files(&read_in(dir), dir, dataset, device)
     }
 
     /// [`Run::resume_from`] with the checkpoint's files given by name (`read("run.json")`), as a
@@ -593,6 +584,15 @@ impl Run {
             run.state = RunState::Finished;
         }
         Ok(run)
+    }
+}
+
+/// Reads a checkpoint's files by name from `dir` (for [`Run::resume_from_files`]).
+pub fn read_in(dir: &Path) -> impl Fn(&str) -> Result<Vec<u8>, EngineError> + '_ {
+    move |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path)
+            .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
     }
 }
 
