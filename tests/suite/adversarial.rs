@@ -14,7 +14,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::common::Wait as _;
-use crate::common::{Poison, cpu, gpu, small_config, synthetic};
+use crate::common::{Poison, Scratch, cpu, gpu, small_config, synthetic};
 
 fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig {
     MethodConfig {
@@ -207,7 +207,7 @@ fn the_comparison_trains_and_measures_every_model() {
         limit: 8,
         ..RobustOptions::default()
     };
-    let dir = std::env::temp_dir().join(format!("advmoe-compare-{}", std::process::id()));
+    let dir = Scratch::new("compare");
     let rows = run_comparison(
         &entries,
         data,

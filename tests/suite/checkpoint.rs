@@ -7,7 +7,7 @@ use burn::module::Module as _;
 use burn::tensor::{Device, Tensor};
 
 use crate::common::Wait as _;
-use crate::common::{cpu, gpu, max_abs_diff, read2, tensor4};
+use crate::common::{Scratch, cpu, gpu, max_abs_diff, read2, tensor4};
 
 fn images(device: &Device) -> Tensor<4> {
     let mut rng = Rng::seed(9);
@@ -18,8 +18,8 @@ fn images(device: &Device) -> Tensor<4> {
     )
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("advmoe-ckpt-{tag}-{}", std::process::id()));
+fn tempdir(tag: &str) -> Scratch {
+    let dir = Scratch::new(&format!("ckpt-{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -19,6 +19,38 @@ pub trait Wait: std::future::Future + Sized {
 
 impl<F: std::future::Future> Wait for F {}
 
+/// A fresh folder under the system's temporary directory, removed (with what the test wrote
+/// there) when dropped, so test runs leave nothing behind.
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// `advmoe-<tag>-<pid>`, emptied if an earlier run left it; not created.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("advmoe-{tag}-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        Self(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Scratch {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
 pub fn cpu() -> Device {
     Device::flex()
 }

@@ -8,7 +8,7 @@ use advmoe_engine::{EngineError, Run, RunState};
 use burn::module::Module;
 
 use crate::common::Wait as _;
-use crate::common::{Poison, cpu, gpu, small_config, synthetic, trained};
+use crate::common::{Poison, Scratch, cpu, gpu, small_config, synthetic, trained};
 
 /// Asserts that at least `min_layers` MoE layers send more than 5% of the test images to every
 /// expert (different images to different experts, not a collapsed router).
@@ -72,7 +72,7 @@ fn resumes_exactly(method: MethodKind, width: usize) {
     straight.run_chunk(8).unwrap();
     let expected = straight.drain_losses().wait().unwrap();
 
-    let dir = std::env::temp_dir().join(format!("advmoe-resume-{method}-{}", std::process::id()));
+    let dir = Scratch::new(&format!("resume-{method}"));
     let mut first = Run::new(config, data.clone(), &cpu()).unwrap();
     first.run_chunk(4).unwrap();
     let mut got = first.drain_losses().wait().unwrap();

@@ -33,11 +33,27 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
+/// A fresh folder under the system's temporary directory, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn tempdir(tag: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("advmoe-data-{tag}-{}", std::process::id()));
     std::fs::remove_dir_all(&dir).ok();
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 fn write_mnist(dir: &Path, gzip: bool) {
@@ -333,7 +349,7 @@ fn files_handed_over_in_memory_read_like_files_on_disk() {
     let disk = tempdir("mnist-memory");
     write_mnist(&disk, true);
     let mut dir = None;
-    for entry in std::fs::read_dir(&disk).unwrap() {
+    for entry in std::fs::read_dir(&*disk).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         dir = Some(files::add_memory_file(
