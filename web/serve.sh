@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 web/setup.sh
+export PATH="$PWD/web/tools/node_modules/.bin:$PATH"
 exec trunk serve --release "$@"

@@ -3,7 +3,6 @@
 //! from it, the close dialog, the bundled demo models, the attack lab, the routing atlas and the
 //! report; on the wgpu renderer (lavapipe in CI) the same flow with snapshot images of each view.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use advmoe_app::LabApp;
@@ -18,7 +17,7 @@ use egui_kittest::kittest::Queryable as _;
 use egui_kittest::{Harness, SnapshotOptions};
 
 use crate::common::Wait as _;
-use crate::common::cpu;
+use crate::common::{Scratch, cpu};
 
 /// Step the app until `done` holds, failing after `secs` with `what`.
 fn wait_for(
@@ -40,10 +39,8 @@ fn wait_for(
     harness.run_steps(2);
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("advmoe-{name}-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    dir
+fn temp_dir(name: &str) -> Scratch {
+    Scratch::new(name)
 }
 
 /// The app on a wgpu renderer (lavapipe in CI) whose device it shares with Burn, as eframe
@@ -339,9 +336,10 @@ fn the_app_trains_on_the_device_it_draws_with() {
 fn the_demo_models_load_and_reach_their_recorded_accuracy() {
     let device = cpu();
     for demo in DEMOS {
+        let (config_json, safetensors) = demo.files().wait().expect("compiled in");
         let (config, model) = load_model_bytes(
-            demo.config_json,
-            demo.model_safetensors,
+            &config_json,
+            &safetensors,
             std::path::Path::new(demo.name),
             &device,
         )
@@ -567,10 +565,12 @@ fn the_atlas_and_the_report_show_the_demo_models() {
 
     // "Open model folder": a model folder joins the library under its folder name; a folder
     // whose weights are cut short gives a message naming the file, and nothing joins.
-    let folder = temp_dir("opened").join("my-model");
+    let scratch = temp_dir("opened");
+    let folder = scratch.join("my-model");
     std::fs::create_dir_all(&folder).expect("temp dir");
-    std::fs::write(folder.join("config.json"), DEMOS[2].config_json).expect("write");
-    std::fs::write(folder.join("model.safetensors"), DEMOS[2].model_safetensors).expect("write");
+    let (config_json, safetensors) = DEMOS[2].files().wait().expect("compiled in");
+    std::fs::write(folder.join("config.json"), &config_json).expect("write");
+    std::fs::write(folder.join("model.safetensors"), &safetensors).expect("write");
     type_into(
         &mut harness,
         "Model folder",
@@ -581,12 +581,8 @@ fn the_atlas_and_the_report_show_the_demo_models() {
         app.models().len() == DEMOS.len() + 1 && !app.analysis_busy()
     });
     assert_eq!(harness.state().models()[DEMOS.len()].name, "my-model");
-    let half = DEMOS[2].model_safetensors.len() / 2;
-    std::fs::write(
-        folder.join("model.safetensors"),
-        &DEMOS[2].model_safetensors[..half],
-    )
-    .expect("write");
+    let half = safetensors.len() / 2;
+    std::fs::write(folder.join("model.safetensors"), &safetensors[..half]).expect("write");
     harness.get_by_label("Open model folder").click();
     wait_for(&mut harness, "the open error", 60, |app| {
         app.error().is_some() && !app.analysis_busy()
@@ -594,7 +590,6 @@ fn the_atlas_and_the_report_show_the_demo_models() {
     let error = harness.state().error().unwrap_or_default().to_owned();
     assert!(error.contains("model.safetensors"), "{error}");
     assert_eq!(harness.state().models().len(), DEMOS.len() + 1);
-    std::fs::remove_dir_all(folder.parent().expect("parent")).ok();
 }
 
 /// On the wgpu renderer (lavapipe in CI): the demo models attacked on the GPU device, and a

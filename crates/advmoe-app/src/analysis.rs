@@ -249,13 +249,10 @@ impl Library {
         match request {
             Request::LoadDemos => {
                 for demo in demo::DEMOS {
-                    let (config, model) = load_model_bytes(
-                        demo.config_json,
-                        demo.model_safetensors,
-                        Path::new(demo.name),
-                        &device,
-                    )
-                    .map_err(|e| format!("bundled model {}: {e:#}", demo.name))?;
+                    let (config_json, safetensors) = demo.files().await?;
+                    let (config, model) =
+                        load_model_bytes(&config_json, &safetensors, Path::new(demo.name), &device)
+                            .map_err(|e| format!("bundled model {}: {e:#}", demo.name))?;
                     let recorded = demo::recorded_row(demo.name)?;
                     let train_secs = recorded.as_ref().map(|r| r.train_secs);
                     let info = self.add(

@@ -1,7 +1,11 @@
 //! The bundled demo models: three small checkpoints trained by `advmoe compare` on the built-in
-//! `synthetic` data (dense TRADES, an MoE under vanilla MoE AT, an MoE under AdvMoE), compiled
-//! into the app so a class can attack and compare before training anything. `demo/README.md`
-//! has the command that regenerates them; `demo/compare.json` holds what that command measured.
+//! `synthetic` data (dense TRADES, an MoE under vanilla MoE AT, an MoE under AdvMoE), so a class
+//! can attack and compare before training anything. The native app compiles them in; the web
+//! build fetches them from the page's `demo/` folder (trunk copies this crate's `demo/` there),
+//! which keeps their 2.4 MB out of the wasm. `demo/README.md` has the command that regenerates
+//! them; `demo/compare.json` holds what that command measured.
+
+use std::borrow::Cow;
 
 use advmoe_engine::compare::CompareRow;
 
@@ -12,19 +16,31 @@ pub struct Demo {
     pub name: &'static str,
     /// What the lab calls it.
     pub title: &'static str,
-    /// `config.json`.
-    pub config_json: &'static [u8],
-    /// `model.safetensors`.
-    pub model_safetensors: &'static [u8],
+    /// `config.json` and `model.safetensors`, compiled in.
+    #[cfg(not(target_arch = "wasm32"))]
+    embedded: (&'static [u8], &'static [u8]),
 }
 
+#[cfg(not(target_arch = "wasm32"))]
 macro_rules! demo {
     ($name:literal, $title:literal) => {
         Demo {
             name: $name,
             title: $title,
-            config_json: include_bytes!(concat!("../demo/", $name, "/config.json")),
-            model_safetensors: include_bytes!(concat!("../demo/", $name, "/model.safetensors")),
+            embedded: (
+                include_bytes!(concat!("../demo/", $name, "/config.json")),
+                include_bytes!(concat!("../demo/", $name, "/model.safetensors")),
+            ),
+        }
+    };
+}
+
+#[cfg(target_arch = "wasm32")]
+macro_rules! demo {
+    ($name:literal, $title:literal) => {
+        Demo {
+            name: $name,
+            title: $title,
         }
     };
 }
@@ -35,6 +51,29 @@ pub const DEMOS: [Demo; 3] = [
     demo!("moe-at", "Demo: MoE, vanilla MoE AT"),
     demo!("advmoe", "Demo: MoE, AdvMoE"),
 ];
+
+impl Demo {
+    /// Its `config.json` and `model.safetensors`.
+    ///
+    /// # Errors
+    /// On the web, if the page's `demo/<name>/` files cannot be fetched.
+    pub async fn files(&self) -> Result<(Cow<'static, [u8]>, Cow<'static, [u8]>), String> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            Ok((
+                Cow::Borrowed(self.embedded.0),
+                Cow::Borrowed(self.embedded.1),
+            ))
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let fetch = |file: &str| crate::web::fetch_bytes(format!("demo/{}/{file}", self.name));
+            let config = fetch("config.json").await?;
+            let model = fetch("model.safetensors").await?;
+            Ok((Cow::Owned(config), Cow::Owned(model)))
+        }
+    }
+}
 
 /// What `advmoe compare` wrote when it trained them.
 pub const COMPARE_JSON: &str = include_str!("../demo/compare.json");

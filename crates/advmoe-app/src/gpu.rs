@@ -1,15 +1,20 @@
-//! One GPU device for drawing and training. Natively eframe creates the wgpu device (asking for
-//! what the adapter offers, as Burn's own device creation does) and Burn registers that same
-//! device; on the web Burn acquires the device first and eframe draws with it (`web.rs`).
+//! Where training runs. Natively one GPU device serves drawing and training: eframe creates the
+//! wgpu device (asking for what the adapter offers, as Burn's own device creation does) and Burn
+//! registers that same device. On the web Burn acquires the browser's WebGPU device itself and
+//! eframe draws with WebGL 2 beside it (`web.rs`).
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::sync::Arc;
 
+#[cfg(not(target_arch = "wasm32"))]
 use burn::backend::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::Device;
+#[cfg(not(target_arch = "wasm32"))]
 use eframe::egui_wgpu;
 
 /// The device request: the adapter's features and limits, which Burn's kernels need (eframe's
 /// default asks for WebGL-level limits), as Burn's own device creation does.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn device_descriptor()
 -> Arc<dyn Fn(&wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> + Send + Sync> {
     Arc::new(|adapter: &wgpu::Adapter| wgpu::DeviceDescriptor {
@@ -24,6 +29,7 @@ pub fn device_descriptor()
 }
 
 /// eframe's wgpu configuration, with [`device_descriptor`].
+#[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu_configuration() -> egui_wgpu::WgpuConfiguration {
     let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
     setup.device_descriptor = device_descriptor();
@@ -46,6 +52,7 @@ pub struct ComputeDevice {
 
 /// Register eframe's wgpu device with Burn; without one (or if Burn rejects it) fall back to
 /// Burn's CPU backend and say why.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn compute_device(render_state: Option<&egui_wgpu::RenderState>) -> ComputeDevice {
     let cpu = |reason: String| ComputeDevice {
         device: Device::flex(),

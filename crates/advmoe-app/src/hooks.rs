@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use advmoe_core::{AttackKind, AttackTarget, MethodKind};
+use advmoe_core::{AttackKind, AttackTarget, DatasetKind, MethodKind};
 use serde::Deserialize;
 
 /// What a hook can ask.
@@ -20,8 +20,8 @@ pub enum HookCommand {
         /// The tab.
         tab: String,
     },
-    /// Start a training on `synthetic` from the quick-start preset with these changes, as the
-    /// setup view's Start button does.
+    /// Start a training from the setup view's configuration (the quick-start preset on
+    /// `synthetic` unless changed) with these changes, as its Start button does.
     Train {
         /// Optimiser steps.
         steps: usize,
@@ -44,6 +44,9 @@ pub enum HookCommand {
         /// Train on the CPU backend.
         #[serde(default)]
         on_cpu: bool,
+        /// Dataset (default: the setup's; files handed over by the picker are its folder).
+        #[serde(default)]
+        dataset: Option<DatasetKind>,
     },
     /// Attack a test image, as the attack lab's Attack button does.
     Attack {

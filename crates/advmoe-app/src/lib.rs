@@ -1,6 +1,6 @@
 //! AdvMoE Lab's application: eframe views over the training engine.
 //!
-//! One GPU device serves drawing and training ([`gpu`]). Two workers do all Burn work, so a
+//! Natively one GPU device serves drawing and training ([`gpu`]). Two workers do all Burn work, so a
 //! frame never waits on the GPU: the training worker ([`worker`]) owns the current run, and the
 //! analysis worker ([`analysis`]) owns the model library (bundled demo models, opened models,
 //! models training produced) and runs attacks, the routing atlas and the report's
@@ -97,6 +97,7 @@ pub struct LabApp {
 impl LabApp {
     /// Build the app in eframe's creation context: register eframe's wgpu device with Burn (or
     /// fall back to the CPU), start the workers and load the demo models.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(cc: &eframe::CreationContext<'_>) -> Self {
         let compute = gpu::compute_device(cc.wgpu_render_state.as_ref());
         // Said once at start, so a terminal shows where training will run and why.
@@ -441,8 +442,12 @@ impl LabApp {
                 augment,
                 robust_images,
                 on_cpu,
+                dataset,
             } => {
                 let config = &mut self.setup.config;
+                if let Some(dataset) = dataset {
+                    config.data.kind = dataset;
+                }
                 config.train.total_steps = steps;
                 config.train.eval_every = eval_every;
                 config.train.batch_size = batch_size;

@@ -69,6 +69,35 @@ pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Fetch a file that is served beside the page (`url` relative to it).
+///
+/// # Errors
+/// If the request fails or the server answers other than 200.
+pub async fn fetch_bytes(url: String) -> Result<Vec<u8>, String> {
+    use wasm_bindgen_futures::JsFuture;
+    let response = JsFuture::from(window()?.fetch_with_str(&url))
+        .await
+        .map_err(|e| format!("fetching {url}: {}", js_error(e)))?;
+    let response: web_sys::Response = response
+        .dyn_into()
+        .map_err(|_| format!("fetching {url}: the answer is not a Response"))?;
+    if !response.ok() {
+        return Err(format!(
+            "fetching {url}: the server answered {} {} (was the page served from the web \
+             build's folder, with its demo/ files?)",
+            response.status(),
+            response.status_text()
+        ));
+    }
+    let buffer = response
+        .array_buffer()
+        .map_err(|e| format!("fetching {url}: {}", js_error(e)))?;
+    let buffer = JsFuture::from(buffer)
+        .await
+        .map_err(|e| format!("fetching {url}: {}", js_error(e)))?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
+}
+
 /// Read browser files into memory and hand them to the app.
 async fn read_files(files: Vec<web_sys::File>, ctx: egui::Context) {
     let mut out = Vec::new();
@@ -171,14 +200,12 @@ fn install_hooks(ctx: egui::Context) -> Result<(), String> {
     Ok(())
 }
 
-/// Burn acquires the browser's WebGPU device (asynchronously, as the web requires) and eframe
-/// draws with WebGL 2 beside it (or, with `?draw=webgpu`, with the same device); without
-/// WebGPU, eframe draws with what it finds and Burn runs on its CPU backend, saying why.
-async fn compute_device() -> (
-    crate::gpu::ComputeDevice,
-    eframe::egui_wgpu::WgpuConfiguration,
-) {
-    use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupExisting};
+/// Burn acquires the browser's WebGPU device (asynchronously, as the web requires); without
+/// one it runs on its CPU backend and says why. eframe draws with WebGL 2 either way: a canvas
+/// presenting from the WebGPU device that trains lost that device in headless Chromium ("A valid
+/// external Instance reference no longer exists"), and drawing with glow keeps wgpu's own WebGL
+/// path (wgpu-core, wgpu-hal, naga) out of the wasm.
+async fn compute_device() -> crate::gpu::ComputeDevice {
     match burn::tensor::Device::wgpu_options()
         .init_with_setup_async()
         .await
@@ -189,54 +216,25 @@ async fn compute_device() -> (
             if !info.name.is_empty() {
                 label += &format!(" ({})", info.name);
             }
-            if info.device_type == eframe::wgpu::DeviceType::Cpu {
+            if info.device_type == burn::backend::wgpu::wgpu::DeviceType::Cpu {
                 label += ", a software adapter";
             }
-            let existing = WgpuSetupExisting {
-                instance: setup.instance,
-                adapter: setup.adapter,
-                device: setup.device,
-                queue: setup.queue,
-            };
-            let compute = crate::gpu::ComputeDevice {
+            crate::gpu::ComputeDevice {
                 device,
                 label,
                 fallback_reason: None,
-            };
-            // eframe draws with WebGL 2 by default: a canvas presenting from the WebGPU
-            // device that trains lost that device in headless Chromium ("A valid external
-            // Instance reference no longer exists"). `?draw=webgpu` draws with it anyway.
-            let share = web_sys::window()
-                .and_then(|w| w.location().search().ok())
-                .is_some_and(|q| q.contains("draw=webgpu"));
-            let config = if !share {
-                let mut create = eframe::egui_wgpu::WgpuSetupCreateNew::without_display_handle();
-                create.instance_descriptor.backends = eframe::wgpu::Backends::GL;
-                WgpuConfiguration {
-                    wgpu_setup: WgpuSetup::CreateNew(create),
-                    ..Default::default()
-                }
-            } else {
-                WgpuConfiguration {
-                    wgpu_setup: WgpuSetup::Existing(existing),
-                    ..Default::default()
-                }
-            };
-            (compute, config)
+            }
         }
-        Err(e) => {
-            let compute = crate::gpu::ComputeDevice {
-                device: burn::tensor::Device::flex(),
-                label: "CPU (Burn flex backend, WebAssembly)".into(),
-                fallback_reason: Some(format!(
-                    "No WebGPU device ({e}), so training and attacks run on Burn's CPU backend \
-                     compiled to WebAssembly: expect them to be much slower. Chrome or Edge \
-                     113+ (on Linux with WebGPU enabled), Firefox 141+ on Windows or Safari 26 \
-                     have WebGPU"
-                )),
-            };
-            (compute, WgpuConfiguration::default())
-        }
+        Err(e) => crate::gpu::ComputeDevice {
+            device: burn::tensor::Device::flex(),
+            label: "CPU (Burn flex backend, WebAssembly)".into(),
+            fallback_reason: Some(format!(
+                "No WebGPU device ({e}), so training and attacks run on Burn's CPU backend \
+                 compiled to WebAssembly: expect them to be much slower. Chrome or Edge \
+                 113+ (on Linux with WebGPU enabled), Firefox 141+ on Windows or Safari 26 \
+                 have WebGPU"
+            )),
+        },
     }
 }
 
@@ -267,11 +265,8 @@ pub fn start() {
             set_page_status("This page has no canvas #the_canvas_id to draw in.", true);
             return;
         };
-        let (compute, wgpu_options) = compute_device().await;
-        let options = eframe::WebOptions {
-            wgpu_options,
-            ..Default::default()
-        };
+        let compute = compute_device().await;
+        let options = eframe::WebOptions::default();
         let started = runner
             .start(
                 canvas,
@@ -290,7 +285,7 @@ pub fn start() {
             Err(e) => set_page_status(
                 &format!(
                     "AdvMoE Lab could not start: {}. It needs a browser with WebGPU (Chrome or \
-                     Edge 113+, Firefox 141+ on Windows, Safari 26) or at least WebGL 2.",
+                     Edge 113+, Firefox 141+ on Windows, Safari 26) and WebGL 2.",
                     js_error(e)
                 ),
                 true,

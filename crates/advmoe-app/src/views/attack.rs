@@ -206,12 +206,25 @@ pub fn attack_ui(
         changed |= ui
             .radio_value(&mut state.use_own, true, "Own image")
             .changed();
-        let label = ui.label("Image file");
-        ui.add(
-            egui::TextEdit::singleline(&mut state.own_path).hint_text("photo.png (or drop a file)"),
-        )
-        .labelled_by(label.id);
-        if ui.button("Open image").clicked() {
+        if cfg!(target_arch = "wasm32") {
+            // The page has no paths: the browser's picker (or a drop on the page) hands the
+            // image over as bytes, and the app brings it here (`LabApp::accept_files`).
+            if ui
+                .button("Open image…")
+                .on_hover_text("A PNG or JPEG; dropping it on the page works too")
+                .clicked()
+            {
+                crate::files::pick_files(ui.ctx());
+            }
+        } else {
+            let label = ui.label("Image file");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.own_path)
+                    .hint_text("photo.png (or drop a file)"),
+            )
+            .labelled_by(label.id);
+        }
+        if !cfg!(target_arch = "wasm32") && ui.button("Open image").clicked() {
             let path = std::path::PathBuf::from(state.own_path.trim());
             match std::fs::read(&path) {
                 Ok(bytes) => {
