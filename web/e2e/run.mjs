@@ -10,7 +10,11 @@
 //     the same clean accuracy on it as the browser did;
 //  5. a natively trained model (a bundled demo's files) is opened through the file picker and
 //     attacked in the browser;
-//  6. a screenshot is saved.
+//  6. a screenshot is saved;
+//  7. in a second browser without WebGPU (--disable-features=WebGPU) the page says so and falls
+//     back to Burn's CPU backend in wasm: an attack on a bundled model still changes its
+//     prediction, and a short training on MNIST-format IDX files handed over through the file
+//     picker (written by this test: ten classes, each a bar at its own row) rises above chance.
 //
 // Any console error, page error or panic fails the test. Prints a JSON summary (time to first
 // frame, steps/s, accuracies) and writes it to target/web/e2e/summary.json.
@@ -20,6 +24,7 @@
 import { chromium } from "playwright-core";
 import { createServer } from "node:http";
 import { readFile, mkdir, writeFile } from "node:fs/promises";
+import { gzipSync } from "node:zlib";
 import { existsSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import path from "node:path";
@@ -70,54 +75,158 @@ function serve() {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
+const FLAGS = [
+  "--no-sandbox",
+  "--enable-unsafe-webgpu",
+  "--enable-features=Vulkan",
+  "--use-vulkan=swiftshader",
+  "--use-webgpu-adapter=swiftshader",
+  "--enable-unsafe-swiftshader",
+  "--disable-gpu-sandbox",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+function launch(extra) {
+  return chromium.launch({ executablePath: chromiumPath, headless: true, args: [...FLAGS, ...extra] });
+}
+
+// A page of the app, with its problems (console errors, page errors) collected and helpers to
+// read the hooks' status, send commands and wait for a condition (failing on any problem, or on
+// an error the app shows unless `expected(error)` says it is the one the test provoked).
+async function openPage(browser, expected = () => false) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("console", (msg) => {
+    if (msg.type() === "error") problems.push(`console error: ${msg.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  const deadline = Date.now() + TIMEOUT_MS;
+  const status = () => page.evaluate(() => (window.advmoeLab ? JSON.parse(window.advmoeLab.status()) : {}));
+  const send = (command) => page.evaluate((c) => window.advmoeLab.send(JSON.stringify(c)), command);
+  async function until(what, check, poll = 500) {
+    for (;;) {
+      if (problems.length) fail(`${problems.join("\n")}\n(while waiting for ${what})`);
+      const s = await status();
+      if (s.error && !expected(s.error)) fail(`the app reports an error while waiting for ${what}: ${s.error}`);
+      const value = check(s);
+      if (value) return value;
+      if (Date.now() > deadline) fail(`timed out waiting for ${what}; last status ${JSON.stringify(s)}`);
+      await page.waitForTimeout(poll);
+    }
+  }
+  return { page, problems, status, send, until };
+}
+
+// Attack test image `image` of library model `model` with PGD-10 at `eps_255`/255 (the full
+// target unless said) and return what the app reports; fails if it leaves its ε-ball.
+async function attack({ status, send, until }, model, image, eps_255, target) {
+  const before = (await status()).attack?.seq ?? 0;
+  await send({ action: "attack", model, image, eps_255, steps: 10, ...(target ? { target } : {}) });
+  const a = await until(`the attack on model ${model}, test image ${image}`, (s) =>
+    s.attack && s.attack.seq > before && !s.analysis_busy ? s.attack : null
+  );
+  if (a.linf > a.eps + 1e-6) fail(`the attack left its ε-ball: ${a.linf} > ${a.eps}`);
+  return { model, image, clean: a.clean, adversarial: a.adversarial, flipped_layers: a.flipped_layers };
+}
+
+// MNIST-format IDX files (the official names; the labels gzipped, as downloaded): `count`
+// 28×28 images of ten classes, class c a bright bar on rows 2c+4..2c+6 over noise.
+function idxFiles(dir, split, count, seed) {
+  let state = seed;
+  const random = () => ((state = (state * 1103515245 + 12345) >>> 0) >>> 8) / (1 << 24);
+  const images = Buffer.alloc(16 + count * 784);
+  images.writeUInt32BE(0x803, 0);
+  images.writeUInt32BE(count, 4);
+  images.writeUInt32BE(28, 8);
+  images.writeUInt32BE(28, 12);
+  const labels = Buffer.alloc(8 + count);
+  labels.writeUInt32BE(0x801, 0);
+  labels.writeUInt32BE(count, 4);
+  for (let i = 0; i < count; i++) {
+    const c = i % 10;
+    labels[8 + i] = c;
+    for (let p = 0; p < 784; p++) {
+      const row = Math.floor(p / 28);
+      const bar = row >= 2 * c + 4 && row < 2 * c + 6;
+      images[16 + i * 784 + p] = Math.floor(bar ? 200 + 55 * random() : 80 * random());
+    }
+  }
+  const prefix = split === "train" ? "train" : "t10k";
+  return [
+    [path.join(dir, `${prefix}-images-idx3-ubyte`), images],
+    [path.join(dir, `${prefix}-labels-idx1-ubyte.gz`), gzipSync(labels)],
+  ];
+}
+
+// Without WebGPU the page must say so and still work, on Burn's CPU backend in wasm. (Chromium
+// on Linux has WebGPU only with --enable-unsafe-webgpu; the fallback browser is started without
+// it and without the SwiftShader adapter, and with WebGPU disabled outright.)
+async function fallback(url, summary) {
+  const gpuFlags = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"];
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: [...FLAGS.filter((f) => !gpuFlags.includes(f)), "--disable-features=WebGPU"],
+  });
+  try {
+    // The app shows why it runs on the CPU in its error bar: that message is expected.
+    const session = await openPage(browser, (error) => error.startsWith("No WebGPU device"));
+    const { page, status, send, until } = session;
+    await page.goto(url);
+    const first = await until("the first frame without WebGPU", (s) => (s.frames > 0 ? s : null), 100);
+    if (first.on_gpu) fail(`with WebGPU disabled the app still reports a GPU: ${first.compute}`);
+    if (!/WebGPU/.test(first.fallback_reason ?? "")) fail(`no reason given for the CPU fallback: ${JSON.stringify(first)}`);
+    const ready = await until("the bundled demo models on the CPU", (s) => (s.models?.length >= 3 ? s : null));
+    const moe = ready.models.find((m) => m.name.includes("vanilla MoE AT")) ?? fail("no MoE-AT demo model");
+    let attacked = null;
+    for (let image = 0; image < 10 && !attacked; image++) {
+      const a = await attack(session, moe.id, image, 32);
+      if (a.clean.prediction !== a.adversarial.prediction) attacked = a;
+    }
+    if (!attacked) fail("on the CPU fallback no attack changed a prediction of the MoE-AT demo");
+
+    const dir = path.join(out, "mnist-format");
+    await mkdir(dir, { recursive: true });
+    const files = [...idxFiles(dir, "train", 600, 1), ...idxFiles(dir, "test", 100, 2)];
+    for (const [file, bytes] of files) await writeFile(file, bytes);
+    const chooser = page.waitForEvent("filechooser");
+    await send({ action: "pick" });
+    await (await chooser).setFiles(files.map(([file]) => file));
+    await page.waitForTimeout(500);
+    const steps = 40;
+    const trainStart = Date.now();
+    await send({ ...TRAIN, dataset: "mnist", steps, eval_every: steps });
+    const trained = await until("the training on the picked MNIST-format files", (s) =>
+      s.train?.state === "Finished" ? s : null
+    );
+    const last = trained.train.evals.at(-1);
+    if (!last || !(last.clean_acc > 0.3)) fail(`CPU training on the picked files: ${JSON.stringify(trained.train.evals)}`);
+    summary.no_webgpu = {
+      first_frame_ms: first.first_frame_ms,
+      compute: first.compute,
+      attack: attacked,
+      picked_dataset: { files: files.length, steps, wall_s: (Date.now() - trainStart) / 1000, evals: trained.train.evals },
+    };
+  } finally {
+    await browser.close();
+  }
+}
+
 async function main() {
   if (!existsSync(path.join(dist, "index.html"))) fail(`no web build in ${dist}: run web/build.sh`);
   if (!existsSync(cli)) fail(`no native CLI at ${cli}: run cargo build -p advmoe-cli`);
   await mkdir(out, { recursive: true });
   const server = await serve();
   const url = `http://127.0.0.1:${server.address().port}/`;
-  const browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--enable-unsafe-webgpu",
-      "--enable-features=Vulkan",
-      "--use-vulkan=swiftshader",
-      "--use-webgpu-adapter=swiftshader",
-      "--enable-unsafe-swiftshader",
-      "--disable-gpu-sandbox",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  const problems = [];
   const summary = { url };
+  const browser = await launch([]);
   try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
-    const page = await context.newPage();
-    page.on("console", (msg) => {
-      if (msg.type() === "error") problems.push(`console error: ${msg.text()}`);
-    });
-    page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+    const { page, problems, status, send, until } = await openPage(browser);
     const started = Date.now();
-    const deadline = started + TIMEOUT_MS;
-    const status = () => page.evaluate(() => (window.advmoeLab ? JSON.parse(window.advmoeLab.status()) : {}));
-    const send = (command) => page.evaluate((c) => window.advmoeLab.send(JSON.stringify(c)), command);
-    async function until(what, check, poll = 500) {
-      for (;;) {
-        if (problems.length) fail(`${problems.join("\n")}\n(while waiting for ${what})`);
-        const s = await status();
-        if (s.error) fail(`the app reports an error while waiting for ${what}: ${s.error}`);
-        const value = check(s);
-        if (value) return value;
-        if (Date.now() > deadline) fail(`timed out waiting for ${what}; last status ${JSON.stringify(s)}`);
-        await page.waitForTimeout(poll);
-      }
-    }
-
     await page.goto(url);
     const first = await until("the first frame", (s) => (s.frames > 0 ? s : null), 100);
     summary.first_frame_ms = first.first_frame_ms;
@@ -145,15 +254,8 @@ async function main() {
     // 80 steps of standard training its routers often send every image to one expert, so its
     // routes may not move.)
     const model = trained.models.find((m) => m.origin === "trained in this session").id;
-    const attackOn = async (model, image, eps_255) => {
-      const before = (await status()).attack?.seq ?? 0;
-      await send({ action: "attack", model, image, eps_255, steps: 10 });
-      const a = await until(`the attack on model ${model}, test image ${image}`, (s) =>
-        s.attack && s.attack.seq > before && !s.analysis_busy ? s.attack : null
-      );
-      if (a.linf > a.eps + 1e-6) fail(`the attack left its ε-ball: ${a.linf} > ${a.eps}`);
-      return { model, image, clean: a.clean, adversarial: a.adversarial, flipped_layers: a.flipped_layers };
-    };
+    const session = { status, send, until };
+    const attackOn = (model, image, eps_255) => attack(session, model, image, eps_255);
     const tried = [];
     for (let image = 0; image < 4; image++) {
       const a = await attackOn(model, image, 32);
@@ -208,11 +310,7 @@ async function main() {
       path.join(root, "crates/advmoe-app/demo/moe-at/model.safetensors"),
     ]);
     const opened = await until("the picked model", (s) => (s.models.length > count ? s.models.at(-1) : null));
-    const before = (await status()).attack?.seq ?? 0;
-    await send({ action: "attack", model: opened.id, image: 1, eps_255: 8, steps: 10, target: "router" });
-    const routerAttack = await until("the router attack on the picked model", (s) =>
-      s.attack && s.attack.seq > before && !s.analysis_busy ? s.attack : null
-    );
+    const routerAttack = await attack(session, opened.id, 1, 8, "router");
     summary.picked_model = { name: opened.name, router_attack_flipped_layers: routerAttack.flipped_layers };
 
     await attackOn(moe.id, attacked.image, 32);
@@ -220,6 +318,9 @@ async function main() {
     summary.screenshot = path.join(out, "screenshot.png");
     await page.screenshot({ path: summary.screenshot });
     if (problems.length) fail(problems.join("\n"));
+    await browser.close();
+
+    await fallback(url, summary);
     summary.total_s = (Date.now() - started) / 1000;
   } finally {
     await browser.close();
