@@ -26,7 +26,7 @@ fi
 # it from web/tools/node_modules/.bin, which build.sh and serve.sh put first on PATH.
 if ! web/tools/node_modules/.bin/wasm-opt --version 2>/dev/null | grep -q '(version_132)'; then
   if ! command -v npm >/dev/null; then
-    echo "web/setup.sh: the web build needs npm (Node.js 18 or newer) to install binaryen's wasm-opt" >&2
+    echo "web/setup.sh: the web build needs Node.js and npm to install binaryen's wasm-opt (Debian: apt-get install nodejs npm)" >&2
     exit 1
   fi
   echo "installing binaryen 132 (wasm-opt) into web/tools"

@@ -1,12 +1,13 @@
 //! AdvMoE Lab's application: eframe views over the training engine.
 //!
-//! Natively one GPU device serves drawing and training ([`gpu`]). Two workers do all Burn work, so a
-//! frame never waits on the GPU: the training worker ([`worker`]) owns the current run, and the
-//! analysis worker ([`analysis`]) owns the model library (bundled demo models, opened models,
-//! models training produced) and runs attacks, the routing atlas and the report's
-//! measurements. Natively each is a thread; in the browser each is a cooperative task. Views
-//! live in [`views`], one module each; files in and out in [`files`]; the test hooks in
-//! [`hooks`]; browser glue in `web` (wasm32 only); the native entry point is `main.rs`.
+//! Natively one GPU device serves drawing and training ([`gpu`]). Two workers do all Burn
+//! work, so a frame never waits on the GPU: the training worker ([`worker`]) owns the current
+//! run, and the analysis worker ([`analysis`]) owns the model library (bundled demo models,
+//! opened models, models training produced) and runs attacks, the routing atlas and the
+//! report's measurements. Natively each is a thread; in the browser each is a cooperative
+//! task. Views live in [`views`], one module each; files in and out in [`files`]; the test
+//! hooks in [`hooks`]; browser glue in `web` (wasm32 only); the native entry point is
+//! `main.rs`.
 
 pub mod analysis;
 pub mod demo;
