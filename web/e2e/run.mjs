@@ -89,8 +89,8 @@ const FLAGS = [
   "--disable-sync",
 ];
 
-function launch(extra) {
-  return chromium.launch({ executablePath: chromiumPath, headless: true, args: [...FLAGS, ...extra] });
+function launch(args) {
+  return chromium.launch({ executablePath: chromiumPath, headless: true, args });
 }
 
 // A page of the app, with its problems (console errors, page errors) collected and helpers to
@@ -167,11 +167,7 @@ function idxFiles(dir, split, count, seed) {
 // it and without the SwiftShader adapter, and with WebGPU disabled outright.)
 async function fallback(url, summary) {
   const gpuFlags = ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"];
-  const browser = await chromium.launch({
-    executablePath: chromiumPath,
-    headless: true,
-    args: [...FLAGS.filter((f) => !gpuFlags.includes(f)), "--disable-features=WebGPU"],
-  });
+  const browser = await launch([...FLAGS.filter((f) => !gpuFlags.includes(f)), "--disable-features=WebGPU"]);
   try {
     // The app shows why it runs on the CPU in its error bar: that message is expected.
     const session = await openPage(browser, (error) => error.startsWith("No WebGPU device"));
@@ -196,7 +192,9 @@ async function fallback(url, summary) {
     const chooser = page.waitForEvent("filechooser");
     await send({ action: "pick" });
     await (await chooser).setFiles(files.map(([file]) => file));
-    await page.waitForTimeout(500);
+    // Dataset files become the setup's data folder, and the app shows the setup view (the
+    // attacks above left it on the attack lab).
+    await until("the picked dataset files", (s) => s.tab === "Setup");
     const steps = 40;
     const trainStart = Date.now();
     await send({ ...TRAIN, dataset: "mnist", steps, eval_every: steps });
@@ -218,12 +216,14 @@ async function fallback(url, summary) {
 
 async function main() {
   if (!existsSync(path.join(dist, "index.html"))) fail(`no web build in ${dist}: run web/build.sh`);
+  if ((await readFile(path.join(dist, "index.html"), "utf8")).includes("__trunk_address__"))
+    fail(`${dist} holds trunk serve's page, with its reload script: run web/build.sh`);
   if (!existsSync(cli)) fail(`no native CLI at ${cli}: run cargo build -p advmoe-cli`);
   await mkdir(out, { recursive: true });
   const server = await serve();
   const url = `http://127.0.0.1:${server.address().port}/`;
   const summary = { url };
-  const browser = await launch([]);
+  const browser = await launch(FLAGS);
   try {
     const { page, problems, status, send, until } = await openPage(browser);
     const started = Date.now();
