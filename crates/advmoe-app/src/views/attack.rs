@@ -223,19 +223,19 @@ pub fn attack_ui(
                     .hint_text("photo.png (or drop a file)"),
             )
             .labelled_by(label.id);
-        }
-        if !cfg!(target_arch = "wasm32") && ui.button("Open image").clicked() {
-            let path = std::path::PathBuf::from(state.own_path.trim());
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let name = path.file_name().map_or_else(
-                        || path.display().to_string(),
-                        |n| n.to_string_lossy().into(),
-                    );
-                    state.set_own(name, bytes);
-                    changed = true;
+            if ui.button("Open image").clicked() {
+                let path = std::path::PathBuf::from(state.own_path.trim());
+                match std::fs::read(&path) {
+                    Ok(bytes) => {
+                        let name = path.file_name().map_or_else(
+                            || path.display().to_string(),
+                            |n| n.to_string_lossy().into(),
+                        );
+                        state.set_own(name, bytes);
+                        changed = true;
+                    }
+                    Err(e) => error = Some(format!("reading {}: {e}", path.display())),
                 }
-                Err(e) => error = Some(format!("reading {}: {e}", path.display())),
             }
         }
         if let Some(own) = &state.own {
