@@ -783,4 +783,18 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         Some(advmoe_data::files::MEMORY_DIR)
     );
     assert!(fresh.state().error().unwrap().contains("notes.txt"));
+
+    // An image folder's archive, picked or dropped, selects the image-folder kind and is read
+    // from memory: the same bytes as the file on disk give the same dataset.
+    let archive = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/cifar10-jpg.tar.gz");
+    fresh.state_mut().accept_files(vec![(
+        "cifar10-jpg.tar.gz".into(),
+        std::fs::read(&archive).unwrap(),
+    )]);
+    let data = fresh.state().setup().config.data.clone();
+    assert_eq!(data.kind, advmoe_core::DatasetKind::ImageFolder);
+    let picked = advmoe_data::load(&data).unwrap();
+    assert_eq!((picked.train.len(), picked.test.len()), (50_000, 10_000));
+    assert_eq!(picked.test.class_names[3], "cat");
 }

@@ -152,3 +152,39 @@ fn a_tiny_run_on_wgpu_lowers_the_loss() {
     let report = run.evaluate().wait().unwrap();
     assert_eq!(report.images, 32);
 }
+
+/// Real images in CI: the shared CIFAR-10 image-folder archive (as `advmoe train --data` reads
+/// it) trains a classroom MoE on the CPU above chance on a stated test subset: the first 500
+/// test images, 50 of each class (the reader interleaves classes).
+#[test]
+fn cifar10_image_folder_trains_above_chance_on_the_cpu() {
+    let archive = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/cifar10-jpg.tar.gz");
+    let mut config = small_config(8, 2, 120);
+    config.data = advmoe_core::DatasetSpec {
+        kind: advmoe_core::DatasetKind::ImageFolder,
+        data_dir: Some(archive.to_string_lossy().into_owned()),
+        ..advmoe_core::DatasetSpec::default()
+    };
+    config.train.batch_size = 64;
+    config.train.eval_size = 500;
+    let dataset = Arc::new(advmoe_data::load(&config.data).unwrap());
+    config.fit_to(&dataset);
+    assert_eq!(config.model.num_classes, 10);
+    let first: Vec<u16> = dataset.test.labels[..500].to_vec();
+    for class in 0..10 {
+        assert_eq!(first.iter().filter(|&&l| l == class).count(), 50);
+    }
+    let mut run = Run::new(config, dataset, &cpu()).unwrap();
+    while run.state() == RunState::Running {
+        run.run_chunk(40).unwrap();
+        run.drain_losses().wait().unwrap();
+    }
+    let report = run.evaluate().wait().unwrap();
+    assert_eq!(report.images, 500);
+    assert!(
+        report.clean_acc > 0.2,
+        "clean accuracy {} on 500 CIFAR-10 test images after 120 steps (chance: 0.1)",
+        report.clean_acc
+    );
+}

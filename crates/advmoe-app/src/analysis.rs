@@ -438,6 +438,7 @@ impl Library {
                     steps: config.train.total_steps,
                     train_secs: entry.info.train_secs.unwrap_or(f64::NAN),
                     report,
+                    history: Vec::new(),
                 };
                 Ok(Some(Reply::Evaluated {
                     model,

@@ -32,7 +32,8 @@ pub enum FileKind {
     /// A model's weights (`model.safetensors` or a downloaded `<stem>.safetensors`).
     ModelWeights,
     /// One of the official dataset files: MNIST / Fashion-MNIST IDX (raw or `.gz`), CIFAR
-    /// `.bin` batches or the CIFAR `.tar.gz` archive.
+    /// `.bin` batches or the CIFAR `.tar.gz` archive; or an image folder's `.tar` / `.tar.gz`
+    /// ([`is_image_folder_archive`]).
     Dataset,
     /// Checkpoint state the web build does not resume from (`run.json`, optimiser state).
     CheckpointState,
@@ -55,11 +56,25 @@ pub fn classify(name: &str) -> FileKind {
         || lower.contains(".idx")
         || lower.ends_with(".bin")
         || lower.ends_with(".tar.gz")
+        || lower.ends_with(".tgz")
+        || lower.ends_with(".tar")
     {
         FileKind::Dataset
     } else {
         FileKind::Unknown
     }
+}
+
+/// Whether a dataset file is an image folder's archive (`train/<class>/*`, `test/<class>/*`)
+/// rather than one of the official CIFAR binary archives.
+pub fn is_image_folder_archive(name: &str) -> bool {
+    let base = name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or(name)
+        .to_lowercase();
+    let archive = base.ends_with(".tar") || base.ends_with(".tar.gz") || base.ends_with(".tgz");
+    archive && base != "cifar-10-binary.tar.gz" && base != "cifar-100-binary.tar.gz"
 }
 
 /// A model among named files: `(name, config.json bytes, safetensors bytes)` for each

@@ -400,7 +400,14 @@ impl LabApp {
         for (name, bytes) in &files {
             match files::classify(name) {
                 FileKind::Dataset => {
-                    data_dir = Some(advmoe_data::files::add_memory_file(name, bytes.clone()));
+                    let dir = advmoe_data::files::add_memory_file(name, bytes.clone());
+                    if files::is_image_folder_archive(name) {
+                        // An image folder is read from its archive, not from a folder of files.
+                        self.setup.config.data.kind = advmoe_core::DatasetKind::ImageFolder;
+                        data_dir = Some(dir.join(name));
+                    } else {
+                        data_dir = Some(dir);
+                    }
                 }
                 FileKind::Image => {
                     self.attack.set_own(name.clone(), bytes.clone());

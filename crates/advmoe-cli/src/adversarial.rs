@@ -101,8 +101,9 @@ pub(crate) struct EvalArgs {
     /// Device: cpu or gpu.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
-    /// Read a real dataset from this folder instead of the one in the model's config.
-    #[arg(long)]
+    /// Read the model's real dataset from this folder (or image-folder archive) instead of the
+    /// path in its config.
+    #[arg(long, alias = "data")]
     data_dir: Option<PathBuf>,
     /// Evaluate only the first N test images (0: all).
     #[arg(long, default_value_t = 0)]
@@ -304,8 +305,9 @@ pub(crate) struct AttackArgs {
     /// Nearest-neighbour upscaling of the PNGs.
     #[arg(long, default_value_t = 4)]
     scale: usize,
-    /// Read a real dataset from this folder instead of the one in the model's config.
-    #[arg(long)]
+    /// Read the model's real dataset from this folder (or image-folder archive) instead of the
+    /// path in its config.
+    #[arg(long, alias = "data")]
     data_dir: Option<PathBuf>,
     /// Device: cpu or gpu.
     #[arg(long, default_value = "cpu")]
@@ -417,27 +419,40 @@ pub(crate) struct CompareArgs {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
+    /// Start from a named configuration: `paper` is the AdvMoE paper's released one (image
+    /// router, class-partition router objective with α = β = 6, TRADES-2 inner attack, SGD 0.1
+    /// with momentum 0.9 and weight decay 5e-4, cosine, batch 128, balance 0.1 for
+    /// moe-at-balanced). Flags given explicitly override it.
+    #[arg(long)]
+    preset: Option<Preset>,
     /// Optimiser steps of every model (`--steps` is the evaluation attack's).
     #[arg(long, default_value_t = 200)]
     train_steps: usize,
-    /// Mini-batch size.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Peak learning rate (SGD, momentum 0.9, weight decay 5e-4, cosine schedule).
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
-    /// Weight of the balance term for `moe-at-balanced` and `advmoe` (0: leave it out).
-    #[arg(long, default_value_t = 1.0)]
-    balance_weight: f64,
+    /// Mini-batch size [default: 32; paper preset 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate (SGD, momentum 0.9, weight decay 5e-4, cosine schedule) [default:
+    /// 0.05; paper preset 0.1].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight of the balance term for `moe-at-balanced` and `advmoe` (0: leave it out)
+    /// [default: 1; paper preset 0.1].
+    #[arg(long)]
+    balance_weight: Option<f64>,
     /// Weight β of the KL terms.
     #[arg(long, default_value_t = 6.0)]
     beta: f64,
-    /// AdvMoE's router objective: robust or class-partition.
-    #[arg(long, default_value = "robust")]
-    router_objective: RouterObjective,
+    /// AdvMoE's router objective: robust or class-partition [default: robust; paper preset
+    /// class-partition].
+    #[arg(long)]
+    router_objective: Option<RouterObjective>,
     /// Training-attack steps (of 5/255 each, ε = 8/255).
     #[arg(long, default_value_t = 2)]
     train_attack_steps: usize,
+    /// Record clean accuracy and expert load on the evaluation subset every this many steps
+    /// (the training curves in compare.json; default: only at the end).
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// Evaluation attack: fgsm, pgd, pgd-l2 or apgd.
     #[arg(long, default_value = "pgd")]
     attack: AttackKind,
@@ -449,8 +464,8 @@ pub(crate) struct CompareArgs {
     /// Extra radii for the ε-curves of every model, comma separated (fractions work).
     #[arg(long, value_delimiter = ',', value_parser = parse_fraction)]
     eps_sweep: Vec<f32>,
-    /// Only these models, comma separated (dense-full-trades, dense-same-cost-trades, moe-at,
-    /// moe-at-balanced, advmoe); default: all.
+    /// Only these models, comma separated, trained in this order (dense-full-trades,
+    /// dense-same-cost-trades, moe-at, moe-at-balanced, advmoe); default: all, in that order.
     #[arg(long, value_delimiter = ',')]
     models: Vec<String>,
     /// Seed.
@@ -467,21 +482,39 @@ pub(crate) struct CompareArgs {
     json: bool,
 }
 
+/// Named starting points of `train` and `compare`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Preset {
+    /// The AdvMoE paper's released configuration.
+    Paper,
+}
+
 pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let device = make_device(args.device);
     let data = args.data.spec();
     let dataset = Arc::new(load_dataset(&data)?);
+    let paper = matches!(args.preset, Some(Preset::Paper));
+    let start = if paper {
+        TrainSpec::paper()
+    } else {
+        TrainSpec {
+            lr: 0.05,
+            batch_size: 32,
+            router_objective: RouterObjective::Robust,
+            ..TrainSpec::default()
+        }
+    };
     let mut base = RunConfig {
         model: args.model.spec(),
         data,
         train: TrainSpec {
             method: MethodKind::MoeAt,
             optimizer: OptimizerKind::Sgd,
-            lr: args.lr,
+            lr: args.lr.unwrap_or(start.lr),
             schedule: ScheduleKind::Cosine,
-            batch_size: args.batch_size,
+            batch_size: args.batch_size.unwrap_or(start.batch_size),
             total_steps: args.train_steps,
-            eval_every: args.train_steps.max(1),
+            eval_every: args.eval_every.unwrap_or(args.train_steps).max(1),
             eval_size: args.eval_size,
             seed: args.seed,
             attack: AttackSpec {
@@ -489,10 +522,10 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 ..AttackSpec::paper_train()
             },
             beta: args.beta,
-            router_objective: args.router_objective,
-            ..TrainSpec::default()
+            router_objective: args.router_objective.unwrap_or(start.router_objective),
+            ..start
         },
-        balance_weight: args.balance_weight,
+        balance_weight: args.balance_weight.unwrap_or(if paper { 0.1 } else { 1.0 }),
     };
     base.fit_to(&dataset);
     if !base.model.is_moe() {
@@ -513,7 +546,12 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 known.join(", ")
             );
         }
-        entries.retain(|e| args.models.contains(&e.name));
+        // In the order given: a cut comparison has finished the models named first.
+        entries = args
+            .models
+            .iter()
+            .filter_map(|m| entries.iter().find(|e| &e.name == m).cloned())
+            .collect();
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -523,6 +561,20 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
     }
     let mut bar = ProgressBar::hidden();
     let mut evaluating = false;
+    let mut done_rows = Vec::new();
+    let write_results = |rows: &[advmoe_engine::compare::CompareRow]| -> anyhow::Result<()> {
+        let json = serde_json::json!({
+            "base": base,
+            "eval": eval,
+            "rows": rows,
+        });
+        std::fs::write(
+            args.out.join("compare.json"),
+            serde_json::to_vec_pretty(&json)?,
+        )?;
+        std::fs::write(args.out.join("compare.md"), markdown_table(rows))?;
+        Ok(())
+    };
     let rows = block_on(run_comparison(
         &entries,
         dataset,
@@ -558,6 +610,10 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
             }
             CompareEvent::Done(row) => {
                 bar.finish_and_clear();
+                done_rows.push(row.clone());
+                if let Err(e) = write_results(&done_rows) {
+                    eprintln!("could not write the results so far: {e:#}");
+                }
                 eprintln!(
                     "    SA {:.1}%  RA {:.1}%  router robustness {}  expert robustness {}  load {}  ({:.0} s training)",
                     100.0 * row.report.clean_acc,
@@ -571,17 +627,13 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
         },
         &|| interrupted.load(Ordering::SeqCst),
     ))?;
+    write_results(&rows)?;
     let table = markdown_table(&rows);
     let json = serde_json::json!({
         "base": base,
-        "eval_attack": eval.attack,
+        "eval": eval,
         "rows": rows,
     });
-    std::fs::write(
-        args.out.join("compare.json"),
-        serde_json::to_vec_pretty(&json)?,
-    )?;
-    std::fs::write(args.out.join("compare.md"), &table)?;
     if rows.len() < entries.len() {
         eprintln!(
             "interrupted: {} of {} models done",

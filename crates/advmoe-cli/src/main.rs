@@ -88,9 +88,14 @@ impl ModelArgs {
 
 #[derive(Args, Clone)]
 pub(crate) struct DataArgs {
-    /// Dataset: synthetic (built in), mnist, fashion-mnist, cifar10, cifar100.
-    #[arg(long, default_value = "synthetic")]
-    dataset: DatasetKind,
+    /// Dataset: synthetic (built in), mnist, fashion-mnist, cifar10, cifar100 or image-folder
+    /// (default: image-folder when --data is given, synthetic otherwise).
+    #[arg(long)]
+    dataset: Option<DatasetKind>,
+    /// An image folder (train/<class>/*.png|jpg and test/<class>/*.png|jpg) or a .tar / .tar.gz
+    /// of one, e.g. the shared CIFAR-10 archive cifar10-jpg.tar.gz.
+    #[arg(long, conflicts_with = "data_dir")]
+    data: Option<PathBuf>,
     /// Folder with the official dataset files (IDX for MNIST, binary version for CIFAR).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -110,11 +115,17 @@ pub(crate) struct DataArgs {
 
 impl DataArgs {
     pub(crate) fn spec(&self) -> DatasetSpec {
+        let kind = self.dataset.unwrap_or(if self.data.is_some() {
+            DatasetKind::ImageFolder
+        } else {
+            DatasetKind::Synthetic
+        });
         DatasetSpec {
-            kind: self.dataset,
+            kind,
             data_dir: self
-                .data_dir
+                .data
                 .as_ref()
+                .or(self.data_dir.as_ref())
                 .map(|p| p.to_string_lossy().into_owned()),
             synthetic_train_size: self.train_size,
             synthetic_test_size: self.test_size,
@@ -130,33 +141,40 @@ struct TrainArgs {
     model: ModelArgs,
     #[command(flatten)]
     data: DataArgs,
-    /// Training method: standard, pgd-at, trades, moe-at or advmoe.
-    #[arg(long, default_value = "standard")]
-    method: MethodKind,
+    /// Start from a named configuration: `paper` is the AdvMoE paper's released one (advmoe,
+    /// class-partition router objective, SGD 0.1, batch 128). Flags given explicitly override it.
+    #[arg(long)]
+    preset: Option<adversarial::Preset>,
+    /// Training method: standard, pgd-at, trades, moe-at or advmoe [default: standard; paper
+    /// preset advmoe].
+    #[arg(long)]
+    method: Option<MethodKind>,
     /// Weight β of the KL terms (trades, moe-at, advmoe).
     #[arg(long, default_value_t = 6.0)]
     beta: f64,
-    /// Weight α of the routers' class-partition cross-entropy (advmoe).
+    /// Weight α of the routers' KL(clean ‖ adversarial) in advmoe's class-partition objective
+    /// CE(router, y mod N) + α·KL (the cross-entropy has weight 1, as in the released code).
     #[arg(long, default_value_t = 6.0)]
     alpha: f64,
-    /// AdvMoE's router objective: robust (TRADES loss through the routers) or class-partition.
-    #[arg(long, default_value = "robust")]
-    router_objective: RouterObjective,
+    /// AdvMoE's router objective: robust (TRADES loss through the routers) or class-partition
+    /// [default: robust; paper preset class-partition].
+    #[arg(long)]
+    router_objective: Option<RouterObjective>,
     /// Epochs over the training split (converted to steps).
     #[arg(long, conflicts_with = "steps")]
     epochs: Option<f64>,
     /// Optimiser steps (default: 300 when --epochs is not given).
     #[arg(long)]
     steps: Option<usize>,
-    /// Mini-batch size.
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
+    /// Mini-batch size [default: 64; paper preset 128].
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Optimiser: sgd or adam.
     #[arg(long, default_value = "sgd")]
     optimizer: OptimizerKind,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 0.05)]
-    lr: f64,
+    /// Peak learning rate [default: 0.05; paper preset 0.1].
+    #[arg(long)]
+    lr: Option<f64>,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
@@ -244,12 +262,14 @@ fn main() {
 pub(crate) fn load_dataset(spec: &DatasetSpec) -> anyhow::Result<advmoe_data::Dataset> {
     let spinner = ProgressBar::new_spinner().with_message(format!("loading {}", spec.kind));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let start = std::time::Instant::now();
     let dataset =
         advmoe_data::load(spec).with_context(|| format!("loading dataset {}", spec.kind))?;
     spinner.finish_and_clear();
     eprintln!(
-        "dataset {}: {} train / {} test images, {} channels, {}x{}, {} classes",
+        "dataset {} (loaded in {:.2} s): {} train / {} test images, {} channels, {}x{}, {} classes",
         spec.kind,
+        start.elapsed().as_secs_f64(),
         dataset.train.len(),
         dataset.test.len(),
         dataset.train.channels,
@@ -280,7 +300,16 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     } else {
         let data = args.data.spec();
         let dataset = Arc::new(load_dataset(&data)?);
-        let steps_per_epoch = (dataset.train.len() / args.batch_size.max(1)).max(1);
+        let start = match args.preset {
+            Some(adversarial::Preset::Paper) => TrainSpec::paper(),
+            None => TrainSpec {
+                lr: 0.05,
+                batch_size: 64,
+                ..TrainSpec::default()
+            },
+        };
+        let batch_size = args.batch_size.unwrap_or(start.batch_size);
+        let steps_per_epoch = (dataset.train.len() / batch_size.max(1)).max(1);
         let total_steps = match (args.steps, args.epochs) {
             (Some(s), _) => s,
             (None, Some(e)) if e > 0.0 => ((e * steps_per_epoch as f64).ceil() as usize).max(1),
@@ -291,13 +320,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             model: args.model.spec(),
             data,
             train: TrainSpec {
-                method: args.method,
+                method: args.method.unwrap_or(start.method),
                 optimizer: args.optimizer,
-                lr: args.lr,
+                lr: args.lr.unwrap_or(start.lr),
                 momentum: args.momentum,
                 weight_decay: args.weight_decay,
                 schedule: args.schedule,
-                batch_size: args.batch_size,
+                batch_size,
                 total_steps,
                 eval_every: args.eval_every,
                 eval_size: args.eval_size,
@@ -310,7 +339,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
                 },
                 beta: args.beta,
                 alpha: args.alpha,
-                router_objective: args.router_objective,
+                router_objective: args.router_objective.unwrap_or(start.router_objective),
             },
             balance_weight: args.balance_weight,
         };

@@ -76,7 +76,8 @@ impl CifarVariant {
     }
 }
 
-const CIFAR10_NAMES: [&str; 10] = [
+/// CIFAR-10's class names in label order.
+pub(crate) const CIFAR10_NAMES: [&str; 10] = [
     "airplane",
     "automobile",
     "bird",

@@ -1,7 +1,8 @@
 //! Datasets of AdvMoE Lab.
 //!
 //! The built-in `synthetic` set, readers for the official MNIST / Fashion-MNIST (IDX, raw or
-//! gzip) and CIFAR-10 / CIFAR-100 (binary version, `.tar.gz` or extracted) files, augmentation,
+//! gzip) and CIFAR-10 / CIFAR-100 (binary version, `.tar.gz` or extracted) files, image folders
+//! of PNG/JPEG files (a folder or a `.tar` / `.tar.gz`, see [`read_image_folder`]), augmentation,
 //! and seeded batching. Pure Rust with no burn and no I/O beyond reading the given files, so it
 //! builds for the browser too; the engine turns [`Batch`]es into tensors.
 //!
@@ -10,6 +11,7 @@
 
 mod cifar;
 pub mod files;
+mod folder;
 mod idx;
 mod loader;
 mod synthetic;
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 use advmoe_core::{DatasetKind, DatasetSpec};
 
 pub use cifar::{CifarVariant, read_cifar_bytes, read_cifar_dir};
+pub use folder::read_image_folder;
 pub use idx::{read_idx_images, read_idx_labels, read_mnist_dir};
 pub use loader::{Augment, Batch, Loader, LoaderState};
 pub use synthetic::generate_synthetic;
@@ -95,14 +98,17 @@ pub struct Dataset {
 
 impl Dataset {
     /// The augmentation a dataset allows when `augment` is requested: random crop everywhere,
-    /// horizontal flips only where a flip keeps the class (CIFAR; not digits, clothing or the
-    /// synthetic gratings, whose orientation is the class).
+    /// horizontal flips only where a flip keeps the class (CIFAR and image folders of photos; not
+    /// digits, clothing or the synthetic gratings, whose orientation is the class).
     pub fn augmentation(&self, augment: bool) -> Option<Augment> {
         if !augment {
             return None;
         }
         let pad = if self.train.size[0] >= 32 { 4 } else { 2 };
-        let flip = matches!(self.kind, DatasetKind::Cifar10 | DatasetKind::Cifar100);
+        let flip = matches!(
+            self.kind,
+            DatasetKind::Cifar10 | DatasetKind::Cifar100 | DatasetKind::ImageFolder
+        );
         Some(Augment { pad, flip })
     }
 }
@@ -141,7 +147,7 @@ pub enum DataError {
         hint: &'static str,
     },
     /// A real dataset was asked for without a folder.
-    #[error("dataset {0} needs --data-dir pointing at its official files")]
+    #[error("dataset {0} needs a path: --data-dir (official files) or --data (image folder)")]
     NoDataDir(&'static str),
 }
 
@@ -173,6 +179,7 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
         DatasetKind::Mnist | DatasetKind::FashionMnist => read_mnist_dir(&dir()?, spec.kind)?,
         DatasetKind::Cifar10 => read_cifar_dir(&dir()?, CifarVariant::Cifar10)?,
         DatasetKind::Cifar100 => read_cifar_dir(&dir()?, CifarVariant::Cifar100)?,
+        DatasetKind::ImageFolder => read_image_folder(&dir()?)?,
     };
     Ok(Dataset {
         kind: spec.kind,

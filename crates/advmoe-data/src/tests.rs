@@ -380,3 +380,222 @@ fn files_handed_over_in_memory_read_like_files_on_disk() {
     assert!(err.contains("t10k-labels-idx1-ubyte.gz"), "{err}");
     assert!(err.contains("label 10"), "{err}");
 }
+
+/// A `w`×`h` PNG (RGB, or grey when `grey`) whose pixels are `seed + x + 3y (+ channel)`.
+fn png_bytes(w: usize, h: usize, grey: bool, seed: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
+    enc.set_color(if grey {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    });
+    enc.set_depth(png::BitDepth::Eight);
+    let channels = if grey { 1 } else { 3 };
+    let data: Vec<u8> = (0..w * h * channels)
+        .map(|i| {
+            let (p, c) = (i / channels, i % channels);
+            seed.wrapping_add((p % w + 3 * (p / w) + 50 * c) as u8)
+        })
+        .collect();
+    let mut writer = enc.write_header().unwrap();
+    writer.write_image_data(&data).unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+/// Files of a small image folder: classes `b_cat` and `a_dog` (sorted: a_dog = 0), three train
+/// images of each and two test images, 8×6 RGB.
+/// Named files of a tree, as written by [`write_tree`].
+type Tree = Vec<(String, Vec<u8>)>;
+
+fn image_folder_files() -> Tree {
+    let mut files = Vec::new();
+    for (split, count) in [("train", 3), ("test", 2)] {
+        for (c, class) in ["b_cat", "a_dog"].iter().enumerate() {
+            for i in 0..count {
+                let seed = (10 * c + i) as u8 + if split == "test" { 100 } else { 0 };
+                files.push((
+                    format!("{split}/{class}/{i:04}.png"),
+                    png_bytes(8, 6, false, seed),
+                ));
+            }
+        }
+    }
+    files
+}
+
+fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
+    for (name, bytes) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+fn tar_of(files: &[(String, Vec<u8>)], prefix: &str) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, format!("{prefix}{name}"), bytes.as_slice())
+            .unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn folder_spec(path: &Path) -> DatasetSpec {
+    DatasetSpec {
+        kind: DatasetKind::ImageFolder,
+        data_dir: Some(path.to_string_lossy().into_owned()),
+        ..DatasetSpec::default()
+    }
+}
+
+#[test]
+fn image_folder_from_folder_tar_and_tar_gz_agree() {
+    let files = image_folder_files();
+    let dir = tempdir("folder-ok");
+    write_tree(&dir.join("tree"), &files);
+    let from_dir = load(&folder_spec(&dir.join("tree"))).unwrap();
+    write(&dir, "plain.tar", &tar_of(&files, ""));
+    let from_tar = load(&folder_spec(&dir.join("plain.tar"))).unwrap();
+    // An archive whose layout sits under one leading folder, gzip-compressed.
+    write(&dir, "pets.tar.gz", &gz(&tar_of(&files, "pets/")));
+    let from_gz = load(&folder_spec(&dir.join("pets.tar.gz"))).unwrap();
+    assert_eq!(from_dir.train.pixels, from_tar.train.pixels);
+    assert_eq!(from_dir.test.labels, from_gz.test.labels);
+    assert_eq!(from_dir.train.pixels, from_gz.train.pixels);
+    assert_eq!(from_gz.train.name, "pets/train");
+
+    let train = &from_dir.train;
+    assert_eq!(train.class_names, vec!["a_dog", "b_cat"]);
+    assert_eq!((train.channels, train.size, train.len()), (3, [6, 8], 6));
+    // Class-interleaved: image 0 of each class, then image 1, …
+    assert_eq!(train.labels, vec![0, 1, 0, 1, 0, 1]);
+    assert_eq!(from_dir.test.labels, vec![0, 1, 0, 1]);
+    // train[1] is b_cat/0000.png (seed 0): CHW, pixel (x, y) of channel c is x + 3y + 50c.
+    let img = train.image(1);
+    assert_eq!(img[0], 0);
+    assert_eq!(img[2 + 8], 2 + 3);
+    assert_eq!(img[48 + 1], 51);
+    // train[0] is a_dog/0000.png (seed 10).
+    assert_eq!(train.image(0)[0], 10);
+    let spec = folder_spec(&dir.join("tree"));
+    let data = load(&spec).unwrap();
+    assert!(data.augmentation(true).is_some_and(|a| a.flip));
+
+    // A grey PNG among colour ones is repeated over the channels.
+    let mut mixed = files.clone();
+    mixed[0].1 = png_bytes(8, 6, true, 7);
+    write_tree(&dir.join("mixed"), &mixed);
+    let m = load(&folder_spec(&dir.join("mixed"))).unwrap();
+    let grey = m.train.image(1);
+    assert_eq!((grey[0], grey[48], grey[96]), (7, 7, 7));
+}
+
+#[test]
+fn broken_image_folders_name_the_file_and_the_problem() {
+    let files = image_folder_files();
+    let dir = tempdir("folder-bad");
+    let case = |name: &str, edit: &dyn Fn(&mut Tree)| -> String {
+        let mut f = files.clone();
+        edit(&mut f);
+        write_tree(&dir.join(name), &f);
+        load(&folder_spec(&dir.join(name)))
+            .map(|_| String::new())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = case("not-image", &|f| f[1].1 = b"hello".to_vec());
+    assert!(
+        err.contains("not an image") && err.contains("0001.png"),
+        "{err}"
+    );
+    let err = case("corrupt-png", &|f| f[1].1.truncate(40));
+    assert!(err.contains("bad PNG") && err.contains("0001.png"), "{err}");
+    let err = case("wrong-size", &|f| f[4].1 = png_bytes(9, 6, false, 0));
+    assert!(
+        err.contains("9×6") && err.contains("8×6") && err.contains("a_dog/0001.png"),
+        "{err}"
+    );
+    let err = case("extra-test-class", &|f| {
+        f.push(("test/cow/0000.png".into(), png_bytes(8, 6, false, 0)))
+    });
+    assert!(err.contains("\"cow\" is in test/"), "{err}");
+    let err = case("no-test", &|f| f.retain(|(n, _)| n.starts_with("train")));
+    assert!(err.contains("no test/<class>/ folder"), "{err}");
+    std::fs::create_dir_all(dir.join("empty-class/train/c_owl")).unwrap();
+    let err = case("empty-class", &|_| {});
+    assert!(err.contains("train/c_owl/ holds no image"), "{err}");
+    let err = load(&folder_spec(&dir.join("nowhere")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nowhere") && err.contains("no such folder"),
+        "{err}"
+    );
+
+    // Archives: truncated, not an archive, and an empty class folder recorded as an entry.
+    let tar_bytes = tar_of(&files, "");
+    write(&dir, "cut.tar.gz", &gz(&tar_bytes[..tar_bytes.len() / 2]));
+    let err = load(&folder_spec(&dir.join("cut.tar.gz")))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cut.tar.gz") && err.contains("truncated"),
+        "{err}"
+    );
+    write(&dir, "junk.tar", b"not an archive at all");
+    let err = load(&folder_spec(&dir.join("junk.tar")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("junk.tar"), "{err}");
+    let mut archive = tar_of(&files, "");
+    archive.truncate(archive.len() - 1024); // drop the end-of-archive blocks, then add a folder
+    let mut builder = tar::Builder::new(archive);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_size(0);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "test/e_elk/", &b""[..])
+        .unwrap();
+    let b = builder;
+    write(&dir, "empty.tar", &b.into_inner().unwrap());
+    let err = load(&folder_spec(&dir.join("empty.tar")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"e_elk\" is in test/"), "{err}");
+}
+
+/// The CIFAR-10 image folder in the project's shared data (as CI has it): every image, the
+/// official classes in order, and class-interleaved test images.
+#[test]
+fn shared_cifar10_image_folder_loads_whole() {
+    let archive =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/cifar10-jpg.tar.gz");
+    assert!(
+        archive.is_file(),
+        "{archive:?} is missing: the project's shared data must sit beside the checkout"
+    );
+    let start = std::time::Instant::now();
+    let data = load(&folder_spec(&archive)).unwrap();
+    eprintln!(
+        "CIFAR-10 image folder loaded in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    assert_eq!((data.train.len(), data.test.len()), (50_000, 10_000));
+    assert_eq!((data.train.channels, data.train.size), (3, [32, 32]));
+    // Sorted folder names give CIFAR-10's official label order, as the binary reader names it.
+    assert_eq!(data.train.class_names, crate::cifar::CIFAR10_NAMES);
+    let first: Vec<u16> = data.test.labels[..20].to_vec();
+    assert_eq!(first, (0..20).map(|i| i % 10).collect::<Vec<u16>>());
+    // Real photographs: pixel statistics far from constant.
+    let mean =
+        data.test.pixels.iter().map(|&p| p as f64).sum::<f64>() / data.test.pixels.len() as f64;
+    assert!((100.0..140.0).contains(&mean), "mean pixel {mean}");
+}

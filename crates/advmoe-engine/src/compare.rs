@@ -1,12 +1,18 @@
 //! The AdvMoE paper's comparison as one procedure: dense TRADES at full and at same-cost width,
 //! an MoE trained with vanilla MoE AT (without and with the balance term), and an MoE trained
 //! with AdvMoE, all with the same data, steps and optimiser, evaluated with the same attacks.
+//!
+//! With an output folder the comparison is resumable: each finished model leaves
+//! `<out>/<name>/row.json` beside its weights, and a later call with the same configuration
+//! takes that row instead of training the model again (a cut run loses at most the model in
+//! progress).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use advmoe_core::{MethodKind, count_macs};
+use advmoe_core::{EvalReport, MethodKind, count_macs};
 use advmoe_data::Dataset;
+use advmoe_model::checkpoint::CheckpointError;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
@@ -90,6 +96,27 @@ pub struct CompareRow {
     pub train_secs: f64,
     /// Everything measured on the test split.
     pub report: RobustReport,
+    /// Clean accuracy and expert load on the run's evaluation subset every `eval_every` steps
+    /// (the training curves).
+    #[serde(default)]
+    pub history: Vec<EvalReport>,
+}
+
+/// A finished model's row as saved in `<out>/<name>/row.json`, with the configuration and
+/// evaluation it was made with (a resumed comparison reuses it only when both match).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedRow {
+    config: RunConfig,
+    eval: serde_json::Value,
+    row: CompareRow,
+}
+
+const ROW_FILE: &str = "row.json";
+
+fn saved_row(dir: &Path, config: &RunConfig, eval: &serde_json::Value) -> Option<CompareRow> {
+    let bytes = std::fs::read(dir.join(ROW_FILE)).ok()?;
+    let saved: SavedRow = serde_json::from_slice(&bytes).ok()?;
+    (saved.config == *config && saved.eval == *eval).then_some(saved.row)
 }
 
 /// What the comparison is doing, for progress displays.
@@ -135,12 +162,22 @@ pub async fn run_comparison(
     stop: &dyn Fn() -> bool,
 ) -> Result<Vec<CompareRow>, EngineError> {
     let mut rows = Vec::new();
+    let eval_key = serde_json::to_value(eval).unwrap_or_default();
     for (index, entry) in entries.iter().enumerate() {
         on_event(CompareEvent::Training {
             entry,
             index,
             total: entries.len(),
         });
+        let dir = out.map(|o| o.join(&entry.name));
+        if let Some(row) = dir
+            .as_deref()
+            .and_then(|d| saved_row(d, &entry.config, &eval_key))
+        {
+            on_event(CompareEvent::Done(&row));
+            rows.push(row);
+            continue;
+        }
         let mut run = Run::new(entry.config.clone(), dataset.clone(), device)?;
         let total = entry.config.train.total_steps;
         while run.state() == RunState::Running {
@@ -152,33 +189,52 @@ pub async fn run_comparison(
             if done % 10 == 0 || run.state() != RunState::Running {
                 run.drain_losses().await?;
             }
+            if run.eval_due() {
+                run.evaluate().await?;
+            }
             on_event(CompareEvent::Step { done, of: total });
         }
         run.drain_losses().await?;
-        if let Some(dir) = out {
-            run.save_model(&dir.join(&entry.name)).await?;
+        if let Some(dir) = &dir {
+            run.save_model(dir).await?;
         }
         let report = evaluate_robust(run.model(), &dataset.test, eval, device, &mut |done, of| {
             on_event(CompareEvent::Evaluating { done, of })
         })
         .await?;
-        let macs = count_macs(&entry.config.model);
-        let row = CompareRow {
-            name: entry.name.clone(),
-            method: entry.config.train.method,
-            experts: entry.config.model.num_experts,
-            ratio: entry.config.model.ratio,
-            balance_weight: entry.config.balance_weight,
-            macs_pathway: macs.pathway,
-            macs_pathway_with_router: macs.pathway_with_router,
-            steps: run.step_index(),
-            train_secs: run.progress().train_secs,
-            report,
-        };
+        let row = compare_row(entry, &run, report);
+        if let Some(dir) = &dir {
+            let saved = SavedRow {
+                config: entry.config.clone(),
+                eval: eval_key.clone(),
+                row: row.clone(),
+            };
+            let path = dir.join(ROW_FILE);
+            std::fs::write(&path, serde_json::to_vec_pretty(&saved).unwrap_or_default())
+                .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))?;
+        }
         on_event(CompareEvent::Done(&row));
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The row of a finished run of `entry`, with its robustness report.
+pub fn compare_row(entry: &CompareEntry, run: &Run, report: RobustReport) -> CompareRow {
+    let macs = count_macs(&entry.config.model);
+    CompareRow {
+        name: entry.name.clone(),
+        method: entry.config.train.method,
+        experts: entry.config.model.num_experts,
+        ratio: entry.config.model.ratio,
+        balance_weight: entry.config.balance_weight,
+        macs_pathway: macs.pathway,
+        macs_pathway_with_router: macs.pathway_with_router,
+        steps: run.step_index(),
+        train_secs: run.progress().train_secs,
+        report,
+        history: run.history().to_vec(),
+    }
 }
 
 fn percent(v: Option<f64>) -> String {

@@ -74,7 +74,7 @@ pub struct MethodConfig {
     pub balance_weight: f64,
     /// Weight of the KL terms.
     pub beta: f64,
-    /// Weight of the routers' class-partition cross-entropy.
+    /// Weight of the routers' KL(clean ‖ adversarial) in the class-partition objective.
     pub alpha: f64,
     /// AdvMoE's router objective.
     pub router_objective: RouterObjective,
@@ -399,8 +399,12 @@ impl AdvMoe {
                         .mean();
                 }
                 let (ce, kl) = (ce.div_scalar(layers), kl.div_scalar(layers));
-                let total = ce.clone().mul_scalar(self.config.alpha)
-                    + kl.clone().mul_scalar(self.config.beta);
+                // As in the paper's released code: the partition's cross-entropy at weight 1 and
+                // the routers' KL at α (β weights only the experts' TRADES KL). Weighting the
+                // cross-entropy by α instead made its effective learning rate six times the
+                // released one, and with SGD momentum the router's decision swung the whole
+                // test set from one expert to the other between evaluations.
+                let total = ce.clone() + kl.clone().mul_scalar(self.config.alpha);
                 let mut updates = clean.bn_updates;
                 updates.extend(perturbed.bn_updates);
                 (total, [ce, kl], updates)

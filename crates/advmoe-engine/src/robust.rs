@@ -24,7 +24,7 @@ use crate::loss::distinct_routes;
 use crate::tensors::{read_i64, to_device};
 
 /// What to measure.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RobustOptions {
     /// The attack (algorithm, ε, steps, step size, restarts, loss, targeting). Its `target` is
     /// ignored: every target is measured.

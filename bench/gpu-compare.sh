@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The AdvMoE paper's comparison on CIFAR-10 on one GPU, in one call of bounded time.
+#
+#   bench/gpu-compare.sh                 # uses target/release/advmoe and ../shared/data
+#   ADVMOE=path/to/advmoe DATA=cifar10-jpg.tar.gz OUT=runs/gpu-compare BUDGET=480 bench/gpu-compare.sh
+#
+# It builds nothing. Steps:
+#  1. the sparse kernels' parity check and timings on this device (`advmoe bench sparse-conv`,
+#     which refuses to time a kernel that disagrees with the reference);
+#  2. a probe: two short AdvMoE runs (PROBE_SHORT and PROBE_LONG steps) give the seconds per
+#     AdvMoE step on this device, first-step shader compilation excluded;
+#  3. `advmoe compare --preset paper` with every model at the same number of steps, the largest
+#     that fits BUDGET seconds (at most STEPS), evaluated under PGD-EVAL_STEPS, router and expert
+#     attacks on the first EVAL_SIZE test images (class-interleaved: EVAL_SIZE/10 per class).
+# Resumable: models already finished in OUT with the same settings are not trained again, so a
+# cut call loses at most the model in progress; rerun with the same STEPS to finish (the chosen
+# step count is kept in OUT/steps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ADVMOE=${ADVMOE:-target/release/advmoe}
+DATA=${DATA:-../shared/data/cifar10-jpg.tar.gz}
+OUT=${OUT:-runs/gpu-compare}
+DEVICE=${DEVICE:-gpu}
+BUDGET=${BUDGET:-480}          # seconds for training and evaluating all models
+STEPS=${STEPS:-3000}           # upper bound of the steps per model (3,000 = 7.7 epochs at 128)
+WIDTH=${WIDTH:-32}             # base width b of the ResNet-10 (the reference's)
+EVAL_SIZE=${EVAL_SIZE:-2000}   # test images every model is evaluated on
+EVAL_STEPS=${EVAL_STEPS:-20}   # PGD steps of the evaluation attacks (step 2/255, ε 8/255)
+EVAL_EVERY=${EVAL_EVERY:-0}    # curve points: 0 picks 10 per run
+PROBE_SHORT=${PROBE_SHORT:-5}
+PROBE_LONG=${PROBE_LONG:-25}
+MODELS=${MODELS:-advmoe,moe-at,dense-same-cost-trades,moe-at-balanced,dense-full-trades}
+
+mkdir -p "$OUT"
+t0=$(date +%s)
+say() { echo "== $* ($(( $(date +%s) - t0 )) s)"; }
+
+say "device check: sparse kernels against the reference"
+"$ADVMOE" bench sparse-conv --scale classroom --experts 2 --batch 32 --reps 3 --no-step
+
+model_flags=(--width "$WIDTH" --depth 1 --experts 2 --ratio 0.5 --router image)
+if [ -f "$OUT/steps" ]; then
+  steps=$(cat "$OUT/steps")
+  say "resuming with $steps steps per model (from $OUT/steps)"
+else
+  probe() {
+    "$ADVMOE" train --data "$DATA" "${model_flags[@]}" --method advmoe \
+      --router-objective class-partition --lr 0.1 --batch-size 128 --steps "$1" \
+      --eval-every 100000 --eval-size 100 --device "$DEVICE" --out "$OUT/probe" 2>&1 |
+      tee "$OUT/probe.log" | sed -n 's/^done: \([0-9]*\) steps in \([0-9.]*\) s.*/\2/p'
+  }
+  say "probe: AdvMoE steps on $DEVICE"
+  short=$(probe "$PROBE_SHORT")
+  long=$(probe "$PROBE_LONG")
+  rm -rf "$OUT/probe"
+  steps=$(python3 - "$short" "$long" "$BUDGET" "$STEPS" "$EVAL_SIZE" "$EVAL_STEPS" "$PROBE_SHORT" "$PROBE_LONG" <<'EOF'
+import sys
+short, long_, budget, cap, eval_size, eval_steps, n_short, n_long = map(float, sys.argv[1:])
+per_step = max((long_ - short) / (n_long - n_short), 1e-4)
+# One AdvMoE step is two inner attacks of 2 steps and two training passes (about 10 forward and
+# backward passes of a batch of 128); the other four models take about 2.5 AdvMoE steps per step
+# together. Evaluation: three attacks (full, router, expert) of eval_steps on eval_size images.
+eval_equiv = 3 * eval_steps * (eval_size / 128) / 10
+train_budget = budget - 5 * eval_equiv * per_step - 30
+steps = int(min(cap, max(20, train_budget / (3.5 * per_step))))
+print(steps)
+print(f"{per_step:.3f} s per AdvMoE step; {steps} steps per model", file=sys.stderr)
+EOF
+)
+  echo "$steps" > "$OUT/steps"
+fi
+every=$EVAL_EVERY
+[ "$every" -gt 0 ] || every=$(( (steps + 9) / 10 ))
+
+say "compare: $steps steps per model, evaluation on $EVAL_SIZE test images"
+"$ADVMOE" compare --preset paper --data "$DATA" "${model_flags[@]}" \
+  --train-steps "$steps" --eval-every "$every" --eval-size "$EVAL_SIZE" \
+  --attack pgd --steps "$EVAL_STEPS" --models "$MODELS" --seed 0 \
+  --device "$DEVICE" --out "$OUT"
+say "done: $OUT/compare.md, $OUT/compare.json and one folder per model"
