@@ -562,19 +562,21 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let mut bar = ProgressBar::hidden();
     let mut evaluating = false;
     let mut done_rows = Vec::new();
-    let write_results = |rows: &[advmoe_engine::compare::CompareRow]| -> anyhow::Result<()> {
-        let json = serde_json::json!({
-            "base": base,
-            "eval": eval,
-            "rows": rows,
-        });
-        std::fs::write(
-            args.out.join("compare.json"),
-            serde_json::to_vec_pretty(&json)?,
-        )?;
-        std::fs::write(args.out.join("compare.md"), markdown_table(rows))?;
-        Ok(())
-    };
+    // compare.json and compare.md for the rows so far; returns the JSON written.
+    let write_results =
+        |rows: &[advmoe_engine::compare::CompareRow]| -> anyhow::Result<serde_json::Value> {
+            let json = serde_json::json!({
+                "base": base,
+                "eval": eval,
+                "rows": rows,
+            });
+            std::fs::write(
+                args.out.join("compare.json"),
+                serde_json::to_vec_pretty(&json)?,
+            )?;
+            std::fs::write(args.out.join("compare.md"), markdown_table(rows))?;
+            Ok(json)
+        };
     let rows = block_on(run_comparison(
         &entries,
         dataset,
@@ -627,13 +629,9 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
         },
         &|| interrupted.load(Ordering::SeqCst),
     ))?;
-    write_results(&rows)?;
+    // Also when no model finished (interrupted during the first), so the files always exist.
+    let json = write_results(&rows)?;
     let table = markdown_table(&rows);
-    let json = serde_json::json!({
-        "base": base,
-        "eval": eval,
-        "rows": rows,
-    });
     if rows.len() < entries.len() {
         eprintln!(
             "interrupted: {} of {} models done",

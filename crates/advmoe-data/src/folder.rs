@@ -267,12 +267,7 @@ fn decode_one(image: &Encoded) -> Result<Decoded, DataError> {
         } else {
             ColorSpace::RGB
         };
-        decoder.set_options(
-            DecoderOptions::default()
-                .set_max_width(MAX_SIDE)
-                .set_max_height(MAX_SIDE)
-                .jpeg_set_out_colorspace(out),
-        );
+        decoder.set_options(options.jpeg_set_out_colorspace(out));
         let hwc = decoder
             .decode()
             .map_err(|e| bad("JPEG", format!("{e:?}")))?;
@@ -376,27 +371,30 @@ fn decode_split(
     class_names: &[String],
     like: Option<&ImageSet>,
 ) -> Result<ImageSet, DataError> {
-    // Class-interleaved order: sort by (index within class, class), files by name.
+    // Class-interleaved order: files by name within a class, then image k of every class (in
+    // class order) before image k + 1 of any.
     found
         .images
         .sort_by(|a, b| (&a.class, &a.path).cmp(&(&b.class, &b.path)));
-    let mut within = BTreeMap::<&str, usize>::new();
-    let mut keyed: Vec<(usize, usize, usize)> = Vec::with_capacity(found.images.len());
-    for (i, image) in found.images.iter().enumerate() {
-        let class = class_names
-            .iter()
-            .position(|c| c == &image.class)
-            .unwrap_or(0);
-        let k = within.entry(image.class.as_str()).or_default();
-        keyed.push((*k, class, i));
-        *k += 1;
-    }
-    keyed.sort_unstable();
-    let decoded = decode_all(&found.images);
-    let mut decoded: Vec<Option<Result<Decoded, DataError>>> =
-        decoded.into_iter().map(Some).collect();
+    let mut within = BTreeMap::<String, usize>::new();
+    let mut keyed: Vec<((usize, usize), Encoded)> = found
+        .images
+        .into_iter()
+        .map(|image| {
+            let class = class_names
+                .iter()
+                .position(|c| c == &image.class)
+                .unwrap_or(0);
+            let k = within.entry(image.class.clone()).or_default();
+            *k += 1;
+            ((*k, class), image)
+        })
+        .collect();
+    keyed.sort_by_key(|(key, _)| *key);
+    let (keys, images): (Vec<(usize, usize)>, Vec<Encoded>) = keyed.into_iter().unzip();
+    let decoded = decode_all(&images);
     let mut pixels = Vec::new();
-    let mut labels = Vec::with_capacity(keyed.len());
+    let mut labels = Vec::with_capacity(images.len());
     let mut shape: Option<([usize; 2], usize, &Path)> = like.map(|l| {
         (
             l.size,
@@ -404,11 +402,8 @@ fn decode_split(
             Path::new("the train split's first image"),
         )
     });
-    for &(_, class, i) in &keyed {
-        let image = &found.images[i];
-        let d = decoded[i]
-            .take()
-            .unwrap_or_else(|| unreachable!("each image decoded once"))?;
+    for (((_, class), image), d) in keys.iter().zip(&images).zip(decoded) {
+        let d = d?;
         let (size, channels, first) = *shape.get_or_insert((d.size, d.channels, &image.path));
         if d.size != size {
             return Err(DataError::format(
@@ -435,7 +430,7 @@ fn decode_split(
             ));
         }
         if pixels.is_empty() {
-            pixels.reserve(keyed.len() * channels * size[0] * size[1]);
+            pixels.reserve(images.len() * channels * size[0] * size[1]);
         }
         let plane = size[0] * size[1];
         // HWC to CHW; a grey image in a colour set is repeated over the channels.
@@ -443,7 +438,7 @@ fn decode_split(
             let src = if d.channels == 1 { 0 } else { c };
             pixels.extend((0..plane).map(|p| d.hwc[p * d.channels + src]));
         }
-        labels.push(class as u16);
+        labels.push(*class as u16);
     }
     let (size, channels, _) = shape.unwrap_or(([0, 0], 0, Path::new("")));
     Ok(ImageSet {
