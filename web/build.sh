@@ -1,11 +1,33 @@
 #!/usr/bin/env bash
-# Builds the web app into target/web/dist (release: the `web` cargo profile, wasm-bindgen, then
-# binaryen's wasm-opt -Oz), and prints the bundle's sizes.
+# Builds the web app into target/web/dist, a static site: crates/advmoe-app's `advmoe-lab` for
+# wasm32 with the size-optimised `web` cargo profile (Cargo.toml), wasm-bindgen's JS glue,
+# binaryen's `wasm-opt -Oz`, the page (web/index.html, style.css, checks.js) and the demo models
+# (crates/advmoe-app/demo/). Prints the wasm's size, raw and gzipped. Extra arguments go to cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 web/setup.sh
-export PATH="$PWD/web/tools/node_modules/.bin:$PATH"
-trunk build --release "$@"
-wasm=$(ls target/web/dist/*.wasm)
+
+cargo build --profile web --target wasm32-unknown-unknown -p advmoe-app --bin advmoe-lab "$@"
+target=${CARGO_TARGET_DIR:-target}
+dist=target/web/dist
+stage=target/web/dist.new
+rm -rf "$stage"
+mkdir -p "$stage"
+wasm-bindgen --target web --no-typescript --out-dir "$stage" --out-name advmoe-lab \
+  "$target/wasm32-unknown-unknown/web/advmoe-lab.wasm"
+# The features Rust's wasm32 target and its SIMD functions use: wasm-bindgen drops the section
+# wasm-opt would read them from. Binaryen 132 (web/tools): Debian's 108 breaks wasm-bindgen's
+# reference-type table.
+web/tools/node_modules/.bin/wasm-opt -Oz \
+  --enable-bulk-memory --enable-multivalue --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-sign-ext --enable-simd \
+  "$stage/advmoe-lab_bg.wasm" -o "$stage/advmoe-lab_bg.opt.wasm"
+mv "$stage/advmoe-lab_bg.opt.wasm" "$stage/advmoe-lab_bg.wasm"
+cp web/index.html web/style.css web/checks.js "$stage/"
+cp -R crates/advmoe-app/demo "$stage/demo"
+rm -rf "$dist"
+mv "$stage" "$dist"
+
+wasm="$dist/advmoe-lab_bg.wasm"
 printf 'web build: %s is %s bytes (%s gzipped)\n' "$wasm" "$(stat -c %s "$wasm")" \
   "$(gzip -9 -c "$wasm" | wc -c)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds and serves the web app at http://127.0.0.1:8080 (open it in a browser with WebGPU).
+# Builds the web app (web/build.sh) and serves it at http://127.0.0.1:8080 (open it in a browser
+# with WebGPU). `PORT=9000 web/serve.sh` picks another port; extra arguments go to cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-web/setup.sh
-export PATH="$PWD/web/tools/node_modules/.bin:$PATH"
-exec trunk serve --release "$@"
+web/build.sh "$@"
+exec node web/static.mjs target/web/dist "${PORT:-8080}"

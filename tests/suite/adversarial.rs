@@ -109,9 +109,12 @@ fn advmoe_optimisers_change_only_their_own_parameters() {
     optimisers_own_their_parameters(&gpu(), RouterKind::Image, RouterObjective::Robust);
 }
 
+/// Several AdvMoE steps on the wgpu device (its sparse kernels; lavapipe in CI, where one step
+/// of even this tiny net takes seconds, so the run is short), an evaluation, and every weight
+/// still finite.
 #[test]
-fn advmoe_runs_50_steps_on_wgpu_without_nan() {
-    let mut config = small_config(4, 2, 50);
+fn advmoe_runs_on_wgpu_without_nan() {
+    let mut config = small_config(4, 2, 8);
     config.train.method = MethodKind::Advmoe;
     config.train.batch_size = 8;
     config.train.eval_size = 32;
@@ -119,10 +122,10 @@ fn advmoe_runs_50_steps_on_wgpu_without_nan() {
     let mut run = Run::new(config, data, &gpu()).unwrap();
     let mut losses = Vec::new();
     while run.state() == RunState::Running {
-        run.run_chunk(10).unwrap();
+        run.run_chunk(4).unwrap();
         losses.extend(run.drain_losses().wait().unwrap());
     }
-    assert_eq!(losses.len(), 50);
+    assert_eq!(losses.len(), 8);
     assert!(
         losses.iter().all(|l| l.is_finite() && *l > 0.0),
         "{losses:?}"

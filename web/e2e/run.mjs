@@ -22,13 +22,13 @@
 // Usage: node web/e2e/run.mjs  (after web/build.sh and `cargo build -p advmoe-cli`)
 
 import { chromium } from "playwright-core";
-import { createServer } from "node:http";
-import { readFile, mkdir, writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { gzipSync } from "node:zlib";
 import { existsSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { serve } from "../static.mjs";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const dist = path.join(root, "target/web/dist");
@@ -49,30 +49,8 @@ const TRAIN = {
 };
 const TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS ?? 25 * 60 * 1000);
 
-const types = {
-  ".html": "text/html; charset=utf-8",
-  ".js": "text/javascript",
-  ".wasm": "application/wasm",
-  ".css": "text/css",
-};
-
 function fail(message) {
   throw new Error(message);
-}
-
-function serve() {
-  const server = createServer(async (req, res) => {
-    const url = new URL(req.url, "http://localhost");
-    const file = path.join(dist, url.pathname === "/" ? "index.html" : path.normalize(url.pathname));
-    if (!file.startsWith(dist) || !existsSync(file)) {
-      console.error(`404: ${url.pathname}`);
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-type": types[path.extname(file)] ?? "application/octet-stream" });
-    res.end(await readFile(file));
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
 const FLAGS = [
@@ -216,11 +194,9 @@ async function fallback(url, summary) {
 
 async function main() {
   if (!existsSync(path.join(dist, "index.html"))) fail(`no web build in ${dist}: run web/build.sh`);
-  if ((await readFile(path.join(dist, "index.html"), "utf8")).includes("__trunk_address__"))
-    fail(`${dist} holds trunk serve's page, with its reload script: run web/build.sh`);
   if (!existsSync(cli)) fail(`no native CLI at ${cli}: run cargo build -p advmoe-cli`);
   await mkdir(out, { recursive: true });
-  const server = await serve();
+  const server = await serve(dist);
   const url = `http://127.0.0.1:${server.address().port}/`;
   const summary = { url };
   const browser = await launch(FLAGS);

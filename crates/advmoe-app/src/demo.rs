@@ -1,8 +1,8 @@
 //! The bundled demo models: three small checkpoints trained by `advmoe compare` on the built-in
 //! `synthetic` data (dense TRADES, an MoE under vanilla MoE AT, an MoE under AdvMoE), so a class
 //! can attack and compare before training anything. The native app compiles them in; the web
-//! build fetches them from the page's `demo/` folder (trunk copies this crate's `demo/` there),
-//! which keeps their 2.4 MB out of the wasm. `demo/README.md` has the command that regenerates
+//! build fetches them from the page's `demo/` folder (`web/build.sh` copies this crate's `demo/`
+//! there), which keeps their 2.4 MB out of the wasm. `demo/README.md` has the command that regenerates
 //! them; `demo/compare.json` holds what that command measured.
 
 use std::borrow::Cow;

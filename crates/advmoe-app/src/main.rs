@@ -1,6 +1,6 @@
 //! Entry points: natively a window whose wgpu device Burn shares for training; on the web
-//! (`trunk build`, see `index.html`) the same app on the page's canvas, on the browser's WebGPU
-//! device.
+//! (`web/build.sh`, see `web/index.html`) the same app on the page's canvas, on the browser's
+//! WebGPU device.
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> eframe::Result {
