@@ -14,7 +14,10 @@
 //  7. in a second browser without WebGPU (--disable-features=WebGPU) the page says so and falls
 //     back to Burn's CPU backend in wasm: an attack on a bundled model still changes its
 //     prediction, and a short training on MNIST-format IDX files handed over through the file
-//     picker (written by this test: ten classes, each a bar at its own row) rises above chance.
+//     picker (written by this test: ten classes, each a bar at its own row) rises above chance;
+//     then a .tar.gz image folder of 300 real CIFAR-10 JPEGs (cut from ../shared/data's archive)
+//     is picked, selects the image-folder dataset, is read whole and trains (with
+//     E2E_CIFAR_FULL=1 the whole 60,000-image archive too, reporting its load time).
 //
 // Any console error, page error or panic fails the test. Prints a JSON summary (time to first
 // frame, steps/s, accuracies) and writes it to target/web/e2e/summary.json.
@@ -23,8 +26,8 @@
 
 import { chromium } from "playwright-core";
 import { mkdir, writeFile } from "node:fs/promises";
-import { gzipSync } from "node:zlib";
-import { existsSync } from "node:fs";
+import { gunzipSync, gzipSync } from "node:zlib";
+import { existsSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -48,6 +51,11 @@ const TRAIN = {
   augment: false,
 };
 const TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS ?? 25 * 60 * 1000);
+// The shared CIFAR-10 image folder (../shared/data, see its README), cut down to a small archive
+// for the test; E2E_CIFAR_FULL=1 also hands the whole archive to the page and reports how long it
+// took to read and decode its 60,000 JPEGs there.
+const cifarArchive = process.env.CIFAR_ARCHIVE ?? path.join(root, "../shared/data/cifar10-jpg.tar.gz");
+const cifarFull = process.env.E2E_CIFAR_FULL === "1";
 
 function fail(message) {
   throw new Error(message);
@@ -140,6 +148,70 @@ function idxFiles(dir, split, count, seed) {
   ];
 }
 
+// A .tar.gz of an image folder holding the first `train` files of every class folder of
+// `train/` and the first `test` of `test/` in `archive` (a .tar.gz of that layout), with the
+// folders' own entries; pax and GNU long-name headers travel with the entry they describe.
+function imageFolderSubset(archive, train, test) {
+  const tar = gunzipSync(readFileSync(archive));
+  const kept = [];
+  const counts = new Map();
+  let pending = [];
+  let files = 0;
+  for (let at = 0; at + 512 <= tar.length; ) {
+    const header = tar.subarray(at, at + 512);
+    if (header.every((b) => b === 0)) break;
+    const field = (from, len) => header.subarray(from, from + len).toString("latin1").replace(/\0.*$/s, "");
+    const size = parseInt(field(124, 12).trim() || "0", 8);
+    const type = field(156, 1) || "0";
+    const end = at + 512 + Math.ceil(size / 512) * 512;
+    const entry = tar.subarray(at, end);
+    at = end;
+    if (type === "x" || type === "L" || type === "K") {
+      pending.push(entry);
+      continue;
+    }
+    const prefix = field(345, 155);
+    const name = (prefix ? `${prefix}/` : "") + field(0, 100);
+    const parts = name.split("/").filter((p) => p !== "");
+    let keep = type === "5" || type === "g";
+    if (type === "0" && parts.length >= 3) {
+      const [split, cls] = parts.slice(-3);
+      const key = `${split}/${cls}`;
+      const seen = counts.get(key) ?? 0;
+      keep = seen < (split === "train" ? train : split === "test" ? test : 0);
+      if (keep) {
+        counts.set(key, seen + 1);
+        files++;
+      }
+    }
+    if (keep) kept.push(...pending, entry);
+    pending = [];
+  }
+  kept.push(Buffer.alloc(1024));
+  return { bytes: gzipSync(Buffer.concat(kept)), files };
+}
+
+// An image folder's .tar.gz handed over through the file picker: the app selects the
+// `image-folder` dataset; a short training run reads it. Returns the run's report of its dataset.
+async function trainOnImageFolder({ page, send, until }, file, steps) {
+  const chooser = page.waitForEvent("filechooser");
+  await send({ action: "pick" });
+  await (await chooser).setFiles(file);
+  const name = path.basename(file);
+  await until(`the picked ${name}`, (s) => (s.tab === "Setup" && s.train?.data_dir?.endsWith(name) ? s : null));
+  const start = Date.now();
+  await send({ ...TRAIN, dataset: "image-folder", steps, eval_every: steps });
+  const trained = await until(`the training on ${name}`, (s) => (s.train?.state === "Finished" ? s : null));
+  return {
+    archive: name,
+    images: trained.train.data_images,
+    load_s: trained.train.data_load_s,
+    steps,
+    wall_s: (Date.now() - start) / 1000,
+    evals: trained.train.evals,
+  };
+}
+
 // Without WebGPU the page must say so and still work, on Burn's CPU backend in wasm. (Chromium
 // on Linux has WebGPU only with --enable-unsafe-webgpu; the fallback browser is started without
 // it and without the SwiftShader adapter, and with WebGPU disabled outright.)
@@ -181,11 +253,26 @@ async function fallback(url, summary) {
     );
     const last = trained.train.evals.at(-1);
     if (!last || !(last.clean_acc > 0.3)) fail(`CPU training on the picked files: ${JSON.stringify(trained.train.evals)}`);
+
+    // Real images: a small image folder cut from the shared CIFAR-10 archive, as a .tar.gz.
+    if (!existsSync(cifarArchive)) fail(`no CIFAR-10 image folder at ${cifarArchive} (set CIFAR_ARCHIVE)`);
+    const subset = imageFolderSubset(cifarArchive, 20, 10);
+    const subsetFile = path.join(out, "cifar10-subset.tar.gz");
+    await writeFile(subsetFile, subset.bytes);
+    const cifar = await trainOnImageFolder(session, subsetFile, 4);
+    if (subset.files !== 300 || cifar.images !== subset.files)
+      fail(`the picked image folder: ${subset.files} files cut, the app read ${cifar.images} images`);
+    if (!(cifar.load_s >= 0) || cifar.evals.at(-1)?.step !== 4) fail(`training on the picked image folder: ${JSON.stringify(cifar)}`);
+    const cifarWhole = cifarFull ? await trainOnImageFolder(session, cifarArchive, 1) : null;
+    if (cifarWhole && cifarWhole.images !== 60000) fail(`the whole CIFAR-10 archive: ${JSON.stringify(cifarWhole)}`);
+
     summary.no_webgpu = {
       first_frame_ms: first.first_frame_ms,
       compute: first.compute,
       attack: attacked,
       picked_dataset: { files: files.length, steps, wall_s: (Date.now() - trainStart) / 1000, evals: trained.train.evals },
+      picked_image_folder: cifar,
+      ...(cifarWhole ? { cifar10_whole_archive: cifarWhole } : {}),
     };
   } finally {
     await browser.close();

@@ -264,11 +264,13 @@ impl LabApp {
                 total_steps,
                 step,
                 history,
+                data,
                 ..
             } => {
                 self.train.reset(total_steps);
                 self.train.step = step;
                 self.train.evals = history;
+                self.train.data = Some(data);
             }
             Event::Progress {
                 step,
@@ -558,6 +560,8 @@ impl LabApp {
                 })).collect::<Vec<_>>(),
                 "saved_to": self.train.saved_to,
                 "data_dir": self.setup.config.data.data_dir,
+                "data_images": self.train.data.map(|d| d.images),
+                "data_load_s": self.train.data.map(|d| d.secs),
             },
             "attack": attack,
             "error": self.error,

@@ -101,6 +101,8 @@ pub enum Event {
         history: Vec<EvalReport>,
         /// Names of the loss terms (the first is the training loss).
         loss_terms: Vec<&'static str>,
+        /// How its dataset loaded.
+        data: DataLoad,
     },
     /// Steps were taken.
     Progress {
@@ -128,6 +130,16 @@ pub enum Event {
     Trained(Box<TrainedModel>),
     /// Something failed; the message is for the user.
     Error(String),
+}
+
+/// How a run's dataset loaded: its images (train and test) and the time reading and decoding
+/// them took (on the web, in the page's one thread).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DataLoad {
+    /// Train and test images.
+    pub images: usize,
+    /// Seconds to read and decode them.
+    pub secs: f64,
 }
 
 /// Steps per chunk between looks at the command queue.
@@ -342,12 +354,13 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                         _ => continue,
                     };
                     match built {
-                        Ok(new_run) => {
+                        Ok((new_run, data)) => {
                             let started = Event::Started {
                                 total_steps: new_run.progress().total_steps,
                                 step: new_run.progress().step,
                                 history: new_run.history().to_vec(),
                                 loss_terms: new_run.loss_terms().to_vec(),
+                                data,
                             };
                             let state = new_run.state();
                             if !send(started) || !send(Event::State(state)) {
@@ -410,19 +423,31 @@ fn trained(run: &Run) -> TrainedModel {
     }
 }
 
-fn build_run(mut config: RunConfig, device: &Device) -> Result<Run, String> {
-    let data = advmoe_data::load(&config.data).map_err(|e| format!("dataset: {e}"))?;
+/// Read and decode the dataset, timed.
+fn load_data(spec: &advmoe_core::DatasetSpec) -> Result<(advmoe_data::Dataset, DataLoad), String> {
+    let start = Instant::now();
+    let data = advmoe_data::load(spec).map_err(|e| format!("dataset: {e}"))?;
+    let load = DataLoad {
+        images: data.train.len() + data.test.len(),
+        secs: start.elapsed().as_secs_f64(),
+    };
+    Ok((data, load))
+}
+
+fn build_run(mut config: RunConfig, device: &Device) -> Result<(Run, DataLoad), String> {
+    let (data, load) = load_data(&config.data)?;
     config.fit_to(&data);
     config
         .validate()
         .map_err(|e| format!("invalid setup: {e}"))?;
-    Run::new(config, Arc::new(data), device).map_err(|e| format!("{e:#}"))
+    let run = Run::new(config, Arc::new(data), device).map_err(|e| format!("{e:#}"))?;
+    Ok((run, load))
 }
 
 /// Reads a checkpoint's file by name.
 type ReadFile<'a> = dyn Fn(&str) -> Result<Vec<u8>, EngineError> + 'a;
 
-fn load_run(source: &CheckpointSource, device: &Device) -> Result<Run, String> {
+fn load_run(source: &CheckpointSource, device: &Device) -> Result<(Run, DataLoad), String> {
     let (origin, read): (PathBuf, Box<ReadFile<'_>>) = match source {
         CheckpointSource::Folder(dir) => (dir.clone(), Box::new(advmoe_engine::run::read_in(dir))),
         CheckpointSource::Files(files) => (
@@ -446,11 +471,11 @@ fn load_run(source: &CheckpointSource, device: &Device) -> Result<Run, String> {
             origin.join("config.json").display()
         )
     })?;
-    let data = advmoe_data::load(&config.data).map_err(|e| format!("dataset: {e}"))?;
+    let (data, load) = load_data(&config.data)?;
     let mut run = Run::resume_from_files(&*read, &origin, Arc::new(data), device)
         .map_err(|e| format!("loading the checkpoint in {}: {e:#}", origin.display()))?;
     run.pause();
-    Ok(run)
+    Ok((run, load))
 }
 
 /// Save `run` to `target`; returns where, in words.

@@ -7,6 +7,7 @@ use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::views::series;
+use crate::worker::DataLoad;
 
 /// What the train view shows, filled from the worker's events.
 #[derive(Debug, Default, Clone)]
@@ -31,6 +32,8 @@ pub struct TrainState {
     pub saved_to: Option<String>,
     /// Steps were taken since the last checkpoint was saved.
     pub unsaved: bool,
+    /// How the current run's dataset loaded.
+    pub data: Option<DataLoad>,
 }
 
 impl TrainState {
@@ -125,6 +128,12 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
         "step {} / {} · {:.2} steps/s{eta}",
         state.step, state.total_steps, state.steps_per_sec
     )));
+    if let Some(data) = state.data {
+        ui.label(format!(
+            "Dataset: {} images, read and decoded in {:.2} s",
+            data.images, data.secs
+        ));
+    }
     if let Some(last) = state.evals.last() {
         ui.label(format!(
             "Clean accuracy: {:.1}% (step {}, {} test images)",
