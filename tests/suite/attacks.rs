@@ -8,13 +8,13 @@ use advmoe_engine::attack::{
     Evaluation, LogitObjective, Objective, RouterObjective, Start, apgd_checkpoints, attack,
     run_attack,
 };
-use advmoe_engine::robust::{RobustOptions, count_correct, evaluate_robust};
+use advmoe_engine::robust::{NamedAttack, RobustOptions, count_correct, evaluate_robust};
 use advmoe_engine::tensors::to_device;
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
 
 use crate::common::Wait as _;
-use crate::common::{cpu, gpu, max_abs_diff, read, synthetic, tensor4, trained};
+use crate::common::{cpu, gpu, max_abs_diff, read, read2, synthetic, tensor4, trained};
 
 /// `value = -w·x` per image: the L∞ worst case is `x - ε·sign(w)`, the L2 one `x - ε·w/‖w‖`.
 struct Linear {
@@ -220,6 +220,106 @@ fn robust_acc(model: &MoeNet, n: usize, spec: &AttackSpec) -> f64 {
     let adv = attack(&objective, batch.images.clone(), spec, &mut rng);
     let logits = model.forward(adv, Mode::Eval).logits;
     count_correct(logits, &host.labels).wait().unwrap() as f64 / n as f64
+}
+
+/// The DLR objective against its definition computed on the host from the model's logits, its
+/// ranked targets, and the worst-case robust accuracy over PGD-10 and AutoAttack's pair on the
+/// trained model at a radius where not every attack reaches zero.
+#[test]
+fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
+    let trained = trained(RouterKind::Image);
+    let model = &trained.model;
+    let device = cpu().autodiff();
+    let data = synthetic(4000, 500);
+    let n = 8;
+    let host = data.test.batch(0, n);
+    let batch = to_device(&host, 10, &device);
+    let logits = read2(model.forward(batch.images.clone(), Mode::Eval).logits);
+    let row = |i: usize| &logits[i * 10..(i + 1) * 10];
+    // The class with the k-th highest logit among those other than the label (ties: lower first).
+    let ranked = |i: usize, k: usize| {
+        let y = usize::from(host.labels[i]);
+        let mut others: Vec<usize> = (0..10).filter(|&c| c != y).collect();
+        others.sort_by(|&a, &b| row(i)[b].total_cmp(&row(i)[a]).then(a.cmp(&b)));
+        others[k - 1]
+    };
+    for targeted in [
+        None,
+        Some(TargetClass::Ranked(1)),
+        Some(TargetClass::Ranked(3)),
+    ] {
+        let s = AttackSpec {
+            loss: AttackLoss::Dlr,
+            targeted,
+            ..AttackSpec::paper_eval()
+        };
+        let objective =
+            LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), &s);
+        let value = read2(
+            objective
+                .evaluate(batch.images.clone())
+                .value
+                .unsqueeze_dim(1),
+        );
+        for (i, &got) in value.iter().enumerate() {
+            let z = row(i);
+            let y = usize::from(host.labels[i]);
+            let mut sorted = z.to_vec();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let expected = match targeted {
+                None => {
+                    let other = (0..10)
+                        .filter(|&c| c != y)
+                        .map(|c| z[c])
+                        .fold(f32::MIN, f32::max);
+                    -(z[y] - other) / (sorted[0] - sorted[2] + 1e-12)
+                }
+                Some(TargetClass::Ranked(k)) => {
+                    let t = ranked(i, k);
+                    -(z[y] - z[t]) / (sorted[0] - 0.5 * (sorted[2] + sorted[3]) + 1e-12)
+                }
+                Some(other) => unreachable!("{other}"),
+            };
+            assert!(
+                (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()),
+                "image {i}, {targeted:?}: DLR {got} but {expected} by its definition"
+            );
+        }
+    }
+
+    let eps = 2.0 / 255.0;
+    let report = evaluate_robust(
+        model,
+        &data.test,
+        &RobustOptions {
+            attack: AttackSpec {
+                eps,
+                step_size: eps / 4.0,
+                ..AttackSpec::paper_eval()
+            },
+            limit: 40,
+            batch_size: 40,
+            worst_case: NamedAttack::auto_attack(eps, 10, 2),
+            ..RobustOptions::default()
+        },
+        &device,
+        &mut |_, _| {},
+    )
+    .wait()
+    .unwrap();
+    let worst = report.worst_case.expect("worst case asked for");
+    println!("at 2/255: {worst:?}");
+    let names: Vec<&str> = worst.each.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["PGD-10", "APGD-CE-10", "APGD-T-10 (2 targets)"]);
+    assert_eq!(worst.each[0].1, report.robust_acc);
+    for (name, acc) in &worst.each {
+        assert!(
+            worst.robust_acc <= *acc,
+            "worst case {} above {name} {acc}",
+            worst.robust_acc
+        );
+    }
+    assert!(worst.robust_acc < report.clean_acc, "{worst:?}");
 }
 
 #[test]

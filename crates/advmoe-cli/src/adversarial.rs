@@ -10,7 +10,7 @@ use advmoe_core::{
 };
 use advmoe_engine::compare::{CompareEvent, compare_entries, markdown_table, run_comparison};
 use advmoe_engine::eval::{EvalOptions, evaluate};
-use advmoe_engine::robust::{RobustOptions, RobustReport, evaluate_robust};
+use advmoe_engine::robust::{NamedAttack, RobustOptions, RobustReport, evaluate_robust};
 use advmoe_engine::run::load_model_path;
 use advmoe_engine::tensors::to_device;
 use advmoe_engine::{DeviceChoice, RunConfig, attack_image, block_on, make_device};
@@ -92,6 +92,42 @@ impl AttackFlags {
     }
 }
 
+/// The worst-case evaluation, shared by `eval` and `compare`.
+#[derive(Args, Clone)]
+pub(crate) struct WorstCaseFlags {
+    /// Also run AutoAttack's white-box pair at --eps (APGD-CE, and targeted APGD-DLR against
+    /// each of the 9 classes the clean image ranks highest after its label) and report the
+    /// per-image worst case over them and --attack as the robust accuracy.
+    #[arg(long, requires = "attack")]
+    worst_case: bool,
+    /// Iterations of each worst-case attack.
+    #[arg(long, default_value_t = 100)]
+    worst_case_steps: usize,
+}
+
+impl WorstCaseFlags {
+    /// The further attacks asked for, beside `kind` at `eps` on a model of `classes` classes.
+    fn attacks(
+        &self,
+        kind: AttackKind,
+        eps: f32,
+        classes: usize,
+    ) -> anyhow::Result<Vec<NamedAttack>> {
+        if !self.worst_case {
+            return Ok(Vec::new());
+        }
+        if kind.is_l2() {
+            bail!("--worst-case attacks in the L∞ ball; --attack pgd-l2 measures L2");
+        }
+        let targets = classes.saturating_sub(1).min(9);
+        Ok(NamedAttack::auto_attack(
+            eps,
+            self.worst_case_steps,
+            targets,
+        ))
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct EvalArgs {
     /// Folder written by `advmoe train`, or a model pair the web app downloaded (either of
@@ -122,6 +158,8 @@ pub(crate) struct EvalArgs {
     /// Seed of the attacks' random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    worst: WorstCaseFlags,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -199,6 +237,9 @@ pub(crate) fn eval(args: EvalArgs) -> anyhow::Result<()> {
                 batch_size: args.batch_size.unwrap_or(100),
                 limit: args.limit,
                 seed: args.seed,
+                worst_case: args
+                    .worst
+                    .attacks(kind, args.flags.eps, config.model.num_classes)?,
                 ..args.flags.robust_options(kind)?
             };
             let bar = progress_bar(result.images, "images attacked");
@@ -270,6 +311,17 @@ fn print_robust(r: &RobustReport) {
             .map_or(String::new(), |t| format!(" targeted={t}"))
     );
     println!("  robust accuracy     {:.2}%", 100.0 * r.robust_acc);
+    if let Some(w) = &r.worst_case {
+        let names: Vec<&str> = w.each.iter().map(|(name, _)| name.as_str()).collect();
+        println!(
+            "  worst case (RA)     {:.2}%  (per image, over {})",
+            100.0 * w.robust_acc,
+            names.join(", ")
+        );
+        for (name, acc) in &w.each {
+            println!("    {name:<28} {:.2}%", 100.0 * acc);
+        }
+    }
     println!("  route flips (full)  {}", pct(r.route_flip_rate));
     println!("  router robustness   {}", pct(r.router_robustness));
     println!("  expert robustness   {}", pct(r.expert_robustness));
@@ -458,6 +510,8 @@ pub(crate) struct CompareArgs {
     attack: AttackKind,
     #[command(flatten)]
     flags: AttackFlags,
+    #[command(flatten)]
+    worst: WorstCaseFlags,
     /// Test images evaluated per model (0: all).
     #[arg(long, default_value_t = 500)]
     eval_size: usize,
@@ -535,6 +589,9 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
         limit: args.eval_size,
         seed: args.seed,
         eps_sweep: args.eps_sweep.clone(),
+        worst_case: args
+            .worst
+            .attacks(args.attack, args.flags.eps, base.model.num_classes)?,
         ..args.flags.robust_options(args.attack)?
     };
     let mut entries = compare_entries(&base);
@@ -616,8 +673,11 @@ pub(crate) fn compare(args: CompareArgs) -> anyhow::Result<()> {
                 if let Err(e) = write_results(&done_rows) {
                     eprintln!("could not write the results so far: {e:#}");
                 }
+                let worst = row.report.worst_case.as_ref().map_or(String::new(), |w| {
+                    format!(" (worst case {:.1}%)", 100.0 * w.robust_acc)
+                });
                 eprintln!(
-                    "    SA {:.1}%  RA {:.1}%  router robustness {}  expert robustness {}  load {}  ({:.0} s training)",
+                    "    SA {:.1}%  RA {:.1}%{worst}  router robustness {}  expert robustness {}  load {}  ({:.0} s training)",
                     100.0 * row.report.clean_acc,
                     100.0 * row.report.robust_acc,
                     pct(row.report.router_robustness),

@@ -139,6 +139,10 @@ named_enum!(
         /// KL divergence from the clean prediction (TRADES); for the router target, from the
         /// clean routers' distributions.
         Kl => "kl",
+        /// Difference of logits ratio (Croce & Hein 2020), unchanged by shifting or scaling the
+        /// logits: `-(z_y - max_{i≠y} z_i) / (z_π1 - z_π3)`, targeted
+        /// `-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`, with `z_π1 ≥ z_π2 ≥ …` the sorted logits.
+        Dlr => "dlr",
     }
 );
 
@@ -332,6 +336,9 @@ pub enum TargetClass {
     Next,
     /// A fixed class for every image.
     Class(usize),
+    /// Per image, the class with the k-th highest clean logit among the classes other than the
+    /// label (k = 1: its strongest competitor), as APGD-T picks its targets.
+    Ranked(usize),
 }
 
 impl fmt::Display for TargetClass {
@@ -339,6 +346,7 @@ impl fmt::Display for TargetClass {
         match self {
             TargetClass::Next => f.write_str("next"),
             TargetClass::Class(c) => write!(f, "{c}"),
+            TargetClass::Ranked(k) => write!(f, "rank-{k}"),
         }
     }
 }
@@ -349,9 +357,15 @@ impl FromStr for TargetClass {
         if s == "next" {
             return Ok(TargetClass::Next);
         }
-        s.parse()
-            .map(TargetClass::Class)
-            .map_err(|_| format!("target class {s:?}: expected \"next\" or a class index"))
+        if let Some(k) = s.strip_prefix("rank-") {
+            return match k.parse() {
+                Ok(k) if k >= 1 => Ok(TargetClass::Ranked(k)),
+                _ => Err(format!("target class {s:?}: rank-K needs K >= 1")),
+            };
+        }
+        s.parse().map(TargetClass::Class).map_err(|_| {
+            format!("target class {s:?}: expected \"next\", \"rank-K\" or a class index")
+        })
     }
 }
 
@@ -452,10 +466,10 @@ impl AttackSpec {
             return Err(bad("restarts", format!("{} not in 1..=100", self.restarts)));
         }
         if self.target == AttackTarget::Router {
-            if self.loss == AttackLoss::Cw {
+            if matches!(self.loss, AttackLoss::Cw | AttackLoss::Dlr) {
                 return Err(bad(
                     "attack loss",
-                    "the router target takes kl or ce, not cw",
+                    format!("the router target takes kl or ce, not {}", self.loss),
                 ));
             }
             if self.targeted.is_some() {
@@ -463,7 +477,13 @@ impl AttackSpec {
             }
         }
         if self.targeted.is_some() && self.loss == AttackLoss::Kl {
-            return Err(bad("targeted", "a targeted attack takes ce or cw, not kl"));
+            return Err(bad(
+                "targeted",
+                "a targeted attack takes ce, cw or dlr, not kl",
+            ));
+        }
+        if self.targeted == Some(TargetClass::Ranked(0)) {
+            return Err(bad("targeted", "rank-K needs K >= 1"));
         }
         Ok(())
     }
@@ -654,7 +674,21 @@ mod tests {
         a.validate().unwrap();
         assert_eq!("next".parse::<TargetClass>().unwrap(), TargetClass::Next);
         assert_eq!("3".parse::<TargetClass>().unwrap(), TargetClass::Class(3));
+        assert_eq!(
+            "rank-2".parse::<TargetClass>().unwrap(),
+            TargetClass::Ranked(2)
+        );
+        assert_eq!(TargetClass::Ranked(2).to_string(), "rank-2");
         assert!("x".parse::<TargetClass>().is_err());
+        assert!("rank-0".parse::<TargetClass>().is_err());
+        a.loss = AttackLoss::Dlr;
+        a.targeted = Some(TargetClass::Ranked(1));
+        a.validate().unwrap();
+        a.targeted = Some(TargetClass::Ranked(0));
+        assert_eq!(a.validate().unwrap_err().field, "targeted");
+        a.targeted = None;
+        a.target = AttackTarget::Router;
+        assert_eq!(a.validate().unwrap_err().field, "attack loss");
         // A training spec written before the adversarial methods existed still loads, with the
         // paper's defaults for the new fields.
         let old = r#"{"method":"pgd-at","optimizer":"sgd","lr":0.05,"momentum":0.9,

@@ -242,11 +242,16 @@ fn percent(v: Option<f64>) -> String {
 }
 
 /// The comparison as a markdown table.
+/// A column of worst-case RA is added when some row measured it.
 pub fn markdown_table(rows: &[CompareRow]) -> String {
-    let mut s = String::from(
+    let worst = rows.iter().any(|r| r.report.worst_case.is_some());
+    let mut s = String::from(if worst {
+        "| model | method | N | r | SA % | RA % | worst-case RA % | router rob. % | expert rob. % | route flips % | MMACs (+router) | train s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    } else {
         "| model | method | N | r | SA % | RA % | router rob. % | expert rob. % | route flips % | MMACs (+router) | train s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
-    );
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
+    });
     for r in rows {
         let macs = if r.macs_pathway_with_router != r.macs_pathway {
             format!(
@@ -257,8 +262,16 @@ pub fn markdown_table(rows: &[CompareRow]) -> String {
         } else {
             format!("{:.2}", r.macs_pathway as f64 / 1e6)
         };
+        let worst_cell = if worst {
+            format!(
+                " {} |",
+                percent(r.report.worst_case.as_ref().map(|w| w.robust_acc))
+            )
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} |{worst_cell} {} | {} | {} | {} | {:.0} |\n",
             r.name,
             r.method,
             r.experts,

@@ -11,8 +11,12 @@
 //!   routes frozen to the clean image's routes (the pathway's own robustness).
 //!
 //! Dense models have no routes: their router metrics are `None`.
+//!
+//! With further attacks ([`RobustOptions::worst_case`], e.g. [`NamedAttack::auto_attack`]) the
+//! report also gives the per-image worst case, RobustBench's convention: an image counts as
+//! robust only if every attack (the main one included) leaves it correctly classified.
 
-use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, Rng};
+use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget, Rng, TargetClass};
 use advmoe_data::ImageSet;
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
@@ -39,6 +43,9 @@ pub struct RobustOptions {
     pub limit: usize,
     /// Seed of the attacks' random starts.
     pub seed: u64,
+    /// Further attacks on the `full` target, run after all the others on each batch; the
+    /// report's [`WorstCase`] takes the per-image worst case over them and the main attack.
+    pub worst_case: Vec<NamedAttack>,
 }
 
 impl Default for RobustOptions {
@@ -50,8 +57,60 @@ impl Default for RobustOptions {
             batch_size: 100,
             limit: 0,
             seed: 0,
+            worst_case: Vec::new(),
         }
     }
+}
+
+/// An attack of the worst-case evaluation: its name and its runs (APGD-T makes one per target
+/// class); an image resists it if it resists every run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedAttack {
+    /// Name, with its steps (e.g. `APGD-CE-100`).
+    pub name: String,
+    /// The runs, each aimed at the `full` target.
+    pub runs: Vec<AttackSpec>,
+}
+
+impl NamedAttack {
+    /// AutoAttack's two white-box attacks (Croce & Hein 2020; RobustBench's standard set without
+    /// the black-box Square attack), in the L∞ ball of radius `eps`: APGD on the cross-entropy,
+    /// and targeted APGD on the DLR loss against each of the `targets` classes the clean image
+    /// ranks highest after its label; `steps` iterations each, one restart.
+    pub fn auto_attack(eps: f32, steps: usize, targets: usize) -> Vec<NamedAttack> {
+        let apgd = |loss, targeted| AttackSpec {
+            kind: AttackKind::Apgd,
+            eps,
+            steps,
+            step_size: 0.0,
+            random_start: false,
+            restarts: 1,
+            loss,
+            target: AttackTarget::Full,
+            targeted,
+        };
+        vec![
+            NamedAttack {
+                name: format!("APGD-CE-{steps}"),
+                runs: vec![apgd(AttackLoss::Ce, None)],
+            },
+            NamedAttack {
+                name: format!("APGD-T-{steps} ({targets} targets)"),
+                runs: (1..=targets)
+                    .map(|k| apgd(AttackLoss::Dlr, Some(TargetClass::Ranked(k))))
+                    .collect(),
+            },
+        ]
+    }
+}
+
+/// The per-image worst case over the main attack and the further ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorstCase {
+    /// Accuracy counting an image as robust only if every attack left it correct.
+    pub robust_acc: f64,
+    /// Each attack's own accuracy, `(name, accuracy)`, the main attack first.
+    pub each: Vec<(String, f64)>,
 }
 
 /// One point of the ε-curves.
@@ -88,6 +147,9 @@ pub struct RobustReport {
     pub class_expert: Vec<Vec<Vec<usize>>>,
     /// ε-curves.
     pub sweep: Vec<SweepPoint>,
+    /// The per-image worst case, when [`RobustOptions::worst_case`] named further attacks.
+    #[serde(default)]
+    pub worst_case: Option<WorstCase>,
     /// The attack measured.
     pub attack: AttackSpec,
     /// Wall-clock seconds of the whole evaluation.
@@ -145,6 +207,9 @@ pub async fn evaluate_robust(
     let (mut clean, mut full, mut router, mut expert) =
         (0usize, Tally::default(), Tally::default(), Tally::default());
     let mut sweep_full = vec![Tally::default(); options.eps_sweep.len()];
+    // Per further attack, images it left correct; images every attack left correct.
+    let mut resisted = vec![0usize; options.worst_case.len()];
+    let mut resisted_all = 0usize;
     let mut sweep_router = vec![Tally::default(); options.eps_sweep.len()];
     let mut start = 0;
     while start < total {
@@ -169,16 +234,19 @@ pub async fn evaluate_robust(
             }
         }
 
-        let full_at = async |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
+        // The tally of one `full` attack at `eps`, and which images it left correct.
+        let full_at = async |eps: f32, rng: &mut Rng| -> Result<(Tally, Vec<bool>), EvalError> {
             let s = spec(AttackTarget::Full, eps, options.attack.loss);
             let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
             let adv = attack(&objective, images.clone(), &s, rng);
             let out = model.forward(adv, Mode::Eval);
             let routes = check_routes(&out.routes).await?;
-            Ok(Tally {
-                correct: count_correct(out.logits, &host.labels).await?,
+            let correct = correct_each(out.logits, &host.labels).await?;
+            let tally = Tally {
+                correct: correct.iter().filter(|c| **c).count(),
                 ..compare_routes(&clean_routes, &routes)
-            })
+            };
+            Ok((tally, correct))
         };
         let router_at = async |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
             let s = spec(AttackTarget::Router, eps, options.router_loss);
@@ -192,7 +260,8 @@ pub async fn evaluate_robust(
             Ok(compare_routes(&clean_routes, &routes))
         };
 
-        full.add(full_at(options.attack.eps, &mut rng).await?);
+        let (main, mut robust_here) = full_at(options.attack.eps, &mut rng).await?;
+        full.add(main);
         if moe {
             router.add(router_at(options.attack.eps, &mut rng).await?);
             let s = spec(
@@ -207,11 +276,34 @@ pub async fn evaluate_robust(
             expert.correct += count_correct(logits, &host.labels).await?;
         }
         for (i, &eps) in options.eps_sweep.iter().enumerate() {
-            sweep_full[i].add(full_at(eps, &mut rng).await?);
+            sweep_full[i].add(full_at(eps, &mut rng).await?.0);
             if moe {
                 sweep_router[i].add(router_at(eps, &mut rng).await?);
             }
         }
+        // The further attacks come last, so the measurements above draw the same random
+        // starts with or without them.
+        for (named, resisted) in options.worst_case.iter().zip(&mut resisted) {
+            let mut kept = vec![true; host.labels.len()];
+            for run in &named.runs {
+                let s = AttackSpec {
+                    target: AttackTarget::Full,
+                    ..run.clone()
+                };
+                let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
+                let adv = attack(&objective, images.clone(), &s, &mut rng);
+                let logits = model.forward(adv, Mode::Eval).logits;
+                let correct = correct_each(logits, &host.labels).await?;
+                for (k, c) in kept.iter_mut().zip(correct) {
+                    *k &= c;
+                }
+            }
+            *resisted += kept.iter().filter(|k| **k).count();
+            for (r, k) in robust_here.iter_mut().zip(kept) {
+                *r &= k;
+            }
+        }
+        resisted_all += robust_here.iter().filter(|r| **r).count();
         start = end;
         progress(start, total);
     }
@@ -240,8 +332,38 @@ pub async fn evaluate_robust(
             })
             .collect(),
         attack: options.attack.clone(),
+        worst_case: (!options.worst_case.is_empty()).then(|| WorstCase {
+            robust_acc: fraction(resisted_all, total),
+            each: std::iter::once((attack_name(&options.attack), fraction(full.correct, total)))
+                .chain(
+                    options
+                        .worst_case
+                        .iter()
+                        .zip(&resisted)
+                        .map(|(a, &r)| (a.name.clone(), fraction(r, total))),
+                )
+                .collect(),
+        }),
         secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A short name of an attack, with its steps: `PGD-10`, `APGD-DLR-100`, `FGSM`.
+pub fn attack_name(spec: &AttackSpec) -> String {
+    let kind = match spec.kind {
+        AttackKind::Fgsm => return "FGSM".into(),
+        AttackKind::Pgd => "PGD",
+        AttackKind::PgdL2 => "PGD-L2",
+        AttackKind::Apgd => "APGD",
+    };
+    let loss = match spec.loss {
+        AttackLoss::Ce => String::new(),
+        other => format!("-{}", other.as_str().to_uppercase()),
+    };
+    let targeted = spec
+        .targeted
+        .map_or(String::new(), |t| format!(" targeted {t}"));
+    format!("{kind}{loss}-{}{targeted}", spec.steps)
 }
 
 /// Routes equal between `clean` and `other`, over every (image, layer).
@@ -256,11 +378,20 @@ fn compare_routes(clean: &[Vec<usize>], other: &[Vec<usize>]) -> Tally {
 
 /// Correct predictions of `logits` `[batch, classes]` against `labels`.
 pub async fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, EvalError> {
+    Ok(correct_each(logits, labels)
+        .await?
+        .iter()
+        .filter(|c| **c)
+        .count())
+}
+
+/// Per image, whether `logits` `[batch, classes]` predict its label.
+async fn correct_each(logits: Tensor<2>, labels: &[u16]) -> Result<Vec<bool>, EvalError> {
     let [b, _] = logits.dims();
     Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")
         .await?
         .iter()
         .zip(labels)
-        .filter(|(p, l)| **p == i64::from(**l))
-        .count())
+        .map(|(p, l)| *p == i64::from(*l))
+        .collect())
 }

@@ -41,6 +41,8 @@ pub struct LogitObjective<'a> {
     /// `[batch, classes]` one-hot of the class the value is computed against: the label, or the
     /// target class of a targeted attack.
     aim: Tensor<2>,
+    /// `[batch, classes]` one-hot of the label (`dlr` needs it beside a target).
+    label_hot: Tensor<2>,
     targeted: bool,
     /// Clean log-probabilities (for `kl`).
     clean_log_probs: Option<Tensor<2>>,
@@ -57,7 +59,9 @@ impl<'a> LogitObjective<'a> {
         target: AttackTarget,
         targeted: Option<TargetClass>,
     ) -> Self {
-        let needs_clean = loss == AttackLoss::Kl || target == AttackTarget::Expert;
+        let needs_clean = loss == AttackLoss::Kl
+            || target == AttackTarget::Expert
+            || matches!(targeted, Some(TargetClass::Ranked(_)));
         let clean = needs_clean.then(|| model.forward(images.detach(), Mode::Eval));
         Self::build(model, clean.as_ref(), labels, loss, target, targeted)
     }
@@ -105,12 +109,29 @@ impl<'a> LogitObjective<'a> {
                 .add_scalar(1)
                 .remainder_scalar(classes as i64),
             Some(TargetClass::Class(c)) => labels.zeros_like().add_scalar(c as i64),
+            Some(TargetClass::Ranked(k)) => {
+                let logits = clean
+                    .expect("ranked targets are built with the clean output")
+                    .logits
+                    .clone()
+                    .detach();
+                let others = logits.mask_fill(
+                    advmoe_model::one_hot_rows(labels.clone(), classes).equal_elem(1.0),
+                    f32::NEG_INFINITY,
+                );
+                let ranked = top_logits(others, k.clamp(1, classes.saturating_sub(1).max(1)));
+                ranked
+                    .last()
+                    .map(|(_, class)| class.clone())
+                    .unwrap_or_else(|| labels.clone())
+            }
         };
         Self {
             model,
             routing,
             loss,
             aim: advmoe_model::one_hot_rows(aim_index, classes),
+            label_hot: advmoe_model::one_hot_rows(labels.clone(), classes),
             labels,
             targeted: targeted.is_some(),
             clean_log_probs,
@@ -166,6 +187,29 @@ impl Objective for LogitObjective<'_> {
                     .expect("kl objectives keep the clean log-probabilities");
                 kl_each_from_log(clean, log_softmax(logits.clone(), 1))
             }
+            AttackLoss::Dlr => {
+                let top: Vec<Tensor<1>> = top_logits(logits.clone(), 4)
+                    .into_iter()
+                    .map(|(value, _)| value)
+                    .collect();
+                // With fewer than 4 classes the smallest logit stands in for the missing ranks.
+                let rank = |i: usize| top[i.min(top.len() - 1)].clone();
+                let label = (logits.clone() * self.label_hot.clone())
+                    .sum_dim(1)
+                    .reshape([b]);
+                let (margin, scale) = if self.targeted {
+                    let aimed = (logits.clone() * self.aim.clone()).sum_dim(1).reshape([b]);
+                    (label - aimed, rank(0) - (rank(2) + rank(3)).mul_scalar(0.5))
+                } else {
+                    let other = logits
+                        .clone()
+                        .mask_fill(self.label_hot.clone().equal_elem(1.0), f32::NEG_INFINITY)
+                        .max_dim(1)
+                        .reshape([b]);
+                    (label - other, rank(0) - rank(2))
+                };
+                margin.neg() / scale.add_scalar(1e-12)
+            }
         };
         let predicted = logits.detach().argmax(1).reshape([b]);
         let success = if self.targeted {
@@ -176,6 +220,26 @@ impl Objective for LogitObjective<'_> {
         };
         Evaluation { value, success }
     }
+}
+
+/// The `count` largest entries of each row of `logits` `[batch, classes]` (at most `classes`), in
+/// descending order, each as its values `[batch]` and its classes `[batch]`. Found by repeated
+/// argmax and masking rather than a sort, which some backends only do after a readback; the
+/// values keep their gradient. Ties go to the lower class first.
+pub fn top_logits(logits: Tensor<2>, count: usize) -> Vec<(Tensor<1>, Tensor<1, Int>)> {
+    let [b, classes] = logits.dims();
+    let mut rest = logits;
+    let mut top = Vec::with_capacity(count.min(classes));
+    for i in 0..count.min(classes) {
+        let class: Tensor<1, Int> = rest.clone().detach().argmax(1).reshape([b]);
+        // The row's maximum (not the product with the one-hot: masked entries are -inf).
+        top.push((rest.clone().max_dim(1).reshape([b]), class.clone()));
+        if i + 1 < count.min(classes) {
+            let hot = advmoe_model::one_hot_rows(class, classes);
+            rest = rest.mask_fill(hot.equal_elem(1.0), f32::NEG_INFINITY);
+        }
+    }
+    top
 }
 
 /// The `router` target: maximise the change of every distinct routing decision (the image
