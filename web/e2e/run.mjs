@@ -201,7 +201,11 @@ async function trainOnImageFolder({ page, send, until }, file, steps) {
   await until(`the picked ${name}`, (s) => (s.tab === "Setup" && s.train?.data_dir?.endsWith(name) ? s : null));
   const start = Date.now();
   await send({ ...TRAIN, dataset: "image-folder", steps, eval_every: steps });
-  const trained = await until(`the training on ${name}`, (s) => (s.train?.state === "Finished" ? s : null));
+  // The previous run stays "Finished" in the status until this one starts: wait for this one's
+  // own step count and the data it read.
+  const trained = await until(`the training on ${name}`, (s) =>
+    s.train?.state === "Finished" && s.train.total_steps === steps && s.train.data_images != null ? s : null
+  );
   return {
     archive: name,
     images: trained.train.data_images,
@@ -263,7 +267,7 @@ async function fallback(url, summary) {
     if (subset.files !== 300 || cifar.images !== subset.files)
       fail(`the picked image folder: ${subset.files} files cut, the app read ${cifar.images} images`);
     if (!(cifar.load_s >= 0) || cifar.evals.at(-1)?.step !== 4) fail(`training on the picked image folder: ${JSON.stringify(cifar)}`);
-    const cifarWhole = cifarFull ? await trainOnImageFolder(session, cifarArchive, 1) : null;
+    const cifarWhole = cifarFull ? await trainOnImageFolder(session, cifarArchive, 2) : null;
     if (cifarWhole && cifarWhole.images !== 60000) fail(`the whole CIFAR-10 archive: ${JSON.stringify(cifarWhole)}`);
 
     summary.no_webgpu = {
