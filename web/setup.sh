@@ -17,8 +17,8 @@ if [ "$have" != "$want" ]; then
 fi
 
 # binaryen 132 from npm (a JavaScript/wasm build, so it runs wherever Node.js does); build.sh runs
-# it from web/tools/node_modules/.bin.
-if ! web/tools/node_modules/.bin/wasm-opt --version 2>/dev/null | grep -q '(version_132)'; then
+# it from web/tools/node_modules/.bin, unless WEB_WASM_OPT=0.
+if [ "${WEB_WASM_OPT:-1}" != 0 ] && ! web/tools/node_modules/.bin/wasm-opt --version 2>/dev/null | grep -q '(version_132)'; then
   if ! command -v npm >/dev/null; then
     echo "web/setup.sh: the web build needs Node.js and npm to install binaryen's wasm-opt (Debian: apt-get install nodejs npm)" >&2
     exit 1
