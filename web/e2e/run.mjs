@@ -61,6 +61,15 @@ function fail(message) {
   throw new Error(message);
 }
 
+// Seconds since the test started, at each of its phases: printed as it goes (CI's log shows where
+// the time went, even when a later phase fails) and kept in the summary.
+const testStart = Date.now();
+const phases = {};
+function phase(name) {
+  phases[name] = (Date.now() - testStart) / 1000;
+  console.log(`web e2e: ${name} (${phases[name].toFixed(1)} s)`);
+}
+
 const FLAGS = [
   "--no-sandbox",
   "--enable-unsafe-webgpu",
@@ -238,6 +247,7 @@ async function fallback(url, summary) {
       if (a.clean.prediction !== a.adversarial.prediction) attacked = a;
     }
     if (!attacked) fail("on the CPU fallback no attack changed a prediction of the MoE-AT demo");
+    phase("no WebGPU: first frame, demo models, attacks");
 
     const dir = path.join(out, "mnist-format");
     await mkdir(dir, { recursive: true });
@@ -257,6 +267,7 @@ async function fallback(url, summary) {
     );
     const last = trained.train.evals.at(-1);
     if (!last || !(last.clean_acc > 0.3)) fail(`CPU training on the picked files: ${JSON.stringify(trained.train.evals)}`);
+    phase(`no WebGPU: trained ${steps} steps on picked MNIST-format files`);
 
     // Real images: a small image folder cut from the shared CIFAR-10 archive, as a .tar.gz.
     if (!existsSync(cifarArchive)) fail(`no CIFAR-10 image folder at ${cifarArchive} (set CIFAR_ARCHIVE)`);
@@ -267,6 +278,7 @@ async function fallback(url, summary) {
     if (subset.files !== 300 || cifar.images !== subset.files)
       fail(`the picked image folder: ${subset.files} files cut, the app read ${cifar.images} images`);
     if (!(cifar.load_s >= 0) || cifar.evals.at(-1)?.step !== 4) fail(`training on the picked image folder: ${JSON.stringify(cifar)}`);
+    phase("no WebGPU: trained on a picked CIFAR-10 image folder");
     const cifarWhole = cifarFull ? await trainOnImageFolder(session, cifarArchive, 2) : null;
     if (cifarWhole && cifarWhole.images !== 60000) fail(`the whole CIFAR-10 archive: ${JSON.stringify(cifarWhole)}`);
 
@@ -300,6 +312,7 @@ async function main() {
     summary.compute = first.compute;
     if (!first.on_gpu) fail(`the app fell back to the CPU: ${first.fallback_reason}`);
     await until("the bundled demo models", (s) => s.models?.length >= 3);
+    phase("WebGPU: first frame and demo models");
 
     // Train, sampling the throughput the app reports after each chunk of steps.
     await send(TRAIN);
@@ -316,6 +329,7 @@ async function main() {
     const last = trained.train.evals.at(-1);
     if (!last || last.step !== TRAIN.steps) fail(`no evaluation at the last step: ${JSON.stringify(trained.train.evals)}`);
     if (!(last.clean_acc > 0.2)) fail(`clean accuracy ${last.clean_acc} is not above chance (0.1) by a margin`);
+    phase(`WebGPU: trained ${TRAIN.steps} steps`);
 
     // Attack the trained model: the prediction must change on one of a few test images. (After
     // 80 steps of standard training its routers often send every image to one expert, so its
@@ -344,6 +358,7 @@ async function main() {
     }
     if (!attacked) fail(`no attack changed both the prediction and the routes: ${JSON.stringify(tried)}`);
     summary.attack = attacked;
+    phase(`WebGPU: ${tried.length} attacks`);
 
     // Save: the model pair downloads; the native CLI evaluates it.
     const downloads = [];
@@ -367,6 +382,7 @@ async function main() {
     const diff = Math.abs(native.clean_acc - last.clean_acc);
     if (diff > 1.5 / TRAIN.eval_size)
       fail(`the native CLI measures ${native.clean_acc} on the downloaded model, the browser ${last.clean_acc}`);
+    phase("WebGPU: saved, and evaluated natively");
 
     // Open a natively trained model through the file picker, then attack it.
     const count = (await status()).models.length;
@@ -386,9 +402,11 @@ async function main() {
     await page.screenshot({ path: summary.screenshot });
     if (problems.length) fail(problems.join("\n"));
     await browser.close();
+    phase("WebGPU: picked model attacked, screenshot");
 
     await fallback(url, summary);
     summary.total_s = (Date.now() - started) / 1000;
+    summary.phases_s = phases;
   } finally {
     await browser.close();
     server.close();
