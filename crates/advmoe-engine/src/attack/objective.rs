@@ -167,13 +167,7 @@ impl Objective for LogitObjective<'_> {
             }
             AttackLoss::Ce => cross_entropy_each(logits.clone(), self.aim.clone()),
             AttackLoss::Cw => {
-                let aim_mask = self.aim.clone().equal_elem(1.0);
-                let aimed = (logits.clone() * self.aim.clone()).sum_dim(1).reshape([b]);
-                let other = logits
-                    .clone()
-                    .mask_fill(aim_mask, f32::NEG_INFINITY)
-                    .max_dim(1)
-                    .reshape([b]);
+                let (aimed, other) = (picked(&logits, &self.aim), best_other(&logits, &self.aim));
                 if self.targeted {
                     aimed - other
                 } else {
@@ -194,18 +188,12 @@ impl Objective for LogitObjective<'_> {
                     .collect();
                 // With fewer than 4 classes the smallest logit stands in for the missing ranks.
                 let rank = |i: usize| top[i.min(top.len() - 1)].clone();
-                let label = (logits.clone() * self.label_hot.clone())
-                    .sum_dim(1)
-                    .reshape([b]);
+                let label = picked(&logits, &self.label_hot);
                 let (margin, scale) = if self.targeted {
-                    let aimed = (logits.clone() * self.aim.clone()).sum_dim(1).reshape([b]);
+                    let aimed = picked(&logits, &self.aim);
                     (label - aimed, rank(0) - (rank(2) + rank(3)).mul_scalar(0.5))
                 } else {
-                    let other = logits
-                        .clone()
-                        .mask_fill(self.label_hot.clone().equal_elem(1.0), f32::NEG_INFINITY)
-                        .max_dim(1)
-                        .reshape([b]);
+                    let other = best_other(&logits, &self.label_hot);
                     (label - other, rank(0) - rank(2))
                 };
                 margin.neg() / scale.add_scalar(1e-12)
@@ -220,6 +208,22 @@ impl Objective for LogitObjective<'_> {
         };
         Evaluation { value, success }
     }
+}
+
+/// Each row's logit at the class the one-hot `hot` `[batch, classes]` marks, `[batch]`.
+fn picked(logits: &Tensor<2>, hot: &Tensor<2>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    (logits.clone() * hot.clone()).sum_dim(1).reshape([b])
+}
+
+/// Each row's largest logit among the classes the one-hot `hot` does not mark, `[batch]`.
+fn best_other(logits: &Tensor<2>, hot: &Tensor<2>) -> Tensor<1> {
+    let [b, _] = logits.dims();
+    logits
+        .clone()
+        .mask_fill(hot.clone().equal_elem(1.0), f32::NEG_INFINITY)
+        .max_dim(1)
+        .reshape([b])
 }
 
 /// The `count` largest entries of each row of `logits` `[batch, classes]` (at most `classes`), in
