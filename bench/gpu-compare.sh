@@ -11,7 +11,10 @@
 #     AdvMoE step on this device, first-step shader compilation excluded;
 #  3. `advmoe compare --preset paper` with every model at the same number of steps, the largest
 #     that fits BUDGET seconds (at most STEPS), evaluated under PGD-EVAL_STEPS, router and expert
-#     attacks on the first EVAL_SIZE test images (class-interleaved: EVAL_SIZE/10 per class).
+#     attacks on the first EVAL_SIZE test images (class-interleaved: EVAL_SIZE/10 per class),
+#     and the headline robust accuracy as the per-image worst case over PGD and AutoAttack's
+#     white-box pair (APGD-CE and APGD-T on the DLR loss against 9 target classes) of
+#     WORST_STEPS iterations each (WORST_STEPS=0 leaves it out).
 # Resumable: models already finished in OUT with the same settings are not trained again, so a
 # cut call loses at most the model in progress; rerun with the same STEPS to finish (the chosen
 # step count is kept in OUT/steps).
@@ -28,6 +31,7 @@ WIDTH=${WIDTH:-32}             # base width b of the ResNet-10 (the reference's)
 EVAL_SIZE=${EVAL_SIZE:-2000}   # test images every model is evaluated on
 EVAL_STEPS=${EVAL_STEPS:-20}   # PGD steps of the evaluation attacks (step 2/255, ε 8/255)
 EVAL_EVERY=${EVAL_EVERY:-0}    # curve points: 0 picks 10 per run
+WORST_STEPS=${WORST_STEPS:-20} # iterations of each worst-case attack (0: no worst case)
 PROBE_SHORT=${PROBE_SHORT:-5}
 PROBE_LONG=${PROBE_LONG:-25}
 MODELS=${MODELS:-advmoe,moe-at,dense-same-cost-trades,moe-at-balanced,dense-full-trades}
@@ -54,14 +58,15 @@ else
   short=$(probe "$PROBE_SHORT")
   long=$(probe "$PROBE_LONG")
   rm -rf "$OUT/probe"
-  steps=$(python3 - "$short" "$long" "$BUDGET" "$STEPS" "$EVAL_SIZE" "$EVAL_STEPS" "$PROBE_SHORT" "$PROBE_LONG" <<'EOF'
+  steps=$(python3 - "$short" "$long" "$BUDGET" "$STEPS" "$EVAL_SIZE" "$EVAL_STEPS" "$PROBE_SHORT" "$PROBE_LONG" "$WORST_STEPS" <<'EOF'
 import sys
-short, long_, budget, cap, eval_size, eval_steps, n_short, n_long = map(float, sys.argv[1:])
+short, long_, budget, cap, eval_size, eval_steps, n_short, n_long, worst_steps = map(float, sys.argv[1:])
 per_step = max((long_ - short) / (n_long - n_short), 1e-4)
 # One AdvMoE step is two inner attacks of 2 steps and two training passes (about 10 forward and
 # backward passes of a batch of 128); the other four models take about 2.5 AdvMoE steps per step
-# together. Evaluation: three attacks (full, router, expert) of eval_steps on eval_size images.
-eval_equiv = 3 * eval_steps * (eval_size / 128) / 10
+# together. Evaluation: three attacks (full, router, expert) of eval_steps on eval_size images,
+# and the worst case's 1 + 9 attacks of worst_steps.
+eval_equiv = (3 * eval_steps + 10 * worst_steps) * (eval_size / 128) / 10
 train_budget = budget - 5 * eval_equiv * per_step - 30
 steps = int(min(cap, max(20, train_budget / (3.5 * per_step))))
 print(steps)
@@ -73,9 +78,12 @@ fi
 every=$EVAL_EVERY
 [ "$every" -gt 0 ] || every=$(( (steps + 9) / 10 ))
 
+worst_flags=()
+[ "$WORST_STEPS" -gt 0 ] && worst_flags=(--worst-case --worst-case-steps "$WORST_STEPS")
+
 say "compare: $steps steps per model, evaluation on $EVAL_SIZE test images"
 "$ADVMOE" compare --preset paper --data "$DATA" "${model_flags[@]}" \
   --train-steps "$steps" --eval-every "$every" --eval-size "$EVAL_SIZE" \
-  --attack pgd --steps "$EVAL_STEPS" --models "$MODELS" --seed 0 \
+  --attack pgd --steps "$EVAL_STEPS" "${worst_flags[@]}" --models "$MODELS" --seed 0 \
   --device "$DEVICE" --out "$OUT"
 say "done: $OUT/compare.md, $OUT/compare.json and one folder per model"
