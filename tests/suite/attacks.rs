@@ -6,7 +6,7 @@ use advmoe_core::{
 };
 use advmoe_engine::attack::{
     Evaluation, LogitObjective, Objective, RouterObjective, Start, apgd_checkpoints, attack,
-    run_attack,
+    run_attack, square_fraction, square_side,
 };
 use advmoe_engine::robust::{NamedAttack, RobustOptions, count_correct, evaluate_robust};
 use advmoe_engine::tensors::to_device;
@@ -96,6 +96,9 @@ fn attacks_find_the_known_worst_case_of_a_linear_model() {
             &l2,
             1e-5,
         ),
+        // Random search without a gradient: on 4×4 images its windows shrink to single pixels,
+        // and each pixel's 8 sign patterns are tried until the best one is kept.
+        (spec(AttackKind::Square, eps, 2000, 0.0, false), &linf, 1e-6),
     ];
     for (spec, expected, tol) in cases {
         let adv = attack(&objective, images.clone(), &spec, &mut rng);
@@ -110,6 +113,14 @@ fn attacks_find_the_known_worst_case_of_a_linear_model() {
     }
     // APGD's step-size checkpoints follow Croce & Hein: p = 0.22, 0.41, 0.57, ...
     assert_eq!(apgd_checkpoints(100), vec![22, 41, 57, 70, 80, 87, 93, 99]);
+    // Square's windows on CIFAR-10 over AutoAttack's 5,000 queries: 80% of the pixels first
+    // (29 × 29), the area halved after 0.1%, 0.5%, 2%, 5%, 10%, 20%, 40%, 60% and 80% of them.
+    let sides: Vec<usize> = [0, 5, 6, 25, 26, 100, 101, 4000, 4001, 4999]
+        .iter()
+        .map(|&q| square_side(q, 5000, 32, 32))
+        .collect();
+    assert_eq!(sides, [29, 29, 20, 20, 14, 14, 10, 2, 1, 1]);
+    assert_eq!(square_fraction(4001, 5000), 0.8 / 512.0);
 }
 
 /// Runs every attack on every target and checks the ε-ball and the pixel range.
@@ -299,7 +310,11 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
             },
             limit: 40,
             batch_size: 40,
-            worst_case: NamedAttack::auto_attack(eps, 10, 2),
+            worst_case: [
+                NamedAttack::auto_attack(eps, 10, 2),
+                vec![NamedAttack::square(eps, 200)],
+            ]
+            .concat(),
             ..RobustOptions::default()
         },
         &device,
@@ -310,7 +325,15 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
     let worst = report.worst_case.expect("worst case asked for");
     println!("at 2/255: {worst:?}");
     let names: Vec<&str> = worst.each.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["PGD-10", "APGD-CE-10", "APGD-T-10 (2 targets)"]);
+    assert_eq!(
+        names,
+        [
+            "PGD-10",
+            "APGD-CE-10",
+            "APGD-T-10 (2 targets)",
+            "Square-200"
+        ]
+    );
     assert_eq!(worst.each[0].1, report.robust_acc);
     for (name, acc) in &worst.each {
         assert!(

@@ -25,10 +25,10 @@ use crate::{DataArgs, ModelArgs, check_matches, format_load, load_dataset, parse
 /// Attack flags shared by `eval`, `attack` and `compare`.
 #[derive(Args, Clone)]
 pub(crate) struct AttackFlags {
-    /// Radius (L∞ for fgsm, pgd, apgd; L2 for pgd-l2), pixels in [0, 1]; fractions work.
+    /// Radius (L∞ for fgsm, pgd, apgd, square; L2 for pgd-l2), pixels in [0, 1]; fractions work.
     #[arg(long, default_value = "8/255", value_parser = parse_fraction)]
     eps: f32,
-    /// Gradient steps (fgsm takes one).
+    /// Gradient steps (fgsm takes one; for square, queries per image).
     #[arg(long, default_value_t = 10)]
     steps: usize,
     /// Step size (default: 2/255 for L∞ attacks, 2.5·ε/steps for pgd-l2; apgd picks its own).
@@ -103,6 +103,10 @@ pub(crate) struct WorstCaseFlags {
     /// Iterations of each worst-case attack.
     #[arg(long, default_value_t = 100)]
     worst_case_steps: usize,
+    /// Add AutoAttack's black-box check to the worst case: the Square Attack on the margin loss
+    /// with this many queries per image (AutoAttack: 5000).
+    #[arg(long, requires = "worst_case")]
+    worst_case_square: Option<usize>,
 }
 
 impl WorstCaseFlags {
@@ -120,11 +124,15 @@ impl WorstCaseFlags {
             bail!("--worst-case attacks in the L∞ ball; --attack pgd-l2 measures L2");
         }
         let targets = classes.saturating_sub(1).min(9);
-        Ok(NamedAttack::auto_attack(
-            eps,
-            self.worst_case_steps,
-            targets,
-        ))
+        let mut attacks = NamedAttack::auto_attack(eps, self.worst_case_steps, targets);
+        if let Some(queries) = self.worst_case_square {
+            let square = NamedAttack::square(eps, queries);
+            for run in &square.runs {
+                run.validate()?;
+            }
+            attacks.push(square);
+        }
+        Ok(attacks)
     }
 }
 

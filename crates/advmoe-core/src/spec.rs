@@ -125,6 +125,10 @@ named_enum!(
         PgdL2 => "pgd-l2",
         /// Auto-PGD (Croce & Hein 2020): L∞, momentum and a parameter-free step-size schedule.
         Apgd => "apgd",
+        /// Square Attack (Andriushchenko et al. 2020): L∞ random search that only reads the
+        /// objective's values, never its gradient (the check against gradient masking). Its
+        /// steps are queries.
+        Square => "square",
     }
 );
 
@@ -411,6 +415,20 @@ impl AttackKind {
     pub fn is_l2(self) -> bool {
         self == AttackKind::PgdL2
     }
+
+    /// Whether the attack follows the objective's gradient (all but Square's random search).
+    pub fn uses_gradient(self) -> bool {
+        match self {
+            AttackKind::Fgsm | AttackKind::Pgd | AttackKind::PgdL2 | AttackKind::Apgd => true,
+            AttackKind::Square => false,
+        }
+    }
+
+    /// The most steps a spec may ask for: 1,000 gradient steps, or 10,000 queries of Square
+    /// (AutoAttack runs 5,000).
+    pub fn max_steps(self) -> usize {
+        if self.uses_gradient() { 1000 } else { 10_000 }
+    }
 }
 
 impl AttackLoss {
@@ -459,8 +477,12 @@ impl AttackSpec {
         if !(self.step_size.is_finite() && self.step_size >= 0.0) {
             return Err(bad("step_size", format!("{} is not >= 0", self.step_size)));
         }
-        if self.steps > 1000 {
-            return Err(bad("attack steps", format!("{} > 1000", self.steps)));
+        let max_steps = self.kind.max_steps();
+        if self.steps > max_steps {
+            return Err(bad(
+                "attack steps",
+                format!("{} > {max_steps} for {}", self.steps, self.kind),
+            ));
         }
         if !(1..=100).contains(&self.restarts) {
             return Err(bad("restarts", format!("{} not in 1..=100", self.restarts)));

@@ -25,7 +25,7 @@ pub use advmoe_model::readback::block_on;
 pub use device::{DeviceChoice, make_device};
 pub use eval::{EvalOptions, evaluate};
 pub use inspect::{ImageAttack, Prediction, attack_image, predict};
-pub use robust::{RobustOptions, RobustReport, evaluate_robust};
+pub use robust::{NamedAttack, RobustOptions, RobustReport, evaluate_robust};
 pub use run::{
     EngineError, Progress, Run, RunConfig, RunState, load_model_bytes, load_model_dir,
     load_model_path,

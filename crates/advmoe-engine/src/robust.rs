@@ -74,7 +74,7 @@ pub struct NamedAttack {
 
 impl NamedAttack {
     /// AutoAttack's two white-box attacks (Croce & Hein 2020; RobustBench's standard set without
-    /// the black-box Square attack), in the L∞ ball of radius `eps`: APGD on the cross-entropy,
+    /// the black-box [`NamedAttack::square`]), in the L∞ ball of radius `eps`: APGD on the cross-entropy,
     /// and targeted APGD on the DLR loss against each of the `targets` classes the clean image
     /// ranks highest after its label; `steps` iterations each, one restart.
     pub fn auto_attack(eps: f32, steps: usize, targets: usize) -> Vec<NamedAttack> {
@@ -101,6 +101,26 @@ impl NamedAttack {
                     .collect(),
             },
         ]
+    }
+
+    /// AutoAttack's black-box attack: the Square Attack in the L∞ ball of radius `eps` on the
+    /// margin (CW) loss, `queries` evaluations (AutoAttack: 5,000), one restart. It never reads
+    /// a gradient, so a model that only hides its gradient from APGD falls to it.
+    pub fn square(eps: f32, queries: usize) -> NamedAttack {
+        NamedAttack {
+            name: format!("Square-{queries}"),
+            runs: vec![AttackSpec {
+                kind: AttackKind::Square,
+                eps,
+                steps: queries,
+                step_size: 0.0,
+                random_start: false,
+                restarts: 1,
+                loss: AttackLoss::Cw,
+                target: AttackTarget::Full,
+                targeted: None,
+            }],
+        }
     }
 }
 
@@ -355,6 +375,7 @@ pub fn attack_name(spec: &AttackSpec) -> String {
         AttackKind::Pgd => "PGD",
         AttackKind::PgdL2 => "PGD-L2",
         AttackKind::Apgd => "APGD",
+        AttackKind::Square => "Square",
     };
     let loss = match spec.loss {
         AttackLoss::Ce => String::new(),

@@ -1,20 +1,23 @@
-//! Adversarial attacks: FGSM, PGD-L∞, PGD-L2 and APGD (Croce & Hein 2020), each with restarts,
-//! against any [`Objective`] (the three MoE targets live in [`objective`]).
+//! Adversarial attacks: FGSM, PGD-L∞, PGD-L2, APGD (Croce & Hein 2020) and the Square Attack
+//! (Andriushchenko et al. 2020, [`square`]), each with restarts, against any [`Objective`] (the
+//! three MoE targets live in [`objective`]).
 //!
 //! Every attack returns detached images inside the ε-ball around its input (L∞, or L2 for
-//! `pgd-l2`) and inside [0, 1]. PGD and APGD keep, per image, the worst case over every iterate
-//! and restart: an iterate that succeeded (see [`Evaluation::success`]) beats one that did not,
-//! and otherwise the higher objective value wins. So more steps or more restarts from the same
-//! random stream can only make an attack stronger on the same images.
+//! `pgd-l2`) and inside [0, 1]. PGD, APGD and Square keep, per image, the worst case over every
+//! iterate and restart: an iterate that succeeded (see [`Evaluation::success`]) beats one that
+//! did not, and otherwise the higher objective value wins. So more steps or more restarts from
+//! the same random stream can only make an attack stronger on the same images.
 //!
 //! Everything stays on the device: no readback happens inside an attack.
 
 pub mod objective;
+mod square;
 
 use advmoe_core::{AttackKind, AttackSpec, Rng};
 use burn::tensor::{Bool, Tensor, TensorData};
 
 pub use objective::{Evaluation, LogitObjective, Objective, RouterObjective, SumObjective};
+pub use square::{square_fraction, square_side};
 
 use crate::tensors::uniform_noise;
 
@@ -68,23 +71,27 @@ pub fn run_attack(
         return images;
     }
     let ball = Ball::new(images.clone(), spec);
-    if spec.kind == AttackKind::Fgsm {
-        return fgsm(objective, &ball);
-    }
     let mut best = Best::default();
     for _ in 0..spec.restarts.max(1) {
-        let x = ball.start(start, rng);
-        if spec.kind == AttackKind::Apgd {
-            apgd(objective, &ball, x, spec.steps, &mut best);
-        } else {
-            pgd(
-                objective,
-                &ball,
-                x,
-                spec.steps,
-                spec.step_size,
-                Some(&mut best),
-            );
+        match spec.kind {
+            AttackKind::Fgsm => return fgsm(objective, &ball),
+            AttackKind::Pgd | AttackKind::PgdL2 => {
+                let x = ball.start(start, rng);
+                pgd(
+                    objective,
+                    &ball,
+                    x,
+                    spec.steps,
+                    spec.step_size,
+                    Some(&mut best),
+                );
+            }
+            AttackKind::Apgd => {
+                let x = ball.start(start, rng);
+                apgd(objective, &ball, x, spec.steps, &mut best);
+            }
+            // Square starts from its own stripes, whatever `start` says.
+            AttackKind::Square => square::square(objective, &ball, spec.steps, &mut best, rng),
         }
     }
     best.into_images(images)
@@ -225,24 +232,36 @@ struct Best {
     state: Option<(Tensor<4>, Evaluation)>,
 }
 
+/// Per image, whether `new` is worse for the model than `old`: it succeeded where `old` did
+/// not, or both agree on success and its value is higher.
+fn better(new: &Evaluation, old: &Evaluation) -> Tensor<1, Bool> {
+    let s_new = new.success.clone().int();
+    let s_old = old.success.clone().int();
+    s_new.clone().greater(s_old.clone()).bool_or(
+        s_new
+            .equal(s_old)
+            .bool_and(new.value.clone().greater(old.value.clone())),
+    )
+}
+
+/// Per image, `new` where `take` (from [`better`]) holds, else `old`. (Success is their `or`:
+/// where `new` succeeded and `old` did not, `take` holds.)
+fn merge(old: Evaluation, new: Evaluation, take: Tensor<1, Bool>) -> Evaluation {
+    Evaluation {
+        value: old.value.mask_where(take, new.value),
+        success: old.success.bool_or(new.success),
+    }
+}
+
 impl Best {
     fn update(&mut self, x: Tensor<4>, eval: Evaluation) {
         let Some((best_x, best)) = self.state.take() else {
             self.state = Some((x.detach(), eval));
             return;
         };
-        let s_new = eval.success.clone().int();
-        let s_old = best.success.clone().int();
-        let better = s_new.clone().greater(s_old.clone()).bool_or(
-            s_new
-                .equal(s_old)
-                .bool_and(eval.value.clone().greater(best.value.clone())),
-        );
-        let shape = x.dims();
-        let images = best_x.mask_where(mask4(better.clone(), shape), x.detach());
-        let value = best.value.mask_where(better.clone(), eval.value);
-        let success = best.success.bool_or(eval.success);
-        self.state = Some((images, Evaluation { value, success }));
+        let take = better(&eval, &best);
+        let images = best_x.mask_where(mask4(take.clone(), x.dims()), x.detach());
+        self.state = Some((images, merge(best, eval, take)));
     }
 
     fn into_images(self, fallback: Tensor<4>) -> Tensor<4> {
