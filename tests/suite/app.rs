@@ -546,6 +546,9 @@ fn the_atlas_and_the_report_show_the_demo_models() {
         let report = harness.state_mut().report_state_mut();
         report.eval_size = 20;
         report.sweep = "4/255".into();
+        report.worst_case = true;
+        report.worst_case_steps = 2;
+        report.worst_case_square = 20;
     }
     harness.run_steps(1);
     harness
@@ -564,6 +567,18 @@ fn the_atlas_and_the_report_show_the_demo_models() {
         row.report.router_robustness.is_none(),
         "the dense model has no routers"
     );
+    // The worst case over PGD-10, APGD-CE, APGD-T and Square, never above any of them.
+    let worst = row
+        .report
+        .worst_case
+        .as_ref()
+        .expect("worst case asked for");
+    let names: Vec<&str> = worst.each.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["PGD-10", "APGD-CE-2", "APGD-T-2 (9 targets)", "Square-20"]
+    );
+    assert!(worst.each.iter().all(|(_, acc)| worst.robust_acc <= *acc));
 
     // "Open model folder": a model folder joins the library under its folder name; a folder
     // whose weights are cut short gives a message naming the file, and nothing joins.

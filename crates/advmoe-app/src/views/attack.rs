@@ -81,7 +81,7 @@ impl AttackState {
         let steps = if self.kind == AttackKind::Fgsm {
             1
         } else {
-            self.steps.max(1)
+            self.steps.clamp(1, most_steps(self.kind))
         };
         AttackSpec {
             kind: self.kind,
@@ -243,17 +243,7 @@ pub fn attack_ui(
         }
     });
     ui.horizontal(|ui| {
-        changed |= labelled_combo(
-            ui,
-            "Algorithm",
-            &mut state.kind,
-            &[
-                AttackKind::Fgsm,
-                AttackKind::Pgd,
-                AttackKind::PgdL2,
-                AttackKind::Apgd,
-            ],
-        );
+        changed |= labelled_combo(ui, "Algorithm", &mut state.kind, AttackKind::ALL);
         changed |= labelled_combo(
             ui,
             "Target",
@@ -264,11 +254,15 @@ pub fn attack_ui(
                 AttackTarget::Expert,
             ],
         );
-        let label = ui.label("Steps");
+        let label = ui.label(if state.kind.uses_gradient() {
+            "Steps"
+        } else {
+            "Queries"
+        });
         changed |= ui
             .add_enabled(
                 state.kind != AttackKind::Fgsm,
-                egui::DragValue::new(&mut state.steps).range(1..=100),
+                egui::DragValue::new(&mut state.steps).range(1..=most_steps(state.kind)),
             )
             .labelled_by(label.id)
             .changed();
@@ -439,4 +433,10 @@ fn routing_map_ui(ui: &mut egui::Ui, a: &advmoe_engine::ImageAttack, experts: us
                 ui.end_row();
             }
         });
+}
+
+/// The most steps the lab offers: 100 gradient steps, or 5,000 queries of Square (AutoAttack's
+/// budget; each is one forward pass).
+fn most_steps(kind: AttackKind) -> usize {
+    if kind.uses_gradient() { 100 } else { 5000 }
 }

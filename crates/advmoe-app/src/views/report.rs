@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use advmoe_core::AttackSpec;
-use advmoe_engine::RobustOptions;
 use advmoe_engine::compare::CompareRow;
+use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
@@ -31,6 +31,13 @@ pub struct ReportState {
     pub eval_size: usize,
     /// Extra radii of the curves, as typed (e.g. "2/255, 4/255").
     pub sweep: String,
+    /// Also measure the worst case over AutoAttack's APGD-CE and APGD-T (and Square when
+    /// `worst_case_square` > 0) beside PGD-10.
+    pub worst_case: bool,
+    /// Iterations of each APGD attack of the worst case.
+    pub worst_case_steps: usize,
+    /// Queries of the Square Attack in the worst case (0: not run).
+    pub worst_case_square: usize,
     /// Folder that exports go to.
     pub export_dir: String,
     /// What the last export wrote.
@@ -53,6 +60,9 @@ impl Default for ReportState {
             measured: BTreeMap::new(),
             eval_size: 200,
             sweep: "2/255, 4/255, 16/255".into(),
+            worst_case: false,
+            worst_case_steps: 20,
+            worst_case_square: 0,
             export_dir: "runs/report".into(),
             exported: None,
             open_dir: String::new(),
@@ -105,6 +115,20 @@ pub fn parse_sweep(text: &str) -> Result<Vec<f32>, String> {
 }
 
 impl ReportState {
+    /// The worst-case attacks these settings ask for, at `eps`, for a model of `classes`
+    /// classes (APGD-T aims at up to 9 of them).
+    pub fn worst_case_attacks(&self, eps: f32, classes: usize) -> Vec<NamedAttack> {
+        if !self.worst_case {
+            return Vec::new();
+        }
+        let targets = classes.saturating_sub(1).min(9);
+        let mut attacks = NamedAttack::auto_attack(eps, self.worst_case_steps.max(1), targets);
+        if self.worst_case_square > 0 {
+            attacks.push(NamedAttack::square(eps, self.worst_case_square));
+        }
+        attacks
+    }
+
     /// The rows shown: a measured row when there is one, else the recorded one.
     pub fn rows<'a>(&'a self, models: &'a [ModelInfo]) -> Vec<&'a CompareRow> {
         models
@@ -121,13 +145,13 @@ impl ReportState {
         let rows = self.rows(models);
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let mut csv = String::from(
-            "model,method,experts,ratio,images,clean_acc,robust_acc,router_robustness,expert_robustness,route_flip_rate,macs_pathway,macs_pathway_with_router,train_secs,attack,eps,steps\n",
+            "model,method,experts,ratio,images,clean_acc,robust_acc,worst_case_robust_acc,router_robustness,expert_robustness,route_flip_rate,macs_pathway,macs_pathway_with_router,train_secs,attack,eps,steps\n",
         );
         let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.6}"));
         for r in &rows {
             let p = &r.report;
             csv.push_str(&format!(
-                "\"{}\",{},{},{},{},{:.6},{:.6},{},{},{},{},{},{},{},{:.6},{}\n",
+                "\"{}\",{},{},{},{},{:.6},{:.6},{},{},{},{},{},{},{},{},{:.6},{}\n",
                 r.name.replace('"', "\"\""),
                 r.method,
                 r.experts,
@@ -135,6 +159,7 @@ impl ReportState {
                 p.images,
                 p.clean_acc,
                 p.robust_acc,
+                opt(p.worst_case.as_ref().map(|w| w.robust_acc)),
                 opt(p.router_robustness),
                 opt(p.expert_robustness),
                 opt(p.route_flip_rate),
@@ -222,6 +247,22 @@ pub fn report_ui(
             .labelled_by(label.id);
         ui.label("Attack: PGD-10, ε = 8/255, step 2/255 (the paper's evaluation)");
     });
+    ui.horizontal(|ui| {
+        ui.checkbox(&mut state.worst_case, "Worst case")
+            .on_hover_text(
+                "RobustBench's robust accuracy: an image counts only if PGD-10, APGD-CE and \
+                 targeted APGD-DLR (9 target classes) all leave it correct, and the Square \
+                 Attack too when it has queries",
+            );
+        ui.add_enabled_ui(state.worst_case, |ui| {
+            let label = ui.label("APGD steps");
+            ui.add(egui::DragValue::new(&mut state.worst_case_steps).range(1..=1000))
+                .labelled_by(label.id);
+            let label = ui.label("Square queries (0: none)");
+            ui.add(egui::DragValue::new(&mut state.worst_case_square).range(0..=10_000))
+                .labelled_by(label.id);
+        });
+    });
     if let Some((what, done, of)) = &state.progress {
         ui.add(
             egui::ProgressBar::new(*done as f32 / (*of).max(1) as f32)
@@ -240,6 +281,7 @@ pub fn report_ui(
                 "r",
                 "SA %",
                 "RA %",
+                "worst-case RA %",
                 "router rob. %",
                 "expert rob. %",
                 "route flips %",
@@ -261,6 +303,20 @@ pub fn report_ui(
                         let p = &r.report;
                         ui.label(format!("{:.1}", 100.0 * p.clean_acc));
                         ui.label(format!("{:.1}", 100.0 * p.robust_acc));
+                        match &p.worst_case {
+                            Some(w) => {
+                                let each: Vec<String> = w
+                                    .each
+                                    .iter()
+                                    .map(|(name, acc)| format!("{name}: {:.1}%", 100.0 * acc))
+                                    .collect();
+                                ui.label(format!("{:.1}", 100.0 * w.robust_acc))
+                                    .on_hover_text(each.join("\n"));
+                            }
+                            None => {
+                                ui.label("–");
+                            }
+                        }
                         ui.label(pct(p.router_robustness));
                         ui.label(pct(p.expert_robustness));
                         ui.label(pct(p.route_flip_rate));
@@ -272,7 +328,7 @@ pub fn report_ui(
                         });
                     }
                     None => {
-                        for _ in 0..7 {
+                        for _ in 0..8 {
                             ui.label("–");
                         }
                     }
@@ -287,12 +343,16 @@ pub fn report_ui(
                     match parse_sweep(&state.sweep) {
                         Ok(eps_sweep) => {
                             state.progress = Some((format!("measuring {}", model.name), 0, 1));
+                            let attack = AttackSpec::paper_eval();
+                            let worst_case = state
+                                .worst_case_attacks(attack.eps, model.config.model.num_classes);
                             actions.push(ReportAction::Request(Request::Evaluate {
                                 model: model.id,
                                 options: RobustOptions {
-                                    attack: AttackSpec::paper_eval(),
+                                    attack,
                                     eps_sweep,
                                     limit: state.eval_size,
+                                    worst_case,
                                     ..RobustOptions::default()
                                 },
                             }));
