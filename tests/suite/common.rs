@@ -1,6 +1,6 @@
 //! Shared helpers.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use advmoe_core::{DatasetSpec, EvalReport, ModelSpec, RouterKind, TrainSpec};
 use advmoe_data::Dataset;
@@ -118,8 +118,19 @@ pub fn small_config(width: usize, experts: usize, steps: usize) -> RunConfig {
 
 /// A model trained with `standard` and its final evaluation.
 pub struct Trained {
-    pub model: MoeNet,
+    model: Mutex<MoeNet>,
     pub report: EvalReport,
+}
+
+impl Trained {
+    /// The model, lent to one test at a time: its parameters are nodes of Burn's autodiff
+    /// graph, and two threads attacking through the same nodes can deadlock in burn-autodiff
+    /// 0.22.1 (one registering an operation waits for a graph lock that the other holds while
+    /// it cleans up after `backward`, and the other way round; seen as a CI run that hung with
+    /// two attack tests on this model).
+    pub fn model(&self) -> MutexGuard<'_, MoeNet> {
+        self.model.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Train `config` on CPU on `train_images` synthetic images to the end and evaluate.
@@ -148,7 +159,7 @@ pub fn trained(router: RouterKind) -> Arc<Trained> {
         config.model.router = router;
         let run = train_run(config, 4000);
         Arc::new(Trained {
-            model: run.model().clone(),
+            model: Mutex::new(run.model().clone()),
             report: run.history().last().unwrap().clone(),
         })
     })
