@@ -239,8 +239,7 @@ fn robust_acc(model: &MoeNet, n: usize, spec: &AttackSpec) -> f64 {
 #[test]
 fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
     let trained = trained(RouterKind::Image);
-    let model = trained.model();
-    let model = &*model;
+    let model = &trained.model();
     let device = cpu().autodiff();
     let data = synthetic(4000, 500);
     let n = 8;
@@ -349,8 +348,7 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
 #[test]
 fn pgd_breaks_a_standard_model_and_stronger_attacks_are_stronger() {
     let trained = trained(RouterKind::Image);
-    let model = trained.model();
-    let model = &*model;
+    let model = &trained.model();
     let n = 100;
     let clean = robust_acc(model, n, &spec(AttackKind::Pgd, 0.0, 0, 0.0, false));
     let pgd10 = robust_acc(model, n, &AttackSpec::paper_eval());
@@ -386,8 +384,7 @@ fn pgd_breaks_a_standard_model_and_stronger_attacks_are_stronger() {
 #[test]
 fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     let trained = trained(RouterKind::PerLayer);
-    let model = trained.model();
-    let model = &*model;
+    let model = &trained.model();
     let device = cpu().autodiff();
     let data = synthetic(4000, 500);
     let n = 100;
@@ -493,8 +490,7 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
 fn attack_image_reports_what_the_model_does_on_its_pixels() {
     use advmoe_engine::{attack_image, predict};
     let trained = trained(RouterKind::PerLayer);
-    let model = trained.model();
-    let model = &*model;
+    let model = &trained.model();
     let device = cpu().autodiff();
     let data = synthetic(4000, 500);
     for (index, target) in [

@@ -1,10 +1,12 @@
 //! Shared helpers.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use advmoe_core::{DatasetSpec, EvalReport, ModelSpec, RouterKind, TrainSpec};
 use advmoe_data::Dataset;
 use advmoe_engine::{Run, RunConfig, RunState};
+use advmoe_model::checkpoint::{model_bytes, model_from_bytes};
 use advmoe_model::{MoeNet, is_router_path};
 use burn::module::{ModuleMapper, Param};
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
@@ -118,18 +120,27 @@ pub fn small_config(width: usize, experts: usize, steps: usize) -> RunConfig {
 
 /// A model trained with `standard` and its final evaluation.
 pub struct Trained {
-    model: Mutex<MoeNet>,
+    /// The model's `model.safetensors` bytes.
+    bytes: Vec<u8>,
+    spec: ModelSpec,
     pub report: EvalReport,
 }
 
 impl Trained {
-    /// The model, lent to one test at a time: its parameters are nodes of Burn's autodiff
-    /// graph, and two threads attacking through the same nodes can deadlock in burn-autodiff
-    /// 0.22.1 (one registering an operation waits for a graph lock that the other holds while
-    /// it cleans up after `backward`, and the other way round; seen as a CI run that hung with
-    /// two attack tests on this model).
-    pub fn model(&self) -> MutexGuard<'_, MoeNet> {
-        self.model.lock().unwrap_or_else(PoisonError::into_inner)
+    /// A copy of the model of its own, read from its checkpoint bytes on the CPU autodiff
+    /// device. Tests do not share one model: its parameters would be nodes of Burn's autodiff
+    /// graph shared between threads, and two threads attacking through the same nodes can
+    /// deadlock in burn-autodiff 0.22.1 (one registering an operation waits for a graph lock
+    /// that the other holds while it cleans up after `backward`, and the other way round; seen
+    /// as a CI run that hung with two attack tests on one shared model).
+    pub fn model(&self) -> MoeNet {
+        model_from_bytes(
+            &self.bytes,
+            &self.spec,
+            &cpu().autodiff(),
+            Path::new("trained.safetensors"),
+        )
+        .expect("the trained model's own checkpoint")
     }
 }
 
@@ -157,9 +168,11 @@ pub fn trained(router: RouterKind) -> Arc<Trained> {
     cell.get_or_init(|| {
         let mut config = small_config(16, 2, 250);
         config.model.router = router;
+        let config_spec = config.model.clone();
         let run = train_run(config, 4000);
         Arc::new(Trained {
-            model: Mutex::new(run.model().clone()),
+            bytes: model_bytes(run.model(), &config_spec).wait().unwrap(),
+            spec: config_spec,
             report: run.history().last().unwrap().clone(),
         })
     })
