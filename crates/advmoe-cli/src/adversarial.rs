@@ -123,16 +123,12 @@ impl WorstCaseFlags {
         if kind.is_l2() {
             bail!("--worst-case attacks in the L∞ ball; --attack pgd-l2 measures L2");
         }
-        let targets = classes.saturating_sub(1).min(9);
-        let mut attacks = NamedAttack::auto_attack(eps, self.worst_case_steps, targets);
-        if let Some(queries) = self.worst_case_square {
-            let square = NamedAttack::square(eps, queries);
-            for run in &square.runs {
-                run.validate()?;
-            }
-            attacks.push(square);
-        }
-        Ok(attacks)
+        Ok(NamedAttack::worst_case(
+            eps,
+            self.worst_case_steps,
+            classes,
+            self.worst_case_square,
+        )?)
     }
 }
 

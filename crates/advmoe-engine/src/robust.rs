@@ -16,7 +16,7 @@
 //! report also gives the per-image worst case, RobustBench's convention: an image counts as
 //! robust only if every attack (the main one included) leaves it correctly classified.
 
-use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget, Rng, TargetClass};
+use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget, Rng, SpecError, TargetClass};
 use advmoe_data::ImageSet;
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
@@ -101,6 +101,27 @@ impl NamedAttack {
                     .collect(),
             },
         ]
+    }
+
+    /// The worst-case set for a model of `classes` classes, as `eval --worst-case` and the report
+    /// view measure it: [`NamedAttack::auto_attack`] at `eps` with `steps` iterations, its
+    /// APGD-T aimed at up to 9 classes, and with `square` queries also [`NamedAttack::square`].
+    ///
+    /// # Errors
+    /// A run whose spec does not validate (e.g. more Square queries than allowed).
+    pub fn worst_case(
+        eps: f32,
+        steps: usize,
+        classes: usize,
+        square: Option<usize>,
+    ) -> Result<Vec<NamedAttack>, SpecError> {
+        let targets = classes.saturating_sub(1).min(9);
+        let mut attacks = Self::auto_attack(eps, steps, targets);
+        attacks.extend(square.map(|queries| Self::square(eps, queries)));
+        for run in attacks.iter().flat_map(|a| &a.runs) {
+            run.validate()?;
+        }
+        Ok(attacks)
     }
 
     /// AutoAttack's black-box attack: the Square Attack in the L∞ ball of radius `eps` on the

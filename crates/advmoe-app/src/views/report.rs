@@ -116,17 +116,17 @@ pub fn parse_sweep(text: &str) -> Result<Vec<f32>, String> {
 
 impl ReportState {
     /// The worst-case attacks these settings ask for, at `eps`, for a model of `classes`
-    /// classes (APGD-T aims at up to 9 of them).
-    pub fn worst_case_attacks(&self, eps: f32, classes: usize) -> Vec<NamedAttack> {
+    /// classes ([`NamedAttack::worst_case`]).
+    ///
+    /// # Errors
+    /// Settings outside what an attack spec allows.
+    pub fn worst_case_attacks(&self, eps: f32, classes: usize) -> Result<Vec<NamedAttack>, String> {
         if !self.worst_case {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let targets = classes.saturating_sub(1).min(9);
-        let mut attacks = NamedAttack::auto_attack(eps, self.worst_case_steps.max(1), targets);
-        if self.worst_case_square > 0 {
-            attacks.push(NamedAttack::square(eps, self.worst_case_square));
-        }
-        attacks
+        let square = (self.worst_case_square > 0).then_some(self.worst_case_square);
+        NamedAttack::worst_case(eps, self.worst_case_steps.max(1), classes, square)
+            .map_err(|e| e.to_string())
     }
 
     /// The rows shown: a measured row when there is one, else the recorded one.
@@ -340,12 +340,12 @@ pub fn report_ui(
                 };
                 let button = ui.add_enabled(idle, egui::Button::new(label));
                 if button.clicked() {
-                    match parse_sweep(&state.sweep) {
-                        Ok(eps_sweep) => {
+                    let attack = AttackSpec::paper_eval();
+                    let worst_case =
+                        state.worst_case_attacks(attack.eps, model.config.model.num_classes);
+                    match parse_sweep(&state.sweep).and_then(|s| Ok((s, worst_case?))) {
+                        Ok((eps_sweep, worst_case)) => {
                             state.progress = Some((format!("measuring {}", model.name), 0, 1));
-                            let attack = AttackSpec::paper_eval();
-                            let worst_case = state
-                                .worst_case_attacks(attack.eps, model.config.model.num_classes);
                             actions.push(ReportAction::Request(Request::Evaluate {
                                 model: model.id,
                                 options: RobustOptions {

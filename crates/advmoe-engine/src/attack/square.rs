@@ -38,6 +38,13 @@ pub fn square_side(query: usize, queries: usize, h: usize, w: usize) -> usize {
     (area.sqrt().round() as usize).clamp(1, largest)
 }
 
+/// `n` values, each `eps` or `-eps` at random.
+fn random_signs(rng: &mut Rng, n: usize, eps: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| if rng.coin() { eps } else { -eps })
+        .collect()
+}
+
 /// `queries` evaluations of the objective in `ball` (the first at the stripes), every one
 /// offered to `best`.
 pub(super) fn square(
@@ -51,11 +58,10 @@ pub(super) fn square(
     let [b, c, h, w] = shape;
     let device = ball.center.device();
     let eps = ball.eps;
-    let mut sign = || if rng.coin() { eps } else { -eps };
 
     let mut stripes = Vec::with_capacity(b * c * h * w);
     for _ in 0..b * c {
-        let columns: Vec<f32> = (0..w).map(|_| sign()).collect();
+        let columns = random_signs(rng, w, eps);
         for _ in 0..h {
             stripes.extend_from_slice(&columns);
         }
@@ -85,9 +91,7 @@ pub(super) fn square(
         let side = square_side(query, queries, h, w);
         let tops: Vec<f32> = (0..b).map(|_| rng.below(h - side + 1) as f32).collect();
         let lefts: Vec<f32> = (0..b).map(|_| rng.below(w - side + 1) as f32).collect();
-        let signs: Vec<f32> = (0..b * c)
-            .map(|_| if rng.coin() { eps } else { -eps })
-            .collect();
+        let signs = random_signs(rng, b * c, eps);
         let window = inside(rows.clone(), tops, side).expand([b, 1, h, w])
             * inside(columns.clone(), lefts, side).expand([b, 1, h, w]);
         let window = window.expand(shape);
