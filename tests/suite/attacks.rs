@@ -8,7 +8,8 @@ use advmoe_engine::attack::{
     Evaluation, LogitObjective, Objective, RouterObjective, Start, apgd_checkpoints, attack,
     run_attack, square_fraction, square_side,
 };
-use advmoe_engine::robust::{NamedAttack, RobustOptions, count_correct, evaluate_robust};
+use advmoe_engine::eval::count_correct;
+use advmoe_engine::robust::{NamedAttack, RobustOptions, evaluate_robust};
 use advmoe_engine::tensors::to_device;
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};

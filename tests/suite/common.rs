@@ -144,15 +144,25 @@ impl Trained {
     }
 }
 
-/// Train `config` on CPU on `train_images` synthetic images to the end and evaluate.
+/// Drive `run` to its end with the engine's [`Run::advance`]: every step's loss, in order, and
+/// the last evaluation (the run evaluates at its end).
+pub fn finish(run: &mut Run) -> (Vec<f64>, EvalReport) {
+    let mut losses = Vec::new();
+    let mut last = None;
+    while run.state() == RunState::Running {
+        let advance = run.advance(usize::MAX, &mut |_| true).wait().unwrap();
+        losses.extend(advance.losses);
+        last = advance.eval.or(last);
+    }
+    (losses, last.expect("a finished run evaluates at its end"))
+}
+
+/// Train `config` on CPU on `train_images` synthetic images to the end (and its final
+/// evaluation).
 pub fn train_run(config: RunConfig, train_images: usize) -> Run {
     let data = synthetic(train_images, 500);
     let mut run = Run::new(config, data, &cpu()).unwrap();
-    while run.state() == RunState::Running {
-        run.run_chunk(25).unwrap();
-        run.drain_losses().wait().unwrap();
-    }
-    run.evaluate().wait().unwrap();
+    finish(&mut run);
     run
 }
 

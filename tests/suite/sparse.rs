@@ -4,6 +4,7 @@
 
 use advmoe_core::{MethodKind, Rng};
 use advmoe_engine::Run;
+use advmoe_model::checkpoint::host_tensors;
 use advmoe_kernels::shaders::{self, Tile};
 use advmoe_kernels::{
     Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
@@ -376,8 +377,9 @@ fn an_empty_batch_gives_an_empty_output_and_zero_weight_gradient() {
 }
 
 /// Training and its attacks run through the sparse kernels on wgpu and follow the reference
-/// path: two `advmoe` steps (two attacks and two optimiser steps each) give the same losses
-/// with sparse execution on and off.
+/// path: two `advmoe` steps (two attacks and two optimiser steps each) give the same finite
+/// losses with sparse execution on and off, the run's evaluation runs on the device, and no
+/// weight turns NaN.
 #[test]
 fn advmoe_training_on_wgpu_gives_the_same_losses_sparse_and_reference() {
     let losses = |sparse: bool| {
@@ -387,13 +389,26 @@ fn advmoe_training_on_wgpu_gives_the_same_losses_sparse_and_reference() {
         config.train.batch_size = 8;
         config.data.augment = false;
         let mut run = Run::new(config, synthetic(16, 16), &gpu()).unwrap();
-        run.run_chunk(2).unwrap();
-        let losses = run.drain_losses().wait().unwrap();
+        let advance = run.advance(2, &mut |_| true).wait().unwrap();
         set_sparse_execution(previous);
-        losses
+        // The run ends with an evaluation on the device, and every weight is still finite.
+        assert_eq!(advance.eval.map(|e| e.images), Some(16));
+        for t in host_tensors(run.model()).wait().unwrap() {
+            assert!(
+                t.values.iter().all(|v| v.is_finite()),
+                "{} is not finite",
+                t.name
+            );
+        }
+        advance.losses
     };
     let (sparse, reference) = (losses(true), losses(false));
+    assert_eq!(sparse.len(), 2);
     assert_eq!(sparse.len(), reference.len());
+    assert!(
+        sparse.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{sparse:?}"
+    );
     for (s, r) in sparse.iter().zip(&reference) {
         assert!(
             (s - r).abs() <= 1e-3 * (1.0 + r.abs()),

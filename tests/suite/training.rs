@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use advmoe_core::{MethodKind, RouterKind};
 use advmoe_engine::run::load_model_dir;
-use advmoe_engine::{EngineError, Run, RunState};
+use advmoe_engine::{CheckpointSource, EngineError, Run, RunState};
 use burn::module::Module;
 
 use crate::common::Wait as _;
-use crate::common::{Poison, Scratch, cpu, gpu, small_config, synthetic, trained};
+use crate::common::{Poison, Scratch, cpu, finish, gpu, small_config, synthetic, trained};
 
 /// Asserts that at least `min_layers` MoE layers send more than 5% of the test images to every
 /// expert (different images to different experts, not a collapsed router).
@@ -69,21 +69,21 @@ fn resumes_exactly(method: MethodKind, width: usize) {
     let data = synthetic(400, 100);
 
     let mut straight = Run::new(config.clone(), data.clone(), &cpu()).unwrap();
-    straight.run_chunk(8).unwrap();
-    let expected = straight.drain_losses().wait().unwrap();
+    let (expected, _) = finish(&mut straight);
 
     let dir = Scratch::new(&format!("resume-{method}"));
     let mut first = Run::new(config, data.clone(), &cpu()).unwrap();
-    first.run_chunk(4).unwrap();
-    let mut got = first.drain_losses().wait().unwrap();
-    first.evaluate().wait().unwrap();
+    // The first advance stops at the evaluation due at step 4.
+    let advance = first.advance(100, &mut |_| true).wait().unwrap();
+    assert_eq!((advance.steps, advance.eval.map(|e| e.step)), (4, Some(4)));
+    let mut got = advance.losses;
     first.save_checkpoint(&dir).wait().unwrap();
     drop(first);
-    let mut resumed = Run::resume_from(&dir, data, &cpu()).unwrap();
+    let source = CheckpointSource::Folder(dir.to_path_buf());
+    let mut resumed = Run::from_checkpoint_with(&source, data, &cpu()).unwrap();
     assert_eq!(resumed.step_index(), 4);
     assert_eq!(resumed.history().len(), 1);
-    resumed.run_chunk(100).unwrap();
-    got.extend(resumed.drain_losses().wait().unwrap());
+    got.extend(finish(&mut resumed).0);
     assert_eq!(resumed.state(), RunState::Finished);
     assert_eq!(got.len(), 8);
     for (i, (a, b)) in expected.iter().zip(&got).enumerate() {
@@ -105,18 +105,17 @@ fn nan_losses_stop_the_run_with_the_step_and_pause_stop_work() {
     let config = small_config(8, 2, 10);
     let data = synthetic(200, 50);
     let mut run = Run::new(config, data, &cpu()).unwrap();
-    run.run_chunk(2).unwrap();
+    run.advance(2, &mut |_| true).wait().unwrap();
     run.pause();
     assert!(matches!(
         run.step(),
         Err(EngineError::NotRunnable(RunState::Paused))
     ));
-    assert_eq!(run.run_chunk(5).unwrap(), 0);
+    assert_eq!(run.advance(5, &mut |_| true).wait().unwrap().steps, 0);
     run.resume();
     let poisoned = run.model().clone().map(&mut Poison::all());
     run.set_model(poisoned);
-    run.run_chunk(2).unwrap();
-    let err = run.drain_losses().wait().unwrap_err();
+    let err = run.advance(2, &mut |_| true).wait().unwrap_err();
     assert!(
         matches!(err, EngineError::NonFinite { step: 2, .. }),
         "{err}"
@@ -127,7 +126,7 @@ fn nan_losses_stop_the_run_with_the_step_and_pause_stop_work() {
 
     let mut other = Run::new(small_config(8, 2, 10), synthetic(200, 50), &cpu()).unwrap();
     other.stop();
-    assert_eq!(other.run_chunk(3).unwrap(), 0);
+    assert_eq!(other.advance(3, &mut |_| true).wait().unwrap().steps, 0);
     assert_eq!(other.state(), RunState::Stopped);
 }
 
@@ -144,12 +143,10 @@ fn a_tiny_run_on_wgpu_lowers_the_loss() {
     config.balance_weight = 0.01;
     let data: Arc<_> = synthetic(32, 32);
     let mut run = Run::new(config, data, &gpu()).unwrap();
-    run.run_chunk(30).unwrap();
-    let losses = run.drain_losses().wait().unwrap();
+    let (losses, report) = finish(&mut run);
     let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = losses[25..].iter().sum::<f64>() / 5.0;
     assert!(last < 0.8 * first, "loss did not fall on wgpu: {losses:?}");
-    let report = run.evaluate().wait().unwrap();
     assert_eq!(report.images, 32);
 }
 
@@ -168,19 +165,15 @@ fn cifar10_image_folder_trains_above_chance_on_the_cpu() {
     };
     config.train.batch_size = 64;
     config.train.eval_size = 500;
-    let dataset = Arc::new(advmoe_data::load(&config.data).unwrap());
-    config.fit_to(&dataset);
-    assert_eq!(config.model.num_classes, 10);
-    let first: Vec<u16> = dataset.test.labels[..500].to_vec();
+    // As `advmoe train` and the app build it: the engine loads the archive and fits the model.
+    let mut run = Run::from_config(config, &cpu()).unwrap();
+    assert_eq!(run.config().model.num_classes, 10);
+    assert!(run.data_load().images > 0);
+    let first: Vec<u16> = run.dataset().test.labels[..500].to_vec();
     for class in 0..10 {
         assert_eq!(first.iter().filter(|&&l| l == class).count(), 50);
     }
-    let mut run = Run::new(config, dataset, &cpu()).unwrap();
-    while run.state() == RunState::Running {
-        run.run_chunk(40).unwrap();
-        run.drain_losses().wait().unwrap();
-    }
-    let report = run.evaluate().wait().unwrap();
+    let (_, report) = finish(&mut run);
     assert_eq!(report.images, 500);
     assert!(
         report.clean_acc > 0.2,

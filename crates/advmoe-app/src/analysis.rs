@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use advmoe_core::{AttackSpec, count_macs};
+use advmoe_core::AttackSpec;
 use advmoe_data::Dataset;
 use advmoe_engine::compare::CompareRow;
 use advmoe_engine::eval::{EvalOptions, EvalResult, evaluate};
@@ -363,7 +363,7 @@ impl Library {
                 }
                 let attack = attack_image(&entry.model, images, label, &spec, seed)
                     .await
-                    .map_err(|e| format!("attack: {e}"))?;
+                    .map_err(|e| format!("attacking {}: {e}", entry.info.name))?;
                 Ok(Some(Reply::Attacked(Box::new(AttackOutcome {
                     seq,
                     model,
@@ -426,20 +426,14 @@ impl Library {
                 .await
                 .map_err(|e| format!("evaluating {}: {e}", entry.info.name))?;
                 let config = &entry.info.config;
-                let macs = count_macs(&config.model);
-                let row = CompareRow {
-                    name: entry.info.name.clone(),
-                    method: config.train.method,
-                    experts: config.model.num_experts,
-                    ratio: config.model.ratio,
-                    balance_weight: config.balance_weight,
-                    macs_pathway: macs.pathway,
-                    macs_pathway_with_router: macs.pathway_with_router,
-                    steps: config.train.total_steps,
-                    train_secs: entry.info.train_secs.unwrap_or(f64::NAN),
+                let row = CompareRow::new(
+                    &entry.info.name,
+                    config,
+                    config.train.total_steps,
+                    entry.info.train_secs.unwrap_or(f64::NAN),
                     report,
-                    history: Vec::new(),
-                };
+                    Vec::new(),
+                );
                 Ok(Some(Reply::Evaluated {
                     model,
                     row: Box::new(row),

@@ -10,30 +10,13 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use advmoe_core::EvalReport;
-use advmoe_engine::{
-    EngineError, RobustOptions, RobustReport, Run, RunConfig, RunState, evaluate_robust,
-};
+pub use advmoe_engine::{CheckpointSource, DataLoad, NamedFiles as Files};
+use advmoe_engine::{RobustReport, Run, RunConfig, RunState};
 use advmoe_model::MoeNet;
-use burn::module::Module as _;
 use burn::tensor::Device;
-use web_time::Instant;
-
-/// Named files, as the browser's file picker gives them or a download takes them.
-pub type Files = Vec<(String, Vec<u8>)>;
-
-/// Where a run checkpoint comes from.
-#[derive(Debug, Clone)]
-pub enum CheckpointSource {
-    /// A folder written by "Save checkpoint" or `advmoe train`.
-    Folder(PathBuf),
-    /// The same files, by name (`config.json`, `model.safetensors`, `optimizer.safetensors`,
-    /// `run.json`), picked in a browser.
-    Files(Files),
-}
 
 /// Where "Save checkpoint" writes.
 #[derive(Debug, Clone)]
@@ -130,16 +113,6 @@ pub enum Event {
     Trained(Box<TrainedModel>),
     /// Something failed; the message is for the user.
     Error(String),
-}
-
-/// How a run's dataset loaded: its images (train and test) and the time reading and decoding
-/// them took (on the web, in the page's one thread).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct DataLoad {
-    /// Train and test images.
-    pub images: usize,
-    /// Seconds to read and decode them.
-    pub secs: f64,
 }
 
 /// Steps per chunk between looks at the command queue.
@@ -314,7 +287,6 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
     let send = |event: Event| events.send(event);
     let cpu = Device::flex();
     let mut run: Option<Run> = None;
-    let mut robust_images = 0;
     loop {
         let running = run.as_ref().is_some_and(|r| r.state() == RunState::Running);
         // Wait while idle; look between chunks while running.
@@ -339,15 +311,17 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                     }) {
                         send(Event::Trained(Box::new(trained(&old))));
                     }
-                    robust_images = options.robust_images;
                     let device = if options.on_cpu { &cpu } else { device };
                     let built = match command {
                         Command::Start(config, _) => {
-                            guarded("building the run", async { build_run(*config, device) }).await
+                            guarded("building the run", async {
+                                build_run(*config, options, device)
+                            })
+                            .await
                         }
                         Command::Load(source, _) => {
                             guarded("loading the checkpoint", async {
-                                load_run(&source, device)
+                                load_run(&source, options, device)
                             })
                             .await
                         }
@@ -405,7 +379,7 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
         let Some(active) = run.as_mut() else {
             continue;
         };
-        if let Err(message) = guarded("training", train_chunk(active, robust_images, &send)).await {
+        if let Err(message) = guarded("training", train_chunk(active, &send)).await {
             send(Event::Error(message));
             send(Event::State(RunState::Failed));
             run = None;
@@ -423,58 +397,34 @@ fn trained(run: &Run) -> TrainedModel {
     }
 }
 
-/// Read and decode the dataset, timed.
-fn load_data(spec: &advmoe_core::DatasetSpec) -> Result<(advmoe_data::Dataset, DataLoad), String> {
-    let start = Instant::now();
-    let data = advmoe_data::load(spec).map_err(|e| format!("dataset: {e}"))?;
-    let load = DataLoad {
-        images: data.train.len() + data.test.len(),
-        secs: start.elapsed().as_secs_f64(),
-    };
-    Ok((data, load))
-}
-
-fn build_run(mut config: RunConfig, device: &Device) -> Result<(Run, DataLoad), String> {
-    let (data, load) = load_data(&config.data)?;
-    config.fit_to(&data);
-    config
-        .validate()
-        .map_err(|e| format!("invalid setup: {e}"))?;
-    let run = Run::new(config, Arc::new(data), device).map_err(|e| format!("{e:#}"))?;
+/// Build a run from its config (the engine loads and fits the data), measuring robustness at
+/// each evaluation as the options ask.
+fn build_run(
+    mut config: RunConfig,
+    options: RunOptions,
+    device: &Device,
+) -> Result<(Run, DataLoad), String> {
+    config.train.robust_eval_size = options.robust_images;
+    let run = Run::from_config(config, device).map_err(|e| format!("{e:#}"))?;
+    let load = run.data_load();
     Ok((run, load))
 }
 
-/// Reads a checkpoint's file by name.
-type ReadFile<'a> = dyn Fn(&str) -> Result<Vec<u8>, EngineError> + 'a;
-
-fn load_run(source: &CheckpointSource, device: &Device) -> Result<(Run, DataLoad), String> {
-    let (origin, read): (PathBuf, Box<ReadFile<'_>>) = match source {
-        CheckpointSource::Folder(dir) => (dir.clone(), Box::new(advmoe_engine::run::read_in(dir))),
-        CheckpointSource::Files(files) => (
-            PathBuf::from("the chosen files"),
-            Box::new(move |name: &str| {
-                files
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, bytes)| bytes.clone())
-                    .ok_or_else(|| EngineError::BadCheckpoint {
-                        path: PathBuf::from(name),
-                        reason: "not among the chosen files".into(),
-                    })
-            }),
-        ),
-    };
-    let config_bytes = read("config.json").map_err(|e| format!("{e:#}"))?;
-    let config: RunConfig = serde_json::from_slice(&config_bytes).map_err(|e| {
+/// Load a run checkpoint, paused at its step.
+fn load_run(
+    source: &CheckpointSource,
+    options: RunOptions,
+    device: &Device,
+) -> Result<(Run, DataLoad), String> {
+    let mut run = Run::from_checkpoint(source, device).map_err(|e| {
         format!(
-            "{} is not a run configuration: {e}",
-            origin.join("config.json").display()
+            "loading the checkpoint in {}: {e:#}",
+            source.origin().display()
         )
     })?;
-    let (data, load) = load_data(&config.data)?;
-    let mut run = Run::resume_from_files(&*read, &origin, Arc::new(data), device)
-        .map_err(|e| format!("loading the checkpoint in {}: {e:#}", origin.display()))?;
+    run.set_robust_eval_size(options.robust_images);
     run.pause();
+    let load = run.data_load();
     Ok((run, load))
 }
 
@@ -518,51 +468,22 @@ pub fn download_stem(config: &RunConfig, step: usize) -> String {
     )
 }
 
-/// Take one chunk of steps, report the losses, evaluate when due (with `robust_images` > 0,
-/// the robustness too).
-async fn train_chunk(
-    run: &mut Run,
-    robust_images: usize,
-    send: &dyn Fn(Event) -> bool,
-) -> Result<(), String> {
-    let start = Instant::now();
-    // Stop at the next evaluation step, so none is skipped.
-    let eval_every = run.config().train.eval_every.max(1);
-    let until_eval = eval_every - run.progress().step % eval_every;
-    let taken = run
-        .run_chunk(CHUNK_STEPS.min(until_eval))
+/// Take one chunk of steps (the engine stops at the next evaluation), report the losses,
+/// the evaluation and the robustness measured with it.
+async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> Result<(), String> {
+    let advance = run
+        .advance(CHUNK_STEPS, &mut |_| true)
+        .await
         .map_err(|e| format!("{e:#}"))?;
-    let losses = run.drain_losses().await.map_err(|e| format!("{e:#}"))?;
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
     send(Event::Progress {
         step: run.progress().step,
-        losses,
-        steps_per_sec: taken as f64 / secs,
+        losses: advance.losses,
+        steps_per_sec: advance.steps as f64 / advance.secs.max(1e-9),
     });
-    if run.eval_due() {
-        let report = run.evaluate().await.map_err(|e| format!("{e:#}"))?;
+    if let Some(report) = advance.eval {
         let step = report.step;
         send(Event::Eval(report));
-        if robust_images > 0 {
-            let options = RobustOptions {
-                limit: robust_images,
-                ..RobustOptions::default()
-            };
-            let device = run
-                .model()
-                .devices()
-                .first()
-                .cloned()
-                .ok_or("the model has no device")?;
-            let report = evaluate_robust(
-                run.model(),
-                &run.dataset().test,
-                &options,
-                &device,
-                &mut |_, _| {},
-            )
-            .await
-            .map_err(|e| format!("measuring robustness: {e}"))?;
+        if let Some(report) = advance.robust {
             send(Event::Robust {
                 step,
                 report: Box::new(report),

@@ -14,6 +14,6 @@ pub use metrics::{EvalReport, StepMetrics};
 pub use rng::Rng;
 pub use spec::{
     Arch, AttackKind, AttackLoss, AttackSpec, AttackTarget, DatasetKind, DatasetSpec, MethodKind,
-    ModelSpec, OptimizerKind, RouterKind, RouterObjective, ScheduleKind, SpecError, TargetClass,
-    TrainSpec,
+    ModelSpec, Named, OptimizerKind, RouterKind, RouterObjective, ScheduleKind, SpecError,
+    TargetClass, TrainSpec,
 };

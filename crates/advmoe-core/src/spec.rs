@@ -25,6 +25,15 @@ fn bad(field: &'static str, reason: impl Into<String>) -> SpecError {
     }
 }
 
+/// A closed set of named choices (every enum of this module): the CLI's and the app's lists of
+/// choices are generated from [`Named::ALL`], so a new variant appears in both.
+pub trait Named: Copy + PartialEq + fmt::Display + 'static {
+    /// Every choice, in declaration order.
+    const ALL: &'static [Self];
+    /// The name used on the command line and in JSON.
+    fn name(self) -> &'static str;
+}
+
 macro_rules! named_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -40,6 +49,13 @@ macro_rules! named_enum {
             /// The name used on the command line and in JSON.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl Named for $name {
+            const ALL: &'static [$name] = $name::ALL;
+            fn name(self) -> &'static str {
+                self.as_str()
             }
         }
 
@@ -102,6 +118,35 @@ named_enum!(
         Advmoe => "advmoe",
     }
 );
+
+impl MethodKind {
+    /// Whether the method trains on adversarial examples (every method but `standard`).
+    pub fn is_adversarial(self) -> bool {
+        match self {
+            MethodKind::Standard => false,
+            MethodKind::PgdAt | MethodKind::Trades | MethodKind::MoeAt | MethodKind::Advmoe => true,
+        }
+    }
+
+    /// Whether β weights a KL term of its loss (TRADES and the two MoE methods built on it).
+    pub fn uses_beta(self) -> bool {
+        match self {
+            MethodKind::Standard | MethodKind::PgdAt => false,
+            MethodKind::Trades | MethodKind::MoeAt | MethodKind::Advmoe => true,
+        }
+    }
+
+    /// Whether the routers have an optimiser and an objective of their own (AdvMoE's
+    /// alternating steps); such a method needs an MoE model.
+    pub fn has_router_optimizer(self) -> bool {
+        match self {
+            MethodKind::Standard | MethodKind::PgdAt | MethodKind::Trades | MethodKind::MoeAt => {
+                false
+            }
+            MethodKind::Advmoe => true,
+        }
+    }
+}
 
 named_enum!(
     /// What AdvMoE's router step minimises.
@@ -441,6 +486,14 @@ impl AttackTarget {
     fn default_target() -> Self {
         AttackTarget::Full
     }
+
+    /// Whether the target exists only in an MoE (routers, or routes to freeze).
+    pub fn needs_moe(self) -> bool {
+        match self {
+            AttackTarget::Full => false,
+            AttackTarget::Router | AttackTarget::Expert => true,
+        }
+    }
 }
 
 impl AttackSpec {
@@ -465,6 +518,38 @@ impl AttackSpec {
             steps: 10,
             step_size: 2.0 / 255.0,
             ..Self::paper_train()
+        }
+    }
+
+    /// The one rule for an attack's defaults, used by the CLI and the attack lab: `steps`
+    /// gradient steps (FGSM takes one; Square counts queries) of size 2.5·ε/steps, which for L∞
+    /// is kept within [ε/4, ε] (2/255 for PGD-10 at 8/255; APGD and Square pick their own);
+    /// the router target maximises KL, the others cross-entropy; a uniform random start, one
+    /// restart, untargeted.
+    pub fn with_defaults(kind: AttackKind, target: AttackTarget, eps: f32, steps: usize) -> Self {
+        let steps = if kind == AttackKind::Fgsm {
+            1
+        } else {
+            steps.max(1)
+        };
+        let step = 2.5 * eps / steps as f32;
+        Self {
+            kind,
+            eps,
+            steps,
+            step_size: if kind.is_l2() {
+                step
+            } else {
+                step.max(eps / 4.0).min(eps)
+            },
+            random_start: true,
+            restarts: 1,
+            loss: match target {
+                AttackTarget::Router => AttackLoss::Kl,
+                AttackTarget::Full | AttackTarget::Expert => AttackLoss::Ce,
+            },
+            target,
+            targeted: None,
         }
     }
 
@@ -542,6 +627,10 @@ pub struct TrainSpec {
     pub eval_every: usize,
     /// Test images used by each evaluation during training (0: the whole test split).
     pub eval_size: usize,
+    /// At each evaluation also measure robust accuracy and router robustness
+    /// ([`AttackSpec::paper_eval`], PGD-10 at ε = 8/255) on this many test images (0: off).
+    #[serde(default)]
+    pub robust_eval_size: usize,
     /// Seed of weight init, shuffling, augmentation and attack starts.
     pub seed: u64,
     /// Training attack (the inner maximisation of every adversarial method).
@@ -571,6 +660,7 @@ impl Default for TrainSpec {
             total_steps: 300,
             eval_every: 100,
             eval_size: 500,
+            robust_eval_size: 0,
             seed: 0,
             attack: AttackSpec::paper_train(),
             beta: 6.0,

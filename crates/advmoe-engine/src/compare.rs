@@ -180,21 +180,22 @@ pub async fn run_comparison(
         }
         let mut run = Run::new(entry.config.clone(), dataset.clone(), device)?;
         let total = entry.config.train.total_steps;
-        while run.state() == RunState::Running {
-            if stop() {
-                return Ok(rows);
-            }
-            run.step()?;
-            let done = run.step_index();
-            if done % 10 == 0 || run.state() != RunState::Running {
-                run.drain_losses().await?;
-            }
-            if run.eval_due() {
-                run.evaluate().await?;
-            }
-            on_event(CompareEvent::Step { done, of: total });
+        let mut stopped = stop();
+        while !stopped && run.state() == RunState::Running {
+            let start = run.step_index();
+            run.advance(10, &mut |taken| {
+                on_event(CompareEvent::Step {
+                    done: start + taken,
+                    of: total,
+                });
+                stopped = stop();
+                !stopped
+            })
+            .await?;
         }
-        run.drain_losses().await?;
+        if stopped {
+            return Ok(rows);
+        }
         if let Some(dir) = &dir {
             run.save_model(dir).await?;
         }
@@ -221,19 +222,43 @@ pub async fn run_comparison(
 
 /// The row of a finished run of `entry`, with its robustness report.
 pub fn compare_row(entry: &CompareEntry, run: &Run, report: RobustReport) -> CompareRow {
-    let macs = count_macs(&entry.config.model);
-    CompareRow {
-        name: entry.name.clone(),
-        method: entry.config.train.method,
-        experts: entry.config.model.num_experts,
-        ratio: entry.config.model.ratio,
-        balance_weight: entry.config.balance_weight,
-        macs_pathway: macs.pathway,
-        macs_pathway_with_router: macs.pathway_with_router,
-        steps: run.step_index(),
-        train_secs: run.progress().train_secs,
+    CompareRow::new(
+        &entry.name,
+        &entry.config,
+        run.step_index(),
+        run.progress().train_secs,
         report,
-        history: run.history().to_vec(),
+        run.history().to_vec(),
+    )
+}
+
+impl CompareRow {
+    /// The row of a model called `name`, made with `config`, trained `steps` steps in
+    /// `train_secs` seconds (NaN: unknown), with what was measured on it and its training
+    /// curves (`history`, possibly empty). The one place a row is assembled: the comparison's
+    /// runs and the app's report view both use it.
+    pub fn new(
+        name: &str,
+        config: &RunConfig,
+        steps: usize,
+        train_secs: f64,
+        report: RobustReport,
+        history: Vec<EvalReport>,
+    ) -> Self {
+        let macs = count_macs(&config.model);
+        Self {
+            name: name.to_string(),
+            method: config.train.method,
+            experts: config.model.num_experts,
+            ratio: config.model.ratio,
+            balance_weight: config.balance_weight,
+            macs_pathway: macs.pathway,
+            macs_pathway_with_router: macs.pathway_with_router,
+            steps,
+            train_secs,
+            report,
+            history,
+        }
     }
 }
 

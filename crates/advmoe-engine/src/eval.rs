@@ -3,11 +3,10 @@
 use advmoe_data::ImageSet;
 use advmoe_model::{Mode, MoeNet, RouteError, check_routes};
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::loss::cross_entropy;
-use crate::robust::count_correct;
-use crate::tensors::{ReadbackError, read_f32, to_device};
+use crate::tensors::{ReadbackError, read_f32, read_i64, to_device};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -51,6 +50,9 @@ pub struct EvalResult {
 /// Why an evaluation failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EvalError {
+    /// An attack target that only an MoE has, asked of a dense model.
+    #[error("the {0} target needs an MoE model; this one is dense")]
+    NeedsMoe(advmoe_core::AttackTarget),
     /// Routing failed (e.g. a NaN router score).
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -125,4 +127,27 @@ pub async fn evaluate(
         class_expert,
         examples,
     })
+}
+
+/// Correct predictions of `logits` `[batch, classes]` against `labels`.
+pub async fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, EvalError> {
+    Ok(correct_each(logits, labels)
+        .await?
+        .iter()
+        .filter(|c| **c)
+        .count())
+}
+
+/// Per image, whether `logits` `[batch, classes]` predict its label.
+pub(crate) async fn correct_each(
+    logits: Tensor<2>,
+    labels: &[u16],
+) -> Result<Vec<bool>, EvalError> {
+    let [b, _] = logits.dims();
+    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")
+        .await?
+        .iter()
+        .zip(labels)
+        .map(|(p, l)| *p == i64::from(*l))
+        .collect())
 }

@@ -132,7 +132,8 @@ impl ImageAttack {
 /// their clean distributions. `seed` fixes the random start.
 ///
 /// # Errors
-/// A NaN router score or a failed readback.
+/// A target only an MoE has ([`AttackTarget::needs_moe`]) on a dense model, a NaN router
+/// score or a failed readback.
 pub async fn attack_image(
     model: &MoeNet,
     image: Tensor<4>,
@@ -140,6 +141,9 @@ pub async fn attack_image(
     spec: &AttackSpec,
     seed: u64,
 ) -> Result<ImageAttack, EvalError> {
+    if spec.target.needs_moe() && model.moe_convs().is_empty() {
+        return Err(EvalError::NeedsMoe(spec.target));
+    }
     let [_, c, h, w] = image.dims();
     let device = image.device();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![label as i64], [1]), &device);

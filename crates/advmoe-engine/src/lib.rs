@@ -1,9 +1,10 @@
 //! The step-wise training engine of AdvMoE Lab (no UI).
 //!
-//! A [`Run`] is created from a [`RunConfig`] and advanced one step (or one chunk) at a time by
-//! whoever drives it: the CLI's loop, a UI worker thread, or a browser task. Training losses stay
-//! on the device until [`Run::drain_losses`] reads them back in one go, so the hot loop never
-//! waits on the GPU; every drained loss is checked for NaN/Inf. Training methods are pluggable
+//! A [`Run`] is built from a [`RunConfig`] ([`Run::from_config`]) or a checkpoint
+//! ([`Run::from_checkpoint`]) and driven to each evaluation with [`Run::advance`] by whoever
+//! drives it: the CLI, a UI worker thread, a browser task, the comparison, the benchmark, the
+//! tests. Training losses stay on the device until the advance ends and reads them back in one
+//! go, so the hot loop never waits on the GPU; every loss read is checked for NaN/Inf. Training methods are pluggable
 //! ([`method::Method`]); optimisers ([`optim`]) and the learning-rate schedule are the project's
 //! own so that a run checkpoint holds their exact state.
 
@@ -27,6 +28,6 @@ pub use eval::{EvalOptions, evaluate};
 pub use inspect::{ImageAttack, Prediction, attack_image, predict};
 pub use robust::{NamedAttack, RobustOptions, RobustReport, evaluate_robust};
 pub use run::{
-    EngineError, Progress, Run, RunConfig, RunState, load_model_bytes, load_model_dir,
-    load_model_path,
+    Advance, CheckpointSource, DataLoad, EngineError, NamedFiles, Progress, Run, RunConfig,
+    RunState, ShapeMismatch, load_data, load_model_bytes, load_model_dir, load_model_path,
 };

@@ -19,6 +19,25 @@ const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
 
+/// Why saved optimiser state does not fit an optimiser.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptimizerStateError {
+    /// A tensor's name lacks the `.<state>` suffix.
+    #[error("optimizer tensor {0} has no state suffix")]
+    NoSuffix(String),
+    /// A tensor holds state of another optimiser kind.
+    #[error("optimizer tensor {name} does not belong to {kind:?}")]
+    WrongKind {
+        /// The tensor.
+        name: String,
+        /// The optimiser it was offered to.
+        kind: OptimizerKind,
+    },
+    /// A parameter has some of its state tensors but not all (Adam needs `m` and `v`).
+    #[error("incomplete optimizer state for {0}")]
+    Incomplete(String),
+}
+
 /// An optimiser with path-keyed state.
 #[derive(Debug, Clone)]
 pub struct Optimizer {
@@ -102,7 +121,7 @@ impl Optimizer {
         steps: u64,
         tensors: HashMap<String, NamedTensor>,
         device: &Device,
-    ) -> Result<(), String> {
+    ) -> Result<(), OptimizerStateError> {
         let suffixes: &[&str] = match self.kind {
             OptimizerKind::Sgd => &["momentum"],
             OptimizerKind::Adam => &["adam_m", "adam_v"],
@@ -110,13 +129,13 @@ impl Optimizer {
         let mut state: HashMap<String, Vec<Option<Tensor<1>>>> = HashMap::new();
         for (name, t) in tensors {
             let Some((path, suffix)) = name.rsplit_once('.') else {
-                return Err(format!("optimizer tensor {name} has no state suffix"));
+                return Err(OptimizerStateError::NoSuffix(name));
             };
             let Some(slot) = suffixes.iter().position(|s| *s == suffix) else {
-                return Err(format!(
-                    "optimizer tensor {name} does not belong to {:?}",
-                    self.kind
-                ));
+                return Err(OptimizerStateError::WrongKind {
+                    name,
+                    kind: self.kind,
+                });
             };
             let n = t.values.len();
             let tensor = Tensor::from_data(TensorData::new(t.values, [n]), device);
@@ -130,7 +149,7 @@ impl Optimizer {
                 let tensors: Option<Vec<Tensor<1>>> = slots.into_iter().collect();
                 tensors
                     .map(|t| (path.clone(), t))
-                    .ok_or(format!("incomplete optimizer state for {path}"))
+                    .ok_or_else(|| OptimizerStateError::Incomplete(path.clone()))
             })
             .collect::<Result<_, _>>()?;
         self.steps = steps;

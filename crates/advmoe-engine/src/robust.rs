@@ -23,9 +23,9 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{LogitObjective, RouterObjective, attack};
-use crate::eval::EvalError;
+use crate::eval::{EvalError, correct_each, count_correct};
 use crate::loss::distinct_routes;
-use crate::tensors::{read_i64, to_device};
+use crate::tensors::to_device;
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize)]
@@ -416,24 +416,4 @@ fn compare_routes(clean: &[Vec<usize>], other: &[Vec<usize>]) -> Tally {
         tally.routes_same += a.iter().zip(b).filter(|(x, y)| x == y).count();
     }
     tally
-}
-
-/// Correct predictions of `logits` `[batch, classes]` against `labels`.
-pub async fn count_correct(logits: Tensor<2>, labels: &[u16]) -> Result<usize, EvalError> {
-    Ok(correct_each(logits, labels)
-        .await?
-        .iter()
-        .filter(|c| **c)
-        .count())
-}
-
-/// Per image, whether `logits` `[batch, classes]` predict its label.
-async fn correct_each(logits: Tensor<2>, labels: &[u16]) -> Result<Vec<bool>, EvalError> {
-    let [b, _] = logits.dims();
-    Ok(read_i64(logits.argmax(1).reshape([b]), "predictions")
-        .await?
-        .iter()
-        .zip(labels)
-        .map(|(p, l)| *p == i64::from(*l))
-        .collect())
 }

@@ -4,7 +4,7 @@
 //! and the routing map (MoE layers × experts) clean vs adversarial with flipped routes marked.
 //! Moving ε re-runs the attack.
 
-use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget};
+use advmoe_core::{AttackKind, AttackSpec, AttackTarget};
 use advmoe_engine::Prediction;
 use eframe::egui::{self, Color32, RichText, TextureHandle};
 
@@ -75,32 +75,14 @@ impl Default for AttackState {
 }
 
 impl AttackState {
-    /// The attack these settings describe.
+    /// The attack these settings describe: the core's defaults for the kind
+    /// ([`AttackSpec::with_defaults`]) without a random start, so the same settings always
+    /// show the same picture.
     pub fn spec(&self) -> AttackSpec {
-        let eps = self.eps_255 / 255.0;
-        let steps = if self.kind == AttackKind::Fgsm {
-            1
-        } else {
-            self.steps.clamp(1, most_steps(self.kind))
-        };
+        let steps = self.steps.clamp(1, most_steps(self.kind));
         AttackSpec {
-            kind: self.kind,
-            eps,
-            steps,
-            step_size: if self.kind.is_l2() {
-                2.5 * eps / steps as f32
-            } else {
-                (2.5 * eps / steps as f32).max(eps / 4.0).min(eps)
-            },
             random_start: false,
-            restarts: 1,
-            loss: if self.target == AttackTarget::Router {
-                AttackLoss::Kl
-            } else {
-                AttackLoss::Ce
-            },
-            target: self.target,
-            targeted: None,
+            ..AttackSpec::with_defaults(self.kind, self.target, self.eps_255 / 255.0, steps)
         }
     }
 
@@ -110,12 +92,6 @@ impl AttackState {
             .model
             .and_then(|m| models.get(m))
             .ok_or("choose a model to attack")?;
-        if self.target != AttackTarget::Full && !model.config.model.is_moe() {
-            return Err(format!(
-                "the {} target needs an MoE model; {} is dense",
-                self.target, model.name
-            ));
-        }
         let image = if self.use_own {
             let own = self
                 .own

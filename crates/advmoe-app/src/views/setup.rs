@@ -199,8 +199,7 @@ pub fn setup_ui(
             row(ui, "Evaluate every", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.eval_every).range(1..=100_000))
             });
-            let adversarial = config.train.method != MethodKind::Standard;
-            if adversarial {
+            if config.train.method.is_adversarial() {
                 let mut eps_255 = config.train.attack.eps * 255.0;
                 row(ui, "Training attack ε (×1/255)", |ui| {
                     ui.add(
@@ -214,10 +213,7 @@ pub fn setup_ui(
                     ui.add(egui::DragValue::new(&mut config.train.attack.steps).range(1..=20))
                 });
             }
-            if matches!(
-                config.train.method,
-                MethodKind::Trades | MethodKind::MoeAt | MethodKind::Advmoe
-            ) {
+            if config.train.method.uses_beta() {
                 row(ui, "KL weight β", |ui| {
                     ui.add(
                         egui::DragValue::new(&mut config.train.beta)

@@ -1,0 +1,194 @@
+//! `advmoe eval`: clean accuracy, cost and expert load of a trained model, and with `--attack`
+//! the robustness dissection (robust accuracy, router and expert robustness, route flips,
+//! ε-curves, the per-image worst case).
+
+use std::path::PathBuf;
+
+use advmoe_core::{AttackKind, count_macs};
+use advmoe_engine::eval::{EvalOptions, evaluate};
+use advmoe_engine::robust::{RobustOptions, RobustReport, evaluate_robust};
+use advmoe_engine::{DeviceChoice, block_on, make_device};
+use burn::module::Module as _;
+use clap::Args;
+
+use crate::args::{
+    AttackFlags, WorstCaseFlags, choice, load_model_and_data, parse_fraction, pct, progress_bar,
+};
+
+#[derive(Args)]
+pub(crate) struct EvalArgs {
+    /// Folder written by `advmoe train`, or a model pair the web app downloaded (either of
+    /// `<name>.safetensors` / `<name>.json`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Device: cpu or gpu.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Read the model's real dataset from this folder (or image-folder archive) instead of the
+    /// path in its config.
+    #[arg(long, alias = "data")]
+    data_dir: Option<PathBuf>,
+    /// Evaluate only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Images per batch (default: 250 clean, 100 under attack).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Attack algorithm. Without it only clean accuracy is measured.
+    #[arg(long, value_parser = choice::<AttackKind>())]
+    attack: Option<AttackKind>,
+    #[command(flatten)]
+    flags: AttackFlags,
+    /// Radii of the ε-curves, comma separated (e.g. 1/255,2/255,4/255,8/255).
+    #[arg(long, value_delimiter = ',', value_parser = parse_fraction)]
+    eps_sweep: Vec<f32>,
+    /// Seed of the attacks' random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    worst: WorstCaseFlags,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let device = make_device(args.device);
+    let (config, model, dataset) =
+        load_model_and_data(&args.model, args.data_dir.as_deref(), &device)?;
+    let macs = count_macs(&config.model);
+    let started = std::time::Instant::now();
+    let result = block_on(evaluate(
+        &model,
+        &dataset.test,
+        &EvalOptions {
+            batch_size: args.batch_size.unwrap_or(250),
+            limit: args.limit,
+            ..EvalOptions::default()
+        },
+        &device,
+    ))?;
+    let clean_secs = started.elapsed().as_secs_f64();
+    let mut json = serde_json::json!({
+        "model": args.model,
+        "device": args.device,
+        "dataset": config.data.kind,
+        "images": result.images,
+        "clean_acc": result.clean_acc,
+        "test_loss": result.test_loss,
+        "macs_pathway": macs.pathway,
+        "macs_pathway_with_router": macs.pathway_with_router,
+        "macs_all_experts": macs.all_experts,
+        "macs_dense": macs.dense,
+        "moe_layers": macs.moe_layers,
+        "expert_load": result.expert_load,
+        "eval_secs": clean_secs,
+        "images_per_sec": result.images as f64 / clean_secs.max(1e-9),
+    });
+    let robust = match args.attack {
+        None => None,
+        Some(kind) => {
+            let options = RobustOptions {
+                eps_sweep: args.eps_sweep.clone(),
+                batch_size: args.batch_size.unwrap_or(100),
+                limit: args.limit,
+                seed: args.seed,
+                worst_case: args
+                    .worst
+                    .attacks(kind, args.flags.eps, config.model.num_classes)?,
+                ..args.flags.robust_options(kind)?
+            };
+            let bar = progress_bar(result.images, "images attacked");
+            let model = model.fork(&device.clone().autodiff());
+            let report = block_on(evaluate_robust(
+                &model,
+                &dataset.test,
+                &options,
+                &device,
+                &mut |done, _| bar.set_position(done as u64),
+            ))?;
+            bar.finish_and_clear();
+            Some(report)
+        }
+    };
+    if let (Some(report), Some(obj)) = (&robust, json.as_object_mut()) {
+        let extra = serde_json::to_value(report)?;
+        if let Some(extra) = extra.as_object() {
+            for (k, v) in extra {
+                if k != "expert_load" {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    if args.json {
+        println!("{json}");
+        return Ok(());
+    }
+    println!(
+        "{}: clean accuracy {:.2}% on {} test images ({:.0} images/s on {})",
+        args.model.display(),
+        100.0 * result.clean_acc,
+        result.images,
+        result.images as f64 / clean_secs.max(1e-9),
+        args.device
+    );
+    println!(
+        "cost: {:.4} GMACs per image ({:.4} with router; all experts {:.4}; dense {:.4})",
+        macs.pathway as f64 / 1e9,
+        macs.pathway_with_router as f64 / 1e9,
+        macs.all_experts as f64 / 1e9,
+        macs.dense as f64 / 1e9
+    );
+    for (i, layer) in result.expert_load.iter().enumerate() {
+        let l: Vec<String> = layer
+            .iter()
+            .map(|f| format!("{:5.1}%", 100.0 * f))
+            .collect();
+        println!("MoE layer {:>2}: {}", i + 1, l.join(" "));
+    }
+    if let Some(r) = &robust {
+        print_robust(r);
+    }
+    Ok(())
+}
+
+fn print_robust(r: &RobustReport) {
+    let a = &r.attack;
+    println!(
+        "attack {} ε={:.4} steps={} step={:.4} restarts={} loss={}{}:",
+        a.kind,
+        a.eps,
+        a.steps,
+        a.step_size,
+        a.restarts,
+        a.loss,
+        a.targeted
+            .map_or(String::new(), |t| format!(" targeted={t}"))
+    );
+    println!("  robust accuracy     {:.2}%", 100.0 * r.robust_acc);
+    if let Some(w) = &r.worst_case {
+        let names: Vec<&str> = w.each.iter().map(|(name, _)| name.as_str()).collect();
+        println!(
+            "  worst case (RA)     {:.2}%  (per image, over {})",
+            100.0 * w.robust_acc,
+            names.join(", ")
+        );
+        for (name, acc) in &w.each {
+            println!("    {name:<28} {:.2}%", 100.0 * acc);
+        }
+    }
+    println!("  route flips (full)  {}", pct(r.route_flip_rate));
+    println!("  router robustness   {}", pct(r.router_robustness));
+    println!("  expert robustness   {}", pct(r.expert_robustness));
+    for p in &r.sweep {
+        println!(
+            "  ε={:.4}: robust {:.2}%  route flips {}  router robustness {}",
+            p.eps,
+            100.0 * p.robust_acc,
+            pct(p.route_flip_rate),
+            pct(p.router_robustness)
+        );
+    }
+    println!("  ({} images, {:.1} s)", r.images, r.secs);
+}
