@@ -31,7 +31,7 @@ fn wait_for(
         assert!(
             Instant::now() < deadline,
             "{what}: not done in {secs} s (error shown: {:?})",
-            harness.state().error()
+            harness.state().state.error.as_deref()
         );
         harness.step();
         std::thread::sleep(Duration::from_millis(20));
@@ -59,7 +59,7 @@ fn gpu_harness(size: [f32; 2]) -> Harness<'static, LabApp> {
 /// Wait until the three bundled demo models are in the library.
 fn wait_for_demos(harness: &mut Harness<'static, LabApp>) {
     wait_for(harness, "loading the demo models", 120, |app| {
-        app.models().len() == DEMOS.len() && !app.analysis_busy()
+        app.state.models.len() == DEMOS.len() && !app.state.analysis_busy()
     });
 }
 
@@ -73,17 +73,18 @@ fn choose(harness: &mut Harness<'static, LabApp>, combo: &str, item: &str) {
 
 /// Press "Attack" in the attack lab and wait for that attack's result.
 fn attack_now(harness: &mut Harness<'static, LabApp>, what: &str) -> AttackOutcome {
-    let before = harness.state().attack_state().sent;
+    let before = harness.state().state.attack.sent;
     harness.get_by_label("Attack").click();
     wait_for(harness, what, 300, |app| {
-        let state = app.attack_state();
+        let state = &app.state.attack;
         state.sent > before
             && state.result.as_ref().is_some_and(|r| r.seq == state.sent)
-            && !app.analysis_busy()
+            && !app.state.analysis_busy()
     });
     harness
         .state()
-        .attack_state()
+        .state
+        .attack
         .result
         .clone()
         .expect("an attack result")
@@ -119,14 +120,14 @@ fn presets_fill_the_setup() {
     harness.get_by_label("AdvMoE fixes the routers").click();
     harness.run_steps(2);
     assert_eq!(
-        harness.state().setup().config.train.method,
+        harness.state().state.setup.config.train.method,
         MethodKind::Advmoe
     );
     harness
         .get_by_label("Dense TRADES baseline (same cost)")
         .click();
     harness.run_steps(2);
-    let config = &harness.state().setup().config;
+    let config = &harness.state().state.setup.config;
     assert_eq!(config.train.method, MethodKind::Trades);
     assert_eq!(config.model.num_experts, 1);
 
@@ -135,19 +136,14 @@ fn presets_fill_the_setup() {
     wait_for_demos(&mut harness);
     harness.get_by_label("Attack the router only").click();
     wait_for(&mut harness, "the router-only lesson", 120, |app| {
-        app.attack_state().result.is_some() && !app.analysis_busy()
+        app.state.attack.result.is_some() && !app.state.analysis_busy()
     });
-    let outcome = harness
-        .state()
-        .attack_state()
-        .result
-        .clone()
-        .expect("result");
+    let outcome = harness.state().state.attack.result.clone().expect("result");
     assert_eq!(
         outcome.attack.spec.target,
         advmoe_core::AttackTarget::Router
     );
-    let model = &harness.state().models()[outcome.model];
+    let model = &harness.state().state.models[outcome.model];
     assert_eq!(model.config.train.method, MethodKind::MoeAt);
     harness.get_by_label_contains("Routing map: routes flipped in");
 }
@@ -156,7 +152,7 @@ fn presets_fill_the_setup() {
 /// `robust_images` test images), press "Start training" and wait until both evaluations arrived.
 fn train_tiny(harness: &mut Harness<'static, LabApp>, robust_images: usize) {
     {
-        let config = &mut harness.state_mut().setup_mut().config;
+        let config = &mut harness.state_mut().state.setup.config;
         config.model.width = 4;
         config.train.total_steps = 20;
         config.train.batch_size = 8;
@@ -165,11 +161,11 @@ fn train_tiny(harness: &mut Harness<'static, LabApp>, robust_images: usize) {
         config.data.synthetic_train_size = 200;
         config.data.synthetic_test_size = 50;
     }
-    harness.state_mut().setup_mut().robust_images = robust_images;
+    harness.state_mut().state.setup.robust_images = robust_images;
     harness.run_steps(2);
     harness.get_by_label("Start training").click();
     let deadline = Instant::now() + Duration::from_secs(300);
-    while harness.state().train_state().robust.len() < 2 {
+    while harness.state().state.train.robust.len() < 2 {
         assert!(
             Instant::now() < deadline,
             "training did not finish in 300 s"
@@ -184,7 +180,7 @@ fn train_tiny(harness: &mut Harness<'static, LabApp>, robust_images: usize) {
 fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoint() {
     let mut harness = harness();
     train_tiny(&mut harness, 16);
-    let state = harness.state().train_state().clone();
+    let state = harness.state().state.train.clone();
     assert_eq!(state.step, 20);
     assert_eq!(state.losses.len(), 20);
     assert!(state.losses.iter().all(|[_, loss]| loss.is_finite()));
@@ -213,15 +209,15 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
 
     // The finished run's model joins the library (after the three demo models).
     wait_for(&mut harness, "adopting the trained model", 60, |app| {
-        app.models().len() == DEMOS.len() + 1
+        app.state.models.len() == DEMOS.len() + 1
     });
     assert_eq!(
-        harness.state().models()[DEMOS.len()].origin,
+        harness.state().state.models[DEMOS.len()].origin,
         advmoe_app::analysis::ORIGIN_TRAINED
     );
 
     // Closing the window with the model unsaved asks first; "Cancel" keeps the app open.
-    assert!(harness.state().has_unsaved_model());
+    assert!(harness.state().state.has_unsaved_model());
     harness
         .input_mut()
         .viewports
@@ -235,11 +231,11 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
         info.events.clear();
     }
     harness.run_steps(2);
-    assert!(harness.state().confirming_close());
+    assert!(harness.state().state.confirm_close);
     harness.get_by_label_contains("Discard the trained model?");
     harness.get_by_label("Cancel").click();
     harness.run_steps(2);
-    assert!(!harness.state().confirming_close());
+    assert!(!harness.state().state.confirm_close);
 
     // Save a checkpoint through the train view; the CLI's files appear in the folder.
     let dir = temp_dir("app-checkpoint");
@@ -248,7 +244,7 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
     type_into(&mut harness, "Checkpoint folder", dir.to_str().unwrap());
     harness.get_by_label("Save checkpoint").click();
     wait_for(&mut harness, "saving the checkpoint", 60, |app| {
-        app.train_state().saved_to.is_some()
+        app.state.train.saved_to.is_some()
     });
     for file in [
         "config.json",
@@ -262,11 +258,11 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
             dir.display()
         );
     }
-    assert!(!harness.state().has_unsaved_model());
+    assert!(!harness.state().state.has_unsaved_model());
 
     // A fresh app loads that checkpoint from the train view: same step and evaluations, and
     // the finished run's model joins the library.
-    let saved = harness.state().train_state().clone();
+    let saved = harness.state().state.train.clone();
     let mut fresh = self::harness();
     wait_for_demos(&mut fresh);
     fresh.get_by_label("Train").click();
@@ -276,9 +272,9 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
     type_into(&mut fresh, "Checkpoint folder", dir.to_str().unwrap());
     fresh.get_by_label("Load checkpoint").click();
     wait_for(&mut fresh, "loading the checkpoint", 60, |app| {
-        app.models().len() == DEMOS.len() + 1
+        app.state.models.len() == DEMOS.len() + 1
     });
-    let loaded = fresh.state().train_state();
+    let loaded = &fresh.state().state.train;
     assert_eq!(loaded.step, 20);
     // run.json keeps the evaluations; JSON may round a float in its last bit.
     assert_eq!(loaded.evals.len(), saved.evals.len());
@@ -307,9 +303,15 @@ fn a_training_started_from_the_setup_view_reports_progress_and_saves_a_checkpoin
     std::fs::remove_file(dir.join("run.json")).expect("remove run.json");
     fresh.get_by_label("Load checkpoint").click();
     wait_for(&mut fresh, "the load error", 60, |app| {
-        app.error().is_some()
+        app.state.error.as_deref().is_some()
     });
-    let error = fresh.state().error().unwrap_or_default().to_owned();
+    let error = fresh
+        .state()
+        .state
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .to_owned();
     assert!(error.contains("run.json"), "{error}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -326,7 +328,7 @@ fn the_app_trains_on_the_device_it_draws_with() {
     );
     // Few robustness images: on lavapipe the attacks' sparse-kernel passes are slow.
     train_tiny(&mut harness, 4);
-    let state = harness.state().train_state();
+    let state = &harness.state().state.train;
     assert_eq!(state.step, 20);
     assert!(state.losses.iter().all(|[_, loss]| loss.is_finite()));
     harness.get_by_label_contains("step 20 / 20");
@@ -406,7 +408,7 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
     harness.get_by_label_contains(&format!(
         "Routing map: routes flipped in {flips} of {layers} MoE layers"
     ));
-    let names = &harness.state().models()[1].class_names;
+    let names = &harness.state().state.models[1].class_names;
     harness.get_by_label_contains(&format!(
         "Adversarial prediction: {}",
         names[a.adversarial.prediction]
@@ -415,7 +417,7 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
     assert!((probs - 1.0).abs() < 1e-4);
 
     // ε = 0: the adversarial image is the clean image and no route moves.
-    harness.state_mut().attack_state_mut().eps_255 = 0.0;
+    harness.state_mut().state.attack.eps_255 = 0.0;
     let outcome = attack_now(&mut harness, "attacking at ε = 0");
     assert_eq!(outcome.attack.spec.eps, 0.0);
     assert_eq!(
@@ -441,7 +443,7 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
             .collect(),
     );
     advmoe_app::picture::save_png(&stripes, &path).expect("png");
-    harness.state_mut().attack_state_mut().eps_255 = 8.0;
+    harness.state_mut().state.attack.eps_255 = 8.0;
     type_into(
         &mut harness,
         "Image file",
@@ -449,18 +451,14 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
     );
     harness.get_by_label("Open image").click();
     wait_for(&mut harness, "attacking the own image", 120, |app| {
-        app.attack_state()
+        app.state
+            .attack
             .result
             .as_ref()
             .is_some_and(|r| r.source == "stripes.png")
-            && !app.analysis_busy()
+            && !app.state.analysis_busy()
     });
-    let outcome = harness
-        .state()
-        .attack_state()
-        .result
-        .clone()
-        .expect("result");
+    let outcome = harness.state().state.attack.result.clone().expect("result");
     assert_eq!(outcome.attack.shape, [3, 32, 32]);
     assert_eq!(outcome.attack.label, outcome.attack.clean.prediction);
     assert!(outcome.attack.linf <= 8.0 / 255.0 + 1e-6);
@@ -478,7 +476,13 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
     );
     harness.get_by_label("Open image").click();
     harness.run_steps(3);
-    let error = harness.state().error().unwrap_or_default().to_owned();
+    let error = harness
+        .state()
+        .state
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .to_owned();
     assert!(
         error.contains("notes.png") && error.contains("PNG or JPEG"),
         "{error}"
@@ -494,13 +498,13 @@ fn the_atlas_and_the_report_show_the_demo_models() {
     let mut harness = harness();
     wait_for_demos(&mut harness);
     harness.get_by_label("Routing atlas").click();
-    harness.state_mut().atlas_state_mut().limit = 300;
+    harness.state_mut().state.atlas.limit = 300;
     harness.run_steps(2);
     choose(&mut harness, "Model", "Demo: MoE, AdvMoE");
     wait_for(&mut harness, "computing the atlas", 300, |app| {
-        app.atlas_state().atlas.is_some() && !app.analysis_busy()
+        app.state.atlas.atlas.is_some() && !app.state.analysis_busy()
     });
-    let atlas = harness.state().atlas_state().atlas.clone().expect("atlas");
+    let atlas = harness.state().state.atlas.atlas.clone().expect("atlas");
     assert_eq!(atlas.model, 2);
     assert_eq!(atlas.eval.images, 300);
     for (layer, matrix) in atlas.eval.class_expert.iter().enumerate() {
@@ -543,7 +547,7 @@ fn the_atlas_and_the_report_show_the_demo_models() {
     std::fs::remove_dir_all(&dir).ok();
 
     {
-        let report = harness.state_mut().report_state_mut();
+        let report = &mut harness.state_mut().state.report;
         report.eval_size = 20;
         report.sweep = "4/255".into();
         report.worst_case = true;
@@ -557,9 +561,9 @@ fn the_atlas_and_the_report_show_the_demo_models() {
         .expect("a button")
         .click();
     wait_for(&mut harness, "measuring", 300, |app| {
-        !app.report_state().measured.is_empty() && !app.analysis_busy()
+        !app.state.report.measured.is_empty() && !app.state.analysis_busy()
     });
-    let row = harness.state().report_state().measured[&0].clone();
+    let row = harness.state().state.report.measured[&0].clone();
     assert_eq!(row.report.images, 20);
     assert_eq!(row.report.sweep.len(), 1);
     assert!((row.report.sweep[0].eps - 4.0 / 255.0).abs() < 1e-7);
@@ -595,18 +599,24 @@ fn the_atlas_and_the_report_show_the_demo_models() {
     );
     harness.get_by_label("Open model folder").click();
     wait_for(&mut harness, "opening the folder", 60, |app| {
-        app.models().len() == DEMOS.len() + 1 && !app.analysis_busy()
+        app.state.models.len() == DEMOS.len() + 1 && !app.state.analysis_busy()
     });
-    assert_eq!(harness.state().models()[DEMOS.len()].name, "my-model");
+    assert_eq!(harness.state().state.models[DEMOS.len()].name, "my-model");
     let half = safetensors.len() / 2;
     std::fs::write(folder.join("model.safetensors"), &safetensors[..half]).expect("write");
     harness.get_by_label("Open model folder").click();
     wait_for(&mut harness, "the open error", 60, |app| {
-        app.error().is_some() && !app.analysis_busy()
+        app.state.error.as_deref().is_some() && !app.state.analysis_busy()
     });
-    let error = harness.state().error().unwrap_or_default().to_owned();
+    let error = harness
+        .state()
+        .state
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .to_owned();
     assert!(error.contains("model.safetensors"), "{error}");
-    assert_eq!(harness.state().models().len(), DEMOS.len() + 1);
+    assert_eq!(harness.state().state.models.len(), DEMOS.len() + 1);
 }
 
 /// On the wgpu renderer (lavapipe in CI): the demo models attacked on the GPU device, and a
@@ -626,7 +636,7 @@ fn snapshots_of_every_view_on_the_gpu() {
     harness.run_steps(2);
     let mut flipped = None;
     for index in 0..20 {
-        harness.state_mut().attack_state_mut().test_index = index;
+        harness.state_mut().state.attack.test_index = index;
         let a = attack_now(&mut harness, "attacking on the GPU").attack;
         assert!(a.linf <= a.spec.eps + 1e-6);
         assert_eq!(a.spec.target, advmoe_core::AttackTarget::Router);
@@ -642,11 +652,11 @@ fn snapshots_of_every_view_on_the_gpu() {
     harness.snapshot_options("attack_lab", &options);
 
     harness.get_by_label("Routing atlas").click();
-    harness.state_mut().atlas_state_mut().limit = 200;
+    harness.state_mut().state.atlas.limit = 200;
     harness.run_steps(2);
     choose(&mut harness, "Model", "Demo: MoE, AdvMoE");
     wait_for(&mut harness, "computing the atlas on the GPU", 300, |app| {
-        app.atlas_state().atlas.is_some() && !app.analysis_busy()
+        app.state.atlas.atlas.is_some() && !app.state.analysis_busy()
     });
     harness.snapshot_options("routing_atlas", &options);
 
@@ -692,7 +702,7 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         r#"{"action":"train","steps":20,"eval_every":10,"batch_size":16,"eval_size":50,"method":"moe-at"}"#,
     ));
     wait_for(&mut harness, "the hook's training", 300, |app| {
-        app.models().len() == DEMOS.len() + 1
+        app.state.models.len() == DEMOS.len() + 1
     });
     let status = harness.state().status();
     assert_eq!(status["train"]["state"], "Finished");
@@ -710,7 +720,7 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         r#"{"action":"attack","image":3,"eps_255":16,"steps":5}"#,
     ));
     wait_for(&mut harness, "the hook's attack", 120, |app| {
-        app.attack_state().result.is_some() && !app.analysis_busy()
+        app.state.attack.result.is_some() && !app.state.analysis_busy()
     });
     let status = harness.state().status();
     let attack = &status["attack"];
@@ -725,15 +735,15 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         .filter(|(a, b)| a != b)
         .count();
     assert_eq!(attack["flipped_layers"], flips);
-    assert!(harness.state().error().is_none());
+    assert!(harness.state().state.error.as_deref().is_none());
 
     // "Save" natively writes the checkpoint folder; its files, handed over as bytes the way a
     // browser's picker does, resume the run (run.json present) ...
     let dir = temp_dir("hook-checkpoint");
-    harness.state_mut().train_state_mut().save_dir = dir.display().to_string();
+    harness.state_mut().state.train.save_dir = dir.display().to_string();
     harness.state_mut().run_hook(hook(r#"{"action":"save"}"#));
     wait_for(&mut harness, "saving", 60, |app| {
-        app.train_state().saved_to.is_some()
+        app.state.train.saved_to.is_some()
     });
     let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
     let checkpoint: Vec<(String, Vec<u8>)> = [
@@ -749,10 +759,10 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
     wait_for_demos(&mut fresh);
     fresh.state_mut().accept_files(checkpoint);
     wait_for(&mut fresh, "resuming from files", 60, |app| {
-        app.models().len() == DEMOS.len() + 1
+        app.state.models.len() == DEMOS.len() + 1
     });
-    assert_eq!(fresh.state().train_state().step, 20);
-    assert_eq!(fresh.state().train_state().evals.len(), 2);
+    assert_eq!(fresh.state().state.train.step, 20);
+    assert_eq!(fresh.state().state.train.evals.len(), 2);
 
     // ... a model pair as the web build downloads it joins the library under its stem, and
     // the same pair on disk opens by either file (as `advmoe eval --model` does) ...
@@ -762,9 +772,9 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         (format!("{stem}.json"), read("config.json")),
     ]);
     wait_for(&mut fresh, "opening the pair", 60, |app| {
-        app.models().len() == DEMOS.len() + 2
+        app.state.models.len() == DEMOS.len() + 2
     });
-    assert_eq!(fresh.state().models()[DEMOS.len() + 1].name, stem);
+    assert_eq!(fresh.state().state.models[DEMOS.len() + 1].name, stem);
     std::fs::write(
         dir.join(format!("{stem}.safetensors")),
         read("model.safetensors"),
@@ -790,16 +800,32 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         "lonely.safetensors".into(),
         read("model.safetensors"),
     )]);
-    assert!(fresh.state().error().unwrap().contains("needs both files"));
+    assert!(
+        fresh
+            .state()
+            .state
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("needs both files")
+    );
     fresh.state_mut().accept_files(vec![
         ("t10k-labels-idx1-ubyte.gz".into(), vec![0x1f, 0x8b]),
         ("notes.txt".into(), b"hello".to_vec()),
     ]);
     assert_eq!(
-        fresh.state().setup().config.data.data_dir.as_deref(),
+        fresh.state().state.setup.config.data.data_dir.as_deref(),
         Some(advmoe_data::files::MEMORY_DIR)
     );
-    assert!(fresh.state().error().unwrap().contains("notes.txt"));
+    assert!(
+        fresh
+            .state()
+            .state
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("notes.txt")
+    );
 
     // An image folder's archive, picked or dropped, selects the image-folder kind and is read
     // from memory: the same bytes as the file on disk give the same dataset.
@@ -809,7 +835,7 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
         "cifar10-jpg.tar.gz".into(),
         std::fs::read(&archive).unwrap(),
     )]);
-    let data = fresh.state().setup().config.data.clone();
+    let data = fresh.state().state.setup.config.data.clone();
     assert_eq!(data.kind, advmoe_core::DatasetKind::ImageFolder);
     let picked = advmoe_data::load(&data).unwrap();
     assert_eq!((picked.train.len(), picked.test.len()), (50_000, 10_000));

@@ -4,11 +4,11 @@
 
 use advmoe_core::{MethodKind, Rng};
 use advmoe_engine::Run;
-use advmoe_model::checkpoint::host_tensors;
 use advmoe_kernels::shaders::{self, Tile};
 use advmoe_kernels::{
     Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
 };
+use advmoe_model::checkpoint::host_tensors;
 use advmoe_model::{LayerRoute, gate_from_scores};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 

@@ -14,15 +14,18 @@ use advmoe_engine::compare::CompareRow;
 use advmoe_engine::eval::{EvalOptions, EvalResult, evaluate};
 use advmoe_engine::tensors::to_device;
 use advmoe_engine::{
-    ImageAttack, RobustOptions, RunConfig, attack_image, evaluate_robust, load_model_bytes,
-    load_model_path, predict,
+    EngineError, ImageAttack, RobustOptions, RunConfig, attack_image, evaluate_robust,
+    load_model_bytes, load_model_path, predict,
 };
 use advmoe_model::{MoeNet, Routing};
 use burn::module::Module as _;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::demo;
-use crate::worker::{Handle, Inbox, Outbox, TrainedModel, guarded, yield_now};
+use crate::error::{AppError, AppResult, Context as _};
+use crate::platform::{guarded, yield_now};
+use crate::task::{Handle, Inbox, Outbox};
+use crate::worker::TrainedModel;
 
 /// A model in the lab's library, as the views see it (the weights stay on the worker).
 #[derive(Debug, Clone)]
@@ -228,7 +231,7 @@ impl Library {
                 let reply = match result {
                     Ok(Some(reply)) => reply,
                     Ok(None) => continue,
-                    Err(message) => Reply::Error(message),
+                    Err(error) => Reply::Error(error.to_string()),
                 };
                 if !replies.send(reply) {
                     return;
@@ -244,7 +247,7 @@ impl Library {
         &mut self,
         request: Request,
         replies: &Outbox<Reply>,
-    ) -> Result<Option<Reply>, String> {
+    ) -> AppResult<Option<Reply>> {
         let device = self.device.clone();
         match request {
             Request::LoadDemos => {
@@ -252,7 +255,7 @@ impl Library {
                     let (config_json, safetensors) = demo.files().await?;
                     let (config, model) =
                         load_model_bytes(&config_json, &safetensors, Path::new(demo.name), &device)
-                            .map_err(|e| format!("bundled model {}: {e:#}", demo.name))?;
+                            .context(|| format!("bundled model {}", demo.name))?;
                     let recorded = demo::recorded_row(demo.name)?;
                     let train_secs = recorded.as_ref().map(|r| r.train_secs);
                     let info = self.add(
@@ -269,7 +272,7 @@ impl Library {
             }
             Request::Open(path) => {
                 let (config, model) = load_model_path(&path, &device)
-                    .map_err(|e| format!("opening {}: {e:#}", path.display()))?;
+                    .context(|| format!("opening {}", path.display()))?;
                 let name = path.file_stem().map_or_else(
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into(),
@@ -284,7 +287,7 @@ impl Library {
             } => {
                 let (config, model) =
                     load_model_bytes(&config_json, &safetensors, Path::new(&name), &device)
-                        .map_err(|e| format!("opening {name}: {e:#}"))?;
+                        .context(|| format!("opening {name}"))?;
                 let info = self.add(name, ORIGIN_FILES.into(), config, model, None, None)?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
@@ -322,10 +325,10 @@ impl Library {
                 let (images, label, source) = match image {
                     ImageSource::Test(index) => {
                         if index >= dataset.test.len() {
-                            return Err(format!(
+                            return Err(AppError::Refused(format!(
                                 "test image {index} does not exist: the test split has {} images",
                                 dataset.test.len()
-                            ));
+                            )));
                         }
                         let host = dataset.test.batch(index, index + 1);
                         let label = usize::from(host.labels[0]);
@@ -344,26 +347,28 @@ impl Library {
                             entry.info.config.model.image_size[1],
                         ];
                         if shape != expected {
-                            return Err(format!(
-                                "{name} was fitted to {shape:?} but the model takes {expected:?}"
-                            ));
+                            return Err(AppError::Image {
+                                name,
+                                reason: format!(
+                                    "fitted to {shape:?} but the model takes {expected:?}"
+                                ),
+                            });
                         }
                         let images =
                             Tensor::<4>::from_data(TensorData::new(pixels, [1, c, h, w]), &device);
-                        let clean = predict(&entry.model, images.clone(), &Routing::Free, 0)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let clean =
+                            predict(&entry.model, images.clone(), &Routing::Free, 0).await?;
                         (images, clean.prediction, name)
                     }
                 };
                 if label >= num_classes {
-                    return Err(format!(
+                    return Err(AppError::Refused(format!(
                         "label {label} is outside the model's {num_classes} classes"
-                    ));
+                    )));
                 }
                 let attack = attack_image(&entry.model, images, label, &spec, seed)
                     .await
-                    .map_err(|e| format!("attacking {}: {e}", entry.info.name))?;
+                    .context(|| format!("attacking {}", entry.info.name))?;
                 Ok(Some(Reply::Attacked(Box::new(AttackOutcome {
                     seq,
                     model,
@@ -384,7 +389,7 @@ impl Library {
                     &device,
                 )
                 .await
-                .map_err(|e| format!("atlas: {e}"))?;
+                .context(|| "the atlas".to_string())?;
                 let examples = eval
                     .examples
                     .iter()
@@ -424,7 +429,7 @@ impl Library {
                     },
                 )
                 .await
-                .map_err(|e| format!("evaluating {}: {e}", entry.info.name))?;
+                .context(|| format!("evaluating {}", entry.info.name))?;
                 let config = &entry.info.config;
                 let row = CompareRow::new(
                     &entry.info.name,
@@ -442,25 +447,26 @@ impl Library {
         }
     }
 
-    fn entry(&self, id: usize) -> Result<&Entry, String> {
+    fn entry(&self, id: usize) -> AppResult<&Entry> {
         self.entries
             .get(id)
-            .ok_or_else(|| format!("there is no model number {id}"))
+            .ok_or_else(|| AppError::Refused(format!("there is no model number {id}")))
     }
 
     /// A model and its dataset.
-    fn with_data(&mut self, id: usize) -> Result<(&Entry, Arc<Dataset>), String> {
+    fn with_data(&mut self, id: usize) -> AppResult<(&Entry, Arc<Dataset>)> {
         let config = self.entry(id)?.info.config.clone();
         let data = self.dataset(&config)?;
         Ok((self.entry(id)?, data))
     }
 
-    fn dataset(&mut self, config: &RunConfig) -> Result<Arc<Dataset>, String> {
-        let key = serde_json::to_string(&config.data).map_err(|e| e.to_string())?;
+    fn dataset(&mut self, config: &RunConfig) -> AppResult<Arc<Dataset>> {
+        // Datasets are cached by their spec (the same spec always reads the same images).
+        let key = format!("{:?}", config.data);
         if let Some(data) = self.datasets.get(&key) {
             return Ok(data.clone());
         }
-        let data = Arc::new(advmoe_data::load(&config.data).map_err(|e| format!("dataset: {e}"))?);
+        let data = Arc::new(advmoe_data::load(&config.data)?);
         self.datasets.insert(key, data.clone());
         Ok(data)
     }
@@ -473,11 +479,12 @@ impl Library {
         model: MoeNet,
         recorded: Option<CompareRow>,
         train_secs: Option<f64>,
-    ) -> Result<ModelInfo, String> {
+    ) -> AppResult<ModelInfo> {
         let data = self.dataset(&config)?;
         config
             .check_dataset(&data)
-            .map_err(|e| format!("{name}: {e}"))?;
+            .map_err(EngineError::from)
+            .context(|| name.clone())?;
         let info = ModelInfo {
             id: self.entries.len(),
             name,

@@ -16,40 +16,22 @@ pub struct Demo {
     pub name: &'static str,
     /// What the lab calls it.
     pub title: &'static str,
-    /// `config.json` and `model.safetensors`, compiled in.
-    #[cfg(not(target_arch = "wasm32"))]
-    embedded: (&'static [u8], &'static [u8]),
-}
-
-#[cfg(not(target_arch = "wasm32"))]
-macro_rules! demo {
-    ($name:literal, $title:literal) => {
-        Demo {
-            name: $name,
-            title: $title,
-            embedded: (
-                include_bytes!(concat!("../demo/", $name, "/config.json")),
-                include_bytes!(concat!("../demo/", $name, "/model.safetensors")),
-            ),
-        }
-    };
-}
-
-#[cfg(target_arch = "wasm32")]
-macro_rules! demo {
-    ($name:literal, $title:literal) => {
-        Demo {
-            name: $name,
-            title: $title,
-        }
-    };
 }
 
 /// The bundled models, in the order the lab lists them.
 pub const DEMOS: [Demo; 3] = [
-    demo!("dense-full-trades", "Demo: dense ResNet-10, TRADES"),
-    demo!("moe-at", "Demo: MoE, vanilla MoE AT"),
-    demo!("advmoe", "Demo: MoE, AdvMoE"),
+    Demo {
+        name: "dense-full-trades",
+        title: "Demo: dense ResNet-10, TRADES",
+    },
+    Demo {
+        name: "moe-at",
+        title: "Demo: MoE, vanilla MoE AT",
+    },
+    Demo {
+        name: "advmoe",
+        title: "Demo: MoE, AdvMoE",
+    },
 ];
 
 impl Demo {
@@ -57,21 +39,8 @@ impl Demo {
     ///
     /// # Errors
     /// On the web, if the page's `demo/<name>/` files cannot be fetched.
-    pub async fn files(&self) -> Result<(Cow<'static, [u8]>, Cow<'static, [u8]>), String> {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            Ok((
-                Cow::Borrowed(self.embedded.0),
-                Cow::Borrowed(self.embedded.1),
-            ))
-        }
-        #[cfg(target_arch = "wasm32")]
-        {
-            let fetch = |file: &str| crate::web::fetch_bytes(format!("demo/{}/{file}", self.name));
-            let config = fetch("config.json").await?;
-            let model = fetch("model.safetensors").await?;
-            Ok((Cow::Owned(config), Cow::Owned(model)))
-        }
+    pub async fn files(&self) -> crate::error::AppResult<(Cow<'static, [u8]>, Cow<'static, [u8]>)> {
+        crate::platform::demo_files(self.name).await
     }
 }
 
@@ -82,12 +51,15 @@ pub const COMPARE_JSON: &str = include_str!("../demo/compare.json");
 ///
 /// # Errors
 /// If the bundled `compare.json` cannot be read (a build packaging mistake).
-pub fn recorded_row(name: &str) -> Result<Option<CompareRow>, String> {
+pub fn recorded_row(name: &str) -> crate::error::AppResult<Option<CompareRow>> {
     #[derive(serde::Deserialize)]
     struct Compare {
         rows: Vec<CompareRow>,
     }
-    let compare: Compare = serde_json::from_str(COMPARE_JSON)
-        .map_err(|e| format!("the bundled demo/compare.json is unreadable: {e}"))?;
+    let compare: Compare = serde_json::from_str(COMPARE_JSON).map_err(|e| {
+        crate::error::AppError::Refused(format!(
+            "the bundled demo/compare.json is unreadable (a packaging mistake): {e}"
+        ))
+    })?;
     Ok(compare.rows.into_iter().find(|r| r.name == name))
 }

@@ -1,26 +1,8 @@
-//! Files into and out of the app, the same on both platforms once they are bytes: natively by
-//! path (typed or dropped), on the web from the browser's file picker or a drop, as named bytes
-//! that arrive asynchronously ([`push_incoming`], read by the app each frame with
-//! [`take_incoming`]). What a file is, the app decides by its name ([`classify`]).
+//! What a file is, decided by its name ([`classify`]), and which files form a model
+//! ([`model_pairs`]): the same on both platforms once files are bytes (natively by path, typed or
+//! dropped; on the web from the browser's picker or a drop, through `platform`).
 
-use std::sync::{Mutex, PoisonError};
-
-use crate::worker::Files;
-
-static INCOMING: Mutex<Vec<Files>> = Mutex::new(Vec::new());
-
-/// Hand files that arrived (a drop, a pick) to the app; it takes them on its next frame.
-pub fn push_incoming(files: Files) {
-    INCOMING
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(files);
-}
-
-/// Every batch of files that arrived since the last call.
-pub fn take_incoming() -> Vec<Files> {
-    std::mem::take(&mut *INCOMING.lock().unwrap_or_else(PoisonError::into_inner))
-}
+use advmoe_engine::NamedFiles as Files;
 
 /// What a file is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,38 +86,4 @@ pub fn model_pairs(files: &Files) -> Vec<(String, Vec<u8>, Vec<u8>)> {
         }
     }
     pairs
-}
-
-/// Offer files as browser downloads.
-///
-/// # Errors
-/// Natively (the desktop app writes folders instead), or if the browser refuses.
-pub fn offer_downloads(files: &Files) -> Result<(), String> {
-    #[cfg(target_arch = "wasm32")]
-    {
-        for (name, bytes) in files {
-            crate::web::download(name, bytes)?;
-        }
-        Ok(())
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let _ = files;
-        Err("downloads exist only in the web build; save into a folder".into())
-    }
-}
-
-/// Open the browser's file picker; the chosen files arrive through [`take_incoming`]. Natively
-/// there is no picker (type a path or drop files on the window): returns `false`.
-pub fn pick_files(ctx: &eframe::egui::Context) -> bool {
-    #[cfg(target_arch = "wasm32")]
-    {
-        crate::web::pick_files(ctx.clone());
-        true
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let _ = ctx;
-        false
-    }
 }

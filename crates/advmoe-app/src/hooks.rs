@@ -3,13 +3,17 @@
 //! `window.advmoeLab.send(json)` / `window.advmoeLab.status()` (see `web.rs`), which is how the
 //! headless-Chromium end-to-end test works the real page; native tests use them directly.
 //!
-//! Commands queue here and the app carries them out at the start of its next frame, on the UI
-//! thread, through the same paths as clicks (`LabApp::run_hook`).
-
-use std::sync::{Mutex, PoisonError};
+//! On the web, commands wait in the platform's queue and the app carries them out at the start
+//! of its next frame, on the UI thread, as the same [`AppCommand`]s clicks give
+//! ([`LabApp::run_hook`]).
 
 use advmoe_core::{AttackKind, AttackTarget, DatasetKind, MethodKind};
 use serde::Deserialize;
+use serde_json::json;
+
+use crate::LabApp;
+use crate::command::AppCommand;
+use crate::command::Tab;
 
 /// What a hook can ask.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -80,54 +84,131 @@ fn default_target() -> AttackTarget {
     AttackTarget::Full
 }
 
-static QUEUE: Mutex<Vec<HookCommand>> = Mutex::new(Vec::new());
-static STATUS: Mutex<String> = Mutex::new(String::new());
-static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// Parse and queue a command.
-///
-/// # Errors
-/// If `json` is not a command.
-pub fn queue(json: &str) -> Result<(), String> {
-    let command: HookCommand =
-        serde_json::from_str(json).map_err(|e| format!("not a hook command: {e}"))?;
-    QUEUE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(command);
-    Ok(())
-}
-
-/// Every command queued since the last call.
-pub fn take_commands() -> Vec<HookCommand> {
-    std::mem::take(&mut *QUEUE.lock().unwrap_or_else(PoisonError::into_inner))
-}
-
-/// Publish the app's state (the web build does this every frame).
-pub fn publish(status: String) {
-    *STATUS.lock().unwrap_or_else(PoisonError::into_inner) = status;
-}
-
-/// The state last published, as JSON (`{}` before the first frame).
-pub fn status_json() -> String {
-    let status = STATUS.lock().unwrap_or_else(PoisonError::into_inner);
-    if status.is_empty() {
-        "{}".into()
-    } else {
-        status.clone()
+impl HookCommand {
+    /// Parse a command from its JSON.
+    ///
+    /// # Errors
+    /// If `json` is not a command.
+    pub fn parse(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
     }
 }
 
-/// Report an error from outside the frame (a file that could not be read); the app shows it on
-/// its next frame.
-pub fn report_error(message: String) {
-    ERRORS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(message);
-}
+impl LabApp {
+    /// Carry out a test-hook command, as the matching clicks would.
+    pub fn run_hook(&mut self, command: HookCommand) {
+        let state = &mut self.state;
+        let command = match command {
+            HookCommand::Tab { tab } => match Tab::named(&tab) {
+                Some(tab) => AppCommand::ShowTab(tab),
+                None => AppCommand::ShowError(format!("no tab {tab:?}")),
+            },
+            HookCommand::Train {
+                steps,
+                eval_every,
+                batch_size,
+                eval_size,
+                method,
+                augment,
+                robust_images,
+                on_cpu,
+                dataset,
+            } => {
+                let config = &mut state.setup.config;
+                if let Some(dataset) = dataset {
+                    config.data.kind = dataset;
+                }
+                config.train.total_steps = steps;
+                config.train.eval_every = eval_every;
+                config.train.batch_size = batch_size;
+                if let Some(size) = eval_size {
+                    config.train.eval_size = size;
+                }
+                if let Some(method) = method {
+                    config.train.method = method;
+                }
+                if let Some(augment) = augment {
+                    config.data.augment = augment;
+                }
+                state.setup.robust_images = robust_images;
+                state.setup.on_cpu = on_cpu;
+                AppCommand::StartTraining
+            }
+            HookCommand::Attack {
+                model,
+                image,
+                eps_255,
+                steps,
+                kind,
+                target,
+            } => {
+                let attack = &mut state.attack;
+                attack.model = model.or_else(|| state.models.last().map(|m| m.id));
+                attack.use_own = false;
+                attack.test_index = image;
+                attack.eps_255 = eps_255;
+                attack.steps = steps;
+                attack.kind = kind;
+                attack.target = target;
+                state.tab = Tab::Attack;
+                AppCommand::RunAttack
+            }
+            HookCommand::Save => AppCommand::SaveCheckpoint,
+            HookCommand::Pick => AppCommand::PickFiles,
+        };
+        self.handle(command);
+    }
 
-/// Errors reported since the last call.
-pub fn take_errors() -> Vec<String> {
-    std::mem::take(&mut *ERRORS.lock().unwrap_or_else(PoisonError::into_inner))
+    /// What the app shows, as JSON (published for the test hooks every frame on the web).
+    pub fn status(&self) -> serde_json::Value {
+        let state = &self.state;
+        let prediction = |p: &advmoe_engine::Prediction| {
+            json!({
+                "prediction": p.prediction,
+                "confidence": p.confidence,
+                "routes": p.routes,
+            })
+        };
+        let attack = state.attack.result.as_ref().map(|r| {
+            json!({
+                "seq": r.seq,
+                "model": r.model,
+                "source": r.source,
+                "label": r.attack.label,
+                "linf": r.attack.linf,
+                "eps": r.attack.spec.eps,
+                "clean": prediction(&r.attack.clean),
+                "adversarial": prediction(&r.attack.adversarial),
+                "flipped_layers": r.attack.flipped().iter().filter(|f| **f).count(),
+            })
+        });
+        let train = &state.train;
+        json!({
+            "frames": self.frames.count,
+            "first_frame_ms": self.frames.first_frame_ms,
+            "compute": self.compute.label,
+            "on_gpu": self.compute.fallback_reason.is_none(),
+            "fallback_reason": self.compute.fallback_reason,
+            "tab": format!("{:?}", state.tab),
+            "models": state.models.iter().map(|m| json!({
+                "id": m.id, "name": m.name, "origin": m.origin,
+            })).collect::<Vec<_>>(),
+            "analysis_busy": state.analysis_busy(),
+            "train": {
+                "state": train.state.map(|s| format!("{s:?}")),
+                "step": train.step,
+                "total_steps": train.total_steps,
+                "steps_per_sec": train.steps_per_sec,
+                "evals": train.evals.iter().map(|e| json!({
+                    "step": e.step, "clean_acc": e.clean_acc, "loss": e.loss,
+                })).collect::<Vec<_>>(),
+                "saved_to": train.saved_to,
+                "data_dir": state.setup.config.data.data_dir,
+                "data_images": train.data.map(|d| d.images),
+                "data_load_s": train.data.map(|d| d.secs),
+            },
+            "attack": attack,
+            "error": state.error,
+        })
+    }
 }

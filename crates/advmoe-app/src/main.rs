@@ -20,5 +20,5 @@ fn main() -> eframe::Result {
 
 #[cfg(target_arch = "wasm32")]
 fn main() {
-    advmoe_app::web::start();
+    advmoe_app::platform::start();
 }

@@ -1,6 +1,7 @@
 //! Images between the engine's channel-major pixels, egui textures, the user's own PNG/JPEG
 //! files and PNG exports.
 
+use crate::error::{AppError, AppResult};
 use std::path::Path;
 
 use eframe::egui::{self, ColorImage, TextureHandle, TextureOptions};
@@ -38,11 +39,10 @@ pub fn texture(ctx: &egui::Context, name: &str, image: ColorImage) -> TextureHan
 ///
 /// # Errors
 /// A file that is not a readable PNG or JPEG, or an empty one.
-pub fn fit_user_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>, String> {
-    let decoded = image::load_from_memory(bytes)
-        .map_err(|e| format!("not a PNG or JPEG image that can be read: {e}"))?;
+pub fn fit_user_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>, ImageError> {
+    let decoded = image::load_from_memory(bytes).map_err(ImageError::Unreadable)?;
     if decoded.width() == 0 || decoded.height() == 0 {
-        return Err("the image is empty".into());
+        return Err(ImageError::Empty);
     }
     let resized = decoded.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle);
     let plane = h * w;
@@ -65,7 +65,7 @@ pub fn fit_user_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>, S
 ///
 /// # Errors
 /// If the file cannot be written.
-pub fn save_png(image: &ColorImage, path: &Path) -> Result<(), String> {
+pub fn save_png(image: &ColorImage, path: &Path) -> AppResult<()> {
     let [w, h] = image.size;
     let rgba: Vec<u8> = image.pixels.iter().flat_map(|p| p.to_array()).collect();
     image::save_buffer(
@@ -75,5 +75,19 @@ pub fn save_png(image: &ColorImage, path: &Path) -> Result<(), String> {
         h as u32,
         image::ExtendedColorType::Rgba8,
     )
-    .map_err(|e| format!("writing {}: {e}", path.display()))
+    .map_err(|e| AppError::Image {
+        name: path.display().to_string(),
+        reason: format!("cannot be written: {e}"),
+    })
+}
+
+/// Why the user's image cannot be attacked.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Not a PNG or JPEG that decodes.
+    #[error("not a PNG or JPEG image that can be read: {0}")]
+    Unreadable(image::ImageError),
+    /// No pixels.
+    #[error("the image is empty")]
+    Empty,
 }

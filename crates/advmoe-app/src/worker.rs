@@ -1,22 +1,20 @@
-//! The training worker and the task machinery both workers share.
-//!
-//! A worker owns all Burn work of its kind, takes commands from the UI and sends back events;
-//! it never blocks the frame (the UI drains events in `App::logic` and the worker wakes it).
-//! Its body is one `async` function, because the engine's readbacks are async:
-//! - natively it runs on a named thread of its own, driven by `block_on` (Burn's streams are
-//!   per thread, so all of a worker's work stays on that thread);
-//! - on the web it runs as a cooperative task on the page's event loop (`spawn_local`): it
-//!   yields at every readback and between chunks of steps, so the page keeps drawing.
+//! The training worker ("advmoe-engine"): owns the current [`Run`], takes [`Command`]s from
+//! the UI and reports [`Event`]s. It drives the run with the engine's `advance` in chunks of a
+//! few steps and looks at its command queue between chunks; on the web it yields to the page
+//! there too, so the page keeps drawing. The task machinery is in `task`, the platform's side
+//! in `platform`.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
 
 use advmoe_core::EvalReport;
 pub use advmoe_engine::{CheckpointSource, DataLoad, NamedFiles as Files};
 use advmoe_engine::{RobustReport, Run, RunConfig, RunState};
 use advmoe_model::MoeNet;
 use burn::tensor::Device;
+
+use crate::error::{AppResult, Context as _};
+use crate::platform::{self, guarded, yield_now};
+use crate::task::{Gone, Handle, Inbox, Outbox};
 
 /// Where "Save checkpoint" writes.
 #[derive(Debug, Clone)]
@@ -111,164 +109,13 @@ pub enum Event {
     Saved(String),
     /// The run ended (finished or stopped) and this is its model, for the other views.
     Trained(Box<TrainedModel>),
-    /// Something failed; the message is for the user.
+    /// Something failed; the message is for the user (an [`crate::error::AppError`],
+    /// formatted).
     Error(String),
 }
 
 /// Steps per chunk between looks at the command queue.
 const CHUNK_STEPS: usize = 5;
-
-/// The UI's handle on a worker that takes commands `C` and reports events `E`.
-pub struct Handle<C, E> {
-    commands: Sender<C>,
-    events: Receiver<E>,
-}
-
-/// A worker's way back to the UI: every event wakes the UI.
-pub struct Outbox<E> {
-    events: Sender<E>,
-    wake: Box<dyn Fn() + Send>,
-}
-
-impl<E> Outbox<E> {
-    /// Send an event and wake the UI; `false` when the UI is gone.
-    pub fn send(&self, event: E) -> bool {
-        let delivered = self.events.send(event).is_ok();
-        (self.wake)();
-        delivered
-    }
-}
-
-/// A worker's command queue.
-pub struct Inbox<C> {
-    commands: Receiver<C>,
-}
-
-/// The UI dropped its handle: the worker should end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gone;
-
-impl<C> Inbox<C> {
-    /// The next command, waiting for one (natively by blocking the worker's own thread, on the
-    /// web by sleeping between looks); `None` when the UI is gone.
-    pub async fn next(&self) -> Option<C> {
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            self.commands.recv().ok()
-        }
-        #[cfg(target_arch = "wasm32")]
-        loop {
-            match self.commands.try_recv() {
-                Ok(command) => return Some(command),
-                Err(TryRecvError::Empty) => crate::web::sleep_ms(15).await,
-                Err(TryRecvError::Disconnected) => return None,
-            }
-        }
-    }
-
-    /// A command if one is queued.
-    ///
-    /// # Errors
-    /// [`Gone`] when the UI is gone.
-    pub fn try_next(&self) -> Result<Option<C>, Gone> {
-        match self.commands.try_recv() {
-            Ok(command) => Ok(Some(command)),
-            Err(TryRecvError::Empty) => Ok(None),
-            Err(TryRecvError::Disconnected) => Err(Gone),
-        }
-    }
-
-    /// Every command queued now.
-    pub fn drain(&self) -> Vec<C> {
-        self.commands.try_iter().collect()
-    }
-}
-
-/// Let the page draw: on the web, return to the browser's event loop once; natively nothing
-/// (the worker has its own thread).
-pub async fn yield_now() {
-    #[cfg(target_arch = "wasm32")]
-    crate::web::sleep_ms(0).await;
-}
-
-impl<C: Send + 'static, E: Send + 'static> Handle<C, E> {
-    /// Start `body` as a worker called `name`: natively on a new thread of that name, on the
-    /// web as a task on the page's event loop. `wake` is called after every event (the app
-    /// passes `egui::Context::request_repaint`).
-    ///
-    /// # Errors
-    /// If the thread cannot be spawned.
-    pub fn spawn<F>(
-        name: &str,
-        wake: impl Fn() + Send + 'static,
-        body: impl FnOnce(Inbox<C>, Outbox<E>) -> F + Send + 'static,
-    ) -> std::io::Result<Self>
-    where
-        F: Future<Output = ()> + 'static,
-    {
-        let (commands, command_rx) = channel();
-        let (event_tx, events) = channel();
-        let outbox = Outbox {
-            events: event_tx,
-            wake: Box::new(wake),
-        };
-        let inbox = Inbox {
-            commands: command_rx,
-        };
-        #[cfg(not(target_arch = "wasm32"))]
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || advmoe_engine::block_on(body(inbox, outbox)))?;
-        #[cfg(target_arch = "wasm32")]
-        {
-            let _ = name;
-            wasm_bindgen_futures::spawn_local(body(inbox, outbox));
-        }
-        Ok(Self { commands, events })
-    }
-
-    /// Send a command; `false` when the worker is gone.
-    pub fn send(&self, command: C) -> bool {
-        self.commands.send(command).is_ok()
-    }
-
-    /// Every event that arrived since the last call.
-    pub fn drain(&self) -> Vec<E> {
-        self.events.try_iter().collect()
-    }
-}
-
-/// Run `work`, turning a panic inside it (a failed or lost GPU device, a bug) into an error
-/// message instead of a dead worker, so no panic reaches the user. On the web a panic aborts
-/// the module instead (wasm has no unwinding); the page's panic hook then shows it.
-pub async fn guarded<T>(
-    what: &str,
-    work: impl Future<Output = Result<T, String>>,
-) -> Result<T, String> {
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use futures_lite::FutureExt as _;
-        match std::panic::AssertUnwindSafe(work).catch_unwind().await {
-            Ok(result) => result,
-            Err(payload) => {
-                let detail = payload
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| payload.downcast_ref::<&str>().copied())
-                    .unwrap_or("no detail");
-                Err(format!(
-                    "{what} failed unexpectedly ({detail}). If the GPU device was lost, restart \
-                     the app; saved models and checkpoints are unaffected"
-                ))
-            }
-        }
-    }
-    #[cfg(target_arch = "wasm32")]
-    {
-        let _ = what;
-        work.await
-    }
-}
 
 /// The training worker.
 pub type Worker = Handle<Command, Event>;
@@ -345,8 +192,8 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                             }
                             run = Some(new_run);
                         }
-                        Err(message) => {
-                            send(Event::Error(message));
+                        Err(error) => {
+                            send(Event::Error(error.to_string()));
                         }
                     }
                 }
@@ -354,7 +201,7 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                     let event = match run.as_mut() {
                         Some(run) => match guarded("saving", save(run, &target)).await {
                             Ok(saved) => Event::Saved(saved),
-                            Err(message) => Event::Error(message),
+                            Err(error) => Event::Error(error.to_string()),
                         },
                         None => Event::Error("there is no trained model to save yet".into()),
                     };
@@ -379,8 +226,8 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
         let Some(active) = run.as_mut() else {
             continue;
         };
-        if let Err(message) = guarded("training", train_chunk(active, &send)).await {
-            send(Event::Error(message));
+        if let Err(error) = guarded("training", train_chunk(active, &send)).await {
+            send(Event::Error(error.to_string()));
             send(Event::State(RunState::Failed));
             run = None;
         }
@@ -403,9 +250,9 @@ fn build_run(
     mut config: RunConfig,
     options: RunOptions,
     device: &Device,
-) -> Result<(Run, DataLoad), String> {
+) -> AppResult<(Run, DataLoad)> {
     config.train.robust_eval_size = options.robust_images;
-    let run = Run::from_config(config, device).map_err(|e| format!("{e:#}"))?;
+    let run = Run::from_config(config, device)?;
     let load = run.data_load();
     Ok((run, load))
 }
@@ -415,13 +262,9 @@ fn load_run(
     source: &CheckpointSource,
     options: RunOptions,
     device: &Device,
-) -> Result<(Run, DataLoad), String> {
-    let mut run = Run::from_checkpoint(source, device).map_err(|e| {
-        format!(
-            "loading the checkpoint in {}: {e:#}",
-            source.origin().display()
-        )
-    })?;
+) -> AppResult<(Run, DataLoad)> {
+    let mut run = Run::from_checkpoint(source, device)
+        .context(|| format!("loading the checkpoint in {}", source.origin().display()))?;
     run.set_robust_eval_size(options.robust_images);
     run.pause();
     let load = run.data_load();
@@ -429,19 +272,19 @@ fn load_run(
 }
 
 /// Save `run` to `target`; returns where, in words.
-async fn save(run: &mut Run, target: &SaveTarget) -> Result<String, String> {
+async fn save(run: &mut Run, target: &SaveTarget) -> AppResult<String> {
     match target {
         SaveTarget::Folder(dir) => {
             run.save_checkpoint(dir)
                 .await
-                .map_err(|e| format!("saving to {}: {e:#}", dir.display()))?;
+                .context(|| format!("saving to {}", dir.display()))?;
             Ok(dir.display().to_string())
         }
         SaveTarget::Download => {
             let files = run
                 .model_files()
                 .await
-                .map_err(|e| format!("saving the model: {e:#}"))?;
+                .context(|| "saving the model".to_string())?;
             let stem = download_stem(run.config(), run.progress().step);
             let named: Files = files
                 .into_iter()
@@ -454,7 +297,7 @@ async fn save(run: &mut Run, target: &SaveTarget) -> Result<String, String> {
                     (format!("{stem}.{ext}"), bytes)
                 })
                 .collect();
-            crate::files::offer_downloads(&named)?;
+            platform::offer_downloads(&named)?;
             Ok(format!("downloads {stem}.safetensors and {stem}.json"))
         }
     }
@@ -470,11 +313,8 @@ pub fn download_stem(config: &RunConfig, step: usize) -> String {
 
 /// Take one chunk of steps (the engine stops at the next evaluation), report the losses,
 /// the evaluation and the robustness measured with it.
-async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> Result<(), String> {
-    let advance = run
-        .advance(CHUNK_STEPS, &mut |_| true)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<()> {
+    let advance = run.advance(CHUNK_STEPS, &mut |_| true).await?;
     send(Event::Progress {
         step: run.progress().step,
         losses: advance.losses,

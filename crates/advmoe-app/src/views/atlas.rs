@@ -4,7 +4,8 @@
 
 use eframe::egui::{self, Color32, TextureHandle};
 
-use crate::analysis::{Atlas, ModelInfo};
+use crate::analysis::{Atlas, ModelInfo, Request};
+use crate::command::AppCommand;
 use crate::picture;
 use crate::views::model_picker;
 
@@ -75,8 +76,21 @@ impl AtlasState {
     }
 }
 
-/// Draw the atlas; returns `Some(model)` when it should be computed for that model.
-pub fn atlas_ui(ui: &mut egui::Ui, state: &mut AtlasState, models: &[ModelInfo]) -> Option<usize> {
+/// Draw the atlas; asks for it to be computed when the user does.
+pub fn atlas_ui(
+    ui: &mut egui::Ui,
+    state: &mut AtlasState,
+    models: &[ModelInfo],
+) -> Vec<AppCommand> {
+    let limit = state.limit;
+    atlas_body(ui, state, models)
+        .map(|model| AppCommand::Ask(Request::Atlas { model, limit }))
+        .into_iter()
+        .collect()
+}
+
+/// The atlas itself; `Some(model)` when it should be computed for that model.
+fn atlas_body(ui: &mut egui::Ui, state: &mut AtlasState, models: &[ModelInfo]) -> Option<usize> {
     let mut compute = None;
     ui.heading("Routing atlas");
     model_picker(ui, "Model", &mut state.model, models);

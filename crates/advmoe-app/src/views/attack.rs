@@ -9,6 +9,8 @@ use advmoe_engine::Prediction;
 use eframe::egui::{self, Color32, RichText, TextureHandle};
 
 use crate::analysis::{AttackOutcome, ImageSource, ModelInfo, Request};
+use crate::command::AppCommand;
+use crate::error::{AppError, AppResult};
 use crate::picture;
 use crate::views::{labelled_combo, model_picker};
 
@@ -87,20 +89,23 @@ impl AttackState {
     }
 
     /// The request for the current settings, or why there is none.
-    pub fn request(&mut self, models: &[ModelInfo]) -> Result<Request, String> {
+    pub fn request(&mut self, models: &[ModelInfo]) -> AppResult<Request> {
         let model = self
             .model
             .and_then(|m| models.get(m))
-            .ok_or("choose a model to attack")?;
+            .ok_or_else(|| AppError::Refused("choose a model to attack".into()))?;
         let image = if self.use_own {
             let own = self
                 .own
                 .as_ref()
-                .ok_or("open or drop an image file first")?;
+                .ok_or_else(|| AppError::Refused("open or drop an image file first".into()))?;
             let spec = &model.config.model;
             let shape = [spec.in_channels, spec.image_size[0], spec.image_size[1]];
-            let pixels = picture::fit_user_image(&own.bytes, shape)
-                .map_err(|e| format!("{}: {e}", own.name))?;
+            let pixels =
+                picture::fit_user_image(&own.bytes, shape).map_err(|e| AppError::Image {
+                    name: own.name.clone(),
+                    reason: e.to_string(),
+                })?;
             ImageSource::Own {
                 name: own.name.clone(),
                 shape,
@@ -149,9 +154,22 @@ impl AttackState {
     }
 }
 
-/// Draw the attack lab; returns `true` when the attack should run ("Attack" pressed, or a
-/// setting changed with "Update as ε moves" on), plus an error message for the user.
+/// Draw the attack lab; the attack runs when "Attack" is pressed or, with "Update as ε moves"
+/// on, when a setting changed.
 pub fn attack_ui(
+    ui: &mut egui::Ui,
+    state: &mut AttackState,
+    models: &[ModelInfo],
+) -> Vec<AppCommand> {
+    let (run, error) = attack_body(ui, state, models);
+    let run = run.then_some(AppCommand::RunAttack);
+    run.into_iter()
+        .chain(error.map(AppCommand::ShowError))
+        .collect()
+}
+
+/// The lab itself: whether the attack should run, and an error for the user.
+fn attack_body(
     ui: &mut egui::Ui,
     state: &mut AttackState,
     models: &[ModelInfo],
@@ -182,7 +200,7 @@ pub fn attack_ui(
         changed |= ui
             .radio_value(&mut state.use_own, true, "Own image")
             .changed();
-        if cfg!(target_arch = "wasm32") {
+        if crate::platform::WEB {
             // The page has no paths: the browser's picker (or a drop on the page) hands the
             // image over as bytes, and the app brings it here (`LabApp::accept_files`).
             if ui
@@ -190,7 +208,7 @@ pub fn attack_ui(
                 .on_hover_text("A PNG or JPEG; dropping it on the page works too")
                 .clicked()
             {
-                crate::files::pick_files(ui.ctx());
+                crate::platform::pick_files(ui.ctx());
             }
         } else {
             let label = ui.label("Image file");

@@ -13,6 +13,8 @@ use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 
 use crate::analysis::{ModelInfo, Request};
+use crate::command::AppCommand;
+use crate::error::{AppError, AppResult};
 use crate::picture;
 use crate::views::{palette, series};
 
@@ -74,32 +76,21 @@ impl Default for ReportState {
     }
 }
 
-/// What the user asked of the report view.
-pub enum ReportAction {
-    /// Send this to the analysis worker.
-    Request(Request),
-}
-
-fn parse_fraction(s: &str) -> Result<f32, String> {
+fn parse_fraction(s: &str) -> AppResult<f32> {
+    let not_a_number = || AppError::Refused(format!("{s:?} is not a number"));
     let s = s.trim();
     let value = match s.split_once('/') {
         Some((a, b)) => {
-            let a: f32 = a
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a number"))?;
-            let b: f32 = b
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a number"))?;
+            let a: f32 = a.trim().parse().map_err(|_| not_a_number())?;
+            let b: f32 = b.trim().parse().map_err(|_| not_a_number())?;
             a / b
         }
-        None => s.parse().map_err(|_| format!("{s:?} is not a number"))?,
+        None => s.parse().map_err(|_| not_a_number())?,
     };
     if value.is_finite() && value > 0.0 {
         Ok(value)
     } else {
-        Err(format!("ε must be positive, got {s:?}"))
+        Err(AppError::Refused(format!("ε must be positive, got {s:?}")))
     }
 }
 
@@ -107,7 +98,7 @@ fn parse_fraction(s: &str) -> Result<f32, String> {
 ///
 /// # Errors
 /// A radius that is not a positive number or fraction.
-pub fn parse_sweep(text: &str) -> Result<Vec<f32>, String> {
+pub fn parse_sweep(text: &str) -> AppResult<Vec<f32>> {
     text.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(parse_fraction)
@@ -120,13 +111,17 @@ impl ReportState {
     ///
     /// # Errors
     /// Settings outside what an attack spec allows.
-    pub fn worst_case_attacks(&self, eps: f32, classes: usize) -> Result<Vec<NamedAttack>, String> {
+    pub fn worst_case_attacks(&self, eps: f32, classes: usize) -> AppResult<Vec<NamedAttack>> {
         if !self.worst_case {
             return Ok(Vec::new());
         }
         let square = (self.worst_case_square > 0).then_some(self.worst_case_square);
-        NamedAttack::worst_case(eps, self.worst_case_steps.max(1), classes, square)
-            .map_err(|e| e.to_string())
+        Ok(NamedAttack::worst_case(
+            eps,
+            self.worst_case_steps.max(1),
+            classes,
+            square,
+        )?)
     }
 
     /// The rows shown: a measured row when there is one, else the recorded one.
@@ -141,9 +136,13 @@ impl ReportState {
     ///
     /// # Errors
     /// If the folder or a file cannot be written.
-    pub fn export(&self, models: &[ModelInfo], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    pub fn export(&self, models: &[ModelInfo], dir: &Path) -> AppResult<Vec<PathBuf>> {
         let rows = self.rows(models);
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| AppError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut csv = String::from(
             "model,method,experts,ratio,images,clean_acc,robust_acc,worst_case_robust_acc,router_robustness,expert_robustness,route_flip_rate,macs_pathway,macs_pathway_with_router,train_secs,attack,eps,steps\n",
         );
@@ -176,24 +175,24 @@ impl ReportState {
             ));
         }
         let csv_path = dir.join("report.csv");
-        std::fs::write(&csv_path, csv)
-            .map_err(|e| format!("writing {}: {e}", csv_path.display()))?;
+        std::fs::write(&csv_path, csv).map_err(io(&csv_path))?;
         let json_path = dir.join("report.json");
-        let json = serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows }))
-            .map_err(|e| e.to_string())?;
-        std::fs::write(&json_path, json)
-            .map_err(|e| format!("writing {}: {e}", json_path.display()))?;
+        let json =
+            serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows })).unwrap_or_default();
+        std::fs::write(&json_path, json).map_err(io(&json_path))?;
         Ok(vec![csv_path, json_path])
     }
 
     /// After "Save plots as PNG": once egui delivered the screenshot, cut each plot out of it.
-    fn finish_png_export(&mut self, pixels_per_point: f32) -> Option<Result<String, String>> {
+    fn finish_png_export(&mut self, pixels_per_point: f32) -> Option<AppResult<String>> {
         let dir = self.awaiting_screenshot.clone()?;
         let shot = self.screenshot.lock().ok()?.take()?;
         self.awaiting_screenshot = None;
         let result = (|| {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(&dir).map_err(|source| AppError::Io {
+                path: dir.clone(),
+                source,
+            })?;
             let mut written = Vec::new();
             for (name, rect) in &self.plot_rects {
                 let path = dir.join(format!("{name}.png"));
@@ -201,7 +200,7 @@ impl ReportState {
                 written.push(path.display().to_string());
             }
             if written.is_empty() {
-                return Err("no plot was on screen to save".into());
+                return Err(AppError::Refused("no plot was on screen to save".into()));
             }
             Ok(format!("Saved {}", written.join(", ")))
         })();
@@ -213,12 +212,26 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{:.1}", 100.0 * v))
 }
 
-/// Draw the report; returns what the user asked for and an error for the user, if any.
+/// Draw the report; asks the analysis worker for what the user asked, and shows errors.
 pub fn report_ui(
     ui: &mut egui::Ui,
     state: &mut ReportState,
     models: &[ModelInfo],
-) -> (Vec<ReportAction>, Option<String>) {
+) -> Vec<AppCommand> {
+    let (requests, error) = report_body(ui, state, models);
+    requests
+        .into_iter()
+        .map(AppCommand::Ask)
+        .chain(error.map(|e| AppCommand::ShowError(e.to_string())))
+        .collect()
+}
+
+/// The report itself: requests for the analysis worker, and an error for the user.
+fn report_body(
+    ui: &mut egui::Ui,
+    state: &mut ReportState,
+    models: &[ModelInfo],
+) -> (Vec<Request>, Option<AppError>) {
     let mut actions = Vec::new();
     let mut error = None;
     if let Some(done) = state.finish_png_export(ui.ctx().pixels_per_point()) {
@@ -233,9 +246,7 @@ pub fn report_ui(
         ui.add(egui::TextEdit::singleline(&mut state.open_dir).hint_text("runs/quickstart"))
             .labelled_by(label.id);
         if ui.button("Open model folder").clicked() {
-            actions.push(ReportAction::Request(Request::Open(
-                state.open_dir.trim().into(),
-            )));
+            actions.push(Request::Open(state.open_dir.trim().into()));
         }
     });
     ui.horizontal(|ui| {
@@ -346,7 +357,7 @@ pub fn report_ui(
                     match parse_sweep(&state.sweep).and_then(|s| Ok((s, worst_case?))) {
                         Ok((eps_sweep, worst_case)) => {
                             state.progress = Some((format!("measuring {}", model.name), 0, 1));
-                            actions.push(ReportAction::Request(Request::Evaluate {
+                            actions.push(Request::Evaluate {
                                 model: model.id,
                                 options: RobustOptions {
                                     attack,
@@ -355,7 +366,7 @@ pub fn report_ui(
                                     worst_case,
                                     ..RobustOptions::default()
                                 },
-                            }));
+                            });
                         }
                         Err(e) => error = Some(e),
                     }

@@ -5,6 +5,7 @@ use advmoe_core::{Arch, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterK
 use advmoe_engine::RunConfig;
 use eframe::egui;
 
+use crate::command::AppCommand;
 use crate::views::labelled_combo;
 use crate::worker::RunOptions;
 
@@ -96,16 +97,6 @@ impl Default for SetupState {
     }
 }
 
-/// What the user pressed in the setup view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SetupAction {
-    /// Start training with the setup.
-    Start,
-    /// The lesson "attack the router only": the attack lab on the bundled MoE trained with
-    /// vanilla MoE AT, aimed at its routers.
-    RouterOnlyLesson,
-}
-
 /// One grid row: a label and a combo box over `all` that it names.
 fn combo<T: Copy + PartialEq + std::fmt::Display>(
     ui: &mut egui::Ui,
@@ -130,7 +121,7 @@ pub fn setup_ui(
     state: &mut SetupState,
     busy: bool,
     compute: &str,
-) -> Option<SetupAction> {
+) -> Vec<AppCommand> {
     let mut action = None;
     ui.heading("Setup");
     ui.horizontal(|ui| {
@@ -144,7 +135,7 @@ pub fn setup_ui(
     ui.horizontal(|ui| {
         ui.label("With the demo models, no training needed:");
         if ui.button("Attack the router only").clicked() {
-            action = Some(SetupAction::RouterOnlyLesson);
+            action = Some(AppCommand::RouterOnlyLesson);
         }
     });
     ui.separator();
@@ -248,7 +239,7 @@ pub fn setup_ui(
     ui.separator();
     if let Err(e) = config.validate() {
         ui.colored_label(ui.visuals().error_fg_color, format!("Invalid setup: {e}"));
-        return action;
+        return action.into_iter().collect();
     }
     let label = if busy {
         "Restart training"
@@ -256,7 +247,7 @@ pub fn setup_ui(
         "Start training"
     };
     if ui.button(label).clicked() {
-        action = Some(SetupAction::Start);
+        action = Some(AppCommand::StartTraining);
     }
-    action
+    action.into_iter().collect()
 }

@@ -6,6 +6,7 @@ use advmoe_engine::{RobustReport, RunState};
 use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
+use crate::command::AppCommand;
 use crate::views::series;
 use crate::worker::DataLoad;
 
@@ -48,23 +49,8 @@ impl TrainState {
     }
 }
 
-/// What the user pressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrainAction {
-    /// Pause the run.
-    Pause,
-    /// Resume it.
-    Resume,
-    /// Stop it.
-    Stop,
-    /// Save a checkpoint into `TrainState::save_dir`.
-    Save,
-    /// Load the checkpoint in `TrainState::save_dir` (paused; "Resume" continues it).
-    Load,
-}
-
 /// Draw the train view.
-pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction> {
+pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Vec<AppCommand> {
     let mut action = None;
     ui.heading("Train");
     ui.horizontal(|ui| {
@@ -77,14 +63,14 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
             .add_enabled(can_save, egui::Button::new("Save checkpoint"))
             .clicked()
         {
-            action = Some(TrainAction::Save);
+            action = Some(AppCommand::SaveCheckpoint);
         }
         if ui
             .add_enabled(folder, egui::Button::new("Load checkpoint"))
             .on_hover_text("Load a run checkpoint from the folder, paused; Resume continues it")
             .clicked()
         {
-            action = Some(TrainAction::Load);
+            action = Some(AppCommand::LoadCheckpoint);
         }
         if let Some(dir) = &state.saved_to {
             ui.label(format!("Saved to {dir}"));
@@ -92,7 +78,7 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
     });
     let Some(run_state) = state.state else {
         ui.label("No run yet: choose a setup and press \"Start training\", or load a checkpoint.");
-        return action;
+        return action.into_iter().collect();
     };
     ui.horizontal(|ui| {
         let running = run_state == RunState::Running;
@@ -101,19 +87,19 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
             .add_enabled(running, egui::Button::new("Pause"))
             .clicked()
         {
-            action = Some(TrainAction::Pause);
+            action = Some(AppCommand::Pause);
         }
         if ui
             .add_enabled(paused, egui::Button::new("Resume"))
             .clicked()
         {
-            action = Some(TrainAction::Resume);
+            action = Some(AppCommand::Resume);
         }
         if ui
             .add_enabled(running || paused, egui::Button::new("Stop"))
             .clicked()
         {
-            action = Some(TrainAction::Stop);
+            action = Some(AppCommand::Stop);
         }
         ui.label(format!("State: {run_state:?}"));
     });
@@ -217,5 +203,5 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Option<TrainAction
                 series(plot, &format!("expert {expert}"), points, expert);
             }
         });
-    action
+    action.into_iter().collect()
 }

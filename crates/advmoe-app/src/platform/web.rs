@@ -1,15 +1,118 @@
-//! Browser glue of the web build: starting the app on the page's canvas, timers, downloads,
-//! the file picker, dropped files, the page's status line, and the test hooks
-//! (`window.advmoeLab`) the headless-browser test drives the app through.
+//! The web side of [`crate::platform`]: starting the app on the page's canvas, workers as tasks
+//! on the page's event loop, timers, downloads, the file picker, dropped files, the demo models
+//! fetched beside the page, the page's status line, and the test hooks (`window.advmoeLab`) the
+//! headless-browser test drives the app through. The page has one thread and one app, so what
+//! arrives from outside a frame waits in this thread's queue ([`take_incoming`]).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
+use std::future::Future;
+use std::sync::mpsc::{Receiver, TryRecvError};
 
 use eframe::egui;
 use eframe::wasm_bindgen::{JsCast as _, JsValue, closure::Closure};
 use eframe::web_sys;
 
-use crate::files::push_incoming;
-use crate::hooks;
+use super::{Dropped, Incoming};
+use crate::error::{AppError, AppResult};
+use crate::hooks::HookCommand;
+use advmoe_engine::NamedFiles as Files;
+
+thread_local! {
+    /// Files read, hook commands and errors, waiting for the app's next frame.
+    static INCOMING: RefCell<Vec<Incoming>> = const { RefCell::new(Vec::new()) };
+    /// The app's status as JSON, as last published (what `window.advmoeLab.status()` returns).
+    static STATUS: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn push_incoming(item: Incoming) {
+    INCOMING.with(|queue| queue.borrow_mut().push(item));
+}
+
+/// Everything that arrived since the last call.
+pub fn take_incoming() -> Vec<Incoming> {
+    INCOMING.with(|queue| std::mem::take(&mut *queue.borrow_mut()))
+}
+
+/// Publish the app's status for the page's hooks (every frame).
+pub fn publish_status(status: impl FnOnce() -> String) {
+    let status = status();
+    STATUS.with(|s| *s.borrow_mut() = status);
+}
+
+fn status_json() -> String {
+    STATUS.with(|s| {
+        let status = s.borrow();
+        if status.is_empty() {
+            "{}".into()
+        } else {
+            status.clone()
+        }
+    })
+}
+
+/// Start a worker as a task on the page's event loop; it yields at every await.
+///
+/// # Errors
+/// Never (the signature matches the native side's).
+pub fn spawn_worker<F>(
+    _name: &str,
+    body: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<()>
+where
+    F: Future<Output = ()> + 'static,
+{
+    wasm_bindgen_futures::spawn_local(body());
+    Ok(())
+}
+
+/// The next message on `queue`, sleeping between looks so the page keeps drawing; `None` when
+/// the sender is gone.
+pub async fn next_message<T>(queue: &Receiver<T>) -> Option<T> {
+    loop {
+        match queue.try_recv() {
+            Ok(message) => return Some(message),
+            Err(TryRecvError::Empty) => sleep_ms(15).await,
+            Err(TryRecvError::Disconnected) => return None,
+        }
+    }
+}
+
+/// Let the page draw: return to the browser's event loop once.
+pub async fn yield_now() {
+    sleep_ms(0).await;
+}
+
+/// Run `work`. A panic aborts the module on the web (wasm has no unwinding); the page's panic
+/// hook then says so.
+pub async fn guarded<T>(_what: &str, work: impl Future<Output = AppResult<T>>) -> AppResult<T> {
+    work.await
+}
+
+/// Offer files as browser downloads.
+///
+/// # Errors
+/// If the browser refuses.
+pub fn offer_downloads(files: &Files) -> AppResult<()> {
+    for (name, bytes) in files {
+        download(name, bytes).map_err(AppError::Browser)?;
+    }
+    Ok(())
+}
+
+/// A bundled demo model's `config.json` and `model.safetensors`, fetched from the page's
+/// `demo/<name>/` folder (which keeps their 2.4 MB out of the wasm).
+///
+/// # Errors
+/// If the files cannot be fetched.
+pub async fn demo_files(name: &str) -> AppResult<(Cow<'static, [u8]>, Cow<'static, [u8]>)> {
+    let fetch = |file: &str| fetch_bytes(format!("demo/{name}/{file}"));
+    let config = fetch("config.json").await.map_err(AppError::Browser)?;
+    let model = fetch("model.safetensors")
+        .await
+        .map_err(AppError::Browser)?;
+    Ok((Cow::Owned(config), Cow::Owned(model)))
+}
 
 fn window() -> Result<web_sys::Window, String> {
     web_sys::window().ok_or_else(|| "no browser window".to_string())
@@ -43,7 +146,7 @@ pub fn now_ms() -> Option<f64> {
 ///
 /// # Errors
 /// If the browser refuses to build the file.
-pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
+fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
     let array = js_sys::Uint8Array::from(bytes);
     let parts = js_sys::Array::of1(&array.buffer());
     let options = web_sys::BlobPropertyBag::new();
@@ -73,7 +176,7 @@ pub fn download(name: &str, bytes: &[u8]) -> Result<(), String> {
 ///
 /// # Errors
 /// If the request fails or the server answers other than 200.
-pub async fn fetch_bytes(url: String) -> Result<Vec<u8>, String> {
+async fn fetch_bytes(url: String) -> Result<Vec<u8>, String> {
     use wasm_bindgen_futures::JsFuture;
     let response = JsFuture::from(window()?.fetch_with_str(&url))
         .await
@@ -104,16 +207,21 @@ async fn read_files(files: Vec<web_sys::File>, ctx: egui::Context) {
     for file in files {
         match wasm_bindgen_futures::JsFuture::from(file.array_buffer()).await {
             Ok(buffer) => out.push((file.name(), js_sys::Uint8Array::new(&buffer).to_vec())),
-            Err(e) => hooks::report_error(format!("reading {}: {}", file.name(), js_error(e))),
+            Err(e) => push_incoming(Incoming::Error(format!(
+                "reading {}: {}",
+                file.name(),
+                js_error(e)
+            ))),
         }
     }
-    push_incoming(out);
+    push_incoming(Incoming::Files(out));
     ctx.request_repaint();
 }
 
 /// Open the browser's file picker (several files at once: a model's two files, a dataset's
-/// four); the chosen files reach the app through [`crate::files::take_incoming`].
-pub fn pick_files(ctx: egui::Context) {
+/// four); the chosen files reach the app through [`take_incoming`]. Returns `true`.
+pub fn pick_files(ctx: &egui::Context) -> bool {
+    let ctx = ctx.clone();
     let result = (|| -> Result<(), String> {
         let document = window()?.document().ok_or("no document")?;
         let input: web_sys::HtmlInputElement = document
@@ -138,24 +246,30 @@ pub fn pick_files(ctx: egui::Context) {
         Ok(())
     })();
     if let Err(message) = result {
-        hooks::report_error(format!("the file picker failed: {message}"));
+        push_incoming(Incoming::Error(format!(
+            "the file picker failed: {message}"
+        )));
     }
+    true
 }
 
-/// Read files dropped on the page (eframe hands them over with their browser handles).
-pub fn read_dropped(dropped: Vec<egui::DroppedFileHandle>, ctx: egui::Context) {
+/// Read files dropped on the page (eframe hands them over with their browser handles); they
+/// reach the app through [`take_incoming`], so none is returned now.
+pub fn dropped(dropped: Vec<egui::DroppedFileHandle>, ctx: &egui::Context) -> Vec<Dropped> {
+    let ctx = ctx.clone();
     wasm_bindgen_futures::spawn_local(async move {
         let mut out = Vec::new();
         for file in &dropped {
             let name = file.path().to_string_lossy().into_owned();
             match file.bytes_async().await {
                 Ok(bytes) => out.push((name, bytes)),
-                Err(e) => hooks::report_error(format!("reading {name}: {e}")),
+                Err(e) => push_incoming(Incoming::Error(format!("reading {name}: {e}"))),
             }
         }
-        push_incoming(out);
+        push_incoming(Incoming::Files(out));
         ctx.request_repaint();
     });
+    Vec::new()
 }
 
 /// Show `message` in the page's status line (`#status`), above the canvas.
@@ -179,14 +293,16 @@ thread_local! {
     static KEEP: RefCell<Vec<JsValue>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Install `window.advmoeLab`: `status()` returns the app's state as JSON
-/// ([`hooks::status_json`]); `send(json)` queues a command ([`hooks::HookCommand`]) that the
-/// app carries out on its next frame, as the matching clicks would.
+/// Install `window.advmoeLab`: `status()` returns the app's state as JSON (as last
+/// published); `send(json)` queues a command ([`HookCommand`]) that the app carries out on its
+/// next frame, as the matching clicks would.
 fn install_hooks(ctx: egui::Context) -> Result<(), String> {
     let object = js_sys::Object::new();
-    let status = Closure::<dyn Fn() -> String>::new(hooks::status_json);
+    let status = Closure::<dyn Fn() -> String>::new(status_json);
     let send = Closure::<dyn Fn(String) -> Result<(), JsValue>>::new(move |json: String| {
-        hooks::queue(&json).map_err(|e| JsValue::from_str(&e))?;
+        let command = HookCommand::parse(&json)
+            .map_err(|e| JsValue::from_str(&format!("not a hook command: {e}")))?;
+        push_incoming(Incoming::Hook(command));
         ctx.request_repaint();
         Ok(())
     });

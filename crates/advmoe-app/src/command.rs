@@ -1,0 +1,128 @@
+//! What the user (or a test hook) asks the app to do: every view returns [`AppCommand`]s and
+//! [`LabApp::handle`] carries them out, in the one place that talks to the workers.
+
+use std::path::PathBuf;
+
+use crate::LabApp;
+use crate::analysis::Request;
+use crate::platform;
+use crate::worker::{CheckpointSource, Command, SaveTarget};
+
+/// A request from a view, a hook or a dropped file.
+#[derive(Debug, Clone)]
+pub enum AppCommand {
+    /// Start training with the setup view's configuration.
+    StartTraining,
+    /// Pause the run.
+    Pause,
+    /// Resume it.
+    Resume,
+    /// Stop it.
+    Stop,
+    /// Save the run: natively a checkpoint into the train view's folder, on the web the model
+    /// as downloads.
+    SaveCheckpoint,
+    /// Load a checkpoint: natively from the train view's folder (paused), on the web from
+    /// files picked in the browser.
+    LoadCheckpoint,
+    /// Load the checkpoint these files (or this folder) hold, paused.
+    LoadCheckpointFiles(CheckpointSource),
+    /// The lesson "attack the router only": the attack lab on the bundled MoE trained with
+    /// vanilla MoE AT, aimed at its routers.
+    RouterOnlyLesson,
+    /// Run the attack lab's attack with its current settings.
+    RunAttack,
+    /// Send a request to the analysis worker (an atlas, a report measurement, a model to open).
+    Ask(Request),
+    /// Open the browser's file picker.
+    PickFiles,
+    /// Show a tab.
+    ShowTab(Tab),
+    /// Show an error until dismissed.
+    ShowError(String),
+}
+
+impl LabApp {
+    /// Carry out `command`.
+    pub fn handle(&mut self, command: AppCommand) {
+        match command {
+            AppCommand::StartTraining => {
+                let config = Box::new(self.state.setup.config.clone());
+                self.send(Command::Start(config, self.state.setup.run_options()));
+                self.state.tab = Tab::Train;
+            }
+            AppCommand::Pause => self.send(Command::Pause),
+            AppCommand::Resume => self.send(Command::Resume),
+            AppCommand::Stop => self.send(Command::Stop),
+            AppCommand::SaveCheckpoint => {
+                let target = if platform::WEB {
+                    SaveTarget::Download
+                } else {
+                    SaveTarget::Folder(PathBuf::from(self.state.train.save_dir.trim()))
+                };
+                self.send(Command::Save(target));
+            }
+            AppCommand::LoadCheckpoint if platform::WEB => self.handle(AppCommand::PickFiles),
+            AppCommand::LoadCheckpoint => self.send(Command::Load(
+                CheckpointSource::Folder(self.state.train.save_dir.trim().into()),
+                self.state.setup.run_options(),
+            )),
+            AppCommand::LoadCheckpointFiles(source) => {
+                self.send(Command::Load(source, self.state.setup.run_options()));
+                self.state.tab = Tab::Train;
+            }
+            AppCommand::RouterOnlyLesson => {
+                if self.state.router_only_lesson() {
+                    self.handle(AppCommand::RunAttack);
+                }
+            }
+            AppCommand::RunAttack => match self.state.attack.request(&self.state.models) {
+                Ok(request) => self.ask(request),
+                Err(error) => self.state.error = Some(error.to_string()),
+            },
+            AppCommand::Ask(request) => self.ask(request),
+            AppCommand::PickFiles => {
+                if !platform::pick_files(&self.ctx) {
+                    self.state.error = Some("there is no file picker in the desktop app".into());
+                }
+            }
+            AppCommand::ShowTab(tab) => self.state.tab = tab,
+            AppCommand::ShowError(message) => self.state.error = Some(message),
+        }
+    }
+}
+
+/// The views, as tabs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    /// Choose what to train.
+    Setup,
+    /// Watch it train.
+    Train,
+    /// Attack one image.
+    Attack,
+    /// Which classes go to which expert.
+    Atlas,
+    /// Models side by side.
+    Report,
+}
+
+impl Tab {
+    /// Every tab and its title, in the order the tab bar shows them.
+    pub const ALL: [(Tab, &'static str); 5] = [
+        (Tab::Setup, "Setup"),
+        (Tab::Train, "Train"),
+        (Tab::Attack, "Attack lab"),
+        (Tab::Atlas, "Routing atlas"),
+        (Tab::Report, "Report"),
+    ];
+
+    /// The tab whose title starts with `name` (any case).
+    pub fn named(name: &str) -> Option<Tab> {
+        let name = name.to_lowercase();
+        Self::ALL
+            .iter()
+            .find(|(_, title)| title.to_lowercase().starts_with(&name))
+            .map(|(tab, _)| *tab)
+    }
+}

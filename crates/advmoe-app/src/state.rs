@@ -1,0 +1,239 @@
+//! Everything the app shows and edits, in one struct ([`AppState`]), and how worker events and
+//! analysis replies change it. Views get their part of it; [`crate::LabApp::handle`] turns
+//! [`AppCommand`]s into worker messages.
+
+use eframe::egui;
+
+use crate::analysis::{self, ModelInfo, Reply, Request};
+use crate::command::{AppCommand, Tab};
+use crate::files::{self, FileKind};
+use crate::views::atlas::AtlasState;
+use crate::views::attack::AttackState;
+use crate::views::report::ReportState;
+use crate::views::setup::SetupState;
+use crate::views::train::TrainState;
+use crate::worker::{CheckpointSource, Event, Files};
+
+/// What the app shows and edits.
+pub struct AppState {
+    /// The tab shown.
+    pub tab: Tab,
+    /// The setup view.
+    pub setup: SetupState,
+    /// The train view.
+    pub train: TrainState,
+    /// The attack lab.
+    pub attack: AttackState,
+    /// The routing atlas.
+    pub atlas: AtlasState,
+    /// The report.
+    pub report: ReportState,
+    /// The model library, as the analysis worker reported it.
+    pub models: Vec<ModelInfo>,
+    /// The last error, shown until dismissed.
+    pub error: Option<String>,
+    /// The window was asked to close while a trained model was unsaved.
+    pub confirm_close: bool,
+    /// The user chose to close without saving.
+    pub allow_close: bool,
+    /// Requests sent to the analysis worker.
+    pub requests_sent: u64,
+    /// Requests it reported finished.
+    pub requests_done: u64,
+}
+
+impl AppState {
+    /// The state of a freshly started app; `error` says what failed while starting.
+    pub fn new(error: Option<String>) -> Self {
+        Self {
+            tab: Tab::Setup,
+            setup: SetupState::default(),
+            train: TrainState::default(),
+            attack: AttackState::default(),
+            atlas: AtlasState::default(),
+            report: ReportState::default(),
+            models: Vec::new(),
+            error,
+            confirm_close: false,
+            allow_close: false,
+            requests_sent: 0,
+            requests_done: 0,
+        }
+    }
+
+    /// Whether the analysis worker has work in flight.
+    pub fn analysis_busy(&self) -> bool {
+        self.requests_done < self.requests_sent
+    }
+
+    /// A trained model exists that was never saved since it last changed.
+    pub fn has_unsaved_model(&self) -> bool {
+        self.train.unsaved
+    }
+
+    /// Take a training worker's event; returns what it asks of the app.
+    pub fn apply(&mut self, event: Event) -> Option<AppCommand> {
+        match event {
+            Event::Started {
+                total_steps,
+                step,
+                history,
+                data,
+                ..
+            } => {
+                self.train.reset(total_steps);
+                self.train.step = step;
+                self.train.evals = history;
+                self.train.data = Some(data);
+            }
+            Event::Progress {
+                step,
+                losses,
+                steps_per_sec,
+            } => {
+                let first = step + 1 - losses.len().min(step + 1);
+                for (i, loss) in losses.into_iter().enumerate() {
+                    self.train.losses.push([(first + i) as f64, loss]);
+                }
+                self.train.step = step;
+                self.train.steps_per_sec = steps_per_sec;
+                self.train.unsaved = true;
+            }
+            Event::Eval(report) => self.train.evals.push(report),
+            Event::Robust { step, report } => self.train.robust.push((step, *report)),
+            Event::State(state) => self.train.state = Some(state),
+            Event::Saved(place) => {
+                self.train.saved_to = Some(place);
+                self.train.unsaved = false;
+            }
+            Event::Trained(model) => return Some(AppCommand::Ask(Request::Adopt(model))),
+            Event::Error(message) => self.error = Some(message),
+        }
+        None
+    }
+
+    /// Take an analysis worker's reply.
+    pub fn reply(&mut self, ctx: &egui::Context, reply: Reply) {
+        match reply {
+            Reply::Loaded(info) => {
+                let id = info.id;
+                let trained = info.origin == analysis::ORIGIN_TRAINED;
+                self.models.push(*info);
+                if trained {
+                    // The model just trained is what the class wants to attack next.
+                    self.attack.model = Some(id);
+                }
+            }
+            Reply::Attacked(outcome) => self.attack.accept(ctx, *outcome),
+            Reply::Atlas(atlas) => self.atlas.accept(ctx, *atlas),
+            Reply::Evaluated { model, row } => {
+                self.report.measured.insert(model, *row);
+                self.report.progress = None;
+            }
+            Reply::Progress { what, done, of } => self.report.progress = Some((what, done, of)),
+            Reply::Idle(done) => {
+                self.requests_done = done;
+                if !self.analysis_busy() {
+                    self.attack.busy = false;
+                    self.atlas.busy = false;
+                    self.report.progress = None;
+                }
+            }
+            Reply::Error(message) => self.error = Some(message),
+        }
+    }
+
+    /// Files that arrived as bytes (the browser's picker or a drop; a dropped image natively):
+    /// a checkpoint's files resume its run, model pairs join the library, dataset files become
+    /// the setup's data folder, an image goes to the attack lab. Returns what that asks of the
+    /// workers.
+    pub fn accept_files(&mut self, files: Files) -> Vec<AppCommand> {
+        let mut commands = Vec::new();
+        let names = |kind: FileKind| -> Vec<&String> {
+            files
+                .iter()
+                .filter(|(n, _)| files::classify(n) == kind)
+                .map(|(n, _)| n)
+                .collect()
+        };
+        let unknown: Vec<String> = names(FileKind::Unknown).into_iter().cloned().collect();
+        if files.iter().any(|(n, _)| n == "run.json") {
+            commands.push(AppCommand::LoadCheckpointFiles(CheckpointSource::Files(
+                files.clone(),
+            )));
+            self.tab = Tab::Train;
+        } else {
+            let pairs = files::model_pairs(&files);
+            let loose = names(FileKind::ModelConfig).len() + names(FileKind::ModelWeights).len();
+            if loose > 2 * pairs.len() {
+                self.error = Some(
+                    "a model needs both files: <name>.safetensors with <name>.json (or \
+                     model.safetensors with config.json)"
+                        .into(),
+                );
+            }
+            for (name, config_json, safetensors) in pairs {
+                commands.push(AppCommand::Ask(Request::OpenBytes {
+                    name,
+                    config_json,
+                    safetensors,
+                }));
+            }
+        }
+        let mut data_dir = None;
+        for (name, bytes) in &files {
+            match files::classify(name) {
+                FileKind::Dataset => {
+                    let dir = advmoe_data::files::add_memory_file(name, bytes.clone());
+                    if files::is_image_folder_archive(name) {
+                        // An image folder is read from its archive, not from a folder of files.
+                        self.setup.config.data.kind = advmoe_core::DatasetKind::ImageFolder;
+                        data_dir = Some(dir.join(name));
+                    } else {
+                        data_dir = Some(dir);
+                    }
+                }
+                FileKind::Image => {
+                    self.attack.set_own(name.clone(), bytes.clone());
+                    self.tab = Tab::Attack;
+                }
+                _ => {}
+            }
+        }
+        if let Some(dir) = data_dir {
+            self.setup.config.data.data_dir = Some(dir.to_string_lossy().into_owned());
+            self.tab = Tab::Setup;
+        }
+        if self.attack.use_own && self.tab == Tab::Attack {
+            commands.push(AppCommand::RunAttack);
+        }
+        if !unknown.is_empty() {
+            self.error = Some(format!(
+                "not a model, image or dataset file: {}",
+                unknown.join(", ")
+            ));
+        }
+        commands
+    }
+
+    /// Set the attack lab up for the lesson "attack the router only": the bundled MoE trained
+    /// with vanilla MoE AT, its routers attacked with PGD-10 at 8/255. `false` (with an error)
+    /// while the demo models are not loaded.
+    pub fn router_only_lesson(&mut self) -> bool {
+        let Some(model) = self.models.iter().find(|m| {
+            m.origin == analysis::ORIGIN_DEMO
+                && m.config.train.method == advmoe_core::MethodKind::MoeAt
+        }) else {
+            self.error = Some("the demo models are not loaded yet".into());
+            return false;
+        };
+        self.attack.model = Some(model.id);
+        self.attack.target = advmoe_core::AttackTarget::Router;
+        self.attack.kind = advmoe_core::AttackKind::Pgd;
+        self.attack.eps_255 = 8.0;
+        self.attack.steps = 10;
+        self.attack.use_own = false;
+        self.tab = Tab::Attack;
+        true
+    }
+}
