@@ -4,16 +4,17 @@
 
 use advmoe_core::{MethodKind, Rng};
 use advmoe_engine::Run;
+use advmoe_kernels::parity::{self, ParityCase};
 use advmoe_kernels::shaders::{self, Tile};
 use advmoe_kernels::{
-    Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
+    Variant, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
 };
 use advmoe_model::checkpoint::host_tensors;
 use advmoe_model::{LayerRoute, gate_from_scores};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::common::Wait as _;
-use crate::common::{cpu, gpu, max_abs_diff, read, read2, small_config, synthetic, tensor4};
+use crate::common::{cpu, gpu, read, small_config, synthetic, tensor4};
 
 /// Parse and validate one WGSL text; the error names the file and the tile shape.
 fn validate(name: &str, text: &str) -> Result<(), String> {
@@ -118,7 +119,8 @@ fn normal(n: usize, rng: &mut Rng) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
 }
 
-/// Output, input gradient, weight gradient and score gradient of one MoE conv path.
+/// Output, input gradient, weight gradient and score gradient of one MoE conv path, through
+/// the check the benchmark makes too (`advmoe_kernels::parity`).
 fn run_path(
     sparse: bool,
     case: &Case,
@@ -157,43 +159,37 @@ fn run_path(
     }
     let scores = Tensor::<2>::from_data(TensorData::new(scores, [batch, num_experts]), device)
         .require_grad();
-    let route = if num_experts == 1 {
-        // Burn's one-hot needs two classes; with one expert the straight-through gate is
-        // s - detach(s) + 1 and every sample takes expert 0.
-        LayerRoute {
-            gate: scores.clone() - scores.clone().detach() + 1.0,
-            experts: Tensor::zeros([batch], device),
-            scores: scores.clone(),
+    let route = |scores: Tensor<2>| {
+        if num_experts == 1 {
+            // Burn's one-hot needs two classes; with one expert the straight-through gate is
+            // s - detach(s) + 1 and every sample takes expert 0.
+            (
+                scores.clone() - scores.detach() + 1.0,
+                Tensor::zeros([batch], device),
+            )
+        } else {
+            let LayerRoute { gate, experts, .. } = gate_from_scores(scores);
+            (gate, experts)
         }
-    } else {
-        gate_from_scores(scores.clone())
     };
-    let padding = kernel / 2;
-    let y = if sparse {
-        sparse_moe_conv(
-            x.clone(),
-            weight.clone(),
-            route.gate,
-            route.experts,
-            stride,
-            padding,
-        )
-    } else {
-        reference::moe_conv(x.clone(), weight.clone(), route.gate, stride, padding)
+    let upstream = |dims: [usize; 4]| {
+        let mut rng = Rng::seed(seed + 1000);
+        tensor4(normal(dims.iter().product(), &mut rng), dims, device)
     };
-    let upstream = tensor4(
-        normal(y.dims().iter().product(), &mut rng),
-        y.dims(),
-        device,
-    );
-    let grads = (y.clone() * upstream).sum().backward();
-    let grad = |t: &Tensor<4>| read(Tensor::from_inner(t.grad(&grads).unwrap()));
-    [
-        read(y.detach()),
-        grad(&x),
-        grad(&weight),
-        read2(Tensor::from_inner(scores.grad(&grads).unwrap())),
-    ]
+    let check = ParityCase {
+        input: &x,
+        weight: &weight,
+        scores: &scores,
+        route: &route,
+        stride,
+        upstream: Some(&upstream),
+    };
+    let results: Vec<Vec<f32>> = parity::run_path(sparse, &check)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.into_data().try_into_vec_as::<f32>().unwrap())
+        .collect();
+    results.try_into().expect("output and three gradients")
 }
 
 #[test]
@@ -328,11 +324,10 @@ fn check_parity(variant: Variant) {
         let sparse = run_path(true, case, seed, &experts, &device);
         let reference = run_path(false, case, seed, &experts, &device);
         for (name, (s, r)) in names.iter().zip(sparse.iter().zip(&reference)) {
-            let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-            let diff = max_abs_diff(s, r);
+            let diff = parity::relative_difference(s, r);
             assert!(
-                diff <= 2e-5 * scale,
-                "{variant:?} case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} (scale {scale})",
+                diff <= 2e-5,
+                "{variant:?} case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} relative to its largest value",
                 case.batch,
                 case.c_in,
                 case.c_out,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use advmoe_core::{MethodKind, RouterKind};
+use advmoe_data::DataFiles;
 use advmoe_engine::run::load_model_dir;
 use advmoe_engine::{CheckpointSource, EngineError, Run, RunState};
 use burn::module::Module;
@@ -166,7 +167,7 @@ fn cifar10_image_folder_trains_above_chance_on_the_cpu() {
     config.train.batch_size = 64;
     config.train.eval_size = 500;
     // As `advmoe train` and the app build it: the engine loads the archive and fits the model.
-    let mut run = Run::from_config(config, &cpu()).unwrap();
+    let mut run = Run::from_config(config, &DataFiles::default(), &cpu()).unwrap();
     assert_eq!(run.config().model.num_classes, 10);
     assert!(run.data_load().images > 0);
     let first: Vec<u16> = run.dataset().test.labels[..500].to_vec();

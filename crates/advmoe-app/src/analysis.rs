@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use advmoe_core::AttackSpec;
-use advmoe_data::Dataset;
+use advmoe_data::{DataFiles, Dataset};
 use advmoe_engine::compare::CompareRow;
 use advmoe_engine::eval::{EvalOptions, EvalResult, evaluate};
 use advmoe_engine::tensors::to_device;
@@ -70,6 +70,9 @@ pub enum ImageSource {
 pub enum Request {
     /// Load the bundled demo models.
     LoadDemos,
+    /// The dataset files the user handed over (picked or dropped): datasets are read from
+    /// them before the disk from now on.
+    DataFiles(DataFiles),
     /// Load a model folder (`config.json` + `model.safetensors`), or a downloaded
     /// `<stem>.safetensors` + `<stem>.json` pair given by either file.
     Open(PathBuf),
@@ -201,6 +204,8 @@ struct Library {
     device: Device,
     entries: Vec<Entry>,
     datasets: HashMap<String, Arc<Dataset>>,
+    /// Dataset files the user handed over.
+    data_files: DataFiles,
 }
 
 impl Library {
@@ -209,6 +214,7 @@ impl Library {
             device: device.autodiff(),
             entries: Vec::new(),
             datasets: HashMap::new(),
+            data_files: DataFiles::default(),
         }
     }
 
@@ -250,6 +256,12 @@ impl Library {
     ) -> AppResult<Option<Reply>> {
         let device = self.device.clone();
         match request {
+            Request::DataFiles(files) => {
+                // Datasets read from the old files may differ from the new ones.
+                self.datasets.clear();
+                self.data_files = files;
+                Ok(None)
+            }
             Request::LoadDemos => {
                 for demo in demo::DEMOS {
                     let (config_json, safetensors) = demo.files().await?;
@@ -466,7 +478,7 @@ impl Library {
         if let Some(data) = self.datasets.get(&key) {
             return Ok(data.clone());
         }
-        let data = Arc::new(advmoe_data::load(&config.data)?);
+        let data = Arc::new(advmoe_data::load_from(&config.data, &self.data_files)?);
         self.datasets.insert(key, data.clone());
         Ok(data)
     }

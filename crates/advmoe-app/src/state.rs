@@ -184,7 +184,7 @@ impl AppState {
         for (name, bytes) in &files {
             match files::classify(name) {
                 FileKind::Dataset => {
-                    let dir = advmoe_data::files::add_memory_file(name, bytes.clone());
+                    let dir = self.setup.data_files.add(name, bytes.clone());
                     if files::is_image_folder_archive(name) {
                         // An image folder is read from its archive, not from a folder of files.
                         self.setup.config.data.kind = advmoe_core::DatasetKind::ImageFolder;
@@ -203,6 +203,10 @@ impl AppState {
         if let Some(dir) = data_dir {
             self.setup.config.data.data_dir = Some(dir.to_string_lossy().into_owned());
             self.tab = Tab::Setup;
+            // The library reads a trained model's dataset from the same files.
+            commands.push(AppCommand::Ask(Request::DataFiles(
+                self.setup.data_files.clone(),
+            )));
         }
         if self.attack.use_own && self.tab == Tab::Attack {
             commands.push(AppCommand::RunAttack);

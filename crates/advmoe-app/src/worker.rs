@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use advmoe_core::EvalReport;
+use advmoe_data::DataFiles;
 pub use advmoe_engine::{CheckpointSource, DataLoad, NamedFiles as Files};
 use advmoe_engine::{RobustReport, Run, RunConfig, RunState};
 use advmoe_model::MoeNet;
@@ -47,13 +48,15 @@ pub enum Command {
 }
 
 /// How the worker runs a training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunOptions {
     /// Train on Burn's CPU backend instead of the shared GPU device.
     pub on_cpu: bool,
     /// At each evaluation also measure robust accuracy and router robustness (PGD-10 at
     /// 8/255) on this many test images; 0 turns it off.
     pub robust_images: usize,
+    /// Dataset files the user handed over (picked or dropped), read before the disk.
+    pub files: DataFiles,
 }
 
 /// A model that training produced.
@@ -150,7 +153,7 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
         };
         if let Some(command) = command {
             match command {
-                Command::Start(_, options) | Command::Load(_, options) => {
+                Command::Start(..) | Command::Load(..) => {
                     // A run replaced mid-way still hands its model to the library.
                     if let Some(old) = run.take().filter(|r| {
                         r.progress().step > 0
@@ -158,17 +161,17 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                     }) {
                         send(Event::Trained(Box::new(trained(&old))));
                     }
-                    let device = if options.on_cpu { &cpu } else { device };
+                    let pick = |options: &RunOptions| if options.on_cpu { &cpu } else { device };
                     let built = match command {
-                        Command::Start(config, _) => {
+                        Command::Start(config, options) => {
                             guarded("building the run", async {
-                                build_run(*config, options, device)
+                                build_run(*config, &options, pick(&options))
                             })
                             .await
                         }
-                        Command::Load(source, _) => {
+                        Command::Load(source, options) => {
                             guarded("loading the checkpoint", async {
-                                load_run(&source, options, device)
+                                load_run(&source, &options, pick(&options))
                             })
                             .await
                         }
@@ -248,11 +251,11 @@ fn trained(run: &Run) -> TrainedModel {
 /// each evaluation as the options ask.
 fn build_run(
     mut config: RunConfig,
-    options: RunOptions,
+    options: &RunOptions,
     device: &Device,
 ) -> AppResult<(Run, DataLoad)> {
     config.train.robust_eval_size = options.robust_images;
-    let run = Run::from_config(config, device)?;
+    let run = Run::from_config(config, &options.files, device)?;
     let load = run.data_load();
     Ok((run, load))
 }
@@ -260,10 +263,10 @@ fn build_run(
 /// Load a run checkpoint, paused at its step.
 fn load_run(
     source: &CheckpointSource,
-    options: RunOptions,
+    options: &RunOptions,
     device: &Device,
 ) -> AppResult<(Run, DataLoad)> {
-    let mut run = Run::from_checkpoint(source, device)
+    let mut run = Run::from_checkpoint(source, &options.files, device)
         .context(|| format!("loading the checkpoint in {}", source.origin().display()))?;
     run.set_robust_eval_size(options.robust_images);
     run.pause();

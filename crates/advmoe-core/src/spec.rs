@@ -469,6 +469,17 @@ impl AttackKind {
         }
     }
 
+    /// The name reports and tables give it (e.g. `APGD`).
+    pub fn title(self) -> &'static str {
+        match self {
+            AttackKind::Fgsm => "FGSM",
+            AttackKind::Pgd => "PGD",
+            AttackKind::PgdL2 => "PGD-L2",
+            AttackKind::Apgd => "APGD",
+            AttackKind::Square => "Square",
+        }
+    }
+
     /// The most steps a spec may ask for: 1,000 gradient steps, or 10,000 queries of Square
     /// (AutoAttack runs 5,000).
     pub fn max_steps(self) -> usize {

@@ -4,7 +4,7 @@
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use crate::{DataError, ImageSet, files, read_file};
+use crate::{DataError, DataFiles, ImageSet};
 
 const FORMAT: &str = "CIFAR binary";
 const IMAGE_BYTES: usize = 3 * 32 * 32;
@@ -162,12 +162,13 @@ fn image_set(variant: CifarVariant, split: &str, pixels: Vec<u8>, labels: Vec<u1
 pub fn read_cifar_dir(
     dir: &Path,
     variant: CifarVariant,
+    files: &DataFiles,
 ) -> Result<(ImageSet, ImageSet), DataError> {
     let archive = dir.join(variant.archive());
     let mut train_files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     let mut test_file: Option<(PathBuf, Vec<u8>)> = None;
-    if files::is_file(&archive) {
-        let file = read_file(&archive)?;
+    if files.is_file(&archive) {
+        let file = files.read(&archive)?;
         let corrupt = |e: std::io::Error| {
             DataError::format(&archive, "tar.gz", format!("corrupt archive: {e}"))
         };
@@ -197,21 +198,21 @@ pub fn read_cifar_dir(
         }
         train_files.sort_by(|a, b| a.0.cmp(&b.0));
     } else {
-        let base = if files::is_dir(&dir.join(variant.folder())) {
+        let base = if files.is_dir(&dir.join(variant.folder())) {
             dir.join(variant.folder())
         } else {
             dir.to_path_buf()
         };
         for name in variant.train_files() {
             let path = base.join(name);
-            if files::is_file(&path) {
-                let bytes = read_file(&path)?;
+            if files.is_file(&path) {
+                let bytes = files.read(&path)?;
                 train_files.push((path, bytes));
             }
         }
         let path = base.join(variant.test_file());
-        if files::is_file(&path) {
-            let bytes = read_file(&path)?;
+        if files.is_file(&path) {
+            let bytes = files.read(&path)?;
             test_file = Some((path, bytes));
         }
     }

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
-use crate::{DataError, ImageSet, files, read_file};
+use crate::{DataError, DataFiles, ImageSet};
 
 const FORMAT: &str = "image folder";
 const SPLITS: [&str; 2] = ["train", "test"];
@@ -38,11 +38,14 @@ struct Split {
 
 /// Read both splits of the image folder or archive at `path`. Returns (train, test); the sets are
 /// named `<name>/train` and `<name>/test`, `<name>` being the folder's or archive's stem.
-pub fn read_image_folder(path: &Path) -> Result<(ImageSet, ImageSet), DataError> {
+pub fn read_image_folder(
+    path: &Path,
+    files: &DataFiles,
+) -> Result<(ImageSet, ImageSet), DataError> {
     let mut splits: BTreeMap<&'static str, Split> = BTreeMap::new();
-    if files::is_file(path) {
-        read_archive(path, &read_file(path)?, &mut splits)?;
-    } else if files::is_dir(path) {
+    if files.is_file(path) {
+        read_archive(path, &files.read(path)?, &mut splits)?;
+    } else if files.is_dir(path) {
         read_dir(path, &mut splits)?;
     } else {
         return Err(DataError::Io {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use advmoe_core::DatasetKind;
 
-use crate::{DataError, ImageSet, maybe_gunzip, read_file};
+use crate::{DataError, DataFiles, ImageSet, maybe_gunzip};
 
 const FORMAT: &str = "IDX";
 
@@ -82,8 +82,11 @@ fn parse_idx(path: &Path, bytes: &[u8], want_dims: usize) -> Result<Vec<usize>, 
 
 /// Read an IDX image file (`[n, rows, cols]` bytes), raw or gzip. Returns `(n, [rows, cols],
 /// pixels)`.
-pub fn read_idx_images(path: &Path) -> Result<(usize, [usize; 2], Vec<u8>), DataError> {
-    let bytes = maybe_gunzip(path, read_file(path)?)?;
+pub fn read_idx_images(
+    path: &Path,
+    files: &DataFiles,
+) -> Result<(usize, [usize; 2], Vec<u8>), DataError> {
+    let bytes = maybe_gunzip(path, files.read(path)?)?;
     let shape = parse_idx(path, &bytes, 3)?;
     if shape[1] == 0 || shape[2] == 0 {
         return Err(DataError::format(
@@ -96,8 +99,12 @@ pub fn read_idx_images(path: &Path) -> Result<(usize, [usize; 2], Vec<u8>), Data
 }
 
 /// Read an IDX label file (`[n]` bytes), raw or gzip; every label must be below `num_classes`.
-pub fn read_idx_labels(path: &Path, num_classes: usize) -> Result<Vec<u16>, DataError> {
-    let bytes = maybe_gunzip(path, read_file(path)?)?;
+pub fn read_idx_labels(
+    path: &Path,
+    num_classes: usize,
+    files: &DataFiles,
+) -> Result<Vec<u16>, DataError> {
+    let bytes = maybe_gunzip(path, files.read(path)?)?;
     parse_idx(path, &bytes, 1)?;
     let labels = &bytes[8..];
     if let Some((i, &l)) = labels
@@ -114,7 +121,12 @@ pub fn read_idx_labels(path: &Path, num_classes: usize) -> Result<Vec<u16>, Data
     Ok(labels.iter().map(|&l| l as u16).collect())
 }
 
-fn find(dir: &Path, stem: &str, kind: &'static str) -> Result<PathBuf, DataError> {
+fn find(
+    dir: &Path,
+    stem: &str,
+    kind: &'static str,
+    files: &DataFiles,
+) -> Result<PathBuf, DataError> {
     // The official names, the common dotted variant, each raw or gzip.
     let dotted = stem.replacen("-idx", ".idx", 1);
     let tried: Vec<String> = [stem, dotted.as_str()]
@@ -124,7 +136,7 @@ fn find(dir: &Path, stem: &str, kind: &'static str) -> Result<PathBuf, DataError
     tried
         .iter()
         .map(|name| dir.join(name))
-        .find(|p| crate::files::is_file(p))
+        .find(|p| files.is_file(p))
         .ok_or_else(|| DataError::Missing {
             dataset: kind,
             dir: dir.to_path_buf(),
@@ -150,16 +162,20 @@ const FASHION_NAMES: [&str; 10] = [
 /// Read the train and test splits of MNIST or Fashion-MNIST from a folder holding the official
 /// files (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
 /// `t10k-labels-idx1-ubyte`, each optionally `.gz`).
-pub fn read_mnist_dir(dir: &Path, kind: DatasetKind) -> Result<(ImageSet, ImageSet), DataError> {
+pub fn read_mnist_dir(
+    dir: &Path,
+    kind: DatasetKind,
+    files: &DataFiles,
+) -> Result<(ImageSet, ImageSet), DataError> {
     let (label, names) = match kind {
         DatasetKind::FashionMnist => ("fashion-mnist", FASHION_NAMES),
         _ => ("mnist", MNIST_NAMES),
     };
     let split = |prefix: &str, split_name: &str| -> Result<ImageSet, DataError> {
-        let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"), label)?;
-        let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"), label)?;
-        let (n, size, pixels) = read_idx_images(&images_path)?;
-        let labels = read_idx_labels(&labels_path, 10)?;
+        let images_path = find(dir, &format!("{prefix}-images-idx3-ubyte"), label, files)?;
+        let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"), label, files)?;
+        let (n, size, pixels) = read_idx_images(&images_path, files)?;
+        let labels = read_idx_labels(&labels_path, 10, files)?;
         if labels.len() != n {
             return Err(DataError::format(
                 &labels_path,

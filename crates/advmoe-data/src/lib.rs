@@ -161,10 +161,15 @@ impl DataError {
     }
 }
 
-use files::read_file;
+pub use files::DataFiles;
 
-/// Load the dataset a spec names.
+/// Load the dataset a spec names, from disk.
 pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
+    load_from(spec, &DataFiles::default())
+}
+
+/// Load the dataset a spec names, looking in `files` (handed over in memory) before the disk.
+pub fn load_from(spec: &DatasetSpec, files: &DataFiles) -> Result<Dataset, DataError> {
     let dir = || -> Result<PathBuf, DataError> {
         spec.data_dir
             .as_ref()
@@ -176,10 +181,12 @@ pub fn load(spec: &DatasetSpec) -> Result<Dataset, DataError> {
             generate_synthetic(spec.synthetic_seed, true, spec.synthetic_train_size),
             generate_synthetic(spec.synthetic_seed, false, spec.synthetic_test_size),
         ),
-        DatasetKind::Mnist | DatasetKind::FashionMnist => read_mnist_dir(&dir()?, spec.kind)?,
-        DatasetKind::Cifar10 => read_cifar_dir(&dir()?, CifarVariant::Cifar10)?,
-        DatasetKind::Cifar100 => read_cifar_dir(&dir()?, CifarVariant::Cifar100)?,
-        DatasetKind::ImageFolder => read_image_folder(&dir()?)?,
+        DatasetKind::Mnist | DatasetKind::FashionMnist => {
+            read_mnist_dir(&dir()?, spec.kind, files)?
+        }
+        DatasetKind::Cifar10 => read_cifar_dir(&dir()?, CifarVariant::Cifar10, files)?,
+        DatasetKind::Cifar100 => read_cifar_dir(&dir()?, CifarVariant::Cifar100, files)?,
+        DatasetKind::ImageFolder => read_image_folder(&dir()?, files)?,
     };
     Ok(Dataset {
         kind: spec.kind,

@@ -349,32 +349,32 @@ fn files_handed_over_in_memory_read_like_files_on_disk() {
     let disk = tempdir("mnist-memory");
     write_mnist(&disk, true);
     let mut dir = None;
+    let mut picked = DataFiles::default();
     for entry in std::fs::read_dir(&*disk).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        dir = Some(files::add_memory_file(
-            &name,
-            std::fs::read(entry.path()).unwrap(),
-        ));
+        dir = Some(picked.add(&name, std::fs::read(entry.path()).unwrap()));
     }
     let dir = dir.unwrap();
     assert_eq!(dir, Path::new(files::MEMORY_DIR));
     assert!(!dir.exists(), "the memory folder must not be a real folder");
     let from_disk = load(&spec(DatasetKind::Mnist, &disk)).unwrap();
-    let from_memory = load(&spec(DatasetKind::Mnist, &dir)).unwrap();
+    let from_memory = load_from(&spec(DatasetKind::Mnist, &dir), &picked).unwrap();
+    // Files handed to one loader are not seen by another: nothing is global.
+    assert!(load(&spec(DatasetKind::Mnist, &dir)).is_err());
     assert_eq!(from_disk.train, from_memory.train);
     assert_eq!(from_disk.test, from_memory.test);
 
     for (name, bytes) in cifar_files() {
-        files::add_memory_file(&name, bytes);
+        picked.add(&name, bytes);
     }
-    let cifar = load(&spec(DatasetKind::Cifar10, &dir)).unwrap();
+    let cifar = load_from(&spec(DatasetKind::Cifar10, &dir), &picked).unwrap();
     assert_eq!(cifar.train.labels, vec![1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
-    assert!(files::memory_files().contains(&"test_batch.bin".to_string()));
+    assert!(picked.names().contains(&"test_batch.bin".to_string()));
 
     // A broken file handed over in memory is reported under its name like one on disk.
-    files::add_memory_file("t10k-labels-idx1-ubyte.gz", gz(&idx_labels(&[7, 10])));
-    let err = load(&spec(DatasetKind::Mnist, &dir))
+    picked.add("t10k-labels-idx1-ubyte.gz", gz(&idx_labels(&[7, 10])));
+    let err = load_from(&spec(DatasetKind::Mnist, &dir), &picked)
         .unwrap_err()
         .to_string();
     assert!(err.contains("t10k-labels-idx1-ubyte.gz"), "{err}");

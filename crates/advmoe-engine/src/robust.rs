@@ -391,13 +391,11 @@ pub async fn evaluate_robust(
 
 /// A short name of an attack, with its steps: `PGD-10`, `APGD-DLR-100`, `FGSM`.
 pub fn attack_name(spec: &AttackSpec) -> String {
-    let kind = match spec.kind {
-        AttackKind::Fgsm => return "FGSM".into(),
-        AttackKind::Pgd => "PGD",
-        AttackKind::PgdL2 => "PGD-L2",
-        AttackKind::Apgd => "APGD",
-        AttackKind::Square => "Square",
-    };
+    let kind = spec.kind.title();
+    if spec.kind == AttackKind::Fgsm {
+        // One step: no count.
+        return kind.into();
+    }
     let loss = match spec.loss {
         AttackLoss::Ce => String::new(),
         other => format!("-{}", other.as_str().to_uppercase()),

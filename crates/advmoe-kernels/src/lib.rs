@@ -16,6 +16,7 @@
 mod autodiff;
 mod cube;
 mod ops;
+pub mod parity;
 pub mod reference;
 pub mod shaders;
 

@@ -75,6 +75,9 @@ pub struct SetupState {
     pub on_cpu: bool,
     /// Test images of the robustness measured at each evaluation (0: none).
     pub robust_images: usize,
+    /// Dataset files the user handed over (picked or dropped); the config's data folder
+    /// points into them.
+    pub data_files: advmoe_data::DataFiles,
 }
 
 impl SetupState {
@@ -83,6 +86,7 @@ impl SetupState {
         RunOptions {
             on_cpu: self.on_cpu,
             robust_images: self.robust_images,
+            files: self.data_files.clone(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Default for SetupState {
             config: Preset::QuickStart.config(),
             on_cpu: false,
             robust_images: 64,
+            data_files: advmoe_data::DataFiles::default(),
         }
     }
 }

@@ -8,7 +8,8 @@ use advmoe_core::macs::conv_plans;
 use advmoe_core::{DatasetSpec, MethodKind, ModelSpec, Rng, TrainSpec};
 use advmoe_engine::{DeviceChoice, Run, RunConfig, make_device};
 use advmoe_kernels::{
-    Variant, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
+    Variant, parity, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv,
+    sparse_supported,
 };
 use advmoe_model::readback::{block_on, read_f32};
 use anyhow::{Context as _, bail};
@@ -400,7 +401,7 @@ fn time_conv(
 
 /// The largest difference between the sparse and the reference results (the output, and with
 /// `backward` the input, weight and router-score gradients), relative to the largest reference
-/// value: a benchmark of a kernel that computes something else would measure nothing.
+/// value ([`parity::relative_difference`], the check the parity tests make too).
 fn agreement(
     x: &Tensor<4>,
     weight: &Tensor<4>,
@@ -409,67 +410,39 @@ fn agreement(
     stride: usize,
     backward: bool,
 ) -> anyhow::Result<f64> {
-    let padding = weight.dims()[2] / 2;
     // As in the model: a straight-through gate over router scores, whose gradient is the one
     // the sparse gate kernel must reproduce (the raw gate's gradient off the selected expert is
     // masked by the one-hot and never reaches a router).
-    let scores = if backward {
-        gate.clone().detach().require_grad()
-    } else {
-        gate.clone()
-    };
-    let results = |sparse: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+    let scores = gate.clone().detach().require_grad();
+    let route = |scores: Tensor<2>| {
         let one_hot = scores.clone().detach();
-        let gate = one_hot * (scores.clone() - scores.clone().detach() + 1.0);
-        let y = if sparse {
-            sparse_moe_conv(
-                x.clone(),
-                weight.clone(),
-                gate,
-                experts.clone(),
-                stride,
-                padding,
-            )
-        } else {
-            reference::moe_conv(x.clone(), weight.clone(), gate, stride, padding)
-        };
-        let mut values = vec![block_on(read_f32(y.clone().detach(), "benchmark output"))?];
-        if backward {
-            let grads = y.sum().backward();
-            let missing = || anyhow::anyhow!("a benchmark input got no gradient");
-            values.push(block_on(read_f32(
-                Tensor::<4>::from_inner(x.grad(&grads).ok_or_else(missing)?),
-                "input gradient",
-            ))?);
-            values.push(block_on(read_f32(
-                Tensor::<4>::from_inner(weight.grad(&grads).ok_or_else(missing)?),
-                "weight gradient",
-            ))?);
-            values.push(block_on(read_f32(
-                Tensor::<2>::from_inner(scores.grad(&grads).ok_or_else(missing)?),
-                "router-score gradient",
-            ))?);
-        }
-        Ok(values)
+        (
+            one_hot * (scores.clone() - scores.detach() + 1.0),
+            experts.clone(),
+        )
     };
-    let (sparse, reference) = (results(true)?, results(false)?);
-    let mut worst = 0.0f64;
-    for (s, r) in sparse.iter().zip(&reference) {
-        let scale = r.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let diff = s
-            .iter()
-            .zip(r)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        // NaN compares false everywhere: count it as total disagreement.
-        let relative = if diff.is_nan() {
-            f64::INFINITY
-        } else {
-            f64::from(diff / scale)
-        };
-        worst = worst.max(relative);
-    }
-    Ok(worst)
+    // The gradient of the output's sum.
+    let ones = |dims: [usize; 4]| Tensor::<4>::ones(dims, &x.device());
+    let case = parity::ParityCase {
+        input: x,
+        weight,
+        scores: &scores,
+        route: &route,
+        stride,
+        upstream: backward.then_some(&ones as &dyn Fn([usize; 4]) -> Tensor<4>),
+    };
+    let read = |sparse: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+        parity::run_path(sparse, &case)?
+            .into_iter()
+            .map(|t| Ok(block_on(read_f32(t, "benchmark result"))?))
+            .collect()
+    };
+    let (sparse, reference) = (read(true)?, read(false)?);
+    Ok(sparse
+        .iter()
+        .zip(&reference)
+        .map(|(s, r)| parity::relative_difference(s, r))
+        .fold(0.0, f64::max))
 }
 
 /// One `advmoe` training step of the classroom model (two attacks and two optimiser steps),

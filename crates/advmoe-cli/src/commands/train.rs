@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use advmoe_core::{
     AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec, count_macs,
 };
+use advmoe_data::DataFiles;
 use advmoe_engine::{
     Advance, CheckpointSource, DeviceChoice, Run, RunConfig, RunState, block_on, load_data,
     make_device,
@@ -172,13 +173,13 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let (mut run, out) = if let Some(dir) = &args.resume {
         let source = CheckpointSource::Folder(dir.clone());
-        let run = Run::from_checkpoint(&source, &device)
+        let run = Run::from_checkpoint(&source, &DataFiles::default(), &device)
             .with_context(|| format!("resuming from {dir:?}"))?;
         (run, dir.clone())
     } else {
         let spec = args.data.spec();
-        let (dataset, load) =
-            load_data(&spec).with_context(|| format!("loading dataset {}", spec.kind))?;
+        let (dataset, load) = load_data(&spec, &DataFiles::default())
+            .with_context(|| format!("loading dataset {}", spec.kind))?;
         let config = args.config(dataset.train.len())?;
         let run = Run::fitted(config, Arc::new(dataset), load, &device)?;
         std::fs::create_dir_all(&args.out).with_context(|| format!("creating {:?}", args.out))?;

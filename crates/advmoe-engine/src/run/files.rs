@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use advmoe_core::{EvalReport, Rng};
-use advmoe_data::LoaderState;
+use advmoe_data::{DataFiles, LoaderState};
 use advmoe_model::MoeNet;
 use advmoe_model::checkpoint::{
     CheckpointError, model_bytes, model_from_bytes, parse_safetensors, safetensors_bytes,
@@ -93,17 +93,19 @@ const RUN_FORMAT: &str = "advmoe-run/1";
 
 impl Run {
     /// Continue a run from its checkpoint: reads `config.json` once, loads the dataset it
-    /// names, restores model, optimiser state, data order and RNG. The resumed run takes
-    /// exactly the steps the uninterrupted run would have.
+    /// names (from `files` or the disk, as [`Run::from_config`]), restores model, optimiser
+    /// state, data order and RNG. The resumed run takes exactly the steps the uninterrupted run
+    /// would have.
     ///
     /// # Errors
     /// Missing or inconsistent files, a dataset that cannot be loaded or does not fit.
     pub fn from_checkpoint(
         source: &CheckpointSource,
+        files: &DataFiles,
         device: &Device,
     ) -> Result<Self, EngineError> {
         let config = source.config()?;
-        let (dataset, load) = load_data(&config.data)?;
+        let (dataset, load) = load_data(&config.data, files)?;
         let mut run = Self::restore(config, source, Arc::new(dataset), device)?;
         run.data_load = load;
         Ok(run)

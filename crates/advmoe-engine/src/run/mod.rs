@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use advmoe_core::{DatasetSpec, EvalReport, MethodKind, Rng, RouterKind, SpecError};
-use advmoe_data::{DataError, Dataset, Loader};
+use advmoe_data::{DataError, DataFiles, Dataset, Loader};
 use advmoe_model::MoeNet;
 use advmoe_model::checkpoint::CheckpointError;
 use burn::tensor::{Device, Tensor};
@@ -128,15 +128,19 @@ pub struct DataLoad {
     pub secs: f64,
 }
 
-/// Read and decode the dataset `spec` names, timed (what [`Run::from_config`] does first;
-/// [`Run::fitted`] takes its result when a driver needs the dataset before the config is
-/// final, as `advmoe train --epochs` does to count steps).
+/// Read and decode the dataset `spec` names, from `files` (handed over in memory, e.g. picked
+/// in a browser) or the disk, timed (what [`Run::from_config`] does first; [`Run::fitted`]
+/// takes its result when a driver needs the dataset before the config is final, as `advmoe
+/// train --epochs` does to count steps).
 ///
 /// # Errors
 /// A dataset that cannot be read.
-pub fn load_data(spec: &DatasetSpec) -> Result<(Dataset, DataLoad), EngineError> {
+pub fn load_data(
+    spec: &DatasetSpec,
+    files: &DataFiles,
+) -> Result<(Dataset, DataLoad), EngineError> {
     let start = now_secs();
-    let data = advmoe_data::load(spec)?;
+    let data = advmoe_data::load_from(spec, files)?;
     let load = DataLoad {
         images: data.train.len() + data.test.len(),
         secs: now_secs() - start,
@@ -189,14 +193,19 @@ fn now_secs() -> f64 {
 }
 
 impl Run {
-    /// Build a run from its config alone: load the dataset it names (timed, see
-    /// [`Run::data_load`]), fit the model's input shape and classes to it, validate, build on
-    /// `device` (a plain device; the run adds autodiff).
+    /// Build a run from its config: load the dataset it names from `files` (handed over in
+    /// memory; empty for the disk alone) or the disk (timed, see [`Run::data_load`]), fit the
+    /// model's input shape and classes to it, validate, build on `device` (a plain device; the
+    /// run adds autodiff).
     ///
     /// # Errors
     /// A dataset that cannot be loaded, or an invalid config.
-    pub fn from_config(config: RunConfig, device: &Device) -> Result<Self, EngineError> {
-        let (dataset, load) = load_data(&config.data)?;
+    pub fn from_config(
+        config: RunConfig,
+        files: &DataFiles,
+        device: &Device,
+    ) -> Result<Self, EngineError> {
+        let (dataset, load) = load_data(&config.data, files)?;
         Self::fitted(config, Arc::new(dataset), load, device)
     }
 

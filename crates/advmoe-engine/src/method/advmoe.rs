@@ -1,0 +1,147 @@
+//! `advmoe` (Zhang et al. 2023): alternating expert and router steps with two optimisers.
+
+use advmoe_core::{MethodKind, Rng, RouterObjective};
+use advmoe_model::{Mode, MoeNet, is_router_path};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, activation::log_softmax};
+
+use super::trades::{apply_bn, trades_examples, trades_loss};
+use super::{Method, MethodConfig, StepInput, stack, zero};
+use crate::loss::{cross_entropy, distinct_routes, kl_each_from_log};
+use crate::optim::Optimizer;
+use crate::tensors::DeviceBatch;
+
+/// AdvMoE (Zhang et al. 2023): per mini-batch, (A) adversarial examples against the MoE (TRADES
+/// KL of the output plus KL of the routers), one step of the expert optimiser on the TRADES loss;
+/// (B) fresh adversarial examples against the updated experts, one step of the router optimiser
+/// on the router objective. Each step folds only its own batch norms' statistics.
+pub struct AdvMoe {
+    pub(super) config: MethodConfig,
+}
+
+impl AdvMoe {
+    /// AdvMoE with `config` (whose `kind` should be `advmoe`).
+    pub fn new(config: MethodConfig) -> Self {
+        Self { config }
+    }
+
+    /// Step (A): update the experts (every parameter outside the routers). Returns the model and
+    /// the terms (TRADES loss, clean cross-entropy, KL).
+    pub fn expert_step(
+        &self,
+        model: MoeNet,
+        batch: &DeviceBatch,
+        lr: f64,
+        optimizer: &mut Optimizer,
+        rng: &mut Rng,
+    ) -> (MoeNet, [Tensor<1>; 3]) {
+        let expert = |p: &str| !is_router_path(p);
+        let adv = trades_examples(&self.config, &model, batch, true, rng);
+        let loss = trades_loss(&self.config, &model, adv, batch, false);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        let model = optimizer.step_where(model, grads, lr, &expert);
+        let model = apply_bn(model, loss.bn_updates, &expert);
+        (model, [loss.total, loss.ce, loss.kl])
+    }
+
+    /// Step (B): update the routers only. Returns the model and the terms (robust: TRADES loss and
+    /// balance term; class-partition: class cross-entropy and router KL).
+    pub fn router_step(
+        &self,
+        model: MoeNet,
+        batch: &DeviceBatch,
+        lr: f64,
+        optimizer: &mut Optimizer,
+        rng: &mut Rng,
+    ) -> (MoeNet, [Tensor<1>; 2]) {
+        let adv = trades_examples(&self.config, &model, batch, true, rng);
+        let (total, terms, bn_updates) = match self.config.router_objective {
+            RouterObjective::Robust => {
+                let loss = trades_loss(&self.config, &model, adv, batch, true);
+                let balance = loss.balance.unwrap_or_else(|| zero(&loss.ce));
+                (loss.total.clone(), [loss.total, balance], loss.bn_updates)
+            }
+            RouterObjective::ClassPartition => {
+                let clean = model.forward(batch.images.clone(), Mode::Train);
+                let perturbed = model.forward(adv, Mode::Train);
+                let n = self.config.num_experts;
+                let partition =
+                    advmoe_model::one_hot_rows(batch.labels.clone().remainder_scalar(n as i64), n);
+                let pairs: Vec<_> = distinct_routes(&clean.routes, self.config.image_router)
+                    .iter()
+                    .zip(distinct_routes(&perturbed.routes, self.config.image_router))
+                    .collect();
+                let layers = pairs.len().max(1) as f64;
+                let device = batch.images.device();
+                let mut ce: Tensor<1> = Tensor::zeros([1], &device);
+                let mut kl: Tensor<1> = Tensor::zeros([1], &device);
+                for (c, a) in pairs {
+                    ce = ce + cross_entropy(c.scores.clone(), partition.clone());
+                    kl = kl
+                        + kl_each_from_log(
+                            log_softmax(c.scores.clone(), 1),
+                            log_softmax(a.scores.clone(), 1),
+                        )
+                        .mean();
+                }
+                let (ce, kl) = (ce.div_scalar(layers), kl.div_scalar(layers));
+                // As in the paper's released code: the partition's cross-entropy at weight 1 and
+                // the routers' KL at α (β weights only the experts' TRADES KL). Weighting the
+                // cross-entropy by α instead made its effective learning rate six times the
+                // released one, and with SGD momentum the router's decision swung the whole
+                // test set from one expert to the other between evaluations.
+                let total = ce.clone() + kl.clone().mul_scalar(self.config.alpha);
+                let mut updates = clean.bn_updates;
+                updates.extend(perturbed.bn_updates);
+                (total, [ce, kl], updates)
+            }
+        };
+        let grads = GradientsParams::from_grads(total.backward(), &model);
+        let model = optimizer.step_where(model, grads, lr, &is_router_path);
+        let model = apply_bn(model, bn_updates, &is_router_path);
+        (model, terms)
+    }
+}
+
+impl Method for AdvMoe {
+    fn kind(&self) -> MethodKind {
+        MethodKind::Advmoe
+    }
+
+    fn terms(&self) -> &'static [&'static str] {
+        match self.config.router_objective {
+            RouterObjective::Robust => &[
+                "expert TRADES loss",
+                "clean cross-entropy",
+                "KL(clean ‖ adversarial)",
+                "router TRADES loss",
+                "load balance",
+            ],
+            RouterObjective::ClassPartition => &[
+                "expert TRADES loss",
+                "clean cross-entropy",
+                "KL(clean ‖ adversarial)",
+                "router class cross-entropy",
+                "router KL(clean ‖ adversarial)",
+            ],
+        }
+    }
+
+    fn step(&mut self, input: StepInput<'_>) -> (MoeNet, Tensor<1>) {
+        let (model, [total, ce, kl]) = self.expert_step(
+            input.model,
+            &input.batch,
+            input.lr,
+            &mut input.optimizers.main,
+            input.rng,
+        );
+        let (model, [r1, r2]) = self.router_step(
+            model,
+            &input.batch,
+            input.lr,
+            &mut input.optimizers.router,
+            input.rng,
+        );
+        (model, stack(vec![total, ce, kl, r1, r2]))
+    }
+}
