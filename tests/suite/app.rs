@@ -837,7 +837,10 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
     )]);
     let data = fresh.state().state.setup.config.data.clone();
     assert_eq!(data.kind, advmoe_core::DatasetKind::ImageFolder);
-    let picked = advmoe_data::load(&data).unwrap();
+    // The picked files live in the setup (handed to the workers with each run), not in a
+    // global store: without them the same spec finds nothing.
+    assert!(advmoe_data::load(&data).is_err());
+    let picked = advmoe_data::load_from(&data, &fresh.state().state.setup.data_files).unwrap();
     assert_eq!((picked.train.len(), picked.test.len()), (50_000, 10_000));
     assert_eq!(picked.test.class_names[3], "cat");
 }
