@@ -63,13 +63,11 @@ impl LabApp {
                 self.send(Command::Save(target));
             }
             AppCommand::LoadCheckpoint if platform::WEB => self.handle(AppCommand::PickFiles),
-            AppCommand::LoadCheckpoint => self.send(Command::Load(
+            AppCommand::LoadCheckpoint => self.handle(AppCommand::LoadCheckpointFiles(
                 CheckpointSource::Folder(self.state.train.save_dir.trim().into()),
-                self.state.setup.run_options(),
             )),
             AppCommand::LoadCheckpointFiles(source) => {
                 self.send(Command::Load(source, self.state.setup.run_options()));
-                self.state.tab = Tab::Train;
             }
             AppCommand::RouterOnlyLesson => {
                 if self.state.router_only_lesson() {

@@ -161,6 +161,7 @@ impl AppState {
             commands.push(AppCommand::LoadCheckpointFiles(CheckpointSource::Files(
                 files.clone(),
             )));
+            // Files that arrive later in this batch (an image, dataset files) may move on.
             self.tab = Tab::Train;
         } else {
             let pairs = files::model_pairs(&files);

@@ -178,13 +178,13 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                         _ => continue,
                     };
                     match built {
-                        Ok((new_run, data)) => {
+                        Ok(new_run) => {
                             let started = Event::Started {
                                 total_steps: new_run.progress().total_steps,
                                 step: new_run.progress().step,
                                 history: new_run.history().to_vec(),
                                 loss_terms: new_run.loss_terms().to_vec(),
-                                data,
+                                data: new_run.data_load(),
                             };
                             let state = new_run.state();
                             if !send(started) || !send(Event::State(state)) {
@@ -249,29 +249,18 @@ fn trained(run: &Run) -> TrainedModel {
 
 /// Build a run from its config (the engine loads and fits the data), measuring robustness at
 /// each evaluation as the options ask.
-fn build_run(
-    mut config: RunConfig,
-    options: &RunOptions,
-    device: &Device,
-) -> AppResult<(Run, DataLoad)> {
+fn build_run(mut config: RunConfig, options: &RunOptions, device: &Device) -> AppResult<Run> {
     config.train.robust_eval_size = options.robust_images;
-    let run = Run::from_config(config, &options.files, device)?;
-    let load = run.data_load();
-    Ok((run, load))
+    Ok(Run::from_config(config, &options.files, device)?)
 }
 
 /// Load a run checkpoint, paused at its step.
-fn load_run(
-    source: &CheckpointSource,
-    options: &RunOptions,
-    device: &Device,
-) -> AppResult<(Run, DataLoad)> {
+fn load_run(source: &CheckpointSource, options: &RunOptions, device: &Device) -> AppResult<Run> {
     let mut run = Run::from_checkpoint(source, &options.files, device)
         .context(|| format!("loading the checkpoint in {}", source.origin().display()))?;
     run.set_robust_eval_size(options.robust_images);
     run.pause();
-    let load = run.data_load();
-    Ok((run, load))
+    Ok(run)
 }
 
 /// Save `run` to `target`; returns where, in words.

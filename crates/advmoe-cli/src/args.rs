@@ -285,18 +285,22 @@ pub(crate) fn load_dataset(spec: &DatasetSpec) -> anyhow::Result<advmoe_data::Da
     let dataset =
         advmoe_data::load(spec).with_context(|| format!("loading dataset {}", spec.kind))?;
     spinner.finish_and_clear();
-    eprintln!(
-        "dataset {} (loaded in {:.2} s): {} train / {} test images, {} channels, {}x{}, {} classes",
-        spec.kind,
-        start.elapsed().as_secs_f64(),
-        dataset.train.len(),
-        dataset.test.len(),
-        dataset.train.channels,
-        dataset.train.size[0],
-        dataset.train.size[1],
-        dataset.train.num_classes
-    );
+    describe_dataset(spec.kind, start.elapsed().as_secs_f64(), &dataset);
     Ok(dataset)
+}
+
+/// The one-line summary of a loaded dataset, on stderr.
+pub(crate) fn describe_dataset(kind: DatasetKind, secs: f64, dataset: &advmoe_data::Dataset) {
+    let (train, test) = (&dataset.train, &dataset.test);
+    eprintln!(
+        "dataset {kind} (loaded in {secs:.2} s): {} train / {} test images, {} channels, {}x{}, {} classes",
+        train.len(),
+        test.len(),
+        train.channels,
+        train.size[0],
+        train.size[1],
+        train.num_classes
+    );
 }
 
 /// Load a model folder (or downloaded pair) onto `device` and its dataset (from `data_dir`

@@ -20,7 +20,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{
-    DataArgs, ModelArgs, Preset, choice, format_load, interrupt_flag, parse_fraction,
+    DataArgs, ModelArgs, Preset, choice, describe_dataset, format_load, interrupt_flag,
+    parse_fraction,
 };
 
 #[derive(Args)]
@@ -188,18 +189,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     };
     spinner.finish_and_clear();
     let config = run.config().clone();
-    let (train, test) = (&run.dataset().train, &run.dataset().test);
-    eprintln!(
-        "dataset {} (loaded in {:.2} s): {} train / {} test images, {} channels, {}x{}, {} classes",
-        config.data.kind,
-        run.data_load().secs,
-        train.len(),
-        test.len(),
-        train.channels,
-        train.size[0],
-        train.size[1],
-        train.num_classes
-    );
+    describe_dataset(config.data.kind, run.data_load().secs, run.dataset());
     if args.resume.is_some() {
         eprintln!(
             "resumed at step {} of {}",
