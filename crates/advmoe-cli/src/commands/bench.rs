@@ -413,7 +413,12 @@ fn agreement(
     // As in the model: a straight-through gate over router scores, whose gradient is the one
     // the sparse gate kernel must reproduce (the raw gate's gradient off the selected expert is
     // masked by the one-hot and never reaches a router).
-    let scores = gate.clone().detach().require_grad();
+    // Forward-only timing runs without autodiff, where nothing may require a gradient.
+    let scores = if backward {
+        gate.clone().detach().require_grad()
+    } else {
+        gate.clone()
+    };
     let route = |scores: Tensor<2>| {
         let one_hot = scores.clone().detach();
         (
