@@ -23,6 +23,7 @@ fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig
         balance_weight: 1.0,
         beta: 6.0,
         alpha: 6.0,
+        router_kl_warmup: 0.0,
         router_objective: objective,
         image_router: router == RouterKind::Image,
         num_experts: 2,
@@ -87,8 +88,14 @@ fn optimisers_own_their_parameters(
         "{label}: the expert step left expert tensors unchanged"
     );
 
-    let (after_b, _) =
-        method.router_step(after_a.clone(), &batch, 0.05, &mut routers_opt, &mut rng);
+    let (after_b, _) = method.router_step(
+        after_a.clone(),
+        &batch,
+        0.05,
+        0.0,
+        &mut routers_opt,
+        &mut rng,
+    );
     let (r, e, _, _) = changed(&after_a, &after_b);
     assert!(
         e.is_empty(),

@@ -9,7 +9,9 @@ use advmoe_engine::attack::{
     run_attack, square_fraction, square_side,
 };
 use advmoe_engine::eval::count_correct;
-use advmoe_engine::robust::{NamedAttack, RobustOptions, evaluate_robust};
+use advmoe_engine::robust::{
+    LadderOptions, NamedAttack, RobustOptions, evaluate_robust, router_ladder,
+};
 use advmoe_engine::tensors::to_device;
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
@@ -458,13 +460,20 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
         "expert attack: {expert_correct} of {clean_correct} still correct"
     );
 
-    // The dissection agrees: robust numbers are fractions, routes are counted per layer.
+    // The dissection agrees: robust numbers are fractions, routes are counted per layer. (The
+    // paper's 10-step router attack here: the default PGD-50 × 3 costs 15 times as much.)
+    let quick_router = AttackSpec {
+        steps: 10,
+        restarts: 1,
+        ..AttackSpec::router_eval()
+    };
     let report = evaluate_robust(
         model,
         &data.test,
         &RobustOptions {
             limit: 50,
             eps_sweep: vec![2.0 / 255.0],
+            router_attack: quick_router.clone(),
             ..RobustOptions::default()
         },
         &device,
@@ -482,6 +491,36 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     // Router robustness at 2/255 is at least that at 8/255 (same attack, smaller ball)... is not
     // guaranteed image by image, but the flip rate of a weaker attack on average is lower.
     assert!(report.sweep[0].router_robustness.unwrap() >= router_robustness - 0.05);
+    assert_eq!(report.router_attack.as_ref(), Some(&quick_router));
+
+    // The router ladder: a rung that adds random starts to another repeats its starts first, so
+    // it keeps no more routes; every rung is named with its steps and starts.
+    let rungs: Vec<AttackSpec> = [(10, 1), (10, 3)]
+        .into_iter()
+        .map(|(steps, restarts)| AttackSpec {
+            steps,
+            restarts,
+            ..quick_router.clone()
+        })
+        .collect();
+    let options = LadderOptions {
+        rungs,
+        limit: 30,
+        batch_size: 30,
+        seed: 0,
+    };
+    let ladder = router_ladder(model, &data.test, &options, &device, &mut |_, _| {})
+        .wait()
+        .unwrap();
+    println!("{ladder:?}");
+    assert_eq!(ladder.len(), 2);
+    assert_eq!(ladder[1].attack.restarts, 3);
+    assert!(ladder[0].router_robustness < 1.0);
+    assert!(ladder[1].router_robustness <= ladder[0].router_robustness);
+    assert_eq!(
+        advmoe_engine::robust::attack_name(&ladder[1].attack),
+        "PGD-KL-10 × 3 starts"
+    );
 }
 
 /// `attack_image` (the attack lab's and `advmoe attack`'s one-image attack): what it reports

@@ -138,6 +138,8 @@ pub struct Atlas {
     pub eval: EvalResult,
     /// `[layer][expert]`: example images routed there (`[c, h, w]` bytes each).
     pub examples: Vec<Vec<Vec<Vec<u8>>>>,
+    /// `[layer][expert]`: the true class of each example.
+    pub example_labels: Vec<Vec<Vec<usize>>>,
     /// `[c, h, w]` of the images.
     pub shape: [usize; 3],
 }
@@ -416,11 +418,26 @@ impl Library {
                             .collect()
                     })
                     .collect();
+                let example_labels = eval
+                    .examples
+                    .iter()
+                    .map(|layer| {
+                        layer
+                            .iter()
+                            .map(|ids| {
+                                ids.iter()
+                                    .map(|&i| usize::from(dataset.test.labels[i]))
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .collect();
                 let [h, w] = dataset.test.size;
                 Ok(Some(Reply::Atlas(Box::new(Atlas {
                     model,
                     eval,
                     examples,
+                    example_labels,
                     shape: [dataset.test.channels, h, w],
                 }))))
             }

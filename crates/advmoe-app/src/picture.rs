@@ -29,6 +29,12 @@ pub fn color_image_u8(pixels: &[u8], shape: [usize; 3]) -> ColorImage {
     color_image(&values, shape)
 }
 
+/// The side, in points, at which an image `side` pixels high is drawn: at least 4× (a 32-pixel
+/// CIFAR image at 128 points, so a class can see a cat turn into a dog) and at least `at_least`.
+pub fn magnified_side(side: usize, at_least: f32) -> f32 {
+    (4.0 * side as f32).max(at_least)
+}
+
 /// Upload an image as a texture drawn with sharp pixels (small images are shown enlarged).
 pub fn texture(ctx: &egui::Context, name: &str, image: ColorImage) -> TextureHandle {
     ctx.load_texture(name, image, TextureOptions::NEAREST)

@@ -163,7 +163,8 @@ pub(crate) struct AttackFlags {
     /// Loss maximised on the logits.
     #[arg(long, default_value = "ce", value_parser = choice::<AttackLoss>())]
     loss: AttackLoss,
-    /// Loss of the router attack.
+    /// Loss of the router attack (the attack's own with --target router; the dissection's
+    /// router attack otherwise).
     #[arg(long, default_value = "kl", value_parser = choice::<AttackLoss>())]
     router_loss: AttackLoss,
     /// Start at the clean image instead of a random point in the ball.
@@ -198,16 +199,42 @@ impl AttackFlags {
         Ok(spec)
     }
 
-    /// The dissection's options: `kind` on the full target (and its router and expert runs).
-    pub(crate) fn robust_options(&self, kind: AttackKind) -> anyhow::Result<RobustOptions> {
+    /// The dissection's options: `kind` on the full and expert targets, and `router`'s attack
+    /// on the routers, all at --eps.
+    pub(crate) fn robust_options(
+        &self,
+        kind: AttackKind,
+        router: &RouterAttackFlags,
+    ) -> anyhow::Result<RobustOptions> {
         let attack = self.spec(kind, AttackTarget::Full)?;
-        self.spec(kind, AttackTarget::Router)?;
+        let router_attack = AttackSpec {
+            eps: self.eps,
+            step_size: self.eps / 4.0,
+            steps: router.router_steps,
+            restarts: router.router_restarts,
+            loss: self.router_loss,
+            ..AttackSpec::router_eval()
+        };
+        router_attack.validate()?;
         Ok(RobustOptions {
             attack,
-            router_loss: self.router_loss,
+            router_attack,
             ..RobustOptions::default()
         })
     }
+}
+
+/// The router attack of the dissection (`eval --attack`, `compare`): PGD on the routers at --eps
+/// with step ε/4 and --router-loss. The defaults are where more steps and restarts stopped
+/// lowering router robustness on the demo models (`eval --router-ladder` shows it for a model).
+#[derive(Args, Clone)]
+pub(crate) struct RouterAttackFlags {
+    /// Steps of the router attack.
+    #[arg(long, default_value_t = AttackSpec::router_eval().steps)]
+    router_steps: usize,
+    /// Random starts of the router attack; a route counts as flipped if any start flips it.
+    #[arg(long, default_value_t = AttackSpec::router_eval().restarts)]
+    router_restarts: usize,
 }
 
 /// The worst-case evaluation, shared by `eval` and `compare`.

@@ -15,5 +15,5 @@ pub use rng::Rng;
 pub use spec::{
     Arch, AttackKind, AttackLoss, AttackSpec, AttackTarget, DatasetKind, DatasetSpec, MethodKind,
     ModelSpec, Named, OptimizerKind, RouterKind, RouterObjective, ScheduleKind, SpecError,
-    TargetClass, TrainSpec,
+    TargetClass, TrainSpec, warmed_up,
 };

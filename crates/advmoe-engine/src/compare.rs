@@ -310,5 +310,21 @@ pub fn markdown_table(rows: &[CompareRow]) -> String {
             r.train_secs
         ));
     }
+    if let Some(first) = rows.first() {
+        let a = &first.report.attack;
+        s.push_str(&format!(
+            "\nRA: {} at ε = {:.1}/255 on {} test images",
+            crate::robust::attack_name(a),
+            a.eps * 255.0,
+            first.report.images
+        ));
+        if let Some(router) = rows.iter().find_map(|r| r.report.router_attack.as_ref()) {
+            s.push_str(&format!(
+                "; router robustness: routes kept under {} on the routers",
+                crate::robust::attack_name(router)
+            ));
+        }
+        s.push_str(".\n");
+    }
     s
 }

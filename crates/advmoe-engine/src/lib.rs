@@ -26,7 +26,10 @@ pub use advmoe_model::readback::block_on;
 pub use device::{DeviceChoice, make_device};
 pub use eval::{EvalOptions, evaluate};
 pub use inspect::{ImageAttack, Prediction, attack_image, predict};
-pub use robust::{NamedAttack, RobustOptions, RobustReport, evaluate_robust};
+pub use robust::{
+    LadderOptions, NamedAttack, RobustOptions, RobustReport, RouterRung, evaluate_robust,
+    router_ladder,
+};
 pub use run::{
     Advance, CheckpointSource, DataLoad, EngineError, NamedFiles, Progress, Run, RunConfig,
     RunState, ShapeMismatch, load_data, load_model_bytes, load_model_dir, load_model_path,

@@ -33,8 +33,10 @@ pub struct RobustOptions {
     /// The attack (algorithm, ε, steps, step size, restarts, loss, targeting). Its `target` is
     /// ignored: every target is measured.
     pub attack: AttackSpec,
-    /// Loss of the router attack (`kl` or `ce`).
-    pub router_loss: AttackLoss,
+    /// The router attack (target `router`; its `eps` and step size scale to each radius
+    /// measured). Default: [`AttackSpec::router_eval`], PGD-50 on the routers' KL from 6 random
+    /// starts, not the main attack: the paper's 10 steps overstate router robustness.
+    pub router_attack: AttackSpec,
     /// Extra radii for the curves (empty: no curves).
     pub eps_sweep: Vec<f32>,
     /// Images per batch.
@@ -52,7 +54,7 @@ impl Default for RobustOptions {
     fn default() -> Self {
         Self {
             attack: AttackSpec::paper_eval(),
-            router_loss: AttackLoss::Kl,
+            router_attack: AttackSpec::router_eval(),
             eps_sweep: Vec::new(),
             batch_size: 100,
             limit: 0,
@@ -178,6 +180,9 @@ pub struct RobustReport {
     pub robust_acc: f64,
     /// Fraction of (image, MoE layer) routes unchanged under the `router` attack.
     pub router_robustness: Option<f64>,
+    /// The router attack measured (MoE only; absent in reports written before it had its own).
+    #[serde(default)]
+    pub router_attack: Option<AttackSpec>,
     /// Accuracy under the `expert` attack with routes frozen to the clean routes.
     pub expert_robustness: Option<f64>,
     /// Fraction of (image, MoE layer) routes flipped by the `full` attack.
@@ -290,15 +295,8 @@ pub async fn evaluate_robust(
             Ok((tally, correct))
         };
         let router_at = async |eps: f32, rng: &mut Rng| -> Result<Tally, EvalError> {
-            let s = spec(AttackTarget::Router, eps, options.router_loss);
-            let objective = RouterObjective::from_clean_scores(
-                model,
-                clean_scores.clone(),
-                options.router_loss,
-            );
-            let adv = attack(&objective, images.clone(), &s, rng);
-            let routes = check_routes(&model.forward(adv, Mode::Eval).routes).await?;
-            Ok(compare_routes(&clean_routes, &routes))
+            let s = router_spec(&options.router_attack, eps);
+            router_tally(model, &images, &clean_scores, &clean_routes, &s, rng).await
         };
 
         let (main, mut robust_here) = full_at(options.attack.eps, &mut rng).await?;
@@ -354,6 +352,7 @@ pub async fn evaluate_robust(
         clean_acc: fraction(clean, total),
         robust_acc: fraction(full.correct, total),
         router_robustness: moe_only(fraction(router.routes_same, router.routes)),
+        router_attack: moe.then(|| router_spec(&options.router_attack, options.attack.eps)),
         expert_robustness: moe_only(fraction(expert.correct, total)),
         route_flip_rate: moe_only(1.0 - fraction(full.routes_same, full.routes)),
         expert_load: load
@@ -389,7 +388,122 @@ pub async fn evaluate_robust(
     })
 }
 
-/// A short name of an attack, with its steps: `PGD-10`, `APGD-DLR-100`, `FGSM`.
+/// `router` at radius `eps`, its step size scaled with the radius, aimed at the routers.
+fn router_spec(router: &AttackSpec, eps: f32) -> AttackSpec {
+    let scale = if router.eps > 0.0 {
+        eps / router.eps
+    } else {
+        1.0
+    };
+    AttackSpec {
+        eps,
+        step_size: router.step_size * scale,
+        target: AttackTarget::Router,
+        ..router.clone()
+    }
+}
+
+/// Routes kept when the router attack `spec` perturbs `images` (clean router scores
+/// `clean_scores`, clean routes `clean_routes`).
+async fn router_tally(
+    model: &MoeNet,
+    images: &Tensor<4>,
+    clean_scores: &[Tensor<2>],
+    clean_routes: &[Vec<usize>],
+    spec: &AttackSpec,
+    rng: &mut Rng,
+) -> Result<Tally, EvalError> {
+    let objective = RouterObjective::from_clean_scores(model, clean_scores.to_vec(), spec.loss);
+    let adv = attack(&objective, images.clone(), spec, rng);
+    let routes = check_routes(&model.forward(adv, Mode::Eval).routes).await?;
+    Ok(compare_routes(clean_routes, &routes))
+}
+
+/// One rung of [`router_ladder`]: a router attack and the router robustness under it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterRung {
+    /// The router attack.
+    pub attack: AttackSpec,
+    /// Fraction of (image, MoE layer) routes it left unchanged.
+    pub router_robustness: f64,
+}
+
+/// What [`router_ladder`] measures.
+#[derive(Debug, Clone)]
+pub struct LadderOptions {
+    /// The router attacks, weakest first (e.g. [`AttackSpec::router_ladder`]).
+    pub rungs: Vec<AttackSpec>,
+    /// Only the first this many test images (0: all).
+    pub limit: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Seed of the random starts.
+    pub seed: u64,
+}
+
+/// Router robustness of `model` under each of `options.rungs` on the first images of `set`:
+/// whether a stronger router attack still lowers it. Every rung draws each batch's random
+/// starts from the same stream (the seed, the batch), so a rung that only adds starts to another
+/// repeats that one's starts first and can only flip more routes. `model` lives on an autodiff
+/// device; `progress(done, total)` after each batch. A dense model has no routes: an empty
+/// result.
+pub async fn router_ladder(
+    model: &MoeNet,
+    set: &ImageSet,
+    options: &LadderOptions,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<RouterRung>, EvalError> {
+    let LadderOptions {
+        rungs,
+        limit,
+        batch_size,
+        seed,
+    } = options;
+    let (limit, batch_size, seed) = (*limit, *batch_size, *seed);
+    if model.moe_convs().is_empty() {
+        return Ok(Vec::new());
+    }
+    let device = device.clone().autodiff();
+    let total = if limit == 0 {
+        set.len()
+    } else {
+        limit.min(set.len())
+    };
+    let mut tallies = vec![Tally::default(); rungs.len()];
+    let mut start = 0;
+    while start < total {
+        let end = (start + batch_size.max(1)).min(total);
+        let host = set.batch(start, end);
+        let images = to_device(&host, model.num_classes, &device).images;
+        let out = model.forward(images.clone(), Mode::Eval);
+        let clean_routes = check_routes(&out.routes).await?;
+        let clean_scores: Vec<Tensor<2>> = distinct_routes(&out.routes, model.has_image_router())
+            .iter()
+            .map(|r| r.scores.clone())
+            .collect();
+        for (rung, tally) in rungs.iter().zip(&mut tallies) {
+            // Every rung starts each batch from the same stream.
+            let mut rng = Rng::stream(seed, 0x726f_7574_6572 + start as u64);
+            let s = router_spec(rung, rung.eps);
+            let kept = router_tally(model, &images, &clean_scores, &clean_routes, &s, &mut rng);
+            tally.add(kept.await?);
+        }
+        start = end;
+        progress(start, total);
+    }
+    Ok(rungs
+        .iter()
+        .zip(tallies)
+        .map(|(attack, t)| RouterRung {
+            attack: router_spec(attack, attack.eps),
+            router_robustness: fraction(t.routes_same, t.routes),
+        })
+        .collect())
+}
+
+/// A short name of an attack, with its steps (and random starts when more than one): `PGD-10`,
+/// `APGD-DLR-100`, `FGSM`, `PGD-KL-50 × 3 starts`.
 pub fn attack_name(spec: &AttackSpec) -> String {
     let kind = spec.kind.title();
     if spec.kind == AttackKind::Fgsm {
@@ -403,7 +517,12 @@ pub fn attack_name(spec: &AttackSpec) -> String {
     let targeted = spec
         .targeted
         .map_or(String::new(), |t| format!(" targeted {t}"));
-    format!("{kind}{loss}-{}{targeted}", spec.steps)
+    let starts = if spec.restarts > 1 {
+        format!(" × {} starts", spec.restarts)
+    } else {
+        String::new()
+    };
+    format!("{kind}{loss}-{}{targeted}{starts}", spec.steps)
 }
 
 /// Routes equal between `clean` and `other`, over every (image, layer).

@@ -327,6 +327,27 @@ impl MoeNet {
         }
     }
 
+    /// The distinct router decisions for `images` in `mode`: the image router's one set of
+    /// scores (only the router runs), or every per-layer router's (the whole network runs),
+    /// `[batch, num_experts]` each, with the batch norms' updates in train mode.
+    pub fn router_decisions(
+        &self,
+        images: Tensor<4>,
+        mode: Mode,
+    ) -> (Vec<Tensor<2>>, Vec<BnUpdate>) {
+        if let Some(router) = &self.router {
+            let mut updates = Vec::new();
+            let x = (images - INPUT_MEAN) / INPUT_STD;
+            let scores = router.forward(x, mode == Mode::Train, &mut updates);
+            return (vec![scores], updates);
+        }
+        let out = self.forward(images, mode);
+        (
+            out.routes.into_iter().map(|r| r.scores).collect(),
+            out.bn_updates,
+        )
+    }
+
     /// Router scores of every MoE layer for `images`, `[batch, num_experts]` each, in execution
     /// order, with the gradient reaching the images (eval-mode batch norm). For the image router
     /// only the router runs and its scores are returned once.

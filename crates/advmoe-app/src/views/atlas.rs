@@ -202,16 +202,31 @@ fn atlas_body(ui: &mut egui::Ui, state: &mut AtlasState, models: &[ModelInfo]) -
                 ui.end_row();
             }
         });
-    ui.label("Example test images routed to each expert:");
+    ui.label("Example test images routed to each expert, with their classes:");
+    let side = picture::magnified_side(atlas.shape[1], 128.0);
+    let class = |c: usize| {
+        model
+            .class_names
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class {c}"))
+    };
     if let Some(per_expert) = state.examples.get(layer) {
         for (e, textures) in per_expert.iter().enumerate() {
-            ui.horizontal(|ui| {
-                ui.label(format!("E{e}"));
+            ui.label(egui::RichText::new(format!("E{e}")).strong());
+            ui.horizontal_wrapped(|ui| {
                 if textures.is_empty() {
                     ui.label("(no image routed here)");
                 }
-                for texture in textures {
-                    ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(48.0, 48.0)));
+                let labels = atlas.example_labels.get(layer).and_then(|l| l.get(e));
+                for (i, texture) in textures.iter().enumerate() {
+                    ui.vertical(|ui| {
+                        ui.set_max_width(side);
+                        ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(side, side)));
+                        if let Some(&c) = labels.and_then(|l| l.get(i)) {
+                            ui.label(class(c));
+                        }
+                    });
                 }
             });
         }

@@ -310,15 +310,19 @@ fn attack_body(
         a.l2
     ));
     if let Some(textures) = &state.textures {
+        let shown =
+            |p: &Prediction| format!("{} ({:.0}%)", name(p.prediction), 100.0 * p.confidence);
+        let side = picture::magnified_side(textures[0].size()[0], 160.0);
         ui.horizontal(|ui| {
             for (texture, caption) in textures.iter().zip([
-                "Clean",
-                "Perturbation (gray = 0, amplified to ±ε)",
-                "Adversarial",
+                format!("Clean: {}", shown(&a.clean)),
+                "Perturbation (gray = 0, amplified to ±ε)".to_string(),
+                format!("Adversarial: {}", shown(&a.adversarial)),
             ]) {
                 ui.vertical(|ui| {
-                    ui.label(caption);
-                    ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(160.0, 160.0)));
+                    ui.set_max_width(side);
+                    ui.label(RichText::new(caption).strong());
+                    ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(side, side)));
                 });
             }
         });

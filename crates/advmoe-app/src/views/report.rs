@@ -375,6 +375,11 @@ fn report_body(
             }
         });
     ui.label("Rows of the demo models are what `advmoe compare` measured when it trained them; \"Measure\" measures again here.");
+    ui.label(format!(
+        "\"Measure\" attacks with {} at ε = 8/255 (RA) and measures router robustness as the routes kept under {} on the routers (the paper's 10-step router attack overstates it).",
+        advmoe_engine::robust::attack_name(&AttackSpec::paper_eval()),
+        advmoe_engine::robust::attack_name(&AttackSpec::router_eval()),
+    ));
     ui.horizontal(|ui| {
         let label = ui.label("Export folder");
         ui.add(egui::TextEdit::singleline(&mut state.export_dir))

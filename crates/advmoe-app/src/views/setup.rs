@@ -1,7 +1,9 @@
 //! Setup: dataset, backbone, MoE shape, router, method and its hyper-parameters, with
 //! classroom presets.
 
-use advmoe_core::{Arch, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterKind, TrainSpec};
+use advmoe_core::{
+    Arch, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterKind, RouterObjective, TrainSpec,
+};
 use advmoe_engine::RunConfig;
 use eframe::egui;
 
@@ -16,18 +18,23 @@ pub enum Preset {
     QuickStart,
     /// The same MoE under vanilla adversarial training (`moe-at`): watch the router collapse.
     VanillaAt,
-    /// AdvMoE: routers and experts trained in turn, adversarially.
+    /// AdvMoE: routers and experts trained in turn, adversarially (ours: the routers minimise
+    /// the TRADES loss).
     AdvMoe,
+    /// AdvMoE as the paper's released code configures it (`TrainSpec::paper`): class-partition
+    /// router objective, SGD 0.1, batch 128, balance 0.1, on the classroom ResNet-10.
+    Paper,
     /// A dense TRADES model of the same pathway cost, the baseline.
     DenseTrades,
 }
 
 impl Preset {
     /// Every preset, in menu order.
-    pub const ALL: [Preset; 4] = [
+    pub const ALL: [Preset; 5] = [
         Preset::QuickStart,
         Preset::VanillaAt,
         Preset::AdvMoe,
+        Preset::Paper,
         Preset::DenseTrades,
     ];
 
@@ -37,6 +44,7 @@ impl Preset {
             Preset::QuickStart => "Quick start (standard MoE)",
             Preset::VanillaAt => "Dense vs MoE: MoE under vanilla AT",
             Preset::AdvMoe => "AdvMoE fixes the routers",
+            Preset::Paper => "AdvMoE, the paper's configuration",
             Preset::DenseTrades => "Dense TRADES baseline (same cost)",
         }
     }
@@ -57,6 +65,15 @@ impl Preset {
             Preset::QuickStart => config.train.method = MethodKind::Standard,
             Preset::VanillaAt => config.train.method = MethodKind::MoeAt,
             Preset::AdvMoe => config.train.method = MethodKind::Advmoe,
+            Preset::Paper => {
+                config.train = TrainSpec {
+                    total_steps: config.train.total_steps,
+                    eval_every: config.train.eval_every,
+                    eval_size: config.train.eval_size,
+                    ..TrainSpec::paper()
+                };
+                config.balance_weight = 0.1;
+            }
             Preset::DenseTrades => {
                 config.model.num_experts = 1;
                 config.train.method = MethodKind::Trades;
@@ -133,7 +150,10 @@ pub fn setup_ui(
         ui.label("Preset:");
         for preset in Preset::ALL {
             if ui.button(preset.label()).clicked() {
+                // A preset sets model and training; the dataset chosen stays.
+                let data = state.config.data.clone();
                 state.config = preset.config();
+                state.config.data = data;
             }
         }
     });
@@ -218,6 +238,30 @@ pub fn setup_ui(
                     )
                 });
             }
+            if config.train.method == MethodKind::Advmoe {
+                combo(
+                    ui,
+                    "Router objective",
+                    &mut config.train.router_objective,
+                    RouterObjective::ALL,
+                );
+                if config.train.router_objective == RouterObjective::ClassPartition {
+                    row(ui, "Router KL weight α", |ui| {
+                        ui.add(
+                            egui::DragValue::new(&mut config.train.alpha)
+                                .range(0.0..=20.0)
+                                .speed(0.1),
+                        )
+                    });
+                    row(ui, "α warm-up (fraction of the run)", |ui| {
+                        ui.add(
+                            egui::DragValue::new(&mut config.train.router_kl_warmup)
+                                .range(0.0..=1.0)
+                                .speed(0.05),
+                        )
+                    });
+                }
+            }
             if config.model.is_moe() {
                 row(ui, "Balance weight", |ui| {
                     ui.add(
@@ -229,7 +273,7 @@ pub fn setup_ui(
             }
             row(ui, "Robustness images per evaluation (0: off)", |ui| {
                 ui.add(egui::DragValue::new(&mut state.robust_images).range(0..=10_000))
-                    .on_hover_text("RA and router robustness under PGD-10 at 8/255, measured at every evaluation")
+                    .on_hover_text("RA under PGD-10 at 8/255 and router robustness under the paper's 10-step router attack, measured at every evaluation")
             });
             row(ui, "Seed", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.seed))

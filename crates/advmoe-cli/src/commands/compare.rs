@@ -18,8 +18,8 @@ use clap::Args;
 use indicatif::ProgressBar;
 
 use crate::args::{
-    AttackFlags, DataArgs, ModelArgs, Preset, WorstCaseFlags, choice, format_load, interrupt_flag,
-    load_dataset, parse_fraction, pct, progress_bar,
+    AttackFlags, DataArgs, ModelArgs, Preset, RouterAttackFlags, WorstCaseFlags, choice,
+    format_load, interrupt_flag, load_dataset, parse_fraction, pct, progress_bar,
 };
 
 #[derive(Args)]
@@ -54,6 +54,13 @@ pub(crate) struct CompareArgs {
     /// AdvMoE's router objective [default: robust; paper preset class-partition].
     #[arg(long, value_parser = choice::<RouterObjective>())]
     router_objective: Option<RouterObjective>,
+    /// Weight α of the routers' KL in the class-partition objective.
+    #[arg(long, default_value_t = 6.0)]
+    alpha: f64,
+    /// Fraction of the run over which α rises linearly from 0 (ours, not the released code's;
+    /// 0: α from the first step).
+    #[arg(long, default_value_t = TrainSpec::default().router_kl_warmup)]
+    router_kl_warmup: f64,
     /// Training-attack steps (of 5/255 each, ε = 8/255).
     #[arg(long, default_value_t = 2)]
     train_attack_steps: usize,
@@ -68,6 +75,8 @@ pub(crate) struct CompareArgs {
     flags: AttackFlags,
     #[command(flatten)]
     worst: WorstCaseFlags,
+    #[command(flatten)]
+    router: RouterAttackFlags,
     /// Test images evaluated per model (0: all).
     #[arg(long, default_value_t = 500)]
     eval_size: usize,
@@ -125,6 +134,8 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
                 ..AttackSpec::paper_train()
             },
             beta: args.beta,
+            alpha: args.alpha,
+            router_kl_warmup: args.router_kl_warmup,
             router_objective: args.router_objective.unwrap_or(start.router_objective),
             ..start
         },
@@ -141,7 +152,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         worst_case: args
             .worst
             .attacks(args.attack, args.flags.eps, base.model.num_classes)?,
-        ..args.flags.robust_options(args.attack)?
+        ..args.flags.robust_options(args.attack, &args.router)?
     };
     let mut entries = compare_entries(&base);
     if !args.models.is_empty() {

@@ -4,15 +4,18 @@
 
 use std::path::PathBuf;
 
-use advmoe_core::{AttackKind, count_macs};
+use advmoe_core::{AttackKind, AttackSpec, count_macs};
 use advmoe_engine::eval::{EvalOptions, evaluate};
-use advmoe_engine::robust::{RobustOptions, RobustReport, evaluate_robust};
+use advmoe_engine::robust::{
+    LadderOptions, RobustOptions, RobustReport, RouterRung, evaluate_robust, router_ladder,
+};
 use advmoe_engine::{DeviceChoice, block_on, make_device};
 use burn::module::Module as _;
 use clap::Args;
 
 use crate::args::{
-    AttackFlags, WorstCaseFlags, choice, load_model_and_data, parse_fraction, pct, progress_bar,
+    AttackFlags, RouterAttackFlags, WorstCaseFlags, choice, load_model_and_data, parse_fraction,
+    pct, progress_bar,
 };
 
 #[derive(Args)]
@@ -47,6 +50,14 @@ pub(crate) struct EvalArgs {
     seed: u64,
     #[command(flatten)]
     worst: WorstCaseFlags,
+    #[command(flatten)]
+    router: RouterAttackFlags,
+    /// Measure router robustness under ever stronger router attacks at --eps (PGD on the
+    /// routers' KL: 10 steps × 1 start, 50 × 1, 50 × 3, the default 50 × 6, then 100 × 6 and
+    /// 50 × 12),
+    /// to show whether the router attack has converged.
+    #[arg(long)]
+    router_ladder: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -85,6 +96,7 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
         "eval_secs": clean_secs,
         "images_per_sec": result.images as f64 / clean_secs.max(1e-9),
     });
+    let attackable = model.fork(&device.clone().autodiff());
     let robust = match args.attack {
         None => None,
         Some(kind) => {
@@ -96,12 +108,11 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 worst_case: args
                     .worst
                     .attacks(kind, args.flags.eps, config.model.num_classes)?,
-                ..args.flags.robust_options(kind)?
+                ..args.flags.robust_options(kind, &args.router)?
             };
             let bar = progress_bar(result.images, "images attacked");
-            let model = model.fork(&device.clone().autodiff());
             let report = block_on(evaluate_robust(
-                &model,
+                &attackable,
                 &dataset.test,
                 &options,
                 &device,
@@ -110,6 +121,30 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
             Some(report)
         }
+    };
+    let ladder = if args.router_ladder {
+        let bar = progress_bar(result.images, "images, router ladder");
+        let options = LadderOptions {
+            rungs: AttackSpec::router_ladder(args.flags.eps),
+            limit: args.limit,
+            batch_size: args.batch_size.unwrap_or(100),
+            seed: args.seed,
+        };
+        let rungs = block_on(router_ladder(
+            &attackable,
+            &dataset.test,
+            &options,
+            &device,
+            &mut |done, _| bar.set_position(done as u64),
+        ))?;
+        bar.finish_and_clear();
+        if rungs.is_empty() {
+            anyhow::bail!("--router-ladder needs an MoE model; this one is dense");
+        }
+        json["router_ladder"] = serde_json::to_value(&rungs)?;
+        Some(rungs)
+    } else {
+        None
     };
     if let (Some(report), Some(obj)) = (&robust, json.as_object_mut()) {
         let extra = serde_json::to_value(report)?;
@@ -150,7 +185,34 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     if let Some(r) = &robust {
         print_robust(r);
     }
+    if let Some(rungs) = &ladder {
+        print_ladder(rungs);
+    }
     Ok(())
+}
+
+fn print_ladder(rungs: &[RouterRung]) {
+    println!("router robustness under ever stronger router attacks (PGD on the routers' KL):");
+    for rung in rungs {
+        let a = &rung.attack;
+        println!(
+            "  {:>4} steps × {} start{} (step {:.2}/255)  {:.2}%",
+            a.steps,
+            a.restarts,
+            if a.restarts == 1 { " " } else { "s" },
+            a.step_size * 255.0,
+            100.0 * rung.router_robustness
+        );
+    }
+    if let [.., default, more_steps, more_starts] = rungs {
+        println!(
+            "  against the default ({} × {}): twice the steps lower it by {:.2} points, twice the starts by {:.2}",
+            default.attack.steps,
+            default.attack.restarts,
+            100.0 * (default.router_robustness - more_steps.router_robustness),
+            100.0 * (default.router_robustness - more_starts.router_robustness)
+        );
+    }
 }
 
 fn print_robust(r: &RobustReport) {
@@ -179,7 +241,16 @@ fn print_robust(r: &RobustReport) {
         }
     }
     println!("  route flips (full)  {}", pct(r.route_flip_rate));
-    println!("  router robustness   {}", pct(r.router_robustness));
+    let router_attack = r.router_attack.as_ref().map_or(String::new(), |a| {
+        format!(
+            "  (PGD-{} on the routers' {}, {} starts)",
+            a.steps, a.loss, a.restarts
+        )
+    });
+    println!(
+        "  router robustness   {}{router_attack}",
+        pct(r.router_robustness)
+    );
     println!("  expert robustness   {}", pct(r.expert_robustness));
     for p in &r.sweep {
         println!(

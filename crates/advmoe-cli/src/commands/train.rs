@@ -44,6 +44,10 @@ pub(crate) struct TrainArgs {
     /// CE(router, y mod N) + α·KL (the cross-entropy has weight 1, as in the released code).
     #[arg(long, default_value_t = 6.0)]
     alpha: f64,
+    /// Fraction of the run over which α rises linearly from 0 (ours, not the released code's;
+    /// 0: α from the first step).
+    #[arg(long, default_value_t = TrainSpec::default().router_kl_warmup)]
+    router_kl_warmup: f64,
     /// AdvMoE's router objective [default: robust; paper preset class-partition].
     #[arg(long, value_parser = choice::<RouterObjective>())]
     router_objective: Option<RouterObjective>,
@@ -161,6 +165,7 @@ impl TrainArgs {
                 },
                 beta: self.beta,
                 alpha: self.alpha,
+                router_kl_warmup: self.router_kl_warmup,
                 router_objective: self.router_objective.unwrap_or(start.router_objective),
             },
             balance_weight: self.balance_weight,

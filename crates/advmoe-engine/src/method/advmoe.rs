@@ -1,13 +1,13 @@
 //! `advmoe` (Zhang et al. 2023): alternating expert and router steps with two optimisers.
 
-use advmoe_core::{MethodKind, Rng, RouterObjective};
+use advmoe_core::{MethodKind, Rng, RouterObjective, warmed_up};
 use advmoe_model::{Mode, MoeNet, is_router_path};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, activation::log_softmax};
 
 use super::trades::{apply_bn, trades_examples, trades_loss};
 use super::{Method, MethodConfig, StepInput, stack, zero};
-use crate::loss::{cross_entropy, distinct_routes, kl_each_from_log};
+use crate::loss::{cross_entropy, kl_each_from_log};
 use crate::optim::Optimizer;
 use crate::tensors::DeviceBatch;
 
@@ -51,6 +51,7 @@ impl AdvMoe {
         model: MoeNet,
         batch: &DeviceBatch,
         lr: f64,
+        progress: f64,
         optimizer: &mut Optimizer,
         rng: &mut Rng,
     ) -> (MoeNet, [Tensor<1>; 2]) {
@@ -62,37 +63,34 @@ impl AdvMoe {
                 (loss.total.clone(), [loss.total, balance], loss.bn_updates)
             }
             RouterObjective::ClassPartition => {
-                let clean = model.forward(batch.images.clone(), Mode::Train);
-                let perturbed = model.forward(adv, Mode::Train);
+                // Only the routers' decisions enter this objective: for the image router only
+                // the router runs.
+                let (clean, mut updates) =
+                    model.router_decisions(batch.images.clone(), Mode::Train);
+                let (perturbed, adv_updates) = model.router_decisions(adv, Mode::Train);
+                updates.extend(adv_updates);
                 let n = self.config.num_experts;
                 let partition =
                     advmoe_model::one_hot_rows(batch.labels.clone().remainder_scalar(n as i64), n);
-                let pairs: Vec<_> = distinct_routes(&clean.routes, self.config.image_router)
-                    .iter()
-                    .zip(distinct_routes(&perturbed.routes, self.config.image_router))
-                    .collect();
+                let pairs: Vec<_> = clean.into_iter().zip(perturbed).collect();
                 let layers = pairs.len().max(1) as f64;
                 let device = batch.images.device();
                 let mut ce: Tensor<1> = Tensor::zeros([1], &device);
                 let mut kl: Tensor<1> = Tensor::zeros([1], &device);
                 for (c, a) in pairs {
-                    ce = ce + cross_entropy(c.scores.clone(), partition.clone());
-                    kl = kl
-                        + kl_each_from_log(
-                            log_softmax(c.scores.clone(), 1),
-                            log_softmax(a.scores.clone(), 1),
-                        )
-                        .mean();
+                    ce = ce + cross_entropy(c.clone(), partition.clone());
+                    kl = kl + kl_each_from_log(log_softmax(c, 1), log_softmax(a, 1)).mean();
                 }
                 let (ce, kl) = (ce.div_scalar(layers), kl.div_scalar(layers));
                 // As in the paper's released code: the partition's cross-entropy at weight 1 and
                 // the routers' KL at α (β weights only the experts' TRADES KL). Weighting the
                 // cross-entropy by α instead made its effective learning rate six times the
                 // released one, and with SGD momentum the router's decision swung the whole
-                // test set from one expert to the other between evaluations.
-                let total = ce.clone() + kl.clone().mul_scalar(self.config.alpha);
-                let mut updates = clean.bn_updates;
-                updates.extend(perturbed.bn_updates);
+                // test set from one expert to the other between evaluations. Ours: α warms up
+                // (`router_kl_warmup`), so the router learns its partition before the KL, on
+                // examples built to raise it, can pull every image to one expert.
+                let alpha = warmed_up(self.config.alpha, self.config.router_kl_warmup, progress);
+                let total = ce.clone() + kl.clone().mul_scalar(alpha);
                 (total, [ce, kl], updates)
             }
         };
@@ -139,6 +137,7 @@ impl Method for AdvMoe {
             model,
             &input.batch,
             input.lr,
+            input.progress,
             &mut input.optimizers.router,
             input.rng,
         );

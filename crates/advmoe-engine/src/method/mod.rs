@@ -51,6 +51,8 @@ pub struct StepInput<'a> {
     pub batch: DeviceBatch,
     /// Learning rate of this step.
     pub lr: f64,
+    /// Fraction of the run done before this step, in [0, 1).
+    pub progress: f64,
     /// The run's optimisers.
     pub optimizers: &'a mut Optimizers,
     /// The run's RNG (attack starts).
@@ -83,6 +85,8 @@ pub struct MethodConfig {
     pub beta: f64,
     /// Weight of the routers' KL(clean ‖ adversarial) in the class-partition objective.
     pub alpha: f64,
+    /// Fraction of the run over which `alpha` rises from 0 ([`advmoe_core::warmed_up`]).
+    pub router_kl_warmup: f64,
     /// AdvMoE's router objective.
     pub router_objective: RouterObjective,
     /// Whether one image router drives every MoE layer.

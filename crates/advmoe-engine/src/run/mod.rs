@@ -11,7 +11,7 @@ mod files;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use advmoe_core::{DatasetSpec, EvalReport, MethodKind, Rng, RouterKind, SpecError};
+use advmoe_core::{AttackSpec, DatasetSpec, EvalReport, MethodKind, Rng, RouterKind, SpecError};
 use advmoe_data::{DataError, DataFiles, Dataset, Loader};
 use advmoe_model::MoeNet;
 use advmoe_model::checkpoint::CheckpointError;
@@ -264,6 +264,7 @@ impl Run {
             },
             beta: train.beta,
             alpha: train.alpha,
+            router_kl_warmup: train.router_kl_warmup,
             router_objective: train.router_objective,
             image_router: m.router == RouterKind::Image,
             num_experts: m.num_experts,
@@ -399,6 +400,7 @@ impl Run {
             model,
             batch,
             lr,
+            progress: self.step as f64 / self.config.train.total_steps.max(1) as f64,
             optimizers: &mut self.optimizers,
             rng: &mut self.rng,
         });
@@ -447,8 +449,15 @@ impl Run {
             eval = Some(self.evaluate().await?);
             let images = self.config.train.robust_eval_size;
             if images > 0 {
+                // Progress during training: the paper's 10-step router attack, which is cheap
+                // for per-layer routers too; final figures use the converged default.
                 let options = RobustOptions {
                     limit: images,
+                    router_attack: AttackSpec {
+                        steps: 10,
+                        restarts: 1,
+                        ..AttackSpec::router_eval()
+                    },
                     ..RobustOptions::default()
                 };
                 let model = self.model();
