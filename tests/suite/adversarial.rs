@@ -225,6 +225,14 @@ fn the_comparison_trains_and_measures_every_model() {
         assert_eq!(row.steps, 2);
     }
     let table = markdown_table(&rows);
-    assert_eq!(table.lines().count(), 2 + 5);
+    assert_eq!(table.lines().filter(|l| l.starts_with('|')).count(), 2 + 5);
     assert!(table.contains("| advmoe | advmoe | 2 | 0.5 |"), "{table}");
+    // Below the table, the attacks measured, named.
+    assert!(
+        table.ends_with(
+            "RA: PGD-2 at ε = 8.0/255 on 8 test images; router robustness: routes kept under \
+             PGD-KL-50 × 6 starts on the routers.\n"
+        ),
+        "{table}"
+    );
 }
