@@ -54,8 +54,7 @@ pub(crate) struct EvalArgs {
     router: RouterAttackFlags,
     /// Measure router robustness under ever stronger router attacks at --eps (PGD on the
     /// routers' KL: 10 steps × 1 start, 50 × 1, 50 × 3, the default 50 × 6, then 100 × 6 and
-    /// 50 × 12),
-    /// to show whether the router attack has converged.
+    /// 50 × 12), to show whether the router attack has converged.
     #[arg(long)]
     router_ladder: bool,
     /// Print one JSON object.
