@@ -540,10 +540,10 @@ impl AttackSpec {
     /// The router attack that router robustness is reported under (DESIGN §5): PGD-L∞ at
     /// ε = 8/255 on the routers' KL from their clean output, 50 steps of 2/255 from 6 uniform
     /// random starts, a route counted as flipped if any start flipped it. On the demo models
-    /// (`docs/router-attack.md`, `advmoe eval --router-ladder`) 100 steps lowered router
-    /// robustness by at most 0.3 points against 50, but 6 starts lowered it by 1.7–2.8 points
-    /// against 3: the steps have converged, the starts were not shown to at 6. The paper's
-    /// 10-step attack overstated it by 7.5–8.7 points.
+    /// (`docs/router-attack.md`, `advmoe eval --router-ladder`) twice the steps changed router
+    /// robustness by 0.25 points or less; twice the starts lowered it by 0.9–1.1 points, after
+    /// 2.0–2.4 for the doubling before: within about a point of converged. The paper's 10-step
+    /// attack overstated it by 7.5–8.7 points.
     pub fn router_eval() -> Self {
         Self {
             steps: ROUTER_EVAL_STEPS,
