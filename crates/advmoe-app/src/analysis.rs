@@ -404,34 +404,9 @@ impl Library {
                 )
                 .await
                 .context(|| "the atlas".to_string())?;
-                let examples = eval
-                    .examples
-                    .iter()
-                    .map(|layer| {
-                        layer
-                            .iter()
-                            .map(|ids| {
-                                ids.iter()
-                                    .map(|&i| dataset.test.image(i).to_vec())
-                                    .collect()
-                            })
-                            .collect()
-                    })
-                    .collect();
-                let example_labels = eval
-                    .examples
-                    .iter()
-                    .map(|layer| {
-                        layer
-                            .iter()
-                            .map(|ids| {
-                                ids.iter()
-                                    .map(|&i| usize::from(dataset.test.labels[i]))
-                                    .collect()
-                            })
-                            .collect()
-                    })
-                    .collect();
+                let test = &dataset.test;
+                let examples = per_example(&eval.examples, |i| test.image(i).to_vec());
+                let example_labels = per_example(&eval.examples, |i| usize::from(test.labels[i]));
                 let [h, w] = dataset.test.size;
                 Ok(Some(Reply::Atlas(Box::new(Atlas {
                     model,
@@ -543,3 +518,16 @@ pub const ORIGIN_TRAINED: &str = "trained in this session";
 
 /// Example images per expert in the atlas.
 pub const ATLAS_EXAMPLES: usize = 8;
+
+/// `f` of each `[layer][expert]` example index.
+fn per_example<T>(indices: &[Vec<Vec<usize>>], f: impl Fn(usize) -> T) -> Vec<Vec<Vec<T>>> {
+    indices
+        .iter()
+        .map(|layer| {
+            layer
+                .iter()
+                .map(|ids| ids.iter().map(|&i| f(i)).collect())
+                .collect()
+        })
+        .collect()
+}

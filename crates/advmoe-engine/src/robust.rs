@@ -18,7 +18,7 @@
 
 use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget, Rng, SpecError, TargetClass};
 use advmoe_data::ImageSet;
-use advmoe_model::{Mode, MoeNet, Routing, check_routes};
+use advmoe_model::{LayerRoute, Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -268,10 +268,7 @@ pub async fn evaluate_robust(
         // One clean forward pass serves the counts and every attack's clean reference.
         let out = model.forward(images.clone(), Mode::Eval);
         let clean_routes = check_routes(&out.routes).await?;
-        let clean_scores: Vec<Tensor<2>> = distinct_routes(&out.routes, model.has_image_router())
-            .iter()
-            .map(|r| r.scores.clone())
-            .collect();
+        let clean_scores = distinct_scores(model, &out.routes);
         clean += count_correct(out.logits.clone(), &host.labels).await?;
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (&e, &y) in experts.iter().zip(&host.labels) {
@@ -388,6 +385,15 @@ pub async fn evaluate_robust(
     })
 }
 
+/// The router scores that carry distinct decisions (the image router's once, or every per-layer
+/// router's): the clean reference of a router attack.
+fn distinct_scores(model: &MoeNet, routes: &[LayerRoute]) -> Vec<Tensor<2>> {
+    distinct_routes(routes, model.has_image_router())
+        .iter()
+        .map(|r| r.scores.clone())
+        .collect()
+}
+
 /// `router` at radius `eps`, its step size scaled with the radius, aimed at the routers.
 fn router_spec(router: &AttackSpec, eps: f32) -> AttackSpec {
     let scale = if router.eps > 0.0 {
@@ -454,49 +460,43 @@ pub async fn router_ladder(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<RouterRung>, EvalError> {
-    let LadderOptions {
-        rungs,
-        limit,
-        batch_size,
-        seed,
-    } = options;
-    let (limit, batch_size, seed) = (*limit, *batch_size, *seed);
     if model.moe_convs().is_empty() {
         return Ok(Vec::new());
     }
     let device = device.clone().autodiff();
-    let total = if limit == 0 {
+    let total = if options.limit == 0 {
         set.len()
     } else {
-        limit.min(set.len())
+        options.limit.min(set.len())
     };
+    let rungs: Vec<AttackSpec> = options
+        .rungs
+        .iter()
+        .map(|r| router_spec(r, r.eps))
+        .collect();
     let mut tallies = vec![Tally::default(); rungs.len()];
     let mut start = 0;
     while start < total {
-        let end = (start + batch_size.max(1)).min(total);
+        let end = (start + options.batch_size.max(1)).min(total);
         let host = set.batch(start, end);
         let images = to_device(&host, model.num_classes, &device).images;
         let out = model.forward(images.clone(), Mode::Eval);
         let clean_routes = check_routes(&out.routes).await?;
-        let clean_scores: Vec<Tensor<2>> = distinct_routes(&out.routes, model.has_image_router())
-            .iter()
-            .map(|r| r.scores.clone())
-            .collect();
+        let clean_scores = distinct_scores(model, &out.routes);
         for (rung, tally) in rungs.iter().zip(&mut tallies) {
             // Every rung starts each batch from the same stream.
-            let mut rng = Rng::stream(seed, 0x726f_7574_6572 + start as u64);
-            let s = router_spec(rung, rung.eps);
-            let kept = router_tally(model, &images, &clean_scores, &clean_routes, &s, &mut rng);
+            let mut rng = Rng::stream(options.seed, 0x726f_7574_6572 + start as u64);
+            let kept = router_tally(model, &images, &clean_scores, &clean_routes, rung, &mut rng);
             tally.add(kept.await?);
         }
         start = end;
         progress(start, total);
     }
     Ok(rungs
-        .iter()
+        .into_iter()
         .zip(tallies)
         .map(|(attack, t)| RouterRung {
-            attack: router_spec(attack, attack.eps),
+            attack,
             router_robustness: fraction(t.routes_same, t.routes),
         })
         .collect())
