@@ -157,6 +157,14 @@ pub fn finish(run: &mut Run) -> (Vec<f64>, EvalReport) {
     (losses, last.expect("a finished run evaluates at its end"))
 }
 
+/// [`finish`], returning the run's error instead of panicking on it.
+pub fn try_finish(run: &mut Run) -> Result<(), advmoe_engine::EngineError> {
+    while run.state() == RunState::Running {
+        run.advance(usize::MAX, &mut |_| true).wait()?;
+    }
+    Ok(())
+}
+
 /// Train `config` on CPU on `train_images` synthetic images to the end (and its final
 /// evaluation).
 pub fn train_run(config: RunConfig, train_images: usize) -> Run {

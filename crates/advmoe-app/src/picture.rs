@@ -46,7 +46,11 @@ pub fn texture(ctx: &egui::Context, name: &str, image: ColorImage) -> TextureHan
 /// # Errors
 /// A file that is not a readable PNG or JPEG, or an empty one.
 pub fn fit_user_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>, ImageError> {
-    let decoded = image::load_from_memory(bytes).map_err(ImageError::Unreadable)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Unreadable(image::ImageError::IoError(e)))?;
+    reader.limits(user_image_limits());
+    let decoded = reader.decode().map_err(ImageError::Unreadable)?;
     if decoded.width() == 0 || decoded.height() == 0 {
         return Err(ImageError::Empty);
     }
@@ -65,6 +69,20 @@ pub fn fit_user_image(bytes: &[u8], [c, h, w]: [usize; 3]) -> Result<Vec<f32>, I
         }
     }
     Ok(out)
+}
+
+/// Most pixels a side and bytes a user's image may decode to: a 48-megapixel photo fits, a
+/// hostile header claiming 60,000 × 60,000 pixels is refused before anything is allocated.
+pub const USER_IMAGE_MAX_SIDE: u32 = 8192;
+/// See [`USER_IMAGE_MAX_SIDE`].
+pub const USER_IMAGE_MAX_BYTES: u64 = 256 << 20;
+
+fn user_image_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(USER_IMAGE_MAX_SIDE);
+    limits.max_image_height = Some(USER_IMAGE_MAX_SIDE);
+    limits.max_alloc = Some(USER_IMAGE_MAX_BYTES);
+    limits
 }
 
 /// Write an egui image as a PNG.

@@ -99,6 +99,15 @@ impl AppState {
                 self.train.steps_per_sec = steps_per_sec;
                 self.train.unsaved = true;
             }
+            Event::Recovered(recovery) => {
+                // The steps after the rollback are undone: so are their points.
+                let back = recovery.rolled_back_to;
+                self.train.losses.retain(|[x, _]| *x <= back as f64);
+                self.train.evals.retain(|e| e.step <= back);
+                self.train.robust.retain(|(step, _)| *step <= back);
+                self.train.step = back;
+                self.train.recoveries.push(recovery.to_string());
+            }
             Event::Eval(report) => self.train.evals.push(report),
             Event::Robust { step, report } => self.train.robust.push((step, *report)),
             Event::State(state) => self.train.state = Some(state),

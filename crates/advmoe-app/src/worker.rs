@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use advmoe_core::EvalReport;
 use advmoe_data::DataFiles;
 pub use advmoe_engine::{CheckpointSource, DataLoad, NamedFiles as Files};
-use advmoe_engine::{RobustReport, Run, RunConfig, RunState};
+use advmoe_engine::{Recovery, RobustReport, Run, RunConfig, RunState};
 use advmoe_model::MoeNet;
 use burn::tensor::Device;
 
@@ -97,6 +97,8 @@ pub enum Event {
         /// Training throughput over the last chunk.
         steps_per_sec: f64,
     },
+    /// A NaN or infinite loss was recovered from: the run went back to an earlier step.
+    Recovered(Recovery),
     /// An evaluation finished.
     Eval(EvalReport),
     /// The robustness measured with an evaluation (see [`RunOptions::robust_images`]).
@@ -307,6 +309,9 @@ pub fn download_stem(config: &RunConfig, step: usize) -> String {
 /// the evaluation and the robustness measured with it.
 async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<()> {
     let advance = run.advance(CHUNK_STEPS, &mut |_| true).await?;
+    if let Some(recovery) = advance.recovered {
+        send(Event::Recovered(recovery));
+    }
     send(Event::Progress {
         step: run.progress().step,
         losses: advance.losses,

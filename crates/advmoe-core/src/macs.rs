@@ -186,6 +186,18 @@ pub fn conv_plans(spec: &ModelSpec) -> Vec<ConvPlan> {
     }
 }
 
+/// Weights of every backbone conv (all experts of MoE convs): a lower bound on the parameters
+/// of a model built from `spec`, which a checkpoint is checked against before the model is built.
+pub fn conv_weight_count(spec: &ModelSpec) -> u64 {
+    conv_plans(spec)
+        .iter()
+        .map(|c| {
+            let experts = if c.moe { spec.num_experts } else { 1 };
+            (c.channels_out * c.channels_in * c.kernel * c.kernel * experts) as u64
+        })
+        .sum()
+}
+
 /// Channels entering the classifier.
 pub fn feature_width(spec: &ModelSpec) -> usize {
     match spec.arch {

@@ -7,9 +7,12 @@ use serde::{Deserialize, Serialize};
 pub struct EvalReport {
     /// Optimiser steps done when measured.
     pub step: usize,
-    /// Mean training loss over the steps since the previous evaluation (NaN before any step).
+    /// Mean training loss over the steps since the previous evaluation (NaN before any step;
+    /// JSON writes NaN as `null`, which reads back as NaN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Mean test cross-entropy on clean images.
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_loss: f64,
     /// Clean test accuracy in [0, 1].
     pub clean_acc: f64,
@@ -19,6 +22,11 @@ pub struct EvalReport {
     pub expert_load: Vec<Vec<f64>>,
     /// Seconds since the run started (excluding evaluation of earlier points).
     pub elapsed_secs: f64,
+}
+
+/// A number that JSON may hold as `null` (how serde_json writes NaN and infinities).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// Training losses read back from the device in one go.

@@ -377,6 +377,25 @@ impl Default for DatasetSpec {
     }
 }
 
+impl DatasetSpec {
+    /// Most images of either `synthetic` split (a hostile config must not make the generator
+    /// allocate gigabytes; 200,000 images are 600 MB).
+    pub const MAX_SYNTHETIC_SIZE: usize = 200_000;
+
+    /// Check the `synthetic` sizes (real sets are checked by their readers).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for (field, size) in [
+            ("synthetic_train_size", self.synthetic_train_size),
+            ("synthetic_test_size", self.synthetic_test_size),
+        ] {
+            if size > Self::MAX_SYNTHETIC_SIZE {
+                return Err(bad(field, format!("{size} > {}", Self::MAX_SYNTHETIC_SIZE)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The class a targeted attack aims at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -723,6 +742,12 @@ pub struct TrainSpec {
     /// same for every image.
     #[serde(default)]
     pub router_kl_warmup: f64,
+    /// Opt-in recovery from a NaN or infinite loss: this many times, the run rolls back to its
+    /// last checked state (weights, optimiser state, RNG), halves its learning rate, skips the
+    /// batches that diverged, logs it and continues. 0 (the default, and what older configs
+    /// read as) stops the run at the first one, still rolled back to the last checked state.
+    #[serde(default)]
+    pub nan_recoveries: usize,
 }
 
 impl Default for TrainSpec {
@@ -745,6 +770,7 @@ impl Default for TrainSpec {
             alpha: 6.0,
             router_objective: RouterObjective::Robust,
             router_kl_warmup: 0.5,
+            nan_recoveries: 0,
         }
     }
 }
@@ -803,6 +829,12 @@ impl TrainSpec {
             if !(value.is_finite() && (0.0..=1000.0).contains(&value)) {
                 return Err(bad(field, format!("{value} not in [0, 1000]")));
             }
+        }
+        if self.nan_recoveries > 100 {
+            return Err(bad(
+                "nan_recoveries",
+                format!("{} > 100", self.nan_recoveries),
+            ));
         }
         if !(0.0..=1.0).contains(&self.router_kl_warmup) {
             return Err(bad(

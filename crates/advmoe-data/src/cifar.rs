@@ -1,10 +1,9 @@
 //! CIFAR-10 and CIFAR-100, binary version: fixed-size records of label byte(s) then 3·32·32
 //! pixels (channel-major). Read from the official `.tar.gz` or from its extracted folder.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use crate::{DataError, DataFiles, ImageSet};
+use crate::{DataError, DataFiles, ImageSet, limits, read_bounded};
 
 const FORMAT: &str = "CIFAR binary";
 const IMAGE_BYTES: usize = 3 * 32 * 32;
@@ -99,6 +98,17 @@ pub fn read_cifar_bytes(
     labels: &mut Vec<u16>,
 ) -> Result<(), DataError> {
     let rec = variant.record_len();
+    if bytes.len() / rec > limits::MAX_CIFAR_RECORDS {
+        return Err(DataError::format(
+            path,
+            FORMAT,
+            format!(
+                "{} bytes is more than {} records",
+                bytes.len(),
+                limits::MAX_CIFAR_RECORDS
+            ),
+        ));
+    }
     if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(DataError::format(
             path,
@@ -187,9 +197,35 @@ pub fn read_cifar_dir(
             if !wanted_train && name != variant.test_file() {
                 continue;
             }
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(corrupt)?;
             let path = archive.join(&member);
+            let limit = (limits::MAX_CIFAR_RECORDS * variant.record_len()) as u64;
+            if entry.size() > limit {
+                return Err(DataError::format(
+                    &path,
+                    FORMAT,
+                    format!(
+                        "{} bytes is more than {} records",
+                        entry.size(),
+                        limits::MAX_CIFAR_RECORDS
+                    ),
+                ));
+            }
+            let mut bytes = Vec::new();
+            let size = entry.size();
+            read_bounded(
+                &path,
+                "tar.gz",
+                &mut entry,
+                size,
+                "its tar header says",
+                &mut bytes,
+            )?;
+            if bytes.len() as u64 != entry.size() {
+                return Err(corrupt(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} of {} bytes", bytes.len(), entry.size()),
+                )));
+            }
             if wanted_train {
                 train_files.push((path, bytes));
             } else {

@@ -10,10 +10,9 @@
 //! Natively the images are decoded on every core.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
-use crate::{DataError, DataFiles, ImageSet};
+use crate::{DataError, DataFiles, ImageSet, limits};
 
 const FORMAT: &str = "image folder";
 const SPLITS: [&str; 2] = ["train", "test"];
@@ -139,6 +138,46 @@ fn split_class_file(member: &Path, is_dir: bool) -> Option<(&'static str, String
     Some((split, parts[split_at + 1].to_string()))
 }
 
+/// Refuse an image file above [`limits::MAX_IMAGE_FILE_BYTES`], or one that takes the folder's
+/// files above [`limits::MAX_FOLDER_BYTES`], before reading it.
+fn check_file_size(path: &Path, size: u64, total: u64) -> Result<(), DataError> {
+    if size > limits::MAX_IMAGE_FILE_BYTES {
+        return Err(DataError::format(
+            path,
+            FORMAT,
+            format!(
+                "{size} bytes is more than an image file may hold ({} bytes)",
+                limits::MAX_IMAGE_FILE_BYTES
+            ),
+        ));
+    }
+    if total > limits::MAX_FOLDER_BYTES {
+        return Err(DataError::format(
+            path,
+            FORMAT,
+            format!(
+                "the image files up to this one hold more than {} bytes, the most an image \
+                 folder may hold",
+                limits::MAX_FOLDER_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuse a file that is neither PNG nor JPEG as soon as it is read.
+fn check_magic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
+    if bytes.starts_with(&[0xff, 0xd8]) || bytes.starts_with(b"\x89PNG") {
+        Ok(())
+    } else {
+        Err(DataError::format(
+            path,
+            FORMAT,
+            "not an image (expected a PNG or JPEG file)",
+        ))
+    }
+}
+
 fn read_archive(
     path: &Path,
     bytes: &[u8],
@@ -159,6 +198,7 @@ fn read_archive(
     };
     let mut tar = tar::Archive::new(reader);
     let mut members = 0usize;
+    let mut total = 0u64;
     for entry in tar.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         members += 1;
@@ -174,13 +214,35 @@ fn read_archive(
         if kind.is_dir() {
             target.classes.insert(class);
         } else {
-            // The header's size is only a hint: a hostile one must not allocate gigabytes.
-            let mut data = Vec::with_capacity((entry.size() as usize).min(1 << 20));
-            entry.read_to_end(&mut data).map_err(corrupt)?;
+            let member_path = path.join(&member);
+            total = total.saturating_add(entry.size());
+            check_file_size(&member_path, entry.size(), total)?;
+            let mut data = Vec::new();
+            let size = entry.size();
+            crate::read_bounded(
+                &member_path,
+                "tar archive",
+                &mut entry,
+                size,
+                "its tar header says",
+                &mut data,
+            )?;
+            if data.len() as u64 != entry.size() {
+                return Err(corrupt(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} holds {} of its {} bytes",
+                        member.display(),
+                        data.len(),
+                        entry.size()
+                    ),
+                )));
+            }
+            check_magic(&member_path, &data)?;
             target.classes.insert(class.clone());
             target.images.push(Encoded {
                 class,
-                path: path.join(&member),
+                path: member_path,
                 bytes: data,
             });
         }
@@ -218,6 +280,7 @@ fn read_dir(root: &Path, splits: &mut BTreeMap<&'static str, Split>) -> Result<(
             base = only.clone();
         }
     }
+    let mut total = 0u64;
     for split in SPLITS {
         let dir = base.join(split);
         if !dir.is_dir() {
@@ -231,7 +294,11 @@ fn read_dir(root: &Path, splits: &mut BTreeMap<&'static str, Split>) -> Result<(
                 .unwrap_or_default();
             target.classes.insert(class.clone());
             for file in list(&class_dir)?.into_iter().filter(|p| p.is_file()) {
+                let size = std::fs::metadata(&file).map_err(io(&file))?.len();
+                total = total.saturating_add(size);
+                check_file_size(&file, size, total)?;
                 let bytes = std::fs::read(&file).map_err(io(&file))?;
+                check_magic(&file, &bytes)?;
                 target.images.push(Encoded {
                     class: class.clone(),
                     path: file,
@@ -250,9 +317,33 @@ struct Decoded {
     hwc: Vec<u8>,
 }
 
-fn decode_one(image: &Encoded) -> Result<Decoded, DataError> {
+/// The size every image of a split must have, and the image that set it.
+type Expected<'a> = Option<([usize; 2], &'a Path)>;
+
+fn size_mismatch(path: &Path, size: [usize; 2], (want, first): ([usize; 2], &Path)) -> DataError {
+    DataError::format(
+        path,
+        FORMAT,
+        format!(
+            "image is {}×{} pixels but {} is {}×{}: every image must have one size",
+            size[1],
+            size[0],
+            first.display(),
+            want[1],
+            want[0]
+        ),
+    )
+}
+
+/// Decode one image; an image whose header gives another size than `expect` is refused before
+/// its pixels are decoded.
+fn decode_one(image: &Encoded, expect: Expected) -> Result<Decoded, DataError> {
     let bytes = image.bytes.as_slice();
     let bad = |format: &'static str, reason: String| DataError::format(&image.path, format, reason);
+    let check = |width: usize, height: usize| match expect {
+        Some(e) if e.0 != [height, width] => Err(size_mismatch(&image.path, [height, width], e)),
+        _ => Ok(()),
+    };
     if bytes.starts_with(&[0xff, 0xd8]) {
         use zune_jpeg::zune_core::colorspace::ColorSpace;
         use zune_jpeg::zune_core::options::DecoderOptions;
@@ -264,6 +355,9 @@ fn decode_one(image: &Encoded) -> Result<Decoded, DataError> {
         decoder
             .decode_headers()
             .map_err(|e| bad("JPEG", format!("{e:?}")))?;
+        if let Some((width, height)) = decoder.dimensions() {
+            check(width, height)?;
+        }
         let gray = decoder.input_colorspace() == Some(ColorSpace::Luma);
         let out = if gray {
             ColorSpace::Luma
@@ -304,6 +398,7 @@ fn decode_one(image: &Encoded) -> Result<Decoded, DataError> {
         );
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder.read_info().map_err(|e| bad("PNG", e.to_string()))?;
+        check(reader.info().width as usize, reader.info().height as usize)?;
         let len = reader
             .output_buffer_size()
             .ok_or_else(|| bad("PNG", "image too large".to_string()))?;
@@ -340,7 +435,7 @@ fn decode_one(image: &Encoded) -> Result<Decoded, DataError> {
 }
 
 /// Decode every image, on every core natively.
-fn decode_all(images: &[Encoded]) -> Vec<Result<Decoded, DataError>> {
+fn decode_all(images: &[Encoded], expect: Expected) -> Vec<Result<Decoded, DataError>> {
     #[cfg(not(target_arch = "wasm32"))]
     {
         let threads = std::thread::available_parallelism()
@@ -352,7 +447,13 @@ fn decode_all(images: &[Encoded]) -> Vec<Result<Decoded, DataError>> {
             return std::thread::scope(|s| {
                 let handles: Vec<_> = images
                     .chunks(chunk)
-                    .map(|part| s.spawn(move || part.iter().map(decode_one).collect::<Vec<_>>()))
+                    .map(|part| {
+                        s.spawn(move || {
+                            part.iter()
+                                .map(|i| decode_one(i, expect))
+                                .collect::<Vec<_>>()
+                        })
+                    })
                     .collect();
                 handles
                     .into_iter()
@@ -364,7 +465,7 @@ fn decode_all(images: &[Encoded]) -> Vec<Result<Decoded, DataError>> {
             });
         }
     }
-    images.iter().map(decode_one).collect()
+    images.iter().map(|i| decode_one(i, expect)).collect()
 }
 
 fn decode_split(
@@ -395,32 +496,52 @@ fn decode_split(
         .collect();
     keyed.sort_by_key(|(key, _)| *key);
     let (keys, images): (Vec<(usize, usize)>, Vec<Encoded>) = keyed.into_iter().unzip();
-    let decoded = decode_all(&images);
-    let mut pixels = Vec::new();
-    let mut labels = Vec::with_capacity(images.len());
-    let mut shape: Option<([usize; 2], usize, &Path)> = like.map(|l| {
-        (
+    // The first image sets the size (the train split's, for the test split); every other image
+    // is checked against it before its pixels are decoded.
+    let mut decoded = Vec::with_capacity(images.len());
+    let expect: ([usize; 2], usize, &Path) = match like {
+        Some(l) => (
             l.size,
             l.channels,
             Path::new("the train split's first image"),
-        )
-    });
+        ),
+        None => {
+            let Some(first) = images.first() else {
+                return Err(DataError::format(
+                    Path::new(name),
+                    FORMAT,
+                    format!("{split}/ holds no image"),
+                ));
+            };
+            let d = decode_one(first, None)?;
+            let shape = (d.size, d.channels, first.path.as_path());
+            decoded.push(Ok(d));
+            shape
+        }
+    };
+    let (size, channels, first) = expect;
+    let needed = images.len() as u64 * (channels * size[0] * size[1]) as u64;
+    if needed > limits::MAX_PIXEL_BYTES {
+        return Err(DataError::format(
+            first,
+            FORMAT,
+            format!(
+                "{} images of {}×{}×{channels} need {needed} bytes of pixels, more than the {} \
+                 a split may take",
+                images.len(),
+                size[1],
+                size[0],
+                limits::MAX_PIXEL_BYTES
+            ),
+        ));
+    }
+    decoded.extend(decode_all(&images[decoded.len()..], Some((size, first))));
+    let mut pixels = Vec::with_capacity(usize::try_from(needed).unwrap_or(0));
+    let mut labels = Vec::with_capacity(images.len());
     for (((_, class), image), d) in keys.iter().zip(&images).zip(decoded) {
         let d = d?;
-        let (size, channels, first) = *shape.get_or_insert((d.size, d.channels, &image.path));
         if d.size != size {
-            return Err(DataError::format(
-                &image.path,
-                FORMAT,
-                format!(
-                    "image is {}×{} pixels but {} is {}×{}: every image must have one size",
-                    d.size[1],
-                    d.size[0],
-                    first.display(),
-                    size[1],
-                    size[0]
-                ),
-            ));
+            return Err(size_mismatch(&image.path, d.size, (size, first)));
         }
         if d.channels == 3 && channels == 1 {
             return Err(DataError::format(
@@ -432,9 +553,6 @@ fn decode_split(
                 ),
             ));
         }
-        if pixels.is_empty() {
-            pixels.reserve(images.len() * channels * size[0] * size[1]);
-        }
         let plane = size[0] * size[1];
         // HWC to CHW; a grey image in a colour set is repeated over the channels.
         for c in 0..channels {
@@ -443,7 +561,6 @@ fn decode_split(
         }
         labels.push(*class as u16);
     }
-    let (size, channels, _) = shape.unwrap_or(([0, 0], 0, Path::new("")));
     Ok(ImageSet {
         name: format!("{name}/{split}"),
         channels,

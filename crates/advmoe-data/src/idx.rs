@@ -4,9 +4,63 @@ use std::path::{Path, PathBuf};
 
 use advmoe_core::DatasetKind;
 
-use crate::{DataError, DataFiles, ImageSet, maybe_gunzip};
+use crate::{DataError, DataFiles, ImageSet, limits, read_bounded};
 
 const FORMAT: &str = "IDX";
+
+/// The file length an IDX header of `header` bytes and `shape` declares, refused above
+/// [`limits::MAX_IDX_BYTES`] (so a hostile header cannot overflow or make a reader allocate).
+fn declared_len(path: &Path, header: usize, shape: &[usize]) -> Result<usize, DataError> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_add(header))
+        .filter(|len| *len <= limits::MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            DataError::format(
+                path,
+                FORMAT,
+                format!(
+                    "header declares shape {shape:?}, more than the {} bytes an IDX file may hold",
+                    limits::MAX_IDX_BYTES
+                ),
+            )
+        })
+}
+
+/// The file's bytes, decompressed if they start with the gzip magic number. A gzip stream is
+/// decompressed header first, then no further than the length that header declares.
+fn idx_bytes(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
+    use std::io::Read as _;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
+    }
+    let mut gz = flate2::read::GzDecoder::new(raw.as_slice());
+    let corrupt = |e: std::io::Error| {
+        DataError::format(
+            path,
+            "gzip",
+            format!("corrupt or truncated gzip stream: {e}"),
+        )
+    };
+    let mut bytes = vec![0u8; 4];
+    gz.read_exact(&mut bytes).map_err(corrupt)?;
+    let dims = bytes[3] as usize;
+    if bytes[..3] != [0, 0, 8] || !(1..=3).contains(&dims) {
+        // parse_idx names what is wrong with this magic number.
+        return Ok(bytes);
+    }
+    bytes.resize(4 + 4 * dims, 0);
+    gz.read_exact(&mut bytes[4..]).map_err(corrupt)?;
+    let shape: Vec<usize> = bytes[4..]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
+        .collect();
+    let expected = declared_len(path, bytes.len(), &shape)?;
+    let rest = (expected - bytes.len()) as u64;
+    read_bounded(path, "gzip", gz, rest, "its header declares", &mut bytes)?;
+    Ok(bytes)
+}
 
 fn parse_idx(path: &Path, bytes: &[u8], want_dims: usize) -> Result<Vec<usize>, DataError> {
     if bytes.len() < 4 {
@@ -61,7 +115,7 @@ fn parse_idx(path: &Path, bytes: &[u8], want_dims: usize) -> Result<Vec<usize>, 
             u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
         })
         .collect();
-    let expected = header + shape.iter().product::<usize>();
+    let expected = declared_len(path, header, &shape)?;
     if bytes.len() != expected {
         return Err(DataError::format(
             path,
@@ -86,7 +140,7 @@ pub fn read_idx_images(
     path: &Path,
     files: &DataFiles,
 ) -> Result<(usize, [usize; 2], Vec<u8>), DataError> {
-    let bytes = maybe_gunzip(path, files.read(path)?)?;
+    let bytes = idx_bytes(path, files.read(path)?)?;
     let shape = parse_idx(path, &bytes, 3)?;
     if shape[1] == 0 || shape[2] == 0 {
         return Err(DataError::format(
@@ -104,7 +158,7 @@ pub fn read_idx_labels(
     num_classes: usize,
     files: &DataFiles,
 ) -> Result<Vec<u16>, DataError> {
-    let bytes = maybe_gunzip(path, files.read(path)?)?;
+    let bytes = idx_bytes(path, files.read(path)?)?;
     parse_idx(path, &bytes, 1)?;
     let labels = &bytes[8..];
     if let Some((i, &l)) = labels

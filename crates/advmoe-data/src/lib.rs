@@ -195,18 +195,48 @@ pub fn load_from(spec: &DatasetSpec, files: &DataFiles) -> Result<Dataset, DataE
     })
 }
 
-/// Undo gzip compression if the bytes start with the gzip magic number.
-fn maybe_gunzip(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, DataError> {
+/// Bounds that keep a hostile or broken file from exhausting memory: each is checked before
+/// the allocation it bounds (docs/reliability.md lists them with the measured peaks).
+pub mod limits {
+    /// Most images one CIFAR binary file (or archive member) may hold: the official files hold
+    /// 10,000 (CIFAR-100's `train.bin` 50,000).
+    pub const MAX_CIFAR_RECORDS: usize = 60_000;
+    /// Most bytes one decompressed IDX file may declare in its header (the official MNIST
+    /// training images are 47 MB).
+    pub const MAX_IDX_BYTES: usize = 1 << 30;
+    /// Most bytes one image file of an image folder may hold.
+    pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
+    /// Most bytes of image files an image folder may hold in all (CIFAR-10 as JPEG: 150 MB).
+    pub const MAX_FOLDER_BYTES: u64 = 2 << 30;
+    /// Most bytes of decoded pixels one split may need (CIFAR-10's train split: 150 MB).
+    pub const MAX_PIXEL_BYTES: u64 = 4 << 30;
+}
+
+/// Append at most `limit` bytes from `reader` to `out` (room for them is reserved first, so a
+/// read of the expected length allocates once); more is an error naming `path`.
+fn read_bounded(
+    path: &Path,
+    format: &'static str,
+    reader: impl std::io::Read,
+    limit: u64,
+    what: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), DataError> {
     use std::io::Read as _;
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(bytes.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::format(path, "gzip", format!("corrupt gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(bytes)
+    let start = out.len();
+    out.reserve_exact(usize::try_from(limit).unwrap_or(0).saturating_add(1));
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(out)
+        .map_err(|e| DataError::format(path, format, format!("truncated or corrupt: {e}")))?;
+    if (out.len() - start) as u64 > limit {
+        return Err(DataError::format(
+            path,
+            format,
+            format!("longer than {what} ({limit} bytes)"),
+        ));
     }
+    Ok(())
 }
 
 #[cfg(test)]

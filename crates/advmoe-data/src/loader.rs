@@ -152,8 +152,9 @@ impl Loader {
     /// The next mini-batch of `set` (which must have the `len` given at creation).
     pub fn next_batch(&mut self, set: &ImageSet) -> Batch {
         debug_assert_eq!(set.len(), self.len);
-        if self.state.position + self.batch_size > self.len {
-            self.state.epoch += 1;
+        // Saturating: a restored state comes from a file (run.json), and must not overflow.
+        if self.state.position.saturating_add(self.batch_size) > self.len {
+            self.state.epoch = self.state.epoch.saturating_add(1);
             self.state.position = 0;
             self.shuffle();
         }
@@ -161,7 +162,7 @@ impl Loader {
         let mut rng = Rng::stream(self.seed ^ 0x6175_676d, self.state.batches);
         let batch = Batch::gather(set, indices, self.augment.map(|a| (a, &mut rng)));
         self.state.position += self.batch_size;
-        self.state.batches += 1;
+        self.state.batches = self.state.batches.wrapping_add(1);
         batch
     }
 }

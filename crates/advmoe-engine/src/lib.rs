@@ -31,6 +31,7 @@ pub use robust::{
     router_ladder,
 };
 pub use run::{
-    Advance, CheckpointSource, DataLoad, EngineError, NamedFiles, Progress, Run, RunConfig,
-    RunState, ShapeMismatch, load_data, load_model_bytes, load_model_dir, load_model_path,
+    Advance, COMMIT_FILE, CheckpointSource, DataLoad, EngineError, NamedFiles, Progress, Recovery,
+    Run, RunConfig, RunState, ShapeMismatch, load_data, load_model_bytes, load_model_dir,
+    load_model_path,
 };

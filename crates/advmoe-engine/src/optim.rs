@@ -82,7 +82,7 @@ impl Optimizer {
         lr: f64,
         owns: &dyn Fn(&str) -> bool,
     ) -> M {
-        self.steps += 1;
+        self.steps = self.steps.saturating_add(1);
         let mut stepper = Stepper {
             path: Vec::new(),
             grads,

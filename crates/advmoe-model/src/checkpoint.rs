@@ -188,6 +188,12 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<ParsedSafetensors,
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format_err(format!(
+                "tensor {name} holds {} at index {i}: a model or optimiser state must be finite",
+                values[i]
+            )));
+        }
         out.insert(
             name.clone(),
             NamedTensor {
@@ -297,14 +303,25 @@ pub async fn save_model(
     write_atomic(path, &bytes)
 }
 
-/// Write a file through a temporary sibling and a rename, so a crash never leaves half a file.
+/// Write a file through a temporary sibling, flushed to disk, and a rename, so a crash never
+/// leaves half a file (and a failed write, a full disk say, leaves the old file as it was).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    let tmp = path.with_extension("partial");
+    use std::io::Write as _;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(&tmp, bytes).map_err(io)?;
+    let written = std::fs::File::create(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written {
+        std::fs::remove_file(&tmp).ok();
+        return Err(io(e));
+    }
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -315,6 +332,21 @@ pub fn model_from_bytes(
     device: &Device,
     path: &Path,
 ) -> Result<MoeNet, CheckpointError> {
+    // The file holds every weight, so a spec that needs more than the file holds is refused
+    // before its model is built (a hostile config.json cannot make this allocate more than the
+    // file's own size).
+    let weights = advmoe_core::macs::conv_weight_count(spec);
+    if weights.saturating_mul(4) > bytes.len() as u64 {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the model's config needs at least {weights} weights ({} bytes), but the file \
+                 holds {} bytes",
+                weights.saturating_mul(4),
+                bytes.len()
+            ),
+        });
+    }
     let (tensors, metadata) = parse_safetensors(path, bytes)?;
     if let Some(format) = metadata.get("format")
         && format != MODEL_FORMAT

@@ -215,6 +215,10 @@ pub fn setup_ui(
             row(ui, "Evaluate every", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.eval_every).range(1..=100_000))
             });
+            row(ui, "NaN recoveries (0: stop)", |ui| {
+                ui.add(egui::DragValue::new(&mut config.train.nan_recoveries).range(0..=100))
+                    .on_hover_text("On a NaN or infinite loss, roll back to the last checked state, halve the learning rate, skip those batches and go on, this many times")
+            });
             if config.train.method.is_adversarial() {
                 let mut eps_255 = config.train.attack.eps * 255.0;
                 row(ui, "Training attack ε (×1/255)", |ui| {

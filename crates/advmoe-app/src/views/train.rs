@@ -35,6 +35,8 @@ pub struct TrainState {
     pub unsaved: bool,
     /// How the current run's dataset loaded.
     pub data: Option<DataLoad>,
+    /// Recoveries from NaN or infinite losses, in words, in order.
+    pub recoveries: Vec<String>,
 }
 
 impl TrainState {
@@ -80,6 +82,9 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Vec<AppCommand> {
         ui.label("No run yet: choose a setup and press \"Start training\", or load a checkpoint.");
         return action.into_iter().collect();
     };
+    for recovery in &state.recoveries {
+        ui.colored_label(ui.visuals().warn_fg_color, format!("Recovered: {recovery}"));
+    }
     ui.horizontal(|ui| {
         let running = run_state == RunState::Running;
         let paused = run_state == RunState::Paused;

@@ -48,6 +48,11 @@ pub(crate) struct TrainArgs {
     /// 0: α from the first step).
     #[arg(long, default_value_t = TrainSpec::default().router_kl_warmup)]
     router_kl_warmup: f64,
+    /// Recover from a NaN or infinite loss this many times: roll back to the last checked
+    /// state, halve the learning rate, skip the batches that diverged, log it, continue (0: stop
+    /// at the first, keeping the last checked state).
+    #[arg(long, default_value_t = 0)]
+    nan_recoveries: usize,
     /// AdvMoE's router objective [default: robust; paper preset class-partition].
     #[arg(long, value_parser = choice::<RouterObjective>())]
     router_objective: Option<RouterObjective>,
@@ -167,6 +172,7 @@ impl TrainArgs {
                 alpha: self.alpha,
                 router_kl_warmup: self.router_kl_warmup,
                 router_objective: self.router_objective.unwrap_or(start.router_objective),
+                nan_recoveries: self.nan_recoveries,
             },
             balance_weight: self.balance_weight,
         })
@@ -201,6 +207,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
             run.step_index(),
             config.train.total_steps
         );
+        trim_metrics(&out.join("metrics.jsonl"), run.step_index())?;
     }
     let macs = count_macs(&config.model);
     eprintln!(
@@ -239,6 +246,15 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
         if let Some(&loss) = advance.losses.last() {
             bar.set_message(format!("loss {loss:.4}"));
         }
+        if let Some(recovery) = &advance.recovered {
+            bar.set_position(run.step_index() as u64);
+            let line = format!("recovered: {recovery}");
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
+        }
         if advance.eval.is_some() {
             report(&advance, &metrics_path, args.json, &bar)?;
         }
@@ -269,6 +285,29 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
             p.train_secs,
             p.step as f64 / p.train_secs.max(1e-9)
         ),
+    }
+    Ok(())
+}
+
+/// Drop the evaluations after `step` from metrics.jsonl: a run killed after its last checkpoint
+/// logged evaluations that the resumed run takes again.
+fn trim_metrics(path: &std::path::Path, step: usize) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64())
+                .is_some_and(|s| s as usize <= step)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        advmoe_model::checkpoint::write_atomic(path, kept.as_bytes())
+            .with_context(|| format!("trimming {path:?} to step {step}"))?;
     }
     Ok(())
 }

@@ -41,6 +41,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<(), SpecError> {
         self.model.validate()?;
         self.train.validate()?;
+        self.data.validate()?;
         if !(self.balance_weight.is_finite() && self.balance_weight >= 0.0) {
             return Err(SpecError {
                 field: "balance_weight",

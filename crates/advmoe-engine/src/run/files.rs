@@ -1,7 +1,7 @@
 //! A run's files: the model alone (`config.json`, `model.safetensors`), a full run checkpoint
 //! (plus `optimizer.safetensors`, `router_optimizer.safetensors` for AdvMoE, `run.json`), where
-//! they come from (a folder, or files picked in a browser) and how they are written (each file
-//! atomically).
+//! they come from (a folder, or files picked in a browser) and how they are written (all files
+//! as one commit that a crash cannot tear, [`write_files`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use advmoe_model::checkpoint::{
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::{EngineError, Run, RunConfig, RunState, load_data};
+use super::{EngineError, Recovery, Run, RunConfig, RunState, load_data};
 
 /// Named files, as a browser's file picker hands them over or a download takes them.
 pub type NamedFiles = Vec<(String, Vec<u8>)>;
@@ -48,7 +48,16 @@ impl CheckpointSource {
     pub fn read(&self, name: &str) -> Result<Vec<u8>, EngineError> {
         match self {
             CheckpointSource::Folder(dir) => {
-                let path = dir.join(name);
+                // A write that committed but was cut before its renames: its files are the
+                // checkpoint ([`write_files`]).
+                let committed =
+                    committed_names(dir)?.is_some_and(|names| names.iter().any(|n| n == name));
+                let partial = dir.join(partial_name(name));
+                let path = if committed && partial.exists() {
+                    partial
+                } else {
+                    dir.join(name)
+                };
                 std::fs::read(&path)
                     .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
             }
@@ -63,15 +72,19 @@ impl CheckpointSource {
         }
     }
 
-    /// Its `config.json`, parsed.
+    /// Its `config.json`, parsed and validated.
     ///
     /// # Errors
-    /// A missing file or one that is not a run configuration.
+    /// A missing file, one that is not a run configuration, or an invalid one.
     pub fn config(&self) -> Result<RunConfig, EngineError> {
-        serde_json::from_slice(&self.read("config.json")?).map_err(|e| EngineError::BadCheckpoint {
+        let bad = |reason: String| EngineError::BadCheckpoint {
             path: self.origin().join("config.json"),
-            reason: format!("not a run configuration: {e}"),
-        })
+            reason,
+        };
+        let config: RunConfig = serde_json::from_slice(&self.read("config.json")?)
+            .map_err(|e| bad(format!("not a run configuration: {e}")))?;
+        config.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(config)
     }
 }
 
@@ -87,6 +100,14 @@ struct RunRecord {
     losses_since_eval: Vec<f64>,
     history: Vec<EvalReport>,
     train_secs: f64,
+    #[serde(default = "one")]
+    lr_scale: f64,
+    #[serde(default)]
+    recoveries: Vec<Recovery>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 const RUN_FORMAT: &str = "advmoe-run/1";
@@ -143,6 +164,38 @@ impl Run {
                 format!("format {:?}, expected {RUN_FORMAT:?}", record.format),
             ));
         }
+        let counts = [
+            ("step", record.step as u64, config.train.total_steps as u64),
+            (
+                "optimizer_steps",
+                record.optimizer_steps,
+                record.step as u64,
+            ),
+            (
+                "router_optimizer_steps",
+                record.router_optimizer_steps,
+                record.step as u64,
+            ),
+            (
+                "loader.position",
+                record.loader.position as u64,
+                dataset.train.len() as u64,
+            ),
+            (
+                "loader.epoch",
+                record.loader.epoch as u64,
+                record.step as u64,
+            ),
+        ];
+        if let Some((field, value, most)) = counts.iter().find(|(_, value, most)| value > most) {
+            return Err(bad(
+                "run.json",
+                format!("{field} is {value}, more than the {most} this run allows"),
+            ));
+        }
+        config
+            .check_dataset(&dataset)
+            .map_err(|e| bad("config.json", format!("the dataset does not fit: {e}")))?;
         let mut run = Self::new(config, dataset, device)?;
         run.model = Some(model_from_bytes(
             &source.read("model.safetensors")?,
@@ -176,6 +229,15 @@ impl Run {
         run.losses_since_eval = record.losses_since_eval;
         run.history = record.history;
         run.train_secs = record.train_secs;
+        if !(record.lr_scale.is_finite() && record.lr_scale > 0.0 && record.lr_scale <= 1.0) {
+            return Err(bad(
+                "run.json",
+                format!("lr_scale {} is not in (0, 1]", record.lr_scale),
+            ));
+        }
+        run.lr_scale = record.lr_scale;
+        run.recoveries = record.recoveries;
+        run.check_point();
         if run.step >= run.config.train.total_steps {
             run.state = RunState::Finished;
         }
@@ -223,6 +285,8 @@ impl Run {
             losses_since_eval: self.losses_since_eval.clone(),
             history: self.history.clone(),
             train_secs: self.train_secs,
+            lr_scale: self.lr_scale,
+            recoveries: self.recoveries.clone(),
         };
         files.push((
             "run.json",
@@ -238,16 +302,119 @@ impl Run {
     }
 }
 
-/// Write named files into `dir` (created if needed), each atomically.
+/// The commit record of [`write_files`]: the names of the files that make up one checkpoint.
+pub const COMMIT_FILE: &str = "commit.json";
+
+/// The name a file is written under before its commit.
+fn partial_name(name: &str) -> String {
+    format!("{name}.partial")
+}
+
+/// Write named files into `dir` (created if needed) as one commit, so that a crash at any
+/// instant leaves either the previous set of files or the new one, never a mix:
+///
+/// 1. every file is written as `<name>.partial` and flushed to disk;
+/// 2. the commit record [`COMMIT_FILE`] (the names) is written and renamed into place: from
+///    this instant the new set is the checkpoint;
+/// 3. each `<name>.partial` is renamed to `<name>`, then the commit record is removed.
+///
+/// A crash before step 2 leaves the old files untouched (the `.partial` files are ignored and
+/// replaced by the next write); a crash after it is finished by [`CheckpointSource::read`],
+/// which reads a committed `.partial` file in place of its target, and by the next write.
+///
+/// # Errors
+/// A file that cannot be written (a full disk, say): the previous checkpoint is left as it was.
 pub fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<(), EngineError> {
-    std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for (name, bytes) in files {
-        write_atomic(&dir.join(name), bytes)?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EngineError::Checkpoint(CheckpointError::Io { path, source })
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    finish_commit(dir)?;
+    let names: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
+    let record = dir.join(COMMIT_FILE);
+    let written = files
+        .iter()
+        .try_for_each(|(name, bytes)| {
+            let path = dir.join(partial_name(name));
+            write_synced(&path, bytes).map_err(io(&path))
+        })
+        .and_then(|()| {
+            Ok(write_atomic(
+                &record,
+                &serde_json::to_vec(&names).unwrap_or_default(),
+            )?)
+        });
+    if let Err(e) = written {
+        // Uncommitted: the previous checkpoint stands; free the space this write took.
+        for name in names {
+            std::fs::remove_file(dir.join(partial_name(name))).ok();
+        }
+        return Err(e);
     }
-    Ok(())
+    sync_dir(dir);
+    finish_commit(dir)
+}
+
+/// Write and flush a file.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Flush a folder's entries (renames) to disk, where the platform allows it.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        d.sync_all().ok();
+    }
+}
+
+/// The names a commit record in `dir` lists, if there is one.
+fn committed_names(dir: &Path) -> Result<Option<Vec<String>>, EngineError> {
+    let path = dir.join(COMMIT_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| EngineError::BadCheckpoint {
+                    path,
+                    reason: format!("not a commit record: {e}"),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(EngineError::Checkpoint(CheckpointError::Io {
+            path,
+            source,
+        })),
+    }
+}
+
+/// Step 3 of [`write_files`]: move a committed write's files into place and drop its record.
+fn finish_commit(dir: &Path) -> Result<(), EngineError> {
+    let Some(names) = committed_names(dir)? else {
+        return Ok(());
+    };
+    for name in &names {
+        let partial = dir.join(partial_name(name));
+        if partial.exists() {
+            std::fs::rename(&partial, dir.join(name)).map_err(|source| {
+                EngineError::Checkpoint(CheckpointError::Io {
+                    path: partial.clone(),
+                    source,
+                })
+            })?;
+        }
+    }
+    sync_dir(dir);
+    let record = dir.join(COMMIT_FILE);
+    std::fs::remove_file(&record).map_err(|source| {
+        EngineError::Checkpoint(CheckpointError::Io {
+            path: record,
+            source,
+        })
+    })
 }
 
 /// Load a model from a path: a folder written by [`Run::save_model`] (or a checkpoint), one of
@@ -302,7 +469,13 @@ pub fn load_model_bytes(
             path: origin.join("config.json"),
             reason: e.to_string(),
         })?;
-    config.model.validate()?;
+    config
+        .model
+        .validate()
+        .map_err(|e| EngineError::BadCheckpoint {
+            path: origin.join("config.json"),
+            reason: e.to_string(),
+        })?;
     let model = model_from_bytes(
         model_safetensors,
         &config.model,

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{RunConfig, ShapeMismatch};
 pub use files::{
-    CheckpointSource, NamedFiles, load_model_bytes, load_model_dir, load_model_path, write_files,
+    COMMIT_FILE, CheckpointSource, NamedFiles, load_model_bytes, load_model_dir, load_model_path,
+    write_files,
 };
 
 use crate::eval::{EvalError, EvalOptions, evaluate};
@@ -139,6 +140,7 @@ pub fn load_data(
     spec: &DatasetSpec,
     files: &DataFiles,
 ) -> Result<(Dataset, DataLoad), EngineError> {
+    spec.validate()?;
     let start = now_secs();
     let data = advmoe_data::load_from(spec, files)?;
     let load = DataLoad {
@@ -162,6 +164,46 @@ pub struct Advance {
     /// With the evaluation, robustness on [`advmoe_core::TrainSpec::robust_eval_size`] test
     /// images (PGD-10 at 8/255), when that is above 0.
     pub robust: Option<RobustReport>,
+    /// A NaN or infinite loss this call recovered from (its steps were undone).
+    pub recovered: Option<Recovery>,
+}
+
+/// The state after the last step whose losses were read back finite: what a NaN or infinite
+/// loss rolls the run back to. Tensors are shared handles, so keeping it costs one copy of the
+/// weights and optimiser state at most (while a step replaces them).
+#[derive(Clone)]
+struct Checked {
+    model: MoeNet,
+    optimizers: Optimizers,
+    rng: Rng,
+    step: usize,
+    losses_since_eval: Vec<f64>,
+}
+
+/// One recovery from a NaN or infinite loss ([`advmoe_core::TrainSpec::nan_recoveries`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The step (0-based) whose loss was not finite.
+    pub step: usize,
+    /// Which loss term.
+    pub term: String,
+    /// Its value, as text (`NaN`, `inf`).
+    pub value: String,
+    /// The step the run went back to (its next step is this one again, on the next batch).
+    pub rolled_back_to: usize,
+    /// The learning rate's factor from now on (halved at each recovery).
+    pub lr_scale: f64,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} was {} at step {}: rolled back to step {}, skipped those batches, learning rate \
+             now ×{}",
+            self.term, self.value, self.step, self.rolled_back_to, self.lr_scale
+        )
+    }
 }
 
 /// A training run.
@@ -182,6 +224,14 @@ pub struct Run {
     train_secs: f64,
     state: RunState,
     data_load: DataLoad,
+    /// The state after the last checked steps ([`Run::drain_losses`]).
+    checked: Checked,
+    /// The state at the last evaluation that was finite.
+    evaluated: Checked,
+    lr_scale: f64,
+    recoveries: Vec<Recovery>,
+    /// Fault injection: the step whose batch is multiplied by NaN ([`Run::poison_batch_at`]).
+    poison_at: Option<usize>,
 }
 
 /// Wall-clock seconds; `web-time` maps to `performance.now()` in a browser, where
@@ -275,8 +325,16 @@ impl Run {
             train.seed,
             dataset.augmentation(config.data.augment),
         );
+        let rng = Rng::stream(train.seed, 0x0072_756e);
+        let checked = Checked {
+            model: model.clone(),
+            optimizers: optimizers.clone(),
+            rng: rng.clone(),
+            step: 0,
+            losses_since_eval: Vec::new(),
+        };
         Ok(Self {
-            rng: Rng::stream(train.seed, 0x0072_756e),
+            rng,
             config,
             dataset,
             device,
@@ -292,6 +350,11 @@ impl Run {
             train_secs: 0.0,
             state: RunState::Running,
             data_load: DataLoad::default(),
+            evaluated: checked.clone(),
+            checked,
+            lr_scale: 1.0,
+            recoveries: Vec::new(),
+            poison_at: None,
         })
     }
 
@@ -390,8 +453,12 @@ impl Run {
         }
         let started = now_secs();
         let host = self.loader.next_batch(&self.dataset.train);
-        let batch = to_device(&host, self.config.model.num_classes, &self.device);
-        let lr = self.config.train.lr_at(self.step);
+        let mut batch = to_device(&host, self.config.model.num_classes, &self.device);
+        if self.poison_at == Some(self.step) {
+            self.poison_at = None;
+            batch.images = batch.images * f32::NAN;
+        }
+        let lr = self.config.train.lr_at(self.step) * self.lr_scale;
         let model = self
             .model
             .take()
@@ -433,6 +500,7 @@ impl Run {
         keep_going: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Advance, EngineError> {
         let started = now_secs();
+        let recoveries = self.recoveries.len();
         let mut steps = 0;
         while steps < max_steps && self.state == RunState::Running {
             self.step()?;
@@ -446,7 +514,26 @@ impl Run {
         let secs = now_secs() - started;
         let (mut eval, mut robust) = (None, None);
         if self.eval_due() {
-            eval = Some(self.evaluate().await?);
+            // Training mode normalises with batch statistics, so weights can blow up with
+            // finite training losses; evaluation (running statistics) is where that shows. Such
+            // a state goes back to the last evaluated one.
+            let diverged = match self.evaluate().await {
+                Ok(report) if report.test_loss.is_finite() => {
+                    self.evaluated = self.checked.clone();
+                    eval = Some(report);
+                    None
+                }
+                Ok(report) => Some(("test loss", report.test_loss)),
+                Err(EngineError::Eval(EvalError::Route(_))) => Some(("router score", f64::NAN)),
+                Err(e) => return Err(e),
+            };
+            if let Some((term, value)) = diverged {
+                let evaluated = self.evaluated.clone();
+                let step = self.step;
+                self.roll_back(evaluated, term, value, step)?;
+            }
+        }
+        if eval.is_some() {
             let images = self.config.train.robust_eval_size;
             if images > 0 {
                 // Progress during training: the paper's 10-step router attack, which is cheap
@@ -478,6 +565,7 @@ impl Run {
             secs,
             eval,
             robust,
+            recovered: self.recoveries.get(recoveries).cloned(),
         })
     }
 
@@ -511,16 +599,84 @@ impl Run {
         .map(f64::from)
         .collect();
         if let Some(i) = values.iter().position(|l| !l.is_finite()) {
-            self.state = RunState::Failed;
-            return Err(EngineError::NonFinite {
-                term: terms[i % terms.len()],
-                value: values[i],
-                step: self.pending_first_step + i / terms.len(),
-            });
+            let (term, value) = (terms[i % terms.len()], values[i]);
+            let step = self.pending_first_step + i / terms.len();
+            let checked = self.checked.clone();
+            self.roll_back(checked, term, value, step)?;
+            return Ok(Vec::new());
         }
         let losses: Vec<f64> = values.chunks(terms.len()).map(|c| c[0]).collect();
         self.losses_since_eval.extend(&losses);
+        self.checked = self.snapshot();
         Ok(losses)
+    }
+
+    /// The state to roll back to, as it is now.
+    fn snapshot(&self) -> Checked {
+        Checked {
+            model: self.model().clone(),
+            optimizers: self.optimizers.clone(),
+            rng: self.rng.clone(),
+            step: self.step,
+            losses_since_eval: self.losses_since_eval.clone(),
+        }
+    }
+
+    /// Remember the current state as checked and evaluated (a run just built or restored).
+    pub(crate) fn check_point(&mut self) {
+        self.checked = self.snapshot();
+        self.evaluated = self.checked.clone();
+    }
+
+    /// A NaN or infinite `term` at `step`: no state that it produced is kept. Back to `to`
+    /// (the loader is not rolled back, so the batches that diverged are skipped); then, with
+    /// recoveries left ([`advmoe_core::TrainSpec::nan_recoveries`]), halve the learning rate,
+    /// log it and go on, else fail naming the term and the step.
+    fn roll_back(
+        &mut self,
+        to: Checked,
+        term: &'static str,
+        value: f64,
+        step: usize,
+    ) -> Result<(), EngineError> {
+        self.model = Some(to.model);
+        self.optimizers = to.optimizers;
+        self.rng = to.rng;
+        self.step = to.step;
+        self.losses_since_eval = to.losses_since_eval;
+        self.pending.clear();
+        self.history.retain(|e| e.step <= self.step);
+        self.checked = self.snapshot();
+        if self.recoveries.len() < self.config.train.nan_recoveries {
+            self.lr_scale *= 0.5;
+            self.recoveries.push(Recovery {
+                step,
+                term: term.to_string(),
+                value: value.to_string(),
+                rolled_back_to: self.step,
+                lr_scale: self.lr_scale,
+            });
+            self.state = RunState::Running;
+            return Ok(());
+        }
+        self.state = RunState::Failed;
+        Err(EngineError::NonFinite { term, value, step })
+    }
+
+    /// The recoveries from NaN or infinite losses so far ([`advmoe_core::TrainSpec::nan_recoveries`]).
+    pub fn recoveries(&self) -> &[Recovery] {
+        &self.recoveries
+    }
+
+    /// The learning rate's factor after recoveries (1 without any).
+    pub fn lr_scale(&self) -> f64 {
+        self.lr_scale
+    }
+
+    /// Fault injection for tests and demonstrations: the batch of step `step` is multiplied by
+    /// NaN (a poisoned batch, which real data in 8-bit pixels cannot be).
+    pub fn poison_batch_at(&mut self, step: usize) {
+        self.poison_at = Some(step);
     }
 
     /// Evaluate on (the first `eval_size` images of) the test split and record the result.
@@ -547,6 +703,8 @@ impl Run {
             elapsed_secs: self.train_secs,
         };
         self.history.push(report.clone());
+        // The losses just averaged must not come back with a rollback.
+        self.checked.losses_since_eval.clear();
         Ok(report)
     }
 }
