@@ -11,7 +11,7 @@
 //! naming its file. A panic or hang writes its input under the system's temporary folder
 //! (`advmoe-fuzz-findings/`), from which it becomes a regression test.
 //!
-//! `fuzz_sample_of_every_reader` runs 200 inputs per reader in the suite; the full run is
+//! `fuzz_sample_of_every_reader` runs 100 inputs per reader in the suite; the full run is
 //! `fuzz_every_reader` (ignored), with `ADVMOE_FUZZ_INPUTS` inputs per reader (100,000 unless
 //! set) and, for the run-checkpoint readers, one training step after every
 //! `ADVMOE_FUZZ_STEP_EVERY`-th input that loads (every one unless set); docs/reliability.md has
@@ -753,7 +753,7 @@ fn assert_clean(results: &[(&str, Findings)]) {
 
 #[test]
 fn fuzz_sample_of_every_reader() {
-    let results = fuzz_every_reader_with(200);
+    let results = fuzz_every_reader_with(100);
     assert_eq!(results.len(), 14);
     assert_clean(&results);
 }

@@ -27,6 +27,12 @@ pub enum AppCommand {
     LoadCheckpoint,
     /// Load the checkpoint these files (or this folder) hold, paused.
     LoadCheckpointFiles(CheckpointSource),
+    /// Continue a failed run from the copy the worker kept in memory, on the CPU or on the
+    /// device it trained on.
+    Recover {
+        /// Continue on the CPU.
+        on_cpu: bool,
+    },
     /// The lesson "attack the router only": the attack lab on the bundled MoE trained with
     /// vanilla MoE AT, aimed at its routers.
     RouterOnlyLesson,
@@ -68,6 +74,10 @@ impl LabApp {
             )),
             AppCommand::LoadCheckpointFiles(source) => {
                 self.send(Command::Load(source, self.state.setup.run_options()));
+            }
+            AppCommand::Recover { on_cpu } => {
+                self.state.train.lost = None;
+                self.send(Command::Recover { on_cpu });
             }
             AppCommand::RouterOnlyLesson => {
                 if self.state.router_only_lesson() {

@@ -141,6 +141,12 @@ impl LabApp {
         }
     }
 
+    /// Fault injection for tests: the training worker's next chunk panics, as one does when the
+    /// GPU device is lost.
+    pub fn inject_fault(&mut self) {
+        self.send(Command::InjectFault);
+    }
+
     fn send(&mut self, command: Command) {
         let delivered = self.worker.as_ref().is_some_and(|w| w.send(command));
         if !delivered {

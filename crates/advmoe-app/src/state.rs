@@ -117,6 +117,7 @@ impl AppState {
             }
             Event::Trained(model) => return Some(AppCommand::Ask(Request::Adopt(model))),
             Event::Error(message) => self.error = Some(message),
+            Event::Lost { reason, kept_step } => self.train.lost = Some((reason, kept_step)),
         }
         None
     }

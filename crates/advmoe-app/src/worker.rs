@@ -45,6 +45,14 @@ pub enum Command {
     /// that `advmoe train --resume DIR` and `advmoe eval --model DIR` read; on the web the
     /// model as a download.
     Save(SaveTarget),
+    /// Continue the run that failed ([`Event::Lost`]) from the copy kept in memory: on the CPU
+    /// backend, or on the device it trained on again.
+    Recover {
+        /// Continue on the CPU.
+        on_cpu: bool,
+    },
+    /// Fault injection for tests: the next training chunk panics as a lost GPU device does.
+    InjectFault,
 }
 
 /// How the worker runs a training.
@@ -117,6 +125,39 @@ pub enum Event {
     /// Something failed; the message is for the user (an [`crate::error::AppError`],
     /// formatted).
     Error(String),
+    /// Training failed (a lost GPU device, say) and the run is gone from its device; a copy of
+    /// it made at its last evaluation is kept in memory ([`Command::Recover`]).
+    Lost {
+        /// What failed, for the user.
+        reason: String,
+        /// The step the kept copy is at.
+        kept_step: usize,
+    },
+}
+
+/// A run's checkpoint files, kept in memory at each evaluation (and when it starts), to continue
+/// from when its device fails; and the options it ran with. Native only: on the web a panic
+/// aborts the module.
+struct Kept {
+    files: Files,
+    step: usize,
+    options: RunOptions,
+}
+
+/// Read `run`'s checkpoint back to the host (one readback of weights and optimiser state).
+async fn keep(run: &mut Run, options: &RunOptions) -> AppResult<Kept> {
+    let files = run
+        .checkpoint_files()
+        .await
+        .context(|| "keeping a copy of the run in memory".to_string())?;
+    Ok(Kept {
+        files: files
+            .into_iter()
+            .map(|(name, bytes)| (name.to_string(), bytes))
+            .collect(),
+        step: run.progress().step,
+        options: options.clone(),
+    })
 }
 
 /// Steps per chunk between looks at the command queue.
@@ -139,6 +180,9 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
     let send = |event: Event| events.send(event);
     let cpu = Device::flex();
     let mut run: Option<Run> = None;
+    let mut kept: Option<Kept> = None;
+    let mut options = RunOptions::default();
+    let mut fault = false;
     loop {
         let running = run.as_ref().is_some_and(|r| r.state() == RunState::Running);
         // Wait while idle; look between chunks while running.
@@ -154,6 +198,29 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
             }
         };
         if let Some(command) = command {
+            let (command, recovering) = match command {
+                Command::Recover { on_cpu } => match &kept {
+                    Some(copy) => (
+                        Command::Load(
+                            CheckpointSource::Files(copy.files.clone()),
+                            RunOptions {
+                                on_cpu,
+                                ..copy.options.clone()
+                            },
+                        ),
+                        true,
+                    ),
+                    None => {
+                        send(Event::Error("there is no copy of a run to continue".into()));
+                        continue;
+                    }
+                },
+                Command::InjectFault => {
+                    fault = true;
+                    continue;
+                }
+                command => (command, false),
+            };
             match command {
                 Command::Start(..) | Command::Load(..) => {
                     // A run replaced mid-way still hands its model to the library.
@@ -165,13 +232,15 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                     }
                     let pick = |options: &RunOptions| if options.on_cpu { &cpu } else { device };
                     let built = match command {
-                        Command::Start(config, options) => {
+                        Command::Start(config, new_options) => {
+                            options = new_options;
                             guarded("building the run", async {
                                 build_run(*config, &options, pick(&options))
                             })
                             .await
                         }
-                        Command::Load(source, options) => {
+                        Command::Load(source, new_options) => {
+                            options = new_options;
                             guarded("loading the checkpoint", async {
                                 load_run(&source, &options, pick(&options))
                             })
@@ -180,7 +249,18 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                         _ => continue,
                     };
                     match built {
-                        Ok(new_run) => {
+                        Ok(mut new_run) => {
+                            if recovering {
+                                // The user asked to continue: no need to press Resume too.
+                                new_run.resume();
+                            }
+                            kept = if platform::WEB {
+                                None
+                            } else {
+                                guarded("keeping a copy", keep(&mut new_run, &options))
+                                    .await
+                                    .ok()
+                            };
                             let started = Event::Started {
                                 total_steps: new_run.progress().total_steps,
                                 step: new_run.progress().step,
@@ -225,16 +305,41 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                         }
                     }
                 }
+                // Turned into a load, or a flag, above.
+                Command::Recover { .. } | Command::InjectFault => {}
             }
             continue;
         }
         let Some(active) = run.as_mut() else {
             continue;
         };
-        if let Err(error) = guarded("training", train_chunk(active, &send)).await {
-            send(Event::Error(error.to_string()));
-            send(Event::State(RunState::Failed));
-            run = None;
+        let chunk = guarded("training", async {
+            if std::mem::take(&mut fault) {
+                panic!("the GPU device was lost (an injected fault)");
+            }
+            train_chunk(active, &send).await
+        })
+        .await;
+        match chunk {
+            // On the web a panic aborts the module, so a copy could never be used there.
+            Ok(true) if !platform::WEB => {
+                if let Ok(copy) = guarded("keeping a copy", keep(active, &options)).await {
+                    kept = Some(copy);
+                }
+            }
+            Ok(true) => {}
+            Ok(false) => {}
+            Err(error) => {
+                match &kept {
+                    Some(copy) => send(Event::Lost {
+                        reason: error.to_string(),
+                        kept_step: copy.step,
+                    }),
+                    None => send(Event::Error(error.to_string())),
+                };
+                send(Event::State(RunState::Failed));
+                run = None;
+            }
         }
         yield_now().await;
     }
@@ -306,8 +411,8 @@ pub fn download_stem(config: &RunConfig, step: usize) -> String {
 }
 
 /// Take one chunk of steps (the engine stops at the next evaluation), report the losses,
-/// the evaluation and the robustness measured with it.
-async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<()> {
+/// the evaluation and the robustness measured with it. Returns whether it evaluated.
+async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<bool> {
     let advance = run.advance(CHUNK_STEPS, &mut |_| true).await?;
     if let Some(recovery) = advance.recovered {
         send(Event::Recovered(recovery));
@@ -317,6 +422,7 @@ async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<(
         losses: advance.losses,
         steps_per_sec: advance.steps as f64 / advance.secs.max(1e-9),
     });
+    let evaluated = advance.eval.is_some();
     if let Some(report) = advance.eval {
         let step = report.step;
         send(Event::Eval(report));
@@ -333,5 +439,5 @@ async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<(
             send(Event::Trained(Box::new(trained(run))));
         }
     }
-    Ok(())
+    Ok(evaluated)
 }

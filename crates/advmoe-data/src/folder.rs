@@ -398,7 +398,14 @@ fn decode_one(image: &Encoded, expect: Expected) -> Result<Decoded, DataError> {
         );
         decoder.set_transformations(png::Transformations::normalize_to_color8());
         let mut reader = decoder.read_info().map_err(|e| bad("PNG", e.to_string()))?;
-        check(reader.info().width as usize, reader.info().height as usize)?;
+        let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+        if w > MAX_SIDE || h > MAX_SIDE {
+            return Err(bad(
+                "PNG",
+                format!("{w}×{h} is larger than {MAX_SIDE} pixels a side"),
+            ));
+        }
+        check(w, h)?;
         let len = reader
             .output_buffer_size()
             .ok_or_else(|| bad("PNG", "image too large".to_string()))?;
@@ -407,12 +414,6 @@ fn decode_one(image: &Encoded, expect: Expected) -> Result<Decoded, DataError> {
             .next_frame(&mut buf)
             .map_err(|e| bad("PNG", e.to_string()))?;
         let (w, h) = (frame.width as usize, frame.height as usize);
-        if w > MAX_SIDE || h > MAX_SIDE {
-            return Err(bad(
-                "PNG",
-                format!("{w}×{h} is larger than {MAX_SIDE} pixels a side"),
-            ));
-        }
         let src = frame.color_type.samples();
         buf.truncate(frame.buffer_size());
         // Grey stays grey; alpha is dropped.

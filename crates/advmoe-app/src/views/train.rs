@@ -37,6 +37,8 @@ pub struct TrainState {
     pub data: Option<DataLoad>,
     /// Recoveries from NaN or infinite losses, in words, in order.
     pub recoveries: Vec<String>,
+    /// Training failed (a lost GPU device, say): why, and the step of the copy kept in memory.
+    pub lost: Option<(String, usize)>,
 }
 
 impl TrainState {
@@ -82,6 +84,29 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Vec<AppCommand> {
         ui.label("No run yet: choose a setup and press \"Start training\", or load a checkpoint.");
         return action.into_iter().collect();
     };
+    if let Some((reason, kept_step)) = &state.lost {
+        ui.colored_label(
+            ui.visuals().error_fg_color,
+            format!(
+                "Training failed: {reason}. A copy of the run at step {kept_step} (its last \
+                 evaluation) is kept in memory."
+            ),
+        );
+        ui.horizontal(|ui| {
+            if ui
+                .button(format!("Continue on the CPU from step {kept_step}"))
+                .clicked()
+            {
+                action = Some(AppCommand::Recover { on_cpu: true });
+            }
+            if ui
+                .button(format!("Try the same device again from step {kept_step}"))
+                .clicked()
+            {
+                action = Some(AppCommand::Recover { on_cpu: false });
+            }
+        });
+    }
     for recovery in &state.recoveries {
         ui.colored_label(ui.visuals().warn_fg_color, format!("Recovered: {recovery}"));
     }

@@ -331,6 +331,12 @@ pub fn write_files(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<(), EngineEr
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     finish_commit(dir)?;
+    // With no commit record left, any `.partial` file is from a write that never committed.
+    for entry in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+        if entry.file_name().to_string_lossy().ends_with(".partial") {
+            std::fs::remove_file(entry.path()).ok();
+        }
+    }
     let names: Vec<&str> = files.iter().map(|(name, _)| *name).collect();
     let record = dir.join(COMMIT_FILE);
     let written = files
