@@ -13,7 +13,7 @@ use advmoe_engine::{Recovery, RobustReport, Run, RunConfig, RunState};
 use advmoe_model::MoeNet;
 use burn::tensor::Device;
 
-use crate::error::{AppResult, Context as _};
+use crate::error::{AppError, AppResult, Context as _};
 use crate::platform::{self, guarded, yield_now};
 use crate::task::{Gone, Handle, Inbox, Outbox};
 
@@ -330,12 +330,14 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
             Ok(true) => {}
             Ok(false) => {}
             Err(error) => {
-                match &kept {
-                    Some(copy) => send(Event::Lost {
+                // A panic is the device (or a bug) failing under the run: offer the copy. An
+                // error the run reports itself (NaN, say) is shown as one.
+                match (&error, &kept) {
+                    (AppError::Panicked { .. }, Some(copy)) => send(Event::Lost {
                         reason: error.to_string(),
                         kept_step: copy.step,
                     }),
-                    None => send(Event::Error(error.to_string())),
+                    _ => send(Event::Error(error.to_string())),
                 };
                 send(Event::State(RunState::Failed));
                 run = None;
