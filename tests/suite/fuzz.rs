@@ -367,7 +367,8 @@ fn mutate_tar(rng: &mut Rng, seed: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
     data
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+/// Gzip `bytes` (fast level).
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
@@ -633,17 +634,13 @@ fn targets(scratch: &Path) -> Vec<Target> {
         .map(|_| ())
         .map_err(|e| e.to_string())
     };
-    for (name, mutate) in [
-        ("config.json", mutate_json as Mutate),
-        ("model.safetensors", mutate_safetensors),
+    for (name, label, mutate) in [
+        ("config.json", "model config.json", mutate_json as Mutate),
+        ("model.safetensors", "model.safetensors", mutate_safetensors),
     ] {
         let files = model_files.clone();
         targets.push(Target {
-            name: if name == "config.json" {
-                "model config.json"
-            } else {
-                "model.safetensors"
-            },
+            name: label,
             files: &["config.json", "model.safetensors"],
             seeds: vec![file(&files, name)],
             mutate,
@@ -657,22 +654,25 @@ fn targets(scratch: &Path) -> Vec<Target> {
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1)
         .max(1);
-    for (name, mutate) in [
-        ("run.json", mutate_json as Mutate),
-        ("config.json", mutate_json),
-        ("optimizer.safetensors", mutate_safetensors),
-        ("router_optimizer.safetensors", mutate_safetensors),
+    for (name, label, mutate) in [
+        ("run.json", "run.json", mutate_json as Mutate),
+        ("config.json", "run config.json", mutate_json),
+        (
+            "optimizer.safetensors",
+            "optimizer.safetensors",
+            mutate_safetensors,
+        ),
+        (
+            "router_optimizer.safetensors",
+            "router_optimizer.safetensors",
+            mutate_safetensors,
+        ),
     ] {
         let files = checkpoint.clone();
         let data = data.clone();
         let loaded = std::sync::atomic::AtomicUsize::new(0);
         targets.push(Target {
-            name: match name {
-                "run.json" => "run.json",
-                "config.json" => "run config.json",
-                "optimizer.safetensors" => "optimizer.safetensors",
-                _ => "router_optimizer.safetensors",
-            },
+            name: label,
             files: &[
                 "run.json",
                 "config.json",

@@ -336,12 +336,6 @@ fn tar_member_claiming(name: &str, size: u64, present: usize) -> Vec<u8> {
     [header.as_bytes().as_slice(), &vec![0; present]].concat()
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(&mut e, bytes).unwrap();
-    e.finish().unwrap()
-}
-
 /// Edit a safetensors file's JSON header.
 fn edit_header(bytes: &[u8], edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -360,6 +354,14 @@ fn image_folder(archive: &str, bytes: Vec<u8>) -> Result<(), String> {
     let mut files = advmoe_data::DataFiles::default();
     let dir = files.add(archive, bytes);
     advmoe_data::read_image_folder(&dir.join(archive), &files)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn idx_images(name: &str, bytes: Vec<u8>) -> Result<(), String> {
+    let mut files = advmoe_data::DataFiles::default();
+    let dir = files.add(name, bytes);
+    advmoe_data::read_idx_images(&dir.join(name), &files)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -435,39 +437,28 @@ fn hostile_cases() -> Vec<Case> {
             "gzip bomb: IDX declaring 60,000 images, then 256 MB of zeros",
             || {
                 let header = [0, 0, 8, 3, 0, 0, 0xea, 0x60, 0, 0, 0, 28, 0, 0, 0, 28];
-                let bomb = gzip(&[&header[..], &vec![0; 256 << 20]].concat());
-                Box::new(move || {
-                    let mut files = advmoe_data::DataFiles::default();
-                    let dir = files.add("train-images-idx3-ubyte.gz", bomb);
-                    advmoe_data::read_idx_images(&dir.join("train-images-idx3-ubyte.gz"), &files)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
+                let bomb = crate::fuzz::gzip(&[&header[..], &vec![0; 256 << 20]].concat());
+                Box::new(move || idx_images("train-images-idx3-ubyte.gz", bomb))
             },
         ),
         (
             "gzip bomb: IDX declaring 4 × 10^9 × 28 × 28 bytes",
             || {
                 let header = [0, 0, 8, 3, 0xee, 0x6b, 0x28, 0, 0, 0, 0, 28, 0, 0, 0, 28];
-                let bomb = gzip(&[&header[..], &vec![0; 1 << 20]].concat());
-                Box::new(move || {
-                    let mut files = advmoe_data::DataFiles::default();
-                    let dir = files.add("train-images-idx3-ubyte.gz", bomb);
-                    advmoe_data::read_idx_images(&dir.join("train-images-idx3-ubyte.gz"), &files)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
+                let bomb = crate::fuzz::gzip(&[&header[..], &vec![0; 1 << 20]].concat());
+                Box::new(move || idx_images("train-images-idx3-ubyte.gz", bomb))
             },
         ),
         (
             "gzip bomb: image-folder tar.gz member claiming 8 GiB",
             || {
-                let bomb = gzip(&tar_member_claiming("train/cat/0.png", 8 << 30, 16 << 20));
+                let bomb =
+                    crate::fuzz::gzip(&tar_member_claiming("train/cat/0.png", 8 << 30, 16 << 20));
                 Box::new(move || image_folder("bomb.tar.gz", bomb))
             },
         ),
         ("gzip bomb: CIFAR tar.gz member claiming 8 GiB", || {
-            let bomb = gzip(&tar_member_claiming(
+            let bomb = crate::fuzz::gzip(&tar_member_claiming(
                 "cifar-10-batches-bin/data_batch_1.bin",
                 8 << 30,
                 16 << 20,

@@ -327,8 +327,7 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                     kept = Some(copy);
                 }
             }
-            Ok(true) => {}
-            Ok(false) => {}
+            Ok(_) => {}
             Err(error) => {
                 // A panic is the device (or a bug) failing under the run: offer the copy. An
                 // error the run reports itself (NaN, say) is shown as one.

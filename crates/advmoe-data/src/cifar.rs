@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{DataError, DataFiles, ImageSet, limits, read_bounded};
+use crate::{DataError, DataFiles, ImageSet, limits, read_member};
 
 const FORMAT: &str = "CIFAR binary";
 const IMAGE_BYTES: usize = 3 * 32 * 32;
@@ -210,22 +210,7 @@ pub fn read_cifar_dir(
                     ),
                 ));
             }
-            let mut bytes = Vec::new();
-            let size = entry.size();
-            read_bounded(
-                &path,
-                "tar.gz",
-                &mut entry,
-                size,
-                "its tar header says",
-                &mut bytes,
-            )?;
-            if bytes.len() as u64 != entry.size() {
-                return Err(corrupt(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("{} of {} bytes", bytes.len(), entry.size()),
-                )));
-            }
+            let bytes = read_member(&path, "tar.gz", &mut entry)?;
             if wanted_train {
                 train_files.push((path, bytes));
             } else {

@@ -217,27 +217,7 @@ fn read_archive(
             let member_path = path.join(&member);
             total = total.saturating_add(entry.size());
             check_file_size(&member_path, entry.size(), total)?;
-            let mut data = Vec::new();
-            let size = entry.size();
-            crate::read_bounded(
-                &member_path,
-                "tar archive",
-                &mut entry,
-                size,
-                "its tar header says",
-                &mut data,
-            )?;
-            if data.len() as u64 != entry.size() {
-                return Err(corrupt(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "{} holds {} of its {} bytes",
-                        member.display(),
-                        data.len(),
-                        entry.size()
-                    ),
-                )));
-            }
+            let data = crate::read_member(&member_path, "tar archive", &mut entry)?;
             check_magic(&member_path, &data)?;
             target.classes.insert(class.clone());
             target.images.push(Encoded {

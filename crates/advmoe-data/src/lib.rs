@@ -212,6 +212,29 @@ pub mod limits {
     pub const MAX_PIXEL_BYTES: u64 = 4 << 30;
 }
 
+/// The bytes of a tar member, as many as its header says (the caller has checked that size
+/// against its bound): all of them, or an error naming `path` when the archive ends first.
+fn read_member<R: std::io::Read>(
+    path: &Path,
+    format: &'static str,
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<Vec<u8>, DataError> {
+    let size = entry.size();
+    let mut bytes = Vec::new();
+    read_bounded(path, format, entry, size, "its tar header says", &mut bytes)?;
+    if bytes.len() as u64 != size {
+        return Err(DataError::format(
+            path,
+            format,
+            format!(
+                "truncated archive: the member holds {} of the {size} bytes its header says",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Append at most `limit` bytes from `reader` to `out` (room for them is reserved first, so a
 /// read of the expected length allocates once); more is an error naming `path`.
 fn read_bounded(
