@@ -11,6 +11,9 @@
 //  5. a natively trained model (a bundled demo's files) is opened through the file picker and
 //     attacked in the browser;
 //  6. a screenshot is saved;
+//  6b. the WebGPU device is destroyed in the middle of a run (as a driver reset loses it): the
+//     app reports it, keeps the run at its last evaluation, and continues it on a new WebGPU
+//     device to its end; the picked model is attacked again there;
 //  7. in a second browser without WebGPU (--disable-features=WebGPU) the page says so and falls
 //     back to Burn's CPU backend in wasm: an attack on a bundled model still changes its
 //     prediction, and a short training on MNIST-format IDX files handed over through the file
@@ -22,44 +25,23 @@
 // Any console error, page error or panic fails the test. Prints a JSON summary (time to first
 // frame, steps/s, accuracies) and writes it to target/web/e2e/summary.json.
 //
-// Usage: node web/e2e/run.mjs  (after web/build.sh and `cargo build -p advmoe-cli`)
+// Usage: node web/e2e/run.mjs  (after web/build.sh and `cargo build -p advmoe-cli`). The
+// 20-minute memory soak is web/e2e/soak.mjs; both use lib.mjs.
 
-import { chromium } from "playwright-core";
 import { mkdir, writeFile } from "node:fs/promises";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { existsSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { serve } from "../static.mjs";
+import { TRAIN, attack, dist, fail, FLAGS, launch, openPage, out, root } from "./lib.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const dist = path.join(root, "target/web/dist");
-const out = path.join(root, "target/web/e2e");
 const cli = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/advmoe");
-const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-// Training on SwiftShader is slow: a few minutes in all on two cores.
-// The app's default model (ResNet-10, b = 16, N = 2); without augmentation it is well above
-// chance after 80 steps (natively on the CPU: 33% at step 60, 38% at step 80).
-const TRAIN = {
-  action: "train",
-  steps: 80,
-  eval_every: 40,
-  batch_size: 16,
-  eval_size: 100,
-  method: "standard",
-  augment: false,
-};
-const TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS ?? 25 * 60 * 1000);
 // The shared CIFAR-10 image folder (../shared/data, see its README), cut down to a small archive
 // for the test; E2E_CIFAR_FULL=1 also hands the whole archive to the page and reports how long it
 // took to read and decode its 60,000 JPEGs there.
 const cifarArchive = process.env.CIFAR_ARCHIVE ?? path.join(root, "../shared/data/cifar10-jpg.tar.gz");
 const cifarFull = process.env.E2E_CIFAR_FULL === "1";
-
-function fail(message) {
-  throw new Error(message);
-}
 
 // Seconds since the test started, at each of its phases: printed as it goes (CI's log shows where
 // the time went, even when a later phase fails) and kept in the summary.
@@ -68,64 +50,6 @@ const phases = {};
 function phase(name) {
   phases[name] = (Date.now() - testStart) / 1000;
   console.log(`web e2e: ${name} (${phases[name].toFixed(1)} s)`);
-}
-
-const FLAGS = [
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--enable-features=Vulkan",
-  "--use-vulkan=swiftshader",
-  "--use-webgpu-adapter=swiftshader",
-  "--enable-unsafe-swiftshader",
-  "--disable-gpu-sandbox",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-function launch(args) {
-  return chromium.launch({ executablePath: chromiumPath, headless: true, args });
-}
-
-// A page of the app, with its problems (console errors, page errors) collected and helpers to
-// read the hooks' status, send commands and wait for a condition (failing on any problem, or on
-// an error the app shows unless `expected(error)` says it is the one the test provoked).
-async function openPage(browser, expected = () => false) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 860 }, acceptDownloads: true });
-  const page = await context.newPage();
-  const problems = [];
-  page.on("console", (msg) => {
-    if (msg.type() === "error") problems.push(`console error: ${msg.text()}`);
-  });
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  const deadline = Date.now() + TIMEOUT_MS;
-  const status = () => page.evaluate(() => (window.advmoeLab ? JSON.parse(window.advmoeLab.status()) : {}));
-  const send = (command) => page.evaluate((c) => window.advmoeLab.send(JSON.stringify(c)), command);
-  async function until(what, check, poll = 500) {
-    for (;;) {
-      if (problems.length) fail(`${problems.join("\n")}\n(while waiting for ${what})`);
-      const s = await status();
-      if (s.error && !expected(s.error)) fail(`the app reports an error while waiting for ${what}: ${s.error}`);
-      const value = check(s);
-      if (value) return value;
-      if (Date.now() > deadline) fail(`timed out waiting for ${what}; last status ${JSON.stringify(s)}`);
-      await page.waitForTimeout(poll);
-    }
-  }
-  return { page, problems, status, send, until };
-}
-
-// Attack test image `image` of library model `model` with PGD-10 at `eps_255`/255 (the full
-// target unless said) and return what the app reports; fails if it leaves its ε-ball.
-async function attack({ status, send, until }, model, image, eps_255, target) {
-  const before = (await status()).attack?.seq ?? 0;
-  await send({ action: "attack", model, image, eps_255, steps: 10, ...(target ? { target } : {}) });
-  const a = await until(`the attack on model ${model}, test image ${image}`, (s) =>
-    s.attack && s.attack.seq > before && !s.analysis_busy ? s.attack : null
-  );
-  if (a.linf > a.eps + 1e-6) fail(`the attack left its ε-ball: ${a.linf} > ${a.eps}`);
-  return { model, image, clean: a.clean, adversarial: a.adversarial, flipped_layers: a.flipped_layers };
 }
 
 // MNIST-format IDX files (the official names; the labels gzipped, as downloaded): `count`
@@ -225,6 +149,39 @@ async function trainOnImageFolder({ page, send, until }, file, steps) {
   };
 }
 
+// A lost WebGPU device (destroyed through the hooks, as a driver reset or a GPU process crash
+// loses it) in the middle of a run: the app says so, keeps the run at its last evaluation, and
+// "Continue on a new WebGPU device" finishes it there; the library's models move too (an attack
+// on the picked model runs on the new device).
+async function loseDevice(session, picked) {
+  const { status, send, until } = session;
+  const run = { ...TRAIN, steps: 10, eval_every: 5, eval_size: 50 };
+  await send(run);
+  // Lost once the copy made at the first evaluation (step 5) is kept.
+  await until("the copy of the run at its first evaluation", (s) =>
+    s.train?.state === "Running" && s.train.total_steps === run.steps && s.train.kept_step === 5 ? s : null
+  );
+  // Burn logs the loss as an error in the console, and the browser may too: expected here.
+  session.expectedConsole = /lost|destroy/i;
+  const lostAt = Date.now();
+  await send({ action: "lose_device" });
+  const lost = await until("the lost device to be reported", (s) => s.train?.lost);
+  const failedState = (await status()).train.state;
+  if (failedState !== "Failed") fail(`after the loss the run is ${failedState}`);
+  const shown_s = (Date.now() - lostAt) / 1000;
+  await send({ action: "recover", on_cpu: false });
+  const done = await until("the continued run's end", (s) =>
+    s.train?.state === "Finished" && s.train.total_steps === run.steps ? s : null
+  );
+  session.expectedConsole = null;
+  if (lost.kept_step !== 5) fail(`the copy kept is at step ${lost.kept_step}, not 5`);
+  const steps = done.train.evals.map((e) => e.step);
+  if (steps.join() !== "5,10") fail(`the continued run's evaluations: ${JSON.stringify(done.train.evals)}`);
+  if (!done.on_gpu) fail(`the run did not continue on a GPU: ${done.compute}`);
+  const after = await attack(session, picked, 1, 8, "router");
+  return { kept_step: lost.kept_step, reason: lost.reason, shown_s, compute_after: done.compute, evals: done.train.evals, attack_after: after };
+}
+
 // Without WebGPU the page must say so and still work, on Burn's CPU backend in wasm. (Chromium
 // on Linux has WebGPU only with --enable-unsafe-webgpu; the fallback browser is started without
 // it and without the SwiftShader adapter, and with WebGPU disabled outright.)
@@ -304,7 +261,8 @@ async function main() {
   const summary = { url };
   const browser = await launch(FLAGS);
   try {
-    const { page, problems, status, send, until } = await openPage(browser);
+    const web = await openPage(browser);
+    const { page, problems, status, send, until } = web;
     const started = Date.now();
     await page.goto(url);
     const first = await until("the first frame", (s) => (s.frames > 0 ? s : null), 100);
@@ -400,9 +358,12 @@ async function main() {
     const opened = await until("the picked model", (s) => (s.models.length > count ? s.models.at(-1) : null));
     const routerAttack = await attack(session, opened.id, 1, 8, "router");
     summary.picked_model = { name: opened.name, router_attack_flipped_layers: routerAttack.flipped_layers };
+    phase("WebGPU: picked model attacked");
+
+    summary.device_loss = await loseDevice(web, opened.id);
     if (problems.length) fail(problems.join("\n"));
     await browser.close();
-    phase("WebGPU: picked model attacked");
+    phase("WebGPU: device lost mid-run, the run continued on a new device");
 
     await fallback(url, summary);
     summary.total_s = (Date.now() - started) / 1000;

@@ -21,7 +21,7 @@ use advmoe_model::{MoeNet, Routing};
 use burn::module::Module as _;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::demo;
+use crate::demo::{self, Demo};
 use crate::error::{AppError, AppResult, Context as _};
 use crate::platform::{guarded, yield_now};
 use crate::task::{Handle, Inbox, Outbox};
@@ -114,6 +114,9 @@ pub enum Request {
         /// What to measure.
         options: RobustOptions,
     },
+    /// Work on this device from now on, in place of one that was lost: every model that can be
+    /// read again (bundled, opened from a path or from picked files) is loaded there.
+    UseDevice(Device),
 }
 
 /// One attack, with what the lab needs to draw it.
@@ -198,8 +201,68 @@ pub fn spawn_analysis(
 
 struct Entry {
     info: ModelInfo,
-    /// On the autodiff device (attacks need gradients).
-    model: MoeNet,
+    /// Where it came from, to load it again on another device.
+    source: Source,
+    /// On the autodiff device (attacks need gradients); `None` once the device that held it was
+    /// lost, if nothing else held its weights.
+    model: Option<MoeNet>,
+}
+
+impl Entry {
+    fn model(&self) -> AppResult<&MoeNet> {
+        self.model.as_ref().ok_or_else(|| {
+            AppError::Refused(format!(
+                "{} went with the GPU device that was lost (it held the only copy, or reading \
+                 the model again failed); a continued run's model joins the library when it ends",
+                self.info.name
+            ))
+        })
+    }
+}
+
+/// Where a library model came from.
+enum Source {
+    /// A bundled demo model.
+    Demo(Demo),
+    /// A model folder or file.
+    Path(PathBuf),
+    /// A model's two files' bytes (picked or dropped in a browser).
+    Bytes {
+        config_json: Vec<u8>,
+        safetensors: Vec<u8>,
+    },
+    /// Trained in this session: its weights are on the device only.
+    Trained,
+}
+
+impl Source {
+    /// [`ModelInfo::origin`] of a model from here.
+    fn origin(&self) -> String {
+        match self {
+            Source::Demo(_) => ORIGIN_DEMO.into(),
+            Source::Path(path) => path.display().to_string(),
+            Source::Bytes { .. } => ORIGIN_FILES.into(),
+            Source::Trained => ORIGIN_TRAINED.into(),
+        }
+    }
+
+    /// The model again, on `device`; `None` for a model only the device held.
+    async fn load(&self, name: &str, device: &Device) -> AppResult<Option<MoeNet>> {
+        let loaded = match self {
+            Source::Demo(demo) => {
+                let (config_json, safetensors) = demo.files().await?;
+                load_model_bytes(&config_json, &safetensors, Path::new(demo.name), device)
+            }
+            Source::Path(path) => load_model_path(path, device),
+            Source::Bytes {
+                config_json,
+                safetensors,
+            } => load_model_bytes(config_json, safetensors, Path::new(name), device),
+            Source::Trained => return Ok(None),
+        };
+        let (_, model) = loaded.context(|| format!("loading {name} again"))?;
+        Ok(Some(model))
+    }
 }
 
 struct Library {
@@ -258,6 +321,24 @@ impl Library {
     ) -> AppResult<Option<Reply>> {
         let device = self.device.clone();
         match request {
+            Request::UseDevice(new) => {
+                self.device = new.autodiff();
+                let mut failed = Vec::new();
+                for entry in &mut self.entries {
+                    entry.model = match entry.source.load(&entry.info.name, &self.device).await {
+                        Ok(model) => model,
+                        Err(error) => {
+                            failed.push(error.to_string());
+                            None
+                        }
+                    };
+                }
+                if failed.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(AppError::Refused(failed.join("; ")))
+                }
+            }
             Request::DataFiles(files) => {
                 // Datasets read from the old files may differ from the new ones.
                 self.datasets.clear();
@@ -274,7 +355,7 @@ impl Library {
                     let train_secs = recorded.as_ref().map(|r| r.train_secs);
                     let info = self.add(
                         demo.title.to_string(),
-                        ORIGIN_DEMO.into(),
+                        Source::Demo(demo),
                         config,
                         model,
                         recorded,
@@ -291,7 +372,7 @@ impl Library {
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into(),
                 );
-                let info = self.add(name, path.display().to_string(), config, model, None, None)?;
+                let info = self.add(name, Source::Path(path.clone()), config, model, None, None)?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
             Request::OpenBytes {
@@ -302,7 +383,11 @@ impl Library {
                 let (config, model) =
                     load_model_bytes(&config_json, &safetensors, Path::new(&name), &device)
                         .context(|| format!("opening {name}"))?;
-                let info = self.add(name, ORIGIN_FILES.into(), config, model, None, None)?;
+                let source = Source::Bytes {
+                    config_json,
+                    safetensors,
+                };
+                let info = self.add(name, source, config, model, None, None)?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
             Request::Adopt(trained) => {
@@ -317,14 +402,8 @@ impl Library {
                     config.train.method, config.model.num_experts, steps
                 );
                 let model = model.fork(&device);
-                let info = self.add(
-                    name,
-                    ORIGIN_TRAINED.into(),
-                    config,
-                    model,
-                    None,
-                    Some(train_secs),
-                )?;
+                let info =
+                    self.add(name, Source::Trained, config, model, None, Some(train_secs))?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
             Request::Attack {
@@ -371,7 +450,7 @@ impl Library {
                         let images =
                             Tensor::<4>::from_data(TensorData::new(pixels, [1, c, h, w]), &device);
                         let clean =
-                            predict(&entry.model, images.clone(), &Routing::Free, 0).await?;
+                            predict(entry.model()?, images.clone(), &Routing::Free, 0).await?;
                         (images, clean.prediction, name)
                     }
                 };
@@ -380,7 +459,7 @@ impl Library {
                         "label {label} is outside the model's {num_classes} classes"
                     )));
                 }
-                let attack = attack_image(&entry.model, images, label, &spec, seed)
+                let attack = attack_image(entry.model()?, images, label, &spec, seed)
                     .await
                     .context(|| format!("attacking {}", entry.info.name))?;
                 Ok(Some(Reply::Attacked(Box::new(AttackOutcome {
@@ -393,7 +472,7 @@ impl Library {
             Request::Atlas { model, limit } => {
                 let (entry, dataset) = self.with_data(model)?;
                 let eval = evaluate(
-                    &entry.model,
+                    entry.model()?,
                     &dataset.test,
                     &EvalOptions {
                         limit,
@@ -420,7 +499,7 @@ impl Library {
                 let (entry, dataset) = self.with_data(model)?;
                 let what = format!("measuring {}", entry.info.name);
                 let report = evaluate_robust(
-                    &entry.model,
+                    entry.model()?,
                     &dataset.test,
                     &options,
                     &device,
@@ -478,7 +557,7 @@ impl Library {
     fn add(
         &mut self,
         name: String,
-        origin: String,
+        source: Source,
         config: RunConfig,
         model: MoeNet,
         recorded: Option<CompareRow>,
@@ -492,7 +571,7 @@ impl Library {
         let info = ModelInfo {
             id: self.entries.len(),
             name,
-            origin,
+            origin: source.origin(),
             class_names: data.test.class_names.clone(),
             test_len: data.test.len(),
             config,
@@ -501,7 +580,8 @@ impl Library {
         };
         self.entries.push(Entry {
             info: info.clone(),
-            model,
+            source,
+            model: Some(model),
         });
         Ok(info)
     }

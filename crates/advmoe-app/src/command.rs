@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::LabApp;
 use crate::analysis::Request;
+use crate::gpu::ComputeDevice;
 use crate::platform;
 use crate::worker::{CheckpointSource, Command, SaveTarget};
 
@@ -27,12 +28,15 @@ pub enum AppCommand {
     LoadCheckpoint,
     /// Load the checkpoint these files (or this folder) hold, paused.
     LoadCheckpointFiles(CheckpointSource),
-    /// Continue a failed run from the copy the worker kept in memory, on the CPU or on the
-    /// device it trained on.
+    /// Continue a failed run from the copy the worker kept in memory, on the CPU or on a GPU
+    /// ([`Command::Recover`]).
     Recover {
         /// Continue on the CPU.
         on_cpu: bool,
     },
+    /// The training worker moved to this device, in place of a lost one: the app (its title
+    /// bar, the analysis worker's models) moves too.
+    Moved(Box<ComputeDevice>),
     /// The lesson "attack the router only": the attack lab on the bundled MoE trained with
     /// vanilla MoE AT, aimed at its routers.
     RouterOnlyLesson,
@@ -78,6 +82,10 @@ impl LabApp {
             AppCommand::Recover { on_cpu } => {
                 self.state.train.lost = None;
                 self.send(Command::Recover { on_cpu });
+            }
+            AppCommand::Moved(compute) => {
+                self.compute = *compute;
+                self.ask(Request::UseDevice(self.compute.device.clone()));
             }
             AppCommand::RouterOnlyLesson => {
                 if self.state.router_only_lesson() {

@@ -68,6 +68,21 @@ pub enum AppError {
     },
 }
 
+impl AppError {
+    /// Whether the device failed under the work (a readback that did not complete, as a lost
+    /// GPU device gives, or a panic, as a wgpu error inside Burn gives natively), rather than the
+    /// work itself.
+    pub fn is_device_failure(&self) -> bool {
+        match self {
+            Self::Panicked { .. } => true,
+            Self::Engine(e) => e.is_device_failure(),
+            Self::Eval(e) => e.is_device_failure(),
+            Self::While { source, .. } => source.is_device_failure(),
+            _ => false,
+        }
+    }
+}
+
 /// Say what was being done when an error happened.
 pub trait Context<T> {
     /// Wrap the error with what was being done.

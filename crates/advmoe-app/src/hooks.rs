@@ -74,6 +74,15 @@ pub enum HookCommand {
     Save,
     /// Open the browser's file picker.
     Pick,
+    /// Destroy the GPU device training runs on, as a driver reset or an unplugged GPU would
+    /// lose it (a forced device loss, for the reliability tests).
+    LoseDevice,
+    /// After a lost device, continue the run from the copy kept in memory, as the train view's
+    /// buttons do.
+    Recover {
+        /// On the CPU (else on a GPU: natively the same device, on the web a new one).
+        on_cpu: bool,
+    },
 }
 
 fn default_kind() -> AttackKind {
@@ -155,6 +164,13 @@ impl LabApp {
             }
             HookCommand::Save => AppCommand::SaveCheckpoint,
             HookCommand::Pick => AppCommand::PickFiles,
+            HookCommand::Recover { on_cpu } => AppCommand::Recover { on_cpu },
+            HookCommand::LoseDevice => {
+                if !self.lose_device() {
+                    self.state.error = Some("training does not run on a GPU device".into());
+                }
+                return;
+            }
         };
         self.handle(command);
     }
@@ -206,6 +222,10 @@ impl LabApp {
                 "data_dir": state.setup.config.data.data_dir,
                 "data_images": train.data.map(|d| d.images),
                 "data_load_s": train.data.map(|d| d.secs),
+                "kept_step": train.kept_step,
+                "lost": train.lost.as_ref().map(|(reason, step)| json!({
+                    "reason": reason, "kept_step": step,
+                })),
             },
             "attack": attack,
             "error": state.error,

@@ -141,10 +141,16 @@ impl LabApp {
         }
     }
 
-    /// Fault injection for tests: the training worker's next chunk panics, as one does when the
-    /// GPU device is lost.
-    pub fn inject_fault(&mut self) {
-        self.send(Command::InjectFault);
+    /// Forced device loss, for tests: destroy the wgpu device training runs on, as a driver
+    /// reset or an unplugged GPU would lose it. Returns whether there was one.
+    pub fn lose_device(&mut self) -> bool {
+        match &self.compute.wgpu {
+            Some(device) => {
+                device.destroy();
+                true
+            }
+            None => false,
+        }
     }
 
     fn send(&mut self, command: Command) {

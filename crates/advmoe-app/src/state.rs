@@ -118,6 +118,8 @@ impl AppState {
             Event::Trained(model) => return Some(AppCommand::Ask(Request::Adopt(model))),
             Event::Error(message) => self.error = Some(message),
             Event::Lost { reason, kept_step } => self.train.lost = Some((reason, kept_step)),
+            Event::Moved(compute) => return Some(AppCommand::Moved(compute)),
+            Event::Kept(step) => self.train.kept_step = Some(step),
         }
         None
     }

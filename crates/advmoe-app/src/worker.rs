@@ -11,9 +11,11 @@ use advmoe_data::DataFiles;
 pub use advmoe_engine::{CheckpointSource, DataLoad, NamedFiles as Files};
 use advmoe_engine::{Recovery, RobustReport, Run, RunConfig, RunState};
 use advmoe_model::MoeNet;
-use burn::tensor::Device;
+use advmoe_model::readback::read_f32;
+use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::error::{AppError, AppResult, Context as _};
+use crate::error::{AppResult, Context as _};
+use crate::gpu::{self, ComputeDevice};
 use crate::platform::{self, guarded, yield_now};
 use crate::task::{Gone, Handle, Inbox, Outbox};
 
@@ -46,13 +48,14 @@ pub enum Command {
     /// model as a download.
     Save(SaveTarget),
     /// Continue the run that failed ([`Event::Lost`]) from the copy kept in memory: on the CPU
-    /// backend, or on the device it trained on again.
+    /// backend, or on a GPU: natively the device it trained on again (the window draws with
+    /// it, so had it been lost the app could not draw), on the web a new WebGPU device (a lost
+    /// one cannot be used again). On the web the whole app moves to the device chosen
+    /// ([`Event::Moved`]).
     Recover {
         /// Continue on the CPU.
         on_cpu: bool,
     },
-    /// Fault injection for tests: the next training chunk panics as a lost GPU device does.
-    InjectFault,
 }
 
 /// How the worker runs a training.
@@ -133,11 +136,16 @@ pub enum Event {
         /// The step the kept copy is at.
         kept_step: usize,
     },
+    /// A copy of the run at this step is kept in memory, to continue from if its device fails.
+    Kept(usize),
+    /// The worker now trains on this device, in place of one that was lost (web): the app's
+    /// other work should move there too.
+    Moved(Box<ComputeDevice>),
 }
 
 /// A run's checkpoint files, kept in memory at each evaluation (and when it starts), to continue
-/// from when its device fails; and the options it ran with. Native only: on the web a panic
-/// aborts the module.
+/// from when its device fails (a lost device fails the next readback; natively a wgpu error
+/// inside Burn may panic instead, which the worker catches); and the options it ran with.
 struct Kept {
     files: Files,
     step: usize,
@@ -172,17 +180,16 @@ pub type Worker = Handle<Command, Event>;
 /// If the thread cannot be spawned.
 pub fn spawn_training(device: Device, wake: impl Fn() + Send + 'static) -> std::io::Result<Worker> {
     Handle::spawn("advmoe-engine", wake, move |commands, events| async move {
-        worker_loop(&device, &commands, &events).await;
+        worker_loop(device, &commands, &events).await;
     })
 }
 
-async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox<Event>) {
+async fn worker_loop(mut device: Device, commands: &Inbox<Command>, events: &Outbox<Event>) {
     let send = |event: Event| events.send(event);
     let cpu = Device::flex();
     let mut run: Option<Run> = None;
     let mut kept: Option<Kept> = None;
     let mut options = RunOptions::default();
-    let mut fault = false;
     loop {
         let running = run.as_ref().is_some_and(|r| r.state() == RunState::Running);
         // Wait while idle; look between chunks while running.
@@ -200,25 +207,40 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
         if let Some(command) = command {
             let (command, recovering) = match command {
                 Command::Recover { on_cpu } => match &kept {
-                    Some(copy) => (
-                        Command::Load(
-                            CheckpointSource::Files(copy.files.clone()),
-                            RunOptions {
-                                on_cpu,
-                                ..copy.options.clone()
-                            },
-                        ),
-                        true,
-                    ),
+                    Some(copy) => {
+                        if platform::WEB {
+                            match replacement(on_cpu).await {
+                                Ok(compute) => {
+                                    device = compute.device.clone();
+                                    send(Event::Moved(Box::new(compute)));
+                                }
+                                Err(reason) => {
+                                    send(Event::Error(reason));
+                                    // The copy is still there: offer it again.
+                                    send(Event::Lost {
+                                        reason: "no new device".into(),
+                                        kept_step: copy.step,
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                        (
+                            Command::Load(
+                                CheckpointSource::Files(copy.files.clone()),
+                                RunOptions {
+                                    on_cpu,
+                                    ..copy.options.clone()
+                                },
+                            ),
+                            true,
+                        )
+                    }
                     None => {
                         send(Event::Error("there is no copy of a run to continue".into()));
                         continue;
                     }
                 },
-                Command::InjectFault => {
-                    fault = true;
-                    continue;
-                }
                 command => (command, false),
             };
             match command {
@@ -230,7 +252,7 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                     }) {
                         send(Event::Trained(Box::new(trained(&old))));
                     }
-                    let pick = |options: &RunOptions| if options.on_cpu { &cpu } else { device };
+                    let pick = |options: &RunOptions| if options.on_cpu { &cpu } else { &device };
                     let built = match command {
                         Command::Start(config, new_options) => {
                             options = new_options;
@@ -254,13 +276,9 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                                 // The user asked to continue: no need to press Resume too.
                                 new_run.resume();
                             }
-                            kept = if platform::WEB {
-                                None
-                            } else {
-                                guarded("keeping a copy", keep(&mut new_run, &options))
-                                    .await
-                                    .ok()
-                            };
+                            kept = guarded("keeping a copy", keep(&mut new_run, &options))
+                                .await
+                                .ok();
                             let started = Event::Started {
                                 total_steps: new_run.progress().total_steps,
                                 step: new_run.progress().step,
@@ -271,6 +289,9 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                             let state = new_run.state();
                             if !send(started) || !send(Event::State(state)) {
                                 return;
+                            }
+                            if let Some(copy) = &kept {
+                                send(Event::Kept(copy.step));
                             }
                             if state == RunState::Finished {
                                 send(Event::Trained(Box::new(trained(&new_run))));
@@ -305,35 +326,37 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
                         }
                     }
                 }
-                // Turned into a load, or a flag, above.
-                Command::Recover { .. } | Command::InjectFault => {}
+                // Turned into a load above.
+                Command::Recover { .. } => {}
             }
             continue;
         }
         let Some(active) = run.as_mut() else {
             continue;
         };
-        let chunk = guarded("training", async {
-            if std::mem::take(&mut fault) {
-                panic!("the GPU device was lost (an injected fault)");
-            }
-            train_chunk(active, &send).await
-        })
-        .await;
+        let chunk = guarded("training", train_chunk(active, &send)).await;
         match chunk {
-            // On the web a panic aborts the module, so a copy could never be used there.
-            Ok(true) if !platform::WEB => {
+            Ok(true) => {
                 if let Ok(copy) = guarded("keeping a copy", keep(active, &options)).await {
+                    send(Event::Kept(copy.step));
                     kept = Some(copy);
                 }
             }
             Ok(_) => {}
             Err(error) => {
-                // A panic is the device (or a bug) failing under the run: offer the copy. An
-                // error the run reports itself (NaN, say) is shown as one.
-                match (&error, &kept) {
-                    (AppError::Panicked { .. }, Some(copy)) => send(Event::Lost {
-                        reason: error.to_string(),
+                // The device (or a bug) failing under the run: offer the copy. An error the run
+                // reports itself (NaN, say) is shown as one, unless the device it ran on no longer
+                // computes: a lost WebGPU device can hand back NaN before it reports the loss.
+                let reason = if error.is_device_failure() {
+                    Some(error.to_string())
+                } else if !options.on_cpu && !device_works(&device).await {
+                    Some(format!("the GPU device stopped working ({error})"))
+                } else {
+                    None
+                };
+                match (&kept, reason) {
+                    (Some(copy), Some(reason)) => send(Event::Lost {
+                        reason,
                         kept_step: copy.step,
                     }),
                     _ => send(Event::Error(error.to_string())),
@@ -343,6 +366,33 @@ async fn worker_loop(device: &Device, commands: &Inbox<Command>, events: &Outbox
             }
         }
         yield_now().await;
+    }
+}
+
+/// Whether `device` still computes: a few values written to it read back the same. (A lost
+/// device fails the readback, or, in a browser before it reports the loss, returns other values.)
+async fn device_works(device: &Device) -> bool {
+    let values = vec![1.0f32, 2.0, 3.0, 4.0];
+    let check = async {
+        let t = Tensor::<1>::from_data(TensorData::new(values.clone(), [values.len()]), device);
+        Ok(read_f32(t, "a device check").await.ok())
+    };
+    matches!(guarded("checking the device", check).await, Ok(Some(read)) if read == values)
+}
+
+/// Where a run continues on the web after its WebGPU device was lost: Burn's CPU backend, or a
+/// new WebGPU device.
+async fn replacement(on_cpu: bool) -> Result<ComputeDevice, String> {
+    if on_cpu {
+        Ok(ComputeDevice::cpu(
+            platform::CPU_LABEL,
+            "the WebGPU device was lost, and training and attacks continue on Burn's CPU \
+             backend compiled to WebAssembly",
+        ))
+    } else {
+        gpu::acquire()
+            .await
+            .map_err(|e| format!("could not get a new WebGPU device: {e}"))
     }
 }
 

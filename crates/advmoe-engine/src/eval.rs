@@ -61,6 +61,14 @@ pub enum EvalError {
     Readback(#[from] ReadbackError),
 }
 
+impl EvalError {
+    /// Whether the device failed (a readback that did not complete, as when a GPU device is
+    /// lost), rather than the model or the request.
+    pub fn is_device_failure(&self) -> bool {
+        matches!(self, Self::Readback(_))
+    }
+}
+
 /// Evaluate `model` (on any device, in eval mode without autodiff) on `set`.
 /// Reads back logits and routes: not for the training hot loop.
 pub async fn evaluate(

@@ -18,14 +18,28 @@ pub struct ReadbackError {
     pub reason: String,
 }
 
-fn data_as<E: Element, X: std::fmt::Debug>(
+fn data_as<E: Element, X: std::fmt::Display>(
     data: Result<TensorData, X>,
     what: &'static str,
 ) -> Result<Vec<E>, ReadbackError> {
-    let error = |reason: String| ReadbackError { what, reason };
-    data.map_err(|e| error(format!("{e:?}")))?
+    let error = |reason: String| ReadbackError {
+        what,
+        reason: one_line(&reason),
+    };
+    data.map_err(|e| error(e.to_string()))?
         .try_into_vec_as::<E>()
-        .map_err(|e| error(format!("{e:?}")))
+        .map_err(|e| error(e.to_string()))
+}
+
+/// Burn's error text on one line, without its backtrace (which a user cannot act on).
+fn one_line(reason: &str) -> String {
+    let reason = reason.split("\nBacktrace:").next().unwrap_or(reason);
+    reason
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Read a float tensor back as `f32`s.

@@ -12,6 +12,9 @@ use super::{Dropped, Incoming};
 use crate::error::{AppError, AppResult};
 use advmoe_engine::NamedFiles as Files;
 
+/// What the title bar says of Burn's CPU backend.
+pub const CPU_LABEL: &str = "CPU (Burn flex backend)";
+
 /// Start a worker on a thread called `name`, driving the future `body` makes with `block_on`
 /// (Burn's streams are per thread, so all of a worker's work stays on its thread).
 ///

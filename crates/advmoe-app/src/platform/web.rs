@@ -326,33 +326,26 @@ async fn compute_device() -> crate::gpu::ComputeDevice {
         .init_with_setup_async()
         .await
     {
-        Ok((device, setup)) => {
-            let info = setup.adapter.get_info();
-            let mut label = "GPU: WebGPU".to_string();
-            if !info.name.is_empty() {
-                label += &format!(" ({})", info.name);
-            }
-            if info.device_type == burn::backend::wgpu::wgpu::DeviceType::Cpu {
-                label += ", a software adapter";
-            }
-            crate::gpu::ComputeDevice {
-                device,
-                label,
-                fallback_reason: None,
-            }
-        }
-        Err(e) => crate::gpu::ComputeDevice {
-            device: burn::tensor::Device::flex(),
-            label: "CPU (Burn flex backend, WebAssembly)".into(),
-            fallback_reason: Some(format!(
+        Ok((device, setup)) => crate::gpu::ComputeDevice {
+            device,
+            label: crate::gpu::gpu_label(&setup.adapter.get_info()),
+            fallback_reason: None,
+            wgpu: Some(setup.device),
+        },
+        Err(e) => crate::gpu::ComputeDevice::cpu(
+            CPU_LABEL,
+            format!(
                 "No WebGPU device ({e}), so training and attacks run on Burn's CPU backend \
                  compiled to WebAssembly: expect them to be much slower. Chrome or Edge \
                  113+ (on Linux with WebGPU enabled), Firefox 141+ on Windows or Safari 26 \
                  have WebGPU"
-            )),
-        },
+            ),
+        ),
     }
 }
+
+/// What the title bar says of Burn's CPU backend on the web.
+pub const CPU_LABEL: &str = "CPU (Burn flex backend, WebAssembly)";
 
 /// Start the app on the page's canvas (`#the_canvas_id`). Whatever fails is said in the page,
 /// never left as a blank canvas.

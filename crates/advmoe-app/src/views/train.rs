@@ -7,6 +7,7 @@ use eframe::egui;
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 
 use crate::command::AppCommand;
+use crate::platform;
 use crate::views::series;
 use crate::worker::DataLoad;
 
@@ -39,6 +40,8 @@ pub struct TrainState {
     pub recoveries: Vec<String>,
     /// Training failed (a lost GPU device, say): why, and the step of the copy kept in memory.
     pub lost: Option<(String, usize)>,
+    /// The step of the newest copy of the run kept in memory.
+    pub kept_step: Option<usize>,
 }
 
 impl TrainState {
@@ -99,10 +102,12 @@ pub fn train_ui(ui: &mut egui::Ui, state: &mut TrainState) -> Vec<AppCommand> {
             {
                 action = Some(AppCommand::Recover { on_cpu: true });
             }
-            if ui
-                .button(format!("Try the same device again from step {kept_step}"))
-                .clicked()
-            {
+            let gpu = if platform::WEB {
+                "Continue on a new WebGPU device"
+            } else {
+                "Try the same device again"
+            };
+            if ui.button(format!("{gpu} from step {kept_step}")).clicked() {
                 action = Some(AppCommand::Recover { on_cpu: false });
             }
         });

@@ -87,6 +87,19 @@ pub enum EngineError {
     NotRunnable(RunState),
 }
 
+impl EngineError {
+    /// Whether the device failed under the run (a readback that did not complete, as when a GPU
+    /// device is lost), rather than the run itself (a diverged loss, a bad file or setting): a
+    /// copy of the run taken earlier can continue on another device.
+    pub fn is_device_failure(&self) -> bool {
+        match self {
+            Self::Readback(_) | Self::Checkpoint(CheckpointError::Readback { .. }) => true,
+            Self::Eval(e) => e.is_device_failure(),
+            _ => false,
+        }
+    }
+}
+
 /// Lifecycle of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunState {
