@@ -474,9 +474,11 @@ fn file(files: &[(String, Vec<u8>)], name: &str) -> Vec<u8> {
     files.iter().find(|(n, _)| n == name).unwrap().1.clone()
 }
 
-fn in_memory(name: &str, bytes: &[u8]) -> (DataFiles, PathBuf) {
+/// `bytes` handed over as the file `name`, as the browser hands picked files over: the files and
+/// the folder they appear in.
+pub fn in_memory(name: &str, bytes: impl Into<Vec<u8>>) -> (DataFiles, PathBuf) {
     let mut files = DataFiles::default();
-    let dir = files.add(name, bytes.to_vec());
+    let dir = files.add(name, bytes.into());
     (files, dir)
 }
 

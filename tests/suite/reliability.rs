@@ -351,16 +351,14 @@ fn edit_header(bytes: &[u8], edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
 }
 
 fn image_folder(archive: &str, bytes: Vec<u8>) -> Result<(), String> {
-    let mut files = advmoe_data::DataFiles::default();
-    let dir = files.add(archive, bytes);
+    let (files, dir) = crate::fuzz::in_memory(archive, bytes);
     advmoe_data::read_image_folder(&dir.join(archive), &files)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
 
 fn idx_images(name: &str, bytes: Vec<u8>) -> Result<(), String> {
-    let mut files = advmoe_data::DataFiles::default();
-    let dir = files.add(name, bytes);
+    let (files, dir) = crate::fuzz::in_memory(name, bytes);
     advmoe_data::read_idx_images(&dir.join(name), &files)
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -464,8 +462,7 @@ fn hostile_cases() -> Vec<Case> {
                 16 << 20,
             ));
             Box::new(move || {
-                let mut files = advmoe_data::DataFiles::default();
-                let dir = files.add("cifar-10-binary.tar.gz", bomb);
+                let (files, dir) = crate::fuzz::in_memory("cifar-10-binary.tar.gz", bomb);
                 let spec = advmoe_core::DatasetSpec {
                     kind: advmoe_core::DatasetKind::Cifar10,
                     data_dir: Some(dir.to_string_lossy().into_owned()),
@@ -605,8 +602,7 @@ fn archive_members_outside_the_folder_are_ignored() {
         tar.resize(tar.len().div_ceil(512) * 512, 0);
     }
     tar.extend_from_slice(&[0; 1024]);
-    let mut files = advmoe_data::DataFiles::default();
-    let dir = files.add("escape.tar", tar);
+    let (files, dir) = crate::fuzz::in_memory("escape.tar", tar);
     let (train, test) = advmoe_data::read_image_folder(&dir.join("escape.tar"), &files).unwrap();
     assert_eq!(
         (train.len(), test.len()),

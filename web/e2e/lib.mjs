@@ -47,6 +47,11 @@ export function launch(args) {
   return chromium.launch({ executablePath: chromiumPath, headless: true, args });
 }
 
+// The same browser as a server, whose process (and so its children) is known.
+export function launchServer(args) {
+  return chromium.launchServer({ executablePath: chromiumPath, headless: true, args });
+}
+
 // A page of the app, with its problems (console errors, page errors) collected and helpers to
 // read the hooks' status, send commands and wait for a condition (failing on any problem, or on
 // an error the app shows unless `expected(error)` says it is the one the test provoked). A

@@ -21,7 +21,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { chromium } from "playwright-core";
 import { serve } from "../static.mjs";
-import { TRAIN, attack, dist, fail, FLAGS, openPage, out } from "./lib.mjs";
+import { TRAIN, attack, dist, fail, FLAGS, launch, launchServer, openPage, out } from "./lib.mjs";
 
 const MINUTES = Number(process.env.SOAK_MINUTES ?? 20);
 const WARMUP_MINUTES = Math.min(5, MINUTES / 4);
@@ -123,7 +123,7 @@ async function plot(browser, summary) {
 // `node web/e2e/soak.mjs --plot soak.json` draws the plot of an earlier soak again.
 async function replot(file) {
   const summary = JSON.parse(readFileSync(file, "utf8"));
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", headless: true });
+  const browser = await launch([]);
   try {
     await plot(browser, summary);
   } finally {
@@ -136,12 +136,7 @@ async function main() {
   await mkdir(out, { recursive: true });
   const server = await serve(dist);
   const url = `http://127.0.0.1:${server.address().port}/`;
-  // A browser server, so that its process (and so its children) is known.
-  const browserServer = await chromium.launchServer({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: FLAGS,
-  });
+  const browserServer = await launchServer(FLAGS);
   const pid = browserServer.process().pid;
   const browser = await chromium.connect(browserServer.wsEndpoint());
   const timeoutMs = (MINUTES + 15) * 60 * 1000;

@@ -246,22 +246,25 @@ impl Source {
         }
     }
 
-    /// The model again, on `device`; `None` for a model only the device held.
-    async fn load(&self, name: &str, device: &Device) -> AppResult<Option<MoeNet>> {
-        let loaded = match self {
+    /// The model's configuration and weights from here, on `device` (`name` names picked bytes
+    /// in errors). A model trained in this session has no source but the device it is on.
+    async fn read(&self, name: &str, device: &Device) -> AppResult<(RunConfig, MoeNet)> {
+        Ok(match self {
             Source::Demo(demo) => {
                 let (config_json, safetensors) = demo.files().await?;
-                load_model_bytes(&config_json, &safetensors, Path::new(demo.name), device)
+                load_model_bytes(&config_json, &safetensors, Path::new(demo.name), device)?
             }
-            Source::Path(path) => load_model_path(path, device),
+            Source::Path(path) => load_model_path(path, device)?,
             Source::Bytes {
                 config_json,
                 safetensors,
-            } => load_model_bytes(config_json, safetensors, Path::new(name), device),
-            Source::Trained => return Ok(None),
-        };
-        let (_, model) = loaded.context(|| format!("loading {name} again"))?;
-        Ok(Some(model))
+            } => load_model_bytes(config_json, safetensors, Path::new(name), device)?,
+            Source::Trained => {
+                return Err(AppError::Refused(format!(
+                    "{name} is only on the device it was trained on"
+                )));
+            }
+        })
     }
 }
 
@@ -325,12 +328,17 @@ impl Library {
                 self.device = new.autodiff();
                 let mut failed = Vec::new();
                 for entry in &mut self.entries {
-                    entry.model = match entry.source.load(&entry.info.name, &self.device).await {
-                        Ok(model) => model,
-                        Err(error) => {
-                            failed.push(error.to_string());
-                            None
-                        }
+                    let name = &entry.info.name;
+                    entry.model = match &entry.source {
+                        // Its weights were on the lost device only.
+                        Source::Trained => None,
+                        source => match source.read(name, &self.device).await {
+                            Ok((_, model)) => Some(model),
+                            Err(error) => {
+                                failed.push(format!("loading {name} again: {error}"));
+                                None
+                            }
+                        },
                     };
                 }
                 if failed.is_empty() {
@@ -347,15 +355,16 @@ impl Library {
             }
             Request::LoadDemos => {
                 for demo in demo::DEMOS {
-                    let (config_json, safetensors) = demo.files().await?;
-                    let (config, model) =
-                        load_model_bytes(&config_json, &safetensors, Path::new(demo.name), &device)
-                            .context(|| format!("bundled model {}", demo.name))?;
+                    let source = Source::Demo(demo);
+                    let (config, model) = source
+                        .read(demo.name, &device)
+                        .await
+                        .context(|| format!("bundled model {}", demo.name))?;
                     let recorded = demo::recorded_row(demo.name)?;
                     let train_secs = recorded.as_ref().map(|r| r.train_secs);
                     let info = self.add(
                         demo.title.to_string(),
-                        Source::Demo(demo),
+                        source,
                         config,
                         model,
                         recorded,
@@ -366,13 +375,16 @@ impl Library {
                 Ok(None)
             }
             Request::Open(path) => {
-                let (config, model) = load_model_path(&path, &device)
-                    .context(|| format!("opening {}", path.display()))?;
                 let name = path.file_stem().map_or_else(
                     || path.display().to_string(),
                     |n| n.to_string_lossy().into(),
                 );
-                let info = self.add(name, Source::Path(path.clone()), config, model, None, None)?;
+                let source = Source::Path(path);
+                let (config, model) = source
+                    .read(&name, &device)
+                    .await
+                    .context(|| format!("opening {}", source.origin()))?;
+                let info = self.add(name, source, config, model, None, None)?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
             Request::OpenBytes {
@@ -380,13 +392,14 @@ impl Library {
                 config_json,
                 safetensors,
             } => {
-                let (config, model) =
-                    load_model_bytes(&config_json, &safetensors, Path::new(&name), &device)
-                        .context(|| format!("opening {name}"))?;
                 let source = Source::Bytes {
                     config_json,
                     safetensors,
                 };
+                let (config, model) = source
+                    .read(&name, &device)
+                    .await
+                    .context(|| format!("opening {name}"))?;
                 let info = self.add(name, source, config, model, None, None)?;
                 Ok(Some(Reply::Loaded(Box::new(info))))
             }
