@@ -65,10 +65,10 @@ per_step = max((long_ - short) / (n_long - n_short), 1e-4)
 # One AdvMoE step is two inner attacks of 2 steps and two training passes (about 10 forward and
 # backward passes of a batch of 128); the other four models take about 2.5 AdvMoE steps per step
 # together. Evaluation: two attacks (full, expert) of eval_steps on eval_size images, the router
-# attack (PGD-50 from 6 starts: 300 passes through the image router alone, 2.8 MMACs against
+# attack (PGD-20 from 2 starts: 40 passes through the image router alone, 2.8 MMACs against
 # about 23 for router and pathway at width 32, 8 at width 16: counted as a quarter pass each),
 # and the worst case's 1 + 9 attacks of worst_steps.
-eval_equiv = (2 * eval_steps + 300 / 4 + 10 * worst_steps) * (eval_size / 128) / 10
+eval_equiv = (2 * eval_steps + 40 / 4 + 10 * worst_steps) * (eval_size / 128) / 10
 train_budget = budget - 5 * eval_equiv * per_step - 30
 steps = int(min(cap, max(20, train_budget / (3.5 * per_step))))
 print(steps)

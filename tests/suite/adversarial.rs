@@ -231,7 +231,7 @@ fn the_comparison_trains_and_measures_every_model() {
     assert!(
         table.ends_with(
             "RA: PGD-2 at ε = 8.0/255 on 8 test images; router robustness: routes kept under \
-             PGD-KL-50 × 6 starts on the routers.\n"
+             PGD-CW-20 × 2 starts, aimed at each router.\n"
         ),
         "{table}"
     );

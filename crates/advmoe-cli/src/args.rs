@@ -163,10 +163,11 @@ pub(crate) struct AttackFlags {
     /// Loss maximised on the logits.
     #[arg(long, default_value = "ce", value_parser = choice::<AttackLoss>())]
     loss: AttackLoss,
-    /// Loss of the router attack (the attack's own with --target router; the dissection's
-    /// router attack otherwise).
-    #[arg(long, default_value = "kl", value_parser = choice::<AttackLoss>())]
-    router_loss: AttackLoss,
+    /// Loss of the router attack: the attack's own with --target router (default kl, on every
+    /// router at once), the dissection's router attack otherwise (default cw, the margin, aimed
+    /// at each router).
+    #[arg(long, value_parser = choice::<AttackLoss>())]
+    router_loss: Option<AttackLoss>,
     /// Start at the clean image instead of a random point in the ball.
     #[arg(long)]
     no_random_start: bool,
@@ -188,7 +189,7 @@ impl AttackFlags {
             random_start: !self.no_random_start,
             restarts: self.restarts,
             loss: if target == AttackTarget::Router {
-                self.router_loss
+                self.router_loss.unwrap_or(defaults.loss)
             } else {
                 self.loss
             },
@@ -197,6 +198,11 @@ impl AttackFlags {
         };
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// The loss of the dissection's router attack (`eval`, `compare`, the router ladder).
+    pub(crate) fn dissection_router_loss(&self) -> AttackLoss {
+        self.router_loss.unwrap_or(AttackSpec::router_eval().loss)
     }
 
     /// The dissection's options: `kind` on the full and expert targets, and `router`'s attack
@@ -212,7 +218,7 @@ impl AttackFlags {
             step_size: self.eps / 4.0,
             steps: router.router_steps,
             restarts: router.router_restarts,
-            loss: self.router_loss,
+            loss: self.dissection_router_loss(),
             ..AttackSpec::router_eval()
         };
         router_attack.validate()?;
@@ -225,14 +231,16 @@ impl AttackFlags {
 }
 
 /// The router attack of the dissection (`eval --attack`, `compare`): PGD on the routers at --eps
-/// with step ε/4 and --router-loss. The defaults are where more steps and restarts stopped
-/// lowering router robustness on the demo models (`eval --router-ladder` shows it for a model).
+/// with step ε/4 and --router-loss, run once aimed at each router. The defaults are where more
+/// steps and restarts stopped lowering router robustness on the demo models
+/// (`eval --router-ladder` shows it for a model).
 #[derive(Args, Clone)]
 pub(crate) struct RouterAttackFlags {
-    /// Steps of the router attack.
+    /// Steps of the router attack, per router.
     #[arg(long, default_value_t = AttackSpec::router_eval().steps)]
     router_steps: usize,
-    /// Random starts of the router attack; a route counts as flipped if any start flips it.
+    /// Random starts of the router attack, per router; a route counts as flipped if any point
+    /// any start reached flips it.
     #[arg(long, default_value_t = AttackSpec::router_eval().restarts)]
     router_restarts: usize,
 }

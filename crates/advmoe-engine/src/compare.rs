@@ -320,8 +320,8 @@ pub fn markdown_table(rows: &[CompareRow]) -> String {
         ));
         if let Some(router) = rows.iter().find_map(|r| r.report.router_attack.as_ref()) {
             s.push_str(&format!(
-                "; router robustness: routes kept under {} on the routers",
-                crate::robust::attack_name(router)
+                "; router robustness: routes kept under {}",
+                crate::robust::router_attack_name(router)
             ));
         }
         s.push_str(".\n");

@@ -328,7 +328,12 @@ fn report_body(
                                 ui.label("–");
                             }
                         }
-                        ui.label(pct(p.router_robustness));
+                        let router_attack = p.router_attack.as_ref().map_or_else(
+                            || "the paper's 10-step router attack (recorded before reports named their router attack)".to_owned(),
+                            advmoe_engine::robust::router_attack_name,
+                        );
+                        ui.label(pct(p.router_robustness))
+                            .on_hover_text(format!("routes kept under {router_attack}"));
                         ui.label(pct(p.expert_robustness));
                         ui.label(pct(p.route_flip_rate));
                         ui.label(format!("{:.2}", r.macs_pathway_with_router as f64 / 1e6));
@@ -376,9 +381,9 @@ fn report_body(
         });
     ui.label("Rows of the demo models are what `advmoe compare` measured when it trained them; \"Measure\" measures again here.");
     ui.label(format!(
-        "\"Measure\" attacks with {} at ε = 8/255 (RA) and measures router robustness as the routes kept under {} on the routers (the paper's 10-step router attack overstates it).",
+        "\"Measure\" attacks with {} at ε = 8/255 (RA) and measures router robustness as the routes kept under {} (the paper's 10-step router attack overstates it).",
         advmoe_engine::robust::attack_name(&AttackSpec::paper_eval()),
-        advmoe_engine::robust::attack_name(&AttackSpec::router_eval()),
+        advmoe_engine::robust::router_attack_name(&AttackSpec::router_eval()),
     ));
     ui.horizontal(|ui| {
         let label = ui.label("Export folder");

@@ -2,7 +2,8 @@
 //! classroom presets.
 
 use advmoe_core::{
-    Arch, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterKind, RouterObjective, TrainSpec,
+    Arch, AttackSpec, DatasetKind, DatasetSpec, MethodKind, ModelSpec, RouterKind, RouterObjective,
+    TrainSpec,
 };
 use advmoe_engine::RunConfig;
 use eframe::egui;
@@ -277,7 +278,10 @@ pub fn setup_ui(
             }
             row(ui, "Robustness images per evaluation (0: off)", |ui| {
                 ui.add(egui::DragValue::new(&mut state.robust_images).range(0..=10_000))
-                    .on_hover_text("RA under PGD-10 at 8/255 and router robustness under the paper's 10-step router attack, measured at every evaluation")
+                    .on_hover_text(format!(
+                        "RA under PGD-10 at 8/255 and router robustness under a quick router attack ({}), measured at every evaluation; the report view measures it under the full one",
+                        advmoe_engine::robust::router_attack_name(&AttackSpec::router_progress())
+                    ))
             });
             row(ui, "Seed", |ui| {
                 ui.add(egui::DragValue::new(&mut config.train.seed))

@@ -52,9 +52,9 @@ pub(crate) struct EvalArgs {
     worst: WorstCaseFlags,
     #[command(flatten)]
     router: RouterAttackFlags,
-    /// Measure router robustness under ever stronger router attacks at --eps (PGD on the
-    /// routers' KL: 10 steps × 1 start, 50 × 1, 50 × 3, the default 50 × 6, then 100 × 6 and
-    /// 50 × 12), to show whether the router attack has converged.
+    /// Measure router robustness under ever stronger router attacks at --eps (PGD on
+    /// --router-loss, aimed at each router: 5 steps × 1 start, 10 × 1, 20 × 1, the default
+    /// 20 × 2, then 40 × 2 and 20 × 4), to show whether the router attack has converged.
     #[arg(long)]
     router_ladder: bool,
     /// Print one JSON object.
@@ -124,7 +124,13 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let ladder = if args.router_ladder {
         let bar = progress_bar(result.images, "images, router ladder");
         let options = LadderOptions {
-            rungs: AttackSpec::router_ladder(args.flags.eps),
+            rungs: AttackSpec::router_ladder(args.flags.eps)
+                .into_iter()
+                .map(|rung| AttackSpec {
+                    loss: args.flags.dissection_router_loss(),
+                    ..rung
+                })
+                .collect(),
             limit: args.limit,
             batch_size: args.batch_size.unwrap_or(100),
             seed: args.seed,
@@ -191,7 +197,11 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn print_ladder(rungs: &[RouterRung]) {
-    println!("router robustness under ever stronger router attacks (PGD on the routers' KL):");
+    let loss = rungs
+        .first()
+        .map_or("kl", |r| r.attack.loss.as_str())
+        .to_uppercase();
+    println!("router robustness under ever stronger router attacks (PGD on the routers' {loss}):");
     for rung in rungs {
         let a = &rung.attack;
         println!(
@@ -241,10 +251,7 @@ fn print_robust(r: &RobustReport) {
     }
     println!("  route flips (full)  {}", pct(r.route_flip_rate));
     let router_attack = r.router_attack.as_ref().map_or(String::new(), |a| {
-        format!(
-            "  (PGD-{} on the routers' {}, {} starts)",
-            a.steps, a.loss, a.restarts
-        )
+        format!("  ({})", advmoe_engine::robust::router_attack_name(a))
     });
     println!(
         "  router robustness   {}{router_attack}",

@@ -100,8 +100,9 @@ pub(crate) struct TrainArgs {
     /// Test images per evaluation during training (0: the whole test split).
     #[arg(long, default_value_t = 1000)]
     eval_size: usize,
-    /// At each evaluation also measure robust accuracy and router robustness (PGD-10 at 8/255)
-    /// on this many test images (0: off); written to metrics.jsonl as `robust`.
+    /// At each evaluation also measure robust accuracy (PGD-10 at 8/255) and router robustness
+    /// (a quick router attack: 5 steps aimed at each router) on this many test images (0: off);
+    /// written to metrics.jsonl as `robust`.
     #[arg(long, default_value_t = 0)]
     robust_eval: usize,
     /// Write a resumable checkpoint every this many steps (0: only at the end).

@@ -10,7 +10,9 @@
 
 use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
 use advmoe_model::{Mode, MoeNet, Output, Routing};
-use burn::tensor::{Int, Tensor, activation::log_softmax};
+use std::cell::RefCell;
+
+use burn::tensor::{Bool, Int, Tensor, activation::log_softmax};
 
 use crate::loss::{cross_entropy_each, kl_each_from_log};
 
@@ -247,17 +249,30 @@ pub fn top_logits(logits: Tensor<2>, count: usize) -> Vec<(Tensor<1>, Tensor<1, 
 }
 
 /// The `router` target: maximise the change of every distinct routing decision (the image
-/// router's one, or each per-layer router's), by the KL from the clean router distribution or
-/// the cross-entropy against the clean route, summed over layers. Success: some route flipped.
+/// router's one, or each per-layer router's), summed over those decisions. The losses:
+/// - `kl`: the KL divergence from the clean router distribution;
+/// - `cw`: the margin of the best other expert's score over the clean route's, capped at 0, so
+///   that a decision already flipped stops drawing the gradient and the others get it;
+/// - anything else: the cross-entropy against the clean route.
+///
+/// Success: some route flipped. [`RouterObjective::recording_flips`] also keeps, per decision
+/// and image, whether any point it was evaluated at flipped it: the per-route worst case over
+/// every iterate and start of an attack (router robustness counts a route as flipped when some
+/// perturbation in the ball flipped it, as robust accuracy counts an image as broken when some
+/// attack broke it).
 pub struct RouterObjective<'a> {
     model: &'a MoeNet,
     loss: AttackLoss,
     clean_log_probs: Vec<Tensor<2>>,
     clean_routes: Vec<Tensor<1, Int>>,
+    /// Per distinct decision, `[batch]`: flipped at some evaluated point (when recording).
+    flipped: Option<RefCell<Vec<Tensor<1, Bool>>>>,
+    /// The one decision the value is taken from (`None`: all of them).
+    focus: Option<usize>,
 }
 
 impl<'a> RouterObjective<'a> {
-    /// Build for clean `images`; `loss` is `kl` or `ce`.
+    /// Build for clean `images`; `loss` is `kl`, `cw` or `ce`.
     pub fn new(model: &'a MoeNet, images: Tensor<4>, loss: AttackLoss) -> Self {
         Self::from_clean_scores(model, model.route_scores(images.detach()), loss)
     }
@@ -280,7 +295,36 @@ impl<'a> RouterObjective<'a> {
                 .map(|s| log_softmax(s.detach(), 1))
                 .collect(),
             clean_routes,
+            flipped: None,
+            focus: None,
         }
+    }
+
+    /// Take the value from the `decision`-th distinct decision alone (success and the recorded
+    /// flips still cover all of them): an attack aimed at one router.
+    pub fn focused_on(mut self, decision: usize) -> Self {
+        self.focus = Some(decision);
+        self
+    }
+
+    /// How many distinct routing decisions the objective covers.
+    pub fn decisions(&self) -> usize {
+        self.clean_routes.len()
+    }
+
+    /// Keep, from now on, which decisions of which images any evaluated point flipped
+    /// ([`RouterObjective::flips`]).
+    pub fn recording_flips(mut self) -> Self {
+        self.flipped = Some(RefCell::new(Vec::new()));
+        self
+    }
+
+    /// Per distinct decision, `[batch]`: whether some point evaluated since
+    /// [`RouterObjective::recording_flips`] flipped it (`None` when not recording, or before
+    /// the first evaluation). Stays on the device.
+    pub fn flips(&self) -> Option<Vec<Tensor<1, Bool>>> {
+        let flipped = self.flipped.as_ref()?.borrow();
+        (!flipped.is_empty()).then(|| flipped.clone())
     }
 }
 
@@ -290,23 +334,44 @@ impl Objective for RouterObjective<'_> {
         let device = images.device();
         let scores = self.model.route_scores(images);
         let mut value: Tensor<1> = Tensor::zeros([b], &device);
-        let mut flipped: Tensor<1, Int> = Tensor::zeros([b], &device);
-        for ((s, clean_lp), clean_route) in scores
+        let mut flips = Vec::with_capacity(scores.len());
+        for (d, ((s, clean_lp), clean_route)) in scores
             .into_iter()
             .zip(&self.clean_log_probs)
             .zip(&self.clean_routes)
+            .enumerate()
         {
             let [_, n] = s.dims();
+            let route: Tensor<1, Int> = s.clone().detach().argmax(1).reshape([b]);
+            flips.push(route.not_equal(clean_route.clone()));
+            if self.focus.is_some_and(|f| f != d) {
+                continue;
+            }
+            let clean_hot = advmoe_model::one_hot_rows(clean_route.clone(), n);
             let term = match self.loss {
                 AttackLoss::Kl => kl_each_from_log(clean_lp.clone(), log_softmax(s.clone(), 1)),
-                _ => cross_entropy_each(
-                    s.clone(),
-                    advmoe_model::one_hot_rows(clean_route.clone(), n),
-                ),
+                AttackLoss::Cw => {
+                    (best_other(&s, &clean_hot) - picked(&s, &clean_hot)).clamp_max(0.0)
+                }
+                _ => cross_entropy_each(s.clone(), clean_hot),
             };
             value = value + term;
-            let route = s.detach().argmax(1).reshape([b]);
-            flipped = flipped + route.not_equal(clean_route.clone()).int();
+        }
+        if let Some(flipped) = &self.flipped {
+            let mut flipped = flipped.borrow_mut();
+            *flipped = if flipped.is_empty() {
+                flips.clone()
+            } else {
+                flipped
+                    .iter()
+                    .zip(&flips)
+                    .map(|(old, new)| old.clone().bool_or(new.clone()))
+                    .collect()
+            };
+        }
+        let mut flipped: Tensor<1, Int> = Tensor::zeros([b], &device);
+        for f in flips {
+            flipped = flipped + f.int();
         }
         Evaluation {
             value,

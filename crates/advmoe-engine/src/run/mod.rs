@@ -549,15 +549,11 @@ impl Run {
         if eval.is_some() {
             let images = self.config.train.robust_eval_size;
             if images > 0 {
-                // Progress during training: the paper's 10-step router attack, which is cheap
-                // for per-layer routers too; final figures use the converged default.
+                // Progress during training: a quick router attack; final figures use the
+                // converged default.
                 let options = RobustOptions {
                     limit: images,
-                    router_attack: AttackSpec {
-                        steps: 10,
-                        restarts: 1,
-                        ..AttackSpec::router_eval()
-                    },
+                    router_attack: AttackSpec::router_progress(),
                     ..RobustOptions::default()
                 };
                 let model = self.model();
