@@ -652,6 +652,34 @@ fn snapshots_of_every_view_on_the_gpu() {
     );
     harness.snapshot_options("attack_lab", &options);
 
+    // Projector mode, on a 1600 × 900 screen: 1.5× zoom, 256-point images, full-contrast text
+    // in both themes, and the keyboard-only controls gone (then back when it is switched off).
+    harness.set_size(egui::vec2(1600.0, 900.0));
+    harness.get_by_label("Projector").click();
+    harness.run_steps(3);
+    assert_eq!(
+        harness.ctx.zoom_factor(),
+        advmoe_app::views::projector::ZOOM
+    );
+    for hidden in ["Update as ε moves", "Image file"] {
+        assert!(harness.query_by_label(hidden).is_none(), "{hidden} shown");
+    }
+    harness.snapshot_options("attack_lab_projector", &options);
+    harness.ctx.set_theme(egui::Theme::Light);
+    harness.run_steps(3);
+    assert_eq!(
+        harness.ctx.global_style().visuals.override_text_color,
+        Some(egui::Color32::BLACK)
+    );
+    harness.snapshot_options("attack_lab_projector_light", &options);
+    harness.ctx.set_theme(egui::Theme::Dark);
+    harness.get_by_label("Projector").click();
+    harness.set_size(egui::vec2(1200.0, 860.0));
+    harness.run_steps(3);
+    assert_eq!(harness.ctx.zoom_factor(), 1.0);
+    assert_eq!(harness.ctx.global_style().visuals, egui::Visuals::dark());
+    assert!(harness.query_by_label("Update as ε moves").is_some());
+
     harness.get_by_label("Routing atlas").click();
     harness.state_mut().state.atlas.limit = 200;
     harness.run_steps(2);

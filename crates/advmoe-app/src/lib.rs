@@ -87,6 +87,8 @@ pub struct LabApp {
     pub state: AppState,
     /// Frame timing.
     pub frames: FrameStats,
+    /// Whether the context is in projector mode now (it follows `state.projector`).
+    projector_applied: bool,
 }
 
 impl LabApp {
@@ -124,6 +126,7 @@ impl LabApp {
             analysis,
             state: AppState::new((!errors.is_empty()).then(|| errors.join("; "))),
             frames: FrameStats::default(),
+            projector_applied: false,
         };
         app.ask(Request::LoadDemos);
         app
@@ -256,6 +259,14 @@ impl LabApp {
             {
                 commands.push(AppCommand::PickFiles);
             }
+            ui.toggle_value(&mut self.state.projector, "Projector")
+                .on_hover_text(
+                    "For a class: larger text and images, full contrast, fewer controls",
+                );
+            views::projector::theme_buttons(ui);
+            if self.state.projector {
+                return;
+            }
             ui.label(&self.compute.label);
             if let (Some(cpu), Some(interval)) = (self.frames.cpu_ms(), self.frames.interval_ms()) {
                 ui.label(format!("· frame {interval:.1} ms (UI CPU {cpu:.1} ms)"));
@@ -276,8 +287,12 @@ impl LabApp {
                 views::setup::setup_ui(ui, &mut state.setup, busy, &self.compute.label)
             }
             Tab::Train => views::train::train_ui(ui, &mut state.train),
-            Tab::Attack => views::attack::attack_ui(ui, &mut state.attack, &state.models),
-            Tab::Atlas => views::atlas::atlas_ui(ui, &mut state.atlas, &state.models),
+            Tab::Attack => {
+                views::attack::attack_ui(ui, &mut state.attack, &state.models, state.projector)
+            }
+            Tab::Atlas => {
+                views::atlas::atlas_ui(ui, &mut state.atlas, &state.models, state.projector)
+            }
             Tab::Report => views::report::report_ui(ui, &mut state.report, &state.models),
         }
     }
@@ -313,6 +328,10 @@ impl eframe::App for LabApp {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let dt = ui.input(|i| i.unstable_dt);
         self.frames.record(frame.info().cpu_usage, dt);
+        if self.state.projector != self.projector_applied {
+            views::projector::apply(ui.ctx(), self.state.projector);
+            self.projector_applied = self.state.projector;
+        }
         let mut commands = Vec::new();
         egui::Panel::top("tabs").show(ui, |ui| commands.extend(self.tab_bar(ui)));
         if let Some(message) = self.state.error.clone() {

@@ -40,6 +40,8 @@ pub struct AppState {
     pub requests_sent: u64,
     /// Requests it reported finished.
     pub requests_done: u64,
+    /// Projector mode ([`crate::views::projector`]).
+    pub projector: bool,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             allow_close: false,
             requests_sent: 0,
             requests_done: 0,
+            projector: false,
         }
     }
 

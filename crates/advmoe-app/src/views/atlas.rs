@@ -76,21 +76,28 @@ impl AtlasState {
     }
 }
 
-/// Draw the atlas; asks for it to be computed when the user does.
+/// Draw the atlas; asks for it to be computed when the user does. In projector mode its
+/// example images are larger.
 pub fn atlas_ui(
     ui: &mut egui::Ui,
     state: &mut AtlasState,
     models: &[ModelInfo],
+    projector: bool,
 ) -> Vec<AppCommand> {
     let limit = state.limit;
-    atlas_body(ui, state, models)
+    atlas_body(ui, state, models, projector)
         .map(|model| AppCommand::Ask(Request::Atlas { model, limit }))
         .into_iter()
         .collect()
 }
 
 /// The atlas itself; `Some(model)` when it should be computed for that model.
-fn atlas_body(ui: &mut egui::Ui, state: &mut AtlasState, models: &[ModelInfo]) -> Option<usize> {
+fn atlas_body(
+    ui: &mut egui::Ui,
+    state: &mut AtlasState,
+    models: &[ModelInfo],
+    projector: bool,
+) -> Option<usize> {
     let mut compute = None;
     ui.heading("Routing atlas");
     model_picker(ui, "Model", &mut state.model, models);
@@ -203,7 +210,10 @@ fn atlas_body(ui: &mut egui::Ui, state: &mut AtlasState, models: &[ModelInfo]) -
             }
         });
     ui.label("Example test images routed to each expert, with their classes:");
-    let side = picture::magnified_side(atlas.shape[1], 128.0);
+    let side = crate::views::projector::image_side(
+        projector,
+        picture::magnified_side(atlas.shape[1], 128.0),
+    );
     let class = |c: usize| {
         model
             .class_names

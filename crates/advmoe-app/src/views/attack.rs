@@ -155,13 +155,15 @@ impl AttackState {
 }
 
 /// Draw the attack lab; the attack runs when "Attack" is pressed or, with "Update as ε moves"
-/// on, when a setting changed.
+/// on, when a setting changed. In projector mode the images are larger and the controls for
+/// files, live updates and the perturbation's norms are hidden.
 pub fn attack_ui(
     ui: &mut egui::Ui,
     state: &mut AttackState,
     models: &[ModelInfo],
+    projector: bool,
 ) -> Vec<AppCommand> {
-    let (run, error) = attack_body(ui, state, models);
+    let (run, error) = attack_body(ui, state, models, projector);
     let run = run.then_some(AppCommand::RunAttack);
     run.into_iter()
         .chain(error.map(AppCommand::ShowError))
@@ -173,6 +175,7 @@ fn attack_body(
     ui: &mut egui::Ui,
     state: &mut AttackState,
     models: &[ModelInfo],
+    projector: bool,
 ) -> (bool, Option<String>) {
     let mut changed = false;
     let mut pressed = false;
@@ -200,7 +203,9 @@ fn attack_body(
         changed |= ui
             .radio_value(&mut state.use_own, true, "Own image")
             .changed();
-        if crate::platform::WEB {
+        if projector {
+            // The image was chosen before the class looks.
+        } else if crate::platform::WEB {
             // The page has no paths: the browser's picker (or a drop on the page) hands the
             // image over as bytes, and the app brings it here (`LabApp::accept_files`).
             if ui
@@ -272,7 +277,9 @@ fn attack_body(
             .labelled_by(label.id);
         // While dragging, only a release re-runs a slow attack; the worker keeps the newest.
         changed |= slider.changed();
-        ui.checkbox(&mut state.live, "Update as ε moves");
+        if !projector {
+            ui.checkbox(&mut state.live, "Update as ε moves");
+        }
         if ui.button("Attack").clicked() {
             pressed = true;
         }
@@ -298,22 +305,36 @@ fn attack_body(
             .cloned()
             .unwrap_or_else(|| format!("class {c}"))
     };
-    ui.label(format!(
-        "{}: {} {} on the {} target, ε = {:.1}/255, {} steps · max |δ| = {:.2}/255, L2 norm of δ = {:.3}",
+    let what = format!(
+        "{}: {} {} on the {} target, ε = {:.1}/255, {} steps",
         outcome.source,
         a.spec.kind,
-        if a.spec.kind.is_l2() { "(L2)" } else { "(L∞)" },
+        if a.spec.kind.is_l2() {
+            "(L2)"
+        } else {
+            "(L∞)"
+        },
         a.spec.target,
         a.spec.eps * 255.0,
         a.spec.steps,
-        a.linf * 255.0,
-        a.l2
-    ));
+    );
+    ui.label(if projector {
+        what
+    } else {
+        format!(
+            "{what} · max |δ| = {:.2}/255, L2 norm of δ = {:.3}",
+            a.linf * 255.0,
+            a.l2
+        )
+    });
     if let Some(textures) = &state.textures {
         let shown =
             |p: &Prediction| format!("{} ({:.0}%)", name(p.prediction), 100.0 * p.confidence);
-        let side = picture::magnified_side(textures[0].size()[0], 160.0);
-        ui.horizontal(|ui| {
+        let side = crate::views::projector::image_side(
+            projector,
+            picture::magnified_side(textures[0].size()[0], 160.0),
+        );
+        ui.horizontal_wrapped(|ui| {
             for (texture, caption) in textures.iter().zip([
                 format!("Clean: {}", shown(&a.clean)),
                 "Perturbation (gray = 0, amplified to ±ε)".to_string(),
@@ -324,6 +345,10 @@ fn attack_body(
                     ui.label(RichText::new(caption).strong());
                     ui.add(egui::Image::new(texture).fit_to_exact_size(egui::vec2(side, side)));
                 });
+            }
+            if projector {
+                // Beside the images, where a class sees it without scrolling.
+                ui.vertical(|ui| routing_map_ui(ui, a, model.config.model.num_experts, true));
             }
         });
     }
@@ -349,7 +374,9 @@ fn attack_body(
             100.0 * frozen.confidence
         ));
     }
-    routing_map_ui(ui, a, model.config.model.num_experts);
+    if !projector || state.textures.is_none() {
+        routing_map_ui(ui, a, model.config.model.num_experts, false);
+    }
     (run, error)
 }
 
@@ -366,23 +393,33 @@ fn predictions_ui(ui: &mut egui::Ui, title: &str, p: &Prediction, name: &dyn Fn(
 
 /// The routing map: one row per MoE layer, one cell per expert; the clean route is outlined
 /// in blue, the adversarial route filled in orange, and rows whose route flipped are marked.
-fn routing_map_ui(ui: &mut egui::Ui, a: &advmoe_engine::ImageAttack, experts: usize) {
+/// `compact` (projector mode) leaves out the line that explains the colours.
+fn routing_map_ui(
+    ui: &mut egui::Ui,
+    a: &advmoe_engine::ImageAttack,
+    experts: usize,
+    compact: bool,
+) {
     let flipped = a.flipped();
     if flipped.is_empty() {
         ui.label("Routing map: a dense model has no routes.");
         return;
     }
     let count = flipped.iter().filter(|f| **f).count();
-    ui.label(
-        RichText::new(format!(
+    let title = if compact {
+        format!("Routes flipped: {count} of {}", flipped.len())
+    } else {
+        format!(
             "Routing map: routes flipped in {count} of {} MoE layers",
             flipped.len()
-        ))
-        .strong(),
-    );
-    ui.label(
-        "Rows: MoE layers; columns: experts. Blue outline: clean route; orange: adversarial route.",
-    );
+        )
+    };
+    ui.label(RichText::new(title).strong());
+    if !compact {
+        ui.label(
+            "Rows: MoE layers; columns: experts. Blue outline: clean route; orange: adversarial route.",
+        );
+    }
     let cell = 22.0;
     let clean_color = Color32::from_rgb(60, 120, 220);
     let adv_color = Color32::from_rgb(240, 150, 40);
