@@ -620,6 +620,73 @@ fn the_atlas_and_the_report_show_the_demo_models() {
     assert_eq!(harness.state().state.models.len(), DEMOS.len() + 1);
 }
 
+/// A shared link: the attack lab's state → its link → pasted into a fresh app (before that
+/// app has loaded its models) → the same settings and, on the CPU, the same adversarial image
+/// bit for bit; a link from another version opens what it can and says what it dropped.
+#[test]
+fn a_shared_link_reopens_the_same_attack_in_a_fresh_app() {
+    let mut first = harness();
+    wait_for_demos(&mut first);
+    first.get_by_label("Attack the router only").click();
+    first.run_steps(2);
+    {
+        let attack = &mut first.state_mut().state.attack;
+        attack.test_index = 7;
+        attack.eps_255 = 6.5;
+        attack.steps = 7;
+        attack.seed = 3;
+    }
+    let shown = attack_now(&mut first, "the attack to share");
+    let link = first.state().link();
+    assert_eq!(
+        link,
+        "#v=1&view=attack&model=moe-at&image=7&attack=pgd&target=router&eps=6.5&steps=7&seed=3&projector=0"
+    );
+
+    let mut second = harness();
+    second.run_steps(1);
+    second.get_by_label("Link").click();
+    // The menu's popup shows in the frames after the click.
+    second.run_steps(3);
+    type_into(&mut second, "Link to open", &link);
+    second.get_by_label("Open link").click();
+    wait_for(&mut second, "the linked attack", 300, |app| {
+        app.state.pending_link.is_none()
+            && app.state.attack.result.is_some()
+            && !app.state.analysis_busy()
+    });
+    let state = &second.state().state;
+    assert_eq!(state.link().fragment(), link.trim_start_matches('#'));
+    let reopened = state.attack.result.as_ref().expect("an attack result");
+    assert_eq!(reopened.source, shown.source);
+    assert_eq!(reopened.attack.spec, shown.attack.spec);
+    assert_eq!(
+        reopened.attack.adversarial_pixels, shown.attack.adversarial_pixels,
+        "the same adversarial image"
+    );
+    assert_eq!(
+        reopened.attack.adversarial.routes,
+        shown.attack.adversarial.routes
+    );
+    assert_eq!(second.state().link(), link);
+
+    // A link from another version: an unknown key, an unreadable ε and a model this library
+    // lacks are dropped and named; the view and the steps are taken.
+    second.state_mut().open_link(
+        "https://example.org/lab/#v=2&view=atlas&model=gone&eps=big&steps=12&colour=red",
+    );
+    second.run_steps(3);
+    let state = &second.state().state;
+    assert_eq!(state.tab, advmoe_app::command::Tab::Atlas);
+    assert_eq!(state.attack.steps, 12);
+    assert_eq!(state.attack.eps_255, 6.5);
+    let error = state.error.as_deref().unwrap_or_default();
+    for named in ["colour", "eps = \"big\"", "\"gone\""] {
+        assert!(error.contains(named), "{named} not named in: {error}");
+    }
+    assert!(state.pending_link.is_none());
+}
+
 /// On the wgpu renderer (lavapipe in CI): the demo models attacked on the GPU device, and a
 /// snapshot image of each view (kept under tests/snapshots/, shown in the README).
 #[test]

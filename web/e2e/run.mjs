@@ -16,7 +16,9 @@
 //     device to its end; the picked model is attacked again there;
 //  7. in a second browser without WebGPU (--disable-features=WebGPU) the page says so and falls
 //     back to Burn's CPU backend in wasm: an attack on a bundled model still changes its
-//     prediction, and a short training on MNIST-format IDX files handed over through the file
+//     prediction; a shared link (view, model, image, attack) loaded as a fresh page opens that
+//     attack, keeps the link in the address, and agrees with the native CLI's attack on the
+//     predictions and routes; a short training on MNIST-format IDX files handed over through the file
 //     picker (written by this test: ten classes, each a bar at its own row) rises above chance;
 //     then a .tar.gz image folder of 300 real CIFAR-10 JPEGs (cut from ../shared/data's archive)
 //     is picked, selects the image-folder dataset, is read whole and trains (with
@@ -182,6 +184,39 @@ async function loseDevice(session, picked) {
   return { kept_step: lost.kept_step, reason: lost.reason, shown_s, compute_after: done.compute, evals: done.train.evals, attack_after: after };
 }
 
+// A shared link, loaded as a fresh page: the app opens the view, model, image and attack it
+// names, runs the attack, and keeps the link in its address; the native CLI attacking the same
+// image of the same model on the CPU (the page runs Burn's CPU backend here too) must agree on
+// the predictions and the routes, and on the confidences to 1e-4.
+async function sharedLink({ page, until }, url) {
+  const fragment = "v=1&view=attack&model=moe-at&image=4&attack=pgd&target=full&eps=8&steps=10&seed=0&projector=0";
+  await page.goto("about:blank");
+  await page.goto(`${url}#${fragment}`);
+  const opened = await until("the shared link's attack", (s) =>
+    s.link_pending === false && s.attack && !s.analysis_busy ? s : null
+  );
+  if (opened.tab !== "Attack") fail(`the link opened the ${opened.tab} view`);
+  if (opened.link !== fragment) fail(`the app's link ${opened.link} is not the one opened, ${fragment}`);
+  if (!page.url().endsWith(`#${fragment}`)) fail(`the page's address lost the link: ${page.url()}`);
+  const web = opened.attack;
+  const dir = path.join(out, "shared-link");
+  const native = JSON.parse(
+    execFileSync(
+      cli,
+      ["attack", "--model", path.join(root, "crates/advmoe-app/demo/moe-at"), "--index", "4", "--attack", "pgd",
+        "--target", "full", "--eps", "8/255", "--steps", "10", "--no-random-start", "--seed", "0", "--out", dir],
+      { encoding: "utf8" }
+    )
+  );
+  for (const which of ["clean", "adversarial"]) {
+    const [w, n] = [web[which], native[which]];
+    const same = w.prediction === n.prediction && JSON.stringify(w.routes) === JSON.stringify(n.routes);
+    if (!same || Math.abs(w.confidence - n.confidence) > 1e-4)
+      fail(`the ${which} result differs: page ${JSON.stringify(w)}, native ${JSON.stringify({ ...n, probs: undefined })}`);
+  }
+  return { fragment, clean: web.clean, adversarial: web.adversarial, native_confidence: native.adversarial.confidence };
+}
+
 // Without WebGPU the page must say so and still work, on Burn's CPU backend in wasm. (Chromium
 // on Linux has WebGPU only with --enable-unsafe-webgpu; the fallback browser is started without
 // it and without the SwiftShader adapter, and with WebGPU disabled outright.)
@@ -205,6 +240,8 @@ async function fallback(url, summary) {
     }
     if (!attacked) fail("on the CPU fallback no attack changed a prediction of the MoE-AT demo");
     phase("no WebGPU: first frame, demo models, attacks");
+    summary.shared_link = await sharedLink(session, url);
+    phase("no WebGPU: a shared link opened, its attack as the native CLI's");
 
     const dir = path.join(out, "mnist-format");
     await mkdir(dir, { recursive: true });

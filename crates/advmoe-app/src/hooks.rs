@@ -228,6 +228,9 @@ impl LabApp {
                 })),
             },
             "attack": attack,
+            "link": state.link().fragment(),
+            "link_pending": state.pending_link.is_some(),
+            "projector": state.projector,
             "error": state.error,
         })
     }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod gpu;
 pub mod hooks;
+pub mod link;
 pub mod picture;
 pub mod platform;
 pub mod state;
@@ -89,6 +90,10 @@ pub struct LabApp {
     pub frames: FrameStats,
     /// Whether the context is in projector mode now (it follows `state.projector`).
     projector_applied: bool,
+    /// The link last shown in the page's address (see [`platform::show_link`]).
+    shown_link: String,
+    /// The "Link" menu's text field (a link to open).
+    link_text: String,
 }
 
 impl LabApp {
@@ -127,6 +132,8 @@ impl LabApp {
             state: AppState::new((!errors.is_empty()).then(|| errors.join("; "))),
             frames: FrameStats::default(),
             projector_applied: false,
+            shown_link: String::new(),
+            link_text: String::new(),
         };
         app.ask(Request::LoadDemos);
         app
@@ -259,6 +266,7 @@ impl LabApp {
             {
                 commands.push(AppCommand::PickFiles);
             }
+            self.link_menu(ui);
             ui.toggle_value(&mut self.state.projector, "Projector")
                 .on_hover_text(
                     "For a class: larger text and images, full contrast, fewer controls",
@@ -273,6 +281,47 @@ impl LabApp {
             }
         });
         commands
+    }
+
+    /// Open a shared link (an address or its fragment), as the page does with its own address
+    /// and `advmoe-lab --open` with its argument.
+    pub fn open_link(&mut self, text: &str) {
+        // The page reports its own address back after each change: nothing new to open.
+        if text.trim_start_matches('#') != self.shown_link {
+            self.state.open_link(text);
+        }
+    }
+
+    /// The link to what is shown now, as copied: the page's address with the state's fragment.
+    pub fn link(&self) -> String {
+        format!("{}#{}", platform::link_base(), self.state.link().fragment())
+    }
+
+    /// "Link": copy the link to what is shown, or open one pasted.
+    fn link_menu(&mut self, ui: &mut egui::Ui) {
+        ui.menu_button("Link", |ui| {
+            if ui
+                .button("Copy link")
+                .on_hover_text("The view, model, image, attack, ε, target, steps and seed")
+                .clicked()
+            {
+                ui.ctx().copy_text(self.link());
+                ui.close();
+            }
+            ui.separator();
+            let label = ui.label("Link to open");
+            ui.add(
+                egui::TextEdit::singleline(&mut self.link_text)
+                    .hint_text("https://…#v=1&view=attack&…")
+                    .desired_width(360.0),
+            )
+            .labelled_by(label.id);
+            if ui.button("Open link").clicked() {
+                let text = std::mem::take(&mut self.link_text);
+                self.state.open_link(&text);
+                ui.close();
+            }
+        });
     }
 
     /// The current tab's view.
@@ -314,12 +363,16 @@ impl eframe::App for LabApp {
         for reply in replies {
             self.state.reply(ctx, reply);
         }
+        if let Some(command) = self.state.settle_link() {
+            self.handle(command);
+        }
         self.take_dropped_files(ctx);
         for incoming in platform::take_incoming() {
             match incoming {
                 Incoming::Files(files) => self.accept_files(files),
                 Incoming::Hook(command) => self.run_hook(command),
                 Incoming::Error(message) => self.state.error = Some(message),
+                Incoming::Link(text) => self.open_link(&text),
             }
         }
         self.close_dialog(ctx);
@@ -353,6 +406,13 @@ impl eframe::App for LabApp {
         }
         // Only the page reads it (window.advmoeLab); native tests call `status()` directly.
         platform::publish_status(|| self.status().to_string());
+        if self.state.pending_link.is_none() {
+            let fragment = self.state.link().fragment();
+            if fragment != self.shown_link {
+                platform::show_link(&fragment);
+                self.shown_link = fragment;
+            }
+        }
     }
 }
 

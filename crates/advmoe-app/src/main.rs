@@ -4,6 +4,18 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> eframe::Result {
+    // `advmoe-lab --open '<link>'` opens a link copied from the page or the app.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let link = match args.as_slice() {
+        [] => None,
+        [flag, link] if flag == "--open" => Some(link.clone()),
+        _ => {
+            eprintln!(
+                "usage: advmoe-lab [--open LINK]   (LINK: an AdvMoE Lab link, e.g. '#v=1&view=attack&model=moe-at')"
+            );
+            std::process::exit(2);
+        }
+    };
     let options = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default()
             .with_title("AdvMoE Lab")
@@ -14,7 +26,13 @@ fn main() -> eframe::Result {
     eframe::run_native(
         "AdvMoE Lab",
         options,
-        Box::new(|cc| Ok(Box::new(advmoe_app::LabApp::new(cc)))),
+        Box::new(move |cc| {
+            let mut app = advmoe_app::LabApp::new(cc);
+            if let Some(link) = &link {
+                app.open_link(link);
+            }
+            Ok(Box::new(app))
+        }),
     )
 }
 

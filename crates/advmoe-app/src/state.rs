@@ -7,6 +7,7 @@ use eframe::egui;
 use crate::analysis::{self, ModelInfo, Reply, Request};
 use crate::command::{AppCommand, Tab};
 use crate::files::{self, FileKind};
+use crate::link::{self, Link, Parsed};
 use crate::views::atlas::AtlasState;
 use crate::views::attack::AttackState;
 use crate::views::report::ReportState;
@@ -42,6 +43,9 @@ pub struct AppState {
     pub requests_done: u64,
     /// Projector mode ([`crate::views::projector`]).
     pub projector: bool,
+    /// A link being opened, until the model it names is in the library
+    /// ([`AppState::settle_link`]).
+    pub pending_link: Option<Parsed>,
 }
 
 impl AppState {
@@ -61,6 +65,7 @@ impl AppState {
             requests_sent: 0,
             requests_done: 0,
             projector: false,
+            pending_link: None,
         }
     }
 
@@ -255,5 +260,78 @@ impl AppState {
         self.attack.use_own = false;
         self.tab = Tab::Attack;
         true
+    }
+
+    /// The link to what is shown now: the view, the attack lab's model, test image and attack,
+    /// and projector mode.
+    pub fn link(&self) -> Link {
+        let a = &self.attack;
+        let model = a.model.and_then(|m| self.models.get(m));
+        Link {
+            tab: Some(self.tab),
+            model: model.map(link::model_key),
+            image: (!a.use_own).then_some(a.test_index),
+            kind: Some(a.kind),
+            target: Some(a.target),
+            eps_255: Some(a.eps_255),
+            steps: Some(a.steps),
+            seed: Some(a.seed),
+            projector: Some(self.projector),
+        }
+    }
+
+    /// Open a link (a whole address or its fragment): everything it sets but the model at once,
+    /// the model (and, in the attack lab, its attack) once the library has it
+    /// ([`AppState::settle_link`]), which also says in the error bar what it could not use.
+    pub fn open_link(&mut self, text: &str) {
+        let parsed = Link::parse(text);
+        let l = &parsed.link;
+        if let Some(tab) = l.tab {
+            self.tab = tab;
+        }
+        if let Some(on) = l.projector {
+            self.projector = on;
+        }
+        let a = &mut self.attack;
+        if let Some(image) = l.image {
+            a.test_index = image;
+            a.use_own = false;
+        }
+        a.kind = l.kind.unwrap_or(a.kind);
+        a.target = l.target.unwrap_or(a.target);
+        a.eps_255 = l.eps_255.unwrap_or(a.eps_255);
+        a.steps = l.steps.unwrap_or(a.steps);
+        a.seed = l.seed.unwrap_or(a.seed);
+        self.pending_link = Some(parsed);
+    }
+
+    /// Finish opening a link once its model is in the library (or once loading is over and it
+    /// is not: then the link opens without it, and says so). Returns the attack to run when the
+    /// link shows the attack lab.
+    pub fn settle_link(&mut self) -> Option<AppCommand> {
+        let pending = self.pending_link.as_ref()?;
+        let found = match &pending.link.model {
+            Some(key) => match link::find_model(&self.models, key) {
+                Some(model) => Some(model.id),
+                // Still loading: the model may yet come.
+                None if self.analysis_busy() || self.requests_done == 0 => return None,
+                None => None,
+            },
+            None => None,
+        };
+        let Parsed { link, mut dropped } = self.pending_link.take()?;
+        if found.is_some() {
+            self.attack.model = found;
+        } else if let Some(key) = &link.model {
+            dropped.push(format!("model \"{key}\" (not in this library)"));
+        }
+        if !dropped.is_empty() {
+            self.error = Some(format!(
+                "the link opened without what this version cannot use: {}",
+                dropped.join(", ")
+            ));
+        }
+        (link.tab == Some(Tab::Attack) && self.tab == Tab::Attack && !self.models.is_empty())
+            .then_some(AppCommand::RunAttack)
     }
 }

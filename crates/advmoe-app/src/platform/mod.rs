@@ -30,6 +30,8 @@ pub enum Incoming {
     Hook(HookCommand),
     /// Something failed outside the frame (a file that could not be read).
     Error(String),
+    /// A link to open (the page's address fragment, at start or when it changed).
+    Link(String),
 }
 
 /// A file dropped on the window, as the platform hands it over.

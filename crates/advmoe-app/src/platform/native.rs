@@ -118,3 +118,12 @@ pub fn take_incoming() -> Vec<Incoming> {
 
 /// Natively no page reads the status.
 pub fn publish_status(_status: impl FnOnce() -> String) {}
+
+/// The address a copied link starts with: natively none, so the link is its fragment
+/// (`#v=1&…`), which `advmoe-lab --open` and the page both read.
+pub fn link_base() -> String {
+    String::new()
+}
+
+/// Show the link to the current state where the platform keeps one: natively nowhere.
+pub fn show_link(_fragment: &str) {}

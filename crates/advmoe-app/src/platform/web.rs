@@ -382,6 +382,7 @@ pub fn start() {
                 options,
                 Box::new(|cc| {
                     install_hooks(cc.egui_ctx.clone()).map_err(|e| e.to_string())?;
+                    follow_address(cc.egui_ctx.clone())?;
                     Ok(Box::new(crate::LabApp::with_device(
                         compute,
                         cc.egui_ctx.clone(),
@@ -401,4 +402,47 @@ pub fn start() {
             ),
         }
     });
+}
+
+/// The page's address without its fragment, which a copied link starts with.
+pub fn link_base() -> String {
+    window()
+        .ok()
+        .map(|w| w.location())
+        .and_then(|l| {
+            Some(format!(
+                "{}{}{}",
+                l.origin().ok()?,
+                l.pathname().ok()?,
+                l.search().ok()?
+            ))
+        })
+        .unwrap_or_default()
+}
+
+/// Keep the page's address fragment equal to the link to the current state, without adding
+/// to the browser's history.
+pub fn show_link(fragment: &str) {
+    if let Ok(history) = window().and_then(|w| w.history().map_err(js_error)) {
+        let _ = history.replace_state_with_url(&JsValue::NULL, "", Some(&format!("#{fragment}")));
+    }
+}
+
+/// Open the fragment the page was loaded with, and any fragment the user types later.
+fn follow_address(ctx: egui::Context) -> Result<(), String> {
+    let w = window()?;
+    let hash = w.location().hash().map_err(js_error)?;
+    if hash.len() > 1 {
+        push_incoming(Incoming::Link(hash));
+    }
+    let changed = Closure::<dyn Fn()>::new(move || {
+        if let Ok(hash) = window().and_then(|w| w.location().hash().map_err(js_error)) {
+            push_incoming(Incoming::Link(hash));
+            ctx.request_repaint();
+        }
+    });
+    w.add_event_listener_with_callback("hashchange", changed.as_ref().unchecked_ref())
+        .map_err(js_error)?;
+    KEEP.with(|k| k.borrow_mut().push(changed.into_js_value()));
+    Ok(())
 }

@@ -43,6 +43,8 @@ pub struct AttackState {
     pub eps_255: f32,
     /// Gradient steps.
     pub steps: usize,
+    /// The attack's random seed (Square draws from it; the others start at the clean image).
+    pub seed: u64,
     /// Re-run as soon as a setting changes.
     pub live: bool,
     /// Sequence number of the last request sent.
@@ -67,6 +69,7 @@ impl Default for AttackState {
             target: AttackTarget::Full,
             eps_255: 8.0,
             steps: 10,
+            seed: 0,
             live: true,
             sent: 0,
             result: None,
@@ -121,7 +124,7 @@ impl AttackState {
             model: model.id,
             image,
             spec: self.spec(),
-            seed: 0,
+            seed: self.seed,
         })
     }
 

@@ -1,0 +1,212 @@
+//! Shareable links: what a teacher sees, as the fragment of the web page's address
+//! (`#v=1&view=attack&model=moe-at&image=3&attack=pgd&target=router&eps=8&steps=10&seed=0`).
+//! The page keeps its address's fragment up to date and opens the fragment it was loaded with;
+//! the desktop app opens the same text (`advmoe-lab --open '<link>'`, or pasted under "Link"),
+//! so a lesson can be prepared on either.
+//!
+//! Every key is optional. A link names its model by the bundled demo's folder name (`moe-at`)
+//! or by the model's name in the library. Opening a link from another version takes what it
+//! can and says what it dropped: keys this version does not know, values it cannot read, a
+//! model that is not in the library.
+
+use advmoe_core::{AttackKind, AttackTarget};
+
+use crate::analysis::{self, ModelInfo};
+use crate::command::Tab;
+use crate::demo::DEMOS;
+
+/// The link format this version writes (`v=`).
+pub const VERSION: u32 = 1;
+
+/// The state a link holds; `None`: the link does not say.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Link {
+    /// The view shown.
+    pub tab: Option<Tab>,
+    /// The attack lab's model ([`model_key`]).
+    pub model: Option<String>,
+    /// The test image attacked.
+    pub image: Option<usize>,
+    /// The attack algorithm.
+    pub kind: Option<AttackKind>,
+    /// Its target.
+    pub target: Option<AttackTarget>,
+    /// ε in units of 1/255.
+    pub eps_255: Option<f32>,
+    /// Gradient steps (queries for Square).
+    pub steps: Option<usize>,
+    /// The attack's random seed.
+    pub seed: Option<u64>,
+    /// Projector mode.
+    pub projector: Option<bool>,
+}
+
+/// A link as read, and what of it was dropped (one line each, for the user).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// What could be read.
+    pub link: Link,
+    /// What could not, and why.
+    pub dropped: Vec<String>,
+}
+
+/// The name a link gives a view.
+fn tab_key(tab: Tab) -> &'static str {
+    match tab {
+        Tab::Setup => "setup",
+        Tab::Train => "train",
+        Tab::Attack => "attack",
+        Tab::Atlas => "atlas",
+        Tab::Report => "report",
+    }
+}
+
+/// The name a link gives a model: a bundled demo's folder name, else its name in the library.
+pub fn model_key(model: &ModelInfo) -> String {
+    DEMOS
+        .iter()
+        .find(|d| model.origin == analysis::ORIGIN_DEMO && d.title == model.name)
+        .map_or_else(|| model.name.clone(), |d| d.name.to_owned())
+}
+
+/// The model of `models` that `key` names.
+pub fn find_model<'a>(models: &'a [ModelInfo], key: &str) -> Option<&'a ModelInfo> {
+    models.iter().find(|m| model_key(m) == key)
+}
+
+impl Link {
+    /// Read a link: a whole address (the part after its `#`) or the fragment alone.
+    pub fn parse(text: &str) -> Parsed {
+        let fragment = text.trim().rsplit_once('#').map_or(text.trim(), |(_, f)| f);
+        let mut parsed = Parsed::default();
+        let link = &mut parsed.link;
+        for pair in fragment.split('&').filter(|p| !p.is_empty()) {
+            let (key, raw) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = decode(raw);
+            let ok = match key {
+                "v" => value.parse::<u32>().is_ok(),
+                "view" => {
+                    link.tab = Tab::ALL
+                        .iter()
+                        .map(|(t, _)| *t)
+                        .find(|t| tab_key(*t) == value);
+                    link.tab.is_some()
+                }
+                "model" => {
+                    link.model = Some(value.clone()).filter(|v| !v.is_empty());
+                    link.model.is_some()
+                }
+                "image" => {
+                    link.image = value.parse().ok();
+                    link.image.is_some()
+                }
+                "attack" => {
+                    link.kind = AttackKind::ALL
+                        .iter()
+                        .copied()
+                        .find(|k| k.as_str() == value);
+                    link.kind.is_some()
+                }
+                "target" => {
+                    link.target = AttackTarget::ALL
+                        .iter()
+                        .copied()
+                        .find(|t| t.as_str() == value);
+                    link.target.is_some()
+                }
+                "eps" => {
+                    link.eps_255 = value
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|e| e.is_finite() && (0.0..=255.0).contains(e));
+                    link.eps_255.is_some()
+                }
+                "steps" => {
+                    link.steps = value.parse().ok().filter(|s| *s > 0);
+                    link.steps.is_some()
+                }
+                "seed" => {
+                    link.seed = value.parse().ok();
+                    link.seed.is_some()
+                }
+                "projector" => {
+                    link.projector = match value.as_str() {
+                        "1" => Some(true),
+                        "0" => Some(false),
+                        _ => None,
+                    };
+                    link.projector.is_some()
+                }
+                _ => {
+                    parsed.dropped.push(format!("\"{key}\" (not known here)"));
+                    continue;
+                }
+            };
+            if !ok {
+                parsed.dropped.push(format!("{key} = \"{value}\""));
+            }
+        }
+        parsed
+    }
+
+    /// The fragment, without its `#`: `v=1` and every key the link has, in a fixed order.
+    pub fn fragment(&self) -> String {
+        let mut pairs = vec![format!("v={VERSION}")];
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                pairs.push(format!("{key}={}", encode(&value)));
+            }
+        };
+        put("view", self.tab.map(|t| tab_key(t).to_owned()));
+        put("model", self.model.clone());
+        put("image", self.image.map(|i| i.to_string()));
+        put("attack", self.kind.map(|k| k.as_str().to_owned()));
+        put("target", self.target.map(|t| t.as_str().to_owned()));
+        put("eps", self.eps_255.map(|e| e.to_string()));
+        put("steps", self.steps.map(|s| s.to_string()));
+        put("seed", self.seed.map(|s| s.to_string()));
+        put("projector", self.projector.map(|p| u8::from(p).to_string()));
+        pairs.join("&")
+    }
+}
+
+/// Percent-encode everything but ASCII letters, digits and `-._~`.
+fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Undo [`encode`] (and `+` for a space, as forms write it); a malformed escape stays as it is.
+fn decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
