@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the web app into target/web/dist, a static site: crates/advmoe-app's `advmoe-lab` for
 # wasm32 with the size-optimised `web` cargo profile (Cargo.toml), wasm-bindgen's JS glue,
-# binaryen's `wasm-opt -Oz`, the page (web/index.html, style.css, checks.js) and the demo models
-# (crates/advmoe-app/demo/). Prints the wasm's size, raw and gzipped. Extra arguments go to cargo.
+# binaryen's `wasm-opt -Oz`, the page (web/index.html, style.css, checks.js), the demo models
+# (crates/advmoe-app/demo/) and the service worker (web/sw.js, given the site's file list and a
+# version made from the files' contents). Prints the wasm's size, raw and gzipped. Extra arguments go to cargo.
 # WEB_WASM_OPT=0 skips wasm-opt (3 to 13 minutes of binaryen.js on one thread) for a quick look:
 # the gzipped wasm is only 0.3% larger, but the page trains 2.7 times slower on WebGPU.
 set -euo pipefail
@@ -30,7 +31,18 @@ else
   echo "web build: wasm-opt skipped (WEB_WASM_OPT=0)"
 fi
 cp web/index.html web/style.css web/checks.js "$stage/"
-cp -R crates/advmoe-app/demo "$stage/demo"
+mkdir -p "$stage/demo"
+for demo in crates/advmoe-app/demo/*/; do
+  mkdir -p "$stage/demo/$(basename "$demo")"
+  cp "$demo"config.json "$demo"model.safetensors "$stage/demo/$(basename "$demo")/"
+done
+cp crates/advmoe-app/demo/compare.json "$stage/demo/"
+# The service worker caches every file of the site under a version made from their contents.
+files=$(cd "$stage" && find . -type f | sed 's|^\./||' | LC_ALL=C sort)
+version=$(cd "$stage" && cat $files | sha256sum | cut -c1-16)
+list=$(printf '"%s", ' $files)
+sed -e "s|^const VERSION = .*|const VERSION = \"$version\";|" \
+  -e "s|^const FILES = .*|const FILES = [${list%, }];|" web/sw.js > "$stage/sw.js"
 rm -rf "$dist"
 mv "$stage" "$dist"
 

@@ -85,58 +85,49 @@ impl Link {
             let value = decode(raw);
             let ok = match key {
                 "v" => value.parse::<u32>().is_ok(),
-                "view" => {
-                    link.tab = Tab::ALL
+                "view" => set(
+                    &mut link.tab,
+                    Tab::ALL
                         .iter()
                         .map(|(t, _)| *t)
-                        .find(|t| tab_key(*t) == value);
-                    link.tab.is_some()
-                }
-                "model" => {
-                    link.model = Some(value.clone()).filter(|v| !v.is_empty());
-                    link.model.is_some()
-                }
-                "image" => {
-                    link.image = value.parse().ok();
-                    link.image.is_some()
-                }
-                "attack" => {
-                    link.kind = AttackKind::ALL
+                        .find(|t| tab_key(*t) == value),
+                ),
+                "model" => set(
+                    &mut link.model,
+                    Some(value.clone()).filter(|v| !v.is_empty()),
+                ),
+                "image" => set(&mut link.image, value.parse().ok()),
+                "attack" => set(
+                    &mut link.kind,
+                    AttackKind::ALL
                         .iter()
                         .copied()
-                        .find(|k| k.as_str() == value);
-                    link.kind.is_some()
-                }
-                "target" => {
-                    link.target = AttackTarget::ALL
+                        .find(|k| k.as_str() == value),
+                ),
+                "target" => set(
+                    &mut link.target,
+                    AttackTarget::ALL
                         .iter()
                         .copied()
-                        .find(|t| t.as_str() == value);
-                    link.target.is_some()
-                }
-                "eps" => {
-                    link.eps_255 = value
+                        .find(|t| t.as_str() == value),
+                ),
+                "eps" => set(
+                    &mut link.eps_255,
+                    value
                         .parse::<f32>()
                         .ok()
-                        .filter(|e| e.is_finite() && (0.0..=255.0).contains(e));
-                    link.eps_255.is_some()
-                }
-                "steps" => {
-                    link.steps = value.parse().ok().filter(|s| *s > 0);
-                    link.steps.is_some()
-                }
-                "seed" => {
-                    link.seed = value.parse().ok();
-                    link.seed.is_some()
-                }
-                "projector" => {
-                    link.projector = match value.as_str() {
+                        .filter(|e| e.is_finite() && (0.0..=255.0).contains(e)),
+                ),
+                "steps" => set(&mut link.steps, value.parse().ok().filter(|s| *s > 0)),
+                "seed" => set(&mut link.seed, value.parse().ok()),
+                "projector" => set(
+                    &mut link.projector,
+                    match value.as_str() {
                         "1" => Some(true),
                         "0" => Some(false),
                         _ => None,
-                    };
-                    link.projector.is_some()
-                }
+                    },
+                ),
                 _ => {
                     parsed.dropped.push(format!("\"{key}\" (not known here)"));
                     continue;
@@ -168,6 +159,12 @@ impl Link {
         put("projector", self.projector.map(|p| u8::from(p).to_string()));
         pairs.join("&")
     }
+}
+
+/// Keep `value` in `slot`; whether there was one.
+fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    *slot = value;
+    slot.is_some()
 }
 
 /// Percent-encode everything but ASCII letters, digits and `-._~`.
