@@ -42,8 +42,13 @@ export function serve(dir, port = 0) {
       res.writeHead(404).end();
       return;
     }
-    res.writeHead(200, { "content-type": types[path.extname(file)] ?? "application/octet-stream" });
-    res.end(await readFile(file));
+    const body = await readFile(file);
+    // The length lets the page count the module's download against its size.
+    res.writeHead(200, {
+      "content-type": types[path.extname(file)] ?? "application/octet-stream",
+      "content-length": body.length,
+    });
+    res.end(body);
   });
   return new Promise((resolve, reject) => {
     server.once("error", reject);

@@ -31,7 +31,7 @@
 // Usage: node web/e2e/run.mjs  (after web/build.sh and `cargo build -p advmoe-cli`). The
 // 20-minute memory soak is web/e2e/soak.mjs; both use lib.mjs.
 
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, stat, writeFile } from "node:fs/promises";
 import { gunzipSync, gzipSync } from "node:zlib";
 import { existsSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
@@ -341,6 +341,13 @@ async function main() {
     await until("the bundled demo models", (s) => s.models?.length >= 3, 100);
     // From opening the page to a demo model that can be attacked (the goal is under 3 s).
     summary.attackable_ms = Date.now() - started;
+    // The page counted the module's download as it showed it.
+    const download = await page.evaluate(() => window.advmoeDownload);
+    const wasmBytes = (await stat(path.join(dist, "advmoe-lab_bg.wasm"))).size;
+    if (!download || download.loaded !== wasmBytes || download.total !== wasmBytes)
+      fail(`the page's download count ${JSON.stringify(download)} is not the module's ${wasmBytes} bytes`);
+    if (await page.$("#download")) fail("the download line is still shown after the app started");
+    summary.download_bytes = download.loaded;
     phase("WebGPU: first frame and demo models");
 
     // Train, sampling the throughput the app reports after each chunk of steps.
