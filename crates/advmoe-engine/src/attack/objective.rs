@@ -8,10 +8,10 @@
 //! Objectives run the model in [`Mode::Eval`] (running batch-norm statistics, as in the TRADES
 //! and AdvMoE reference code), on an autodiff device.
 
-use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
-use advmoe_model::{Mode, MoeNet, Output, Routing};
 use std::cell::RefCell;
 
+use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
+use advmoe_model::{Mode, MoeNet, Output, Routing};
 use burn::tensor::{Bool, Int, Tensor, activation::log_softmax};
 
 use crate::loss::{cross_entropy_each, kl_each_from_log};
@@ -305,11 +305,6 @@ impl<'a> RouterObjective<'a> {
     pub fn focused_on(mut self, decision: usize) -> Self {
         self.focus = Some(decision);
         self
-    }
-
-    /// How many distinct routing decisions the objective covers.
-    pub fn decisions(&self) -> usize {
-        self.clean_routes.len()
     }
 
     /// Keep, from now on, which decisions of which images any evaluated point flipped
