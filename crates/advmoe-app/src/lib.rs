@@ -90,7 +90,8 @@ pub struct LabApp {
     pub frames: FrameStats,
     /// Whether the context is in projector mode now (it follows `state.projector`).
     projector_applied: bool,
-    /// The link last shown in the page's address (see [`platform::show_link`]).
+    /// The link last shown in the page's address (see [`platform::show_link`]; natively
+    /// always empty).
     shown_link: String,
     /// The "Link" menu's text field (a link to open).
     link_text: String,
@@ -406,7 +407,8 @@ impl eframe::App for LabApp {
         }
         // Only the page reads it (window.advmoeLab); native tests call `status()` directly.
         platform::publish_status(|| self.status().to_string());
-        if self.state.pending_link.is_none() {
+        // Only the page has an address to keep equal to the link (natively nothing shows it).
+        if platform::WEB && self.state.pending_link.is_none() {
             let fragment = self.state.link().fragment();
             if fragment != self.shown_link {
                 platform::show_link(&fragment);
