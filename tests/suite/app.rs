@@ -687,6 +687,198 @@ fn a_shared_link_reopens_the_same_attack_in_a_fresh_app() {
     assert!(state.pending_link.is_none());
 }
 
+/// "Export figure": the attack lab's figure as one PNG at 2× (the clean image in it pixel for
+/// pixel, a caption drawn in text) and its numbers as JSON, written into the export folder.
+#[test]
+fn the_attack_lab_exports_its_figure_at_2x() {
+    let mut harness = harness();
+    wait_for_demos(&mut harness);
+    let dir = temp_dir("figure");
+    harness.state_mut().state.attack.export_dir = dir.to_str().unwrap().into();
+    harness.get_by_label("Attack lab").click();
+    harness.run_steps(2);
+    choose(&mut harness, "Model to attack", "Demo: MoE, vanilla MoE AT");
+    harness.state_mut().state.attack.test_index = 18;
+    harness.state_mut().state.attack.target = advmoe_core::AttackTarget::Router;
+    let outcome = attack_now(&mut harness, "attacking");
+    harness.get_by_label("Export figure").click();
+    harness.run_steps(2);
+    let app = harness.state();
+    assert!(app.state.error.is_none(), "{:?}", app.state.error);
+    let model = &app.state.models[outcome.model];
+    let (_, layout) = advmoe_app::figure::render(&outcome, model);
+    let stem = advmoe_app::figure::file_stem(&outcome, model);
+    assert_eq!(stem, "moe-at-test-image-18-pgd-router-eps8");
+    let png = image::open(dir.join(format!("{stem}.png")))
+        .unwrap()
+        .to_rgb8();
+    let scale = advmoe_app::figure::SCALE;
+    assert_eq!(
+        [png.width(), png.height()],
+        [
+            (layout.size.x * scale).ceil() as u32,
+            (layout.size.y * scale).ceil() as u32
+        ]
+    );
+    assert!(png.width() >= 1400, "{} px wide", png.width());
+    // The clean image, each of its pixels a square block of the figure.
+    let a = &outcome.attack;
+    let clean = advmoe_app::picture::color_image(&a.clean_pixels, a.shape);
+    let rect = layout.images[0];
+    let [w, h] = clean.size;
+    let block = rect.width() * scale / w as f32;
+    assert!(block >= 9.0, "{block} px per image pixel");
+    for v in 0..h {
+        for u in 0..w {
+            let x = (rect.min.x * scale + (u as f32 + 0.5) * block) as u32;
+            let y = (rect.min.y * scale + (v as f32 + 0.5) * block) as u32;
+            let p = png.get_pixel(x, y).0;
+            let q = clean.pixels[v * w + u];
+            assert_eq!(p, [q.r(), q.g(), q.b()], "pixel ({u}, {v})");
+        }
+    }
+    // The caption is text: dark strokes on white, a few thousand pixels of them.
+    let c = layout.caption;
+    let mut ink = 0;
+    for y in (c.min.y * scale) as u32..(c.max.y * scale) as u32 {
+        for x in (c.min.x * scale) as u32..(c.max.x * scale) as u32 {
+            ink += usize::from(png.get_pixel(x, y).0.iter().all(|v| *v < 100));
+        }
+    }
+    assert!(ink > 2000, "only {ink} dark pixels in the caption");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{stem}.json"))).unwrap()).unwrap();
+    assert_eq!(json["clean"]["class"], a.clean.prediction);
+    assert_eq!(
+        json["adversarial"]["routes"].as_array().unwrap().len(),
+        a.adversarial.routes.len()
+    );
+    assert_eq!(json["attack"]["target"], "router");
+    assert!(json["caption"].as_str().unwrap().contains("ε = 8.0/255"));
+    assert!(
+        json["link"].as_str().unwrap().contains("image=18"),
+        "{}",
+        json["link"]
+    );
+    harness.get_by_label_contains("Saved ");
+}
+
+/// Every bundled lesson, driven through the app on the CPU from its menu entry to "Finish":
+/// each card sets up its view and points at a part of it that is on screen; a "predict first"
+/// card hides the result until a choice is committed, then judges it on the live attack (or
+/// the recorded figures) as the lesson's text expects. A link to a card reopens it.
+#[test]
+fn each_lesson_runs_start_to_finish() {
+    use advmoe_app::views::lesson::marked;
+    let mut harness = harness();
+    wait_for_demos(&mut harness);
+    harness.state_mut().state.atlas.limit = 300;
+    let lessons = harness.state().state.lesson.lessons.clone();
+    assert!(lessons.len() >= 4);
+    let settled = |app: &LabApp| app.state.pending_link.is_none() && !app.state.analysis_busy();
+    for (l, lesson) in lessons.iter().enumerate() {
+        harness.get_by_label("Lessons").click();
+        harness.run_steps(3);
+        harness.get_by_label(&lesson.title).click();
+        harness.run_steps(3);
+        for (c, card) in lesson.cards.iter().enumerate() {
+            let what = format!("{}, card {}", lesson.id, c + 1);
+            assert_eq!(harness.state().state.lesson.open, Some((l, c)), "{what}");
+            wait_for(&mut harness, &what, 300, settled);
+            // The view asks for what it shows (an atlas) when it first draws it.
+            harness.run_steps(2);
+            wait_for(&mut harness, &what, 300, settled);
+            if let Some(predict) = &card.predict {
+                let sent = harness.state().state.attack.sent;
+                assert!(harness.state().state.lesson.hides_result(), "{what}");
+                harness.get_by_label(&predict.choices[0].text).click();
+                harness.run_steps(2);
+                harness.get_by_label("Commit and show").click();
+                wait_for(&mut harness, &what, 300, |app| {
+                    app.state.lesson.revealed.is_some() && settled(app)
+                });
+                let app = harness.state();
+                let reveal = app.state.lesson.revealed.clone().unwrap();
+                eprintln!("{what}: {}", reveal.what);
+                let live = predict.choices.iter().any(|c| c.when.needs_attack());
+                assert_eq!(app.state.attack.sent > sent, live, "{what}: attacked");
+                assert_eq!(reveal.expected, Some(true), "{what}: {}", reveal.what);
+                assert_eq!(
+                    reveal.right.iter().filter(|r| **r == Some(true)).count(),
+                    1,
+                    "{what}: {reveal:?}"
+                );
+                harness.run_steps(3);
+                wait_for(&mut harness, &what, 300, settled);
+            } else if card.set.as_ref().and_then(|s| s.tab)
+                == Some(advmoe_app::command::Tab::Attack)
+            {
+                // An attack card runs its attack as it opens.
+                let app = harness.state();
+                let result = app.state.attack.result.as_ref().expect("an attack result");
+                assert_eq!(result.seq, app.state.attack.sent, "{what}");
+            }
+            if let Some(area) = card.look {
+                assert!(
+                    marked(&harness.ctx, area).is_some(),
+                    "{what}: {area:?} not on screen"
+                );
+            }
+            if card.keep {
+                assert!(harness.query_by_label("Copy link").is_some(), "{what}");
+            }
+            let next = if c + 1 == lesson.cards.len() {
+                "Finish"
+            } else {
+                "Next"
+            };
+            harness.get_by_label(next).click();
+            harness.run_steps(3);
+        }
+        assert_eq!(harness.state().state.lesson.open, None);
+    }
+
+    // A link to a "predict first" card opens that card with its result hidden, and runs nothing
+    // until the class commits.
+    let (l, c) = lessons
+        .iter()
+        .enumerate()
+        .find_map(|(l, lesson)| {
+            let c = lesson.cards.iter().position(|c| {
+                c.predict
+                    .as_ref()
+                    .is_some_and(|p| p.choices.iter().any(|c| c.when.needs_attack()))
+            })?;
+            Some((l, c))
+        })
+        .expect("a lesson predicting an attack");
+    harness
+        .state_mut()
+        .handle(advmoe_app::command::AppCommand::ShowCard(l, c));
+    harness.run_steps(3);
+    let link = harness.state().link();
+    assert!(
+        link.contains(&format!("lesson={}&card={}", lessons[l].id, c + 1)),
+        "{link}"
+    );
+    harness
+        .state_mut()
+        .handle(advmoe_app::command::AppCommand::LeaveLesson);
+    harness.state_mut().state.attack.result = None;
+    let sent = harness.state().state.attack.sent;
+    harness.state_mut().open_link(&link);
+    wait_for(&mut harness, "opening the card's link", 60, settled);
+    harness.run_steps(3);
+    let app = harness.state();
+    assert_eq!(app.state.lesson.open, Some((l, c)));
+    assert!(app.state.lesson.hides_result());
+    assert_eq!(
+        app.state.attack.sent, sent,
+        "the link ran the attack before the guess"
+    );
+    assert!(app.state.error.is_none(), "{:?}", app.state.error);
+}
+
 /// On the wgpu renderer (lavapipe in CI): the demo models attacked on the GPU device, and a
 /// snapshot image of each view (kept under tests/snapshots/, shown in the README).
 #[test]
@@ -783,6 +975,34 @@ fn snapshots_of_every_view_on_the_gpu() {
         assert!(bytes.len() > 2000, "{} is nearly empty", file.display());
     }
     std::fs::remove_dir_all(&dir).ok();
+
+    // A lesson's "predict first" card beside the attack lab, after the class committed: the
+    // verdict, the text that follows it and the outline around the routing map.
+    let lesson = harness
+        .state()
+        .state
+        .lesson
+        .find("router-only")
+        .expect("the lesson");
+    harness
+        .state_mut()
+        .handle(advmoe_app::command::AppCommand::ShowCard(lesson, 1));
+    harness.run_steps(3);
+    wait_for(&mut harness, "opening the card", 60, |app| {
+        app.state.pending_link.is_none() && !app.state.analysis_busy()
+    });
+    harness.get_by_label("It holds: the same class").click();
+    harness.run_steps(2);
+    harness.get_by_label("Commit and show").click();
+    wait_for(&mut harness, "the card's attack on the GPU", 300, |app| {
+        app.state.lesson.revealed.is_some() && !app.state.analysis_busy()
+    });
+    harness.run_steps(3);
+    assert!(
+        advmoe_app::views::lesson::marked(&harness.ctx, advmoe_app::lesson::Area::RoutingMap)
+            .is_some()
+    );
+    harness.snapshot_options("lesson", &options);
 }
 
 /// What the web build does, natively: the test hooks the browser test uses (a training, an

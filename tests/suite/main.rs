@@ -14,6 +14,7 @@ mod attacks;
 mod checkpoint;
 mod common;
 mod fuzz;
+mod lessons;
 mod moe_conv;
 mod reliability;
 mod sparse;

@@ -42,6 +42,17 @@ pub enum AppCommand {
     RouterOnlyLesson,
     /// Run the attack lab's attack with its current settings.
     RunAttack,
+    /// Open card `.1` of lesson `.0` (indices into the lesson list).
+    ShowCard(usize, usize),
+    /// Close the lesson.
+    LeaveLesson,
+    /// The class committed to a prediction: run the card's attack (or judge on the recorded
+    /// figures).
+    RevealPrediction,
+    /// Copy the link to what is shown.
+    CopyLink,
+    /// Export the attack lab's figure (PNG at 2× with a caption, and JSON).
+    ExportFigure,
     /// Send a request to the analysis worker (an atlas, a report measurement, a model to open).
     Ask(Request),
     /// Open the browser's file picker.
@@ -96,6 +107,33 @@ impl LabApp {
                 Ok(request) => self.ask(request),
                 Err(error) => self.state.error = Some(error.to_string()),
             },
+            AppCommand::ShowCard(lesson, card) => self.state.show_card(lesson, card),
+            AppCommand::LeaveLesson => {
+                self.state.lesson.open = None;
+                self.state.lesson.reset_prediction();
+            }
+            AppCommand::RevealPrediction => {
+                let live = self
+                    .state
+                    .lesson
+                    .current()
+                    .and_then(|(_, c)| c.predict.as_ref())
+                    .is_some_and(|p| p.choices.iter().any(|c| c.when.needs_attack()));
+                if live {
+                    match self.state.attack.request(&self.state.models) {
+                        Ok(request) => {
+                            self.state.lesson.awaiting = Some(self.state.attack.sent);
+                            self.ask(request);
+                        }
+                        Err(error) => {
+                            self.state.lesson.committed = false;
+                            self.state.error = Some(error.to_string());
+                        }
+                    }
+                }
+            }
+            AppCommand::CopyLink => self.ctx.copy_text(self.link()),
+            AppCommand::ExportFigure => self.export_figure(),
             AppCommand::Ask(request) => self.ask(request),
             AppCommand::PickFiles => {
                 if !platform::pick_files(&self.ctx) {

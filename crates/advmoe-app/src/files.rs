@@ -17,6 +17,8 @@ pub enum FileKind {
     /// `.bin` batches or the CIFAR `.tar.gz` archive; or an image folder's `.tar` / `.tar.gz`
     /// ([`is_image_folder_archive`]).
     Dataset,
+    /// A guided lesson (`.lesson`, see `docs/lessons.md`).
+    Lesson,
     /// Checkpoint state the web build does not resume from (`run.json`, optimiser state).
     CheckpointState,
     /// Anything else.
@@ -28,6 +30,8 @@ pub fn classify(name: &str) -> FileKind {
     let lower = name.to_lowercase();
     if lower.ends_with(".png") || lower.ends_with(".jpg") || lower.ends_with(".jpeg") {
         FileKind::Image
+    } else if lower.ends_with(".lesson") {
+        FileKind::Lesson
     } else if lower == "run.json" || lower.ends_with("optimizer.safetensors") {
         FileKind::CheckpointState
     } else if lower.ends_with(".json") {

@@ -231,6 +231,8 @@ impl LabApp {
             "link": state.link().fragment(),
             "link_pending": state.pending_link.is_some(),
             "projector": state.projector,
+            "lesson": state.lesson.current().map(|(l, _)| l.id.clone()),
+            "card": state.lesson.open.map(|(_, c)| c + 1),
             "error": state.error,
         })
     }

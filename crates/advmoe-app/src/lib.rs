@@ -14,9 +14,11 @@ pub mod analysis;
 pub mod command;
 pub mod demo;
 pub mod error;
+pub mod figure;
 pub mod files;
 pub mod gpu;
 pub mod hooks;
+pub mod lesson;
 pub mod link;
 pub mod picture;
 pub mod platform;
@@ -267,6 +269,7 @@ impl LabApp {
             {
                 commands.push(AppCommand::PickFiles);
             }
+            commands.extend(views::lesson::menu_ui(ui, &self.state.lesson));
             self.link_menu(ui);
             ui.toggle_value(&mut self.state.projector, "Projector")
                 .on_hover_text(
@@ -325,9 +328,86 @@ impl LabApp {
         });
     }
 
+    /// Export the attack lab's figure ([`figure`]): a PNG at 2× and its numbers as JSON, into
+    /// the lab's export folder natively, as downloads on the web.
+    fn export_figure(&mut self) {
+        match self.figure_files().and_then(|files| {
+            if platform::WEB {
+                platform::offer_downloads(&files)?;
+                return Ok(format!(
+                    "Downloaded {}",
+                    files
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            let dir = std::path::PathBuf::from(self.state.attack.export_dir.trim());
+            let io = |path: &std::path::Path| {
+                let path = path.to_path_buf();
+                move |source| error::AppError::Io { path, source }
+            };
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let mut written = Vec::new();
+            for (name, bytes) in &files {
+                let path = dir.join(name);
+                std::fs::write(&path, bytes).map_err(io(&path))?;
+                written.push(path.display().to_string());
+            }
+            Ok(format!("Saved {}", written.join(", ")))
+        }) {
+            Ok(message) => self.state.attack.exported = Some(message),
+            Err(e) => self.state.error = Some(e.to_string()),
+        }
+    }
+
+    /// The attack lab's figure as files: `<stem>.png` (2×) and `<stem>.json`.
+    ///
+    /// # Errors
+    /// When there is no result to export, or the PNG cannot be encoded.
+    pub fn figure_files(&self) -> error::AppResult<worker::Files> {
+        let outcome = self.state.attack.result.as_ref().ok_or_else(|| {
+            error::AppError::Refused("attack first: there is no figure yet".into())
+        })?;
+        let model = self.state.models.get(outcome.model).ok_or_else(|| {
+            error::AppError::Refused("the attacked model is no longer in the library".into())
+        })?;
+        let (image, _) = figure::render(outcome, model);
+        let stem = figure::file_stem(outcome, model);
+        let json = serde_json::to_vec_pretty(&figure::numbers(outcome, model, &self.link()))
+            .unwrap_or_default();
+        Ok(vec![
+            (format!("{stem}.png"), figure::png(&image)?),
+            (format!("{stem}.json"), json),
+        ])
+    }
+
+    /// Judge the open card's committed prediction once its result is in.
+    fn judge_prediction(&mut self) {
+        let state = &mut self.state;
+        let models = &state.models;
+        let rows = |key: &str| link::find_model(models, key).and_then(|m| m.recorded.clone());
+        let attacked = state.attack.result.as_ref();
+        let names = |c: usize| {
+            attacked
+                .and_then(|o| models.get(o.model))
+                .and_then(|m| m.class_names.get(c).cloned())
+                .unwrap_or_else(|| format!("class {c}"))
+        };
+        state.lesson.judge(attacked, &rows, &names);
+    }
+
     /// The current tab's view.
     fn view(&mut self, ui: &mut egui::Ui) -> Vec<AppCommand> {
         let state = &mut self.state;
+        if state.lesson.hides_result() && state.tab != Tab::Attack {
+            ui.heading(
+                "Predict first: this view appears once the class has committed to a guess in \
+                 the lesson card.",
+            );
+            return Vec::new();
+        }
         match state.tab {
             Tab::Setup => {
                 let busy = matches!(
@@ -337,9 +417,13 @@ impl LabApp {
                 views::setup::setup_ui(ui, &mut state.setup, busy, &self.compute.label)
             }
             Tab::Train => views::train::train_ui(ui, &mut state.train),
-            Tab::Attack => {
-                views::attack::attack_ui(ui, &mut state.attack, &state.models, state.projector)
-            }
+            Tab::Attack => views::attack::attack_ui(
+                ui,
+                &mut state.attack,
+                &state.models,
+                state.projector,
+                state.lesson.hides_result(),
+            ),
             Tab::Atlas => {
                 views::atlas::atlas_ui(ui, &mut state.atlas, &state.models, state.projector)
             }
@@ -367,6 +451,7 @@ impl eframe::App for LabApp {
         if let Some(command) = self.state.settle_link() {
             self.handle(command);
         }
+        self.judge_prediction();
         self.take_dropped_files(ctx);
         for incoming in platform::take_incoming() {
             match incoming {
@@ -399,9 +484,29 @@ impl eframe::App for LabApp {
             });
         }
         self.close_dialog_ui(ui);
+        if self.state.lesson.open.is_some() {
+            let busy = self.state.attack.busy;
+            egui::Panel::right("lesson")
+                .default_size(360.0)
+                .resizable(true)
+                .show(ui, |ui| {
+                    egui::ScrollArea::vertical().show(ui, |ui| {
+                        commands.extend(views::lesson::panel_ui(
+                            ui,
+                            &mut self.state.lesson,
+                            &self.state.models,
+                            busy,
+                        ));
+                    });
+                });
+        }
+        views::lesson::clear_marks(ui.ctx());
         egui::CentralPanel::default().show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| commands.extend(self.view(ui)));
         });
+        if let Some(area) = self.state.lesson.current().and_then(|(_, c)| c.look) {
+            views::lesson::outline(ui.ctx(), area);
+        }
         for command in commands {
             self.handle(command);
         }

@@ -39,6 +39,12 @@ pub struct Link {
     pub seed: Option<u64>,
     /// Projector mode.
     pub projector: Option<bool>,
+    /// The routing atlas's MoE layer (1-based, as the atlas shows it).
+    pub layer: Option<usize>,
+    /// The lesson open ([`crate::lesson::Lesson::id`]).
+    pub lesson: Option<String>,
+    /// Its card (1-based).
+    pub card: Option<usize>,
 }
 
 /// A link as read, and what of it was dropped (one line each, for the user).
@@ -128,6 +134,12 @@ impl Link {
                         _ => None,
                     },
                 ),
+                "layer" => set(&mut link.layer, value.parse().ok().filter(|l| *l > 0)),
+                "lesson" => set(
+                    &mut link.lesson,
+                    Some(value.clone()).filter(|v| !v.is_empty()),
+                ),
+                "card" => set(&mut link.card, value.parse().ok().filter(|c| *c > 0)),
                 _ => {
                     parsed.dropped.push(format!("\"{key}\" (not known here)"));
                     continue;
@@ -157,6 +169,9 @@ impl Link {
         put("steps", self.steps.map(|s| s.to_string()));
         put("seed", self.seed.map(|s| s.to_string()));
         put("projector", self.projector.map(|p| u8::from(p).to_string()));
+        put("layer", self.layer.map(|l| l.to_string()));
+        put("lesson", self.lesson.clone());
+        put("card", self.card.map(|c| c.to_string()));
         pairs.join("&")
     }
 }

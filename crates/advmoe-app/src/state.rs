@@ -10,6 +10,7 @@ use crate::files::{self, FileKind};
 use crate::link::{self, Link, Parsed};
 use crate::views::atlas::AtlasState;
 use crate::views::attack::AttackState;
+use crate::views::lesson::LessonState;
 use crate::views::report::ReportState;
 use crate::views::setup::SetupState;
 use crate::views::train::TrainState;
@@ -46,11 +47,21 @@ pub struct AppState {
     /// A link being opened, until the model it names is in the library
     /// ([`AppState::settle_link`]).
     pub pending_link: Option<Parsed>,
+    /// Whether the pending link's attack runs once it settles (not on a lesson's "predict
+    /// first" card, whose result waits for the class's guess).
+    pub pending_run: bool,
+    /// The lessons and the open card.
+    pub lesson: LessonState,
 }
 
 impl AppState {
     /// The state of a freshly started app; `error` says what failed while starting.
     pub fn new(error: Option<String>) -> Self {
+        let (lesson, lesson_error) = LessonState::bundled();
+        let error = match (error, lesson_error) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         Self {
             tab: Tab::Setup,
             setup: SetupState::default(),
@@ -66,6 +77,8 @@ impl AppState {
             requests_done: 0,
             projector: false,
             pending_link: None,
+            pending_run: false,
+            lesson,
         }
     }
 
@@ -218,6 +231,26 @@ impl AppState {
                     self.attack.set_own(name.clone(), bytes.clone());
                     self.tab = Tab::Attack;
                 }
+                FileKind::Lesson => match std::str::from_utf8(bytes)
+                    .map_err(|_| format!("{name} is not UTF-8 text"))
+                    .and_then(|text| crate::lesson::Lesson::parse(name, text))
+                {
+                    Ok(lesson) => {
+                        // A lesson opened again replaces the one of the same name.
+                        let index = match self.lesson.find(&lesson.id) {
+                            Some(i) => {
+                                self.lesson.lessons[i] = lesson;
+                                i
+                            }
+                            None => {
+                                self.lesson.lessons.push(lesson);
+                                self.lesson.lessons.len() - 1
+                            }
+                        };
+                        commands.push(AppCommand::ShowCard(index, 0));
+                    }
+                    Err(e) => self.error = Some(format!("the lesson cannot be read: {e}")),
+                },
                 _ => {}
             }
         }
@@ -266,7 +299,13 @@ impl AppState {
     /// and projector mode.
     pub fn link(&self) -> Link {
         let a = &self.attack;
-        let model = a.model.and_then(|m| self.models.get(m));
+        let atlas = self.tab == Tab::Atlas;
+        let model = if atlas { self.atlas.model } else { a.model };
+        let model = model.and_then(|m| self.models.get(m));
+        let lesson = self
+            .lesson
+            .open
+            .and_then(|(l, c)| Some((self.lesson.lessons.get(l)?.id.clone(), c + 1)));
         Link {
             tab: Some(self.tab),
             model: model.map(link::model_key),
@@ -277,6 +316,9 @@ impl AppState {
             steps: Some(a.steps),
             seed: Some(a.seed),
             projector: Some(self.projector),
+            layer: atlas.then_some(self.atlas.layer + 1),
+            card: lesson.as_ref().map(|(_, c)| *c),
+            lesson: lesson.map(|(id, _)| id),
         }
     }
 
@@ -284,8 +326,59 @@ impl AppState {
     /// the model (and, in the attack lab, its attack) once the library has it
     /// ([`AppState::settle_link`]), which also says in the error bar what it could not use.
     pub fn open_link(&mut self, text: &str) {
-        let parsed = Link::parse(text);
+        let mut parsed = Link::parse(text);
+        let mut run = true;
+        self.lesson.reset_prediction();
+        self.lesson.open = None;
+        if let Some(id) = &parsed.link.lesson {
+            match self.lesson.find(id) {
+                Some(l) => {
+                    let cards = self.lesson.lessons[l].cards.len();
+                    let card = parsed.link.card.unwrap_or(1).clamp(1, cards);
+                    self.lesson.open = Some((l, card - 1));
+                    run = !self.lesson.hides_result();
+                }
+                None => parsed
+                    .dropped
+                    .push(format!("lesson \"{id}\" (not in this version)")),
+            }
+        }
+        self.apply_link(parsed, run);
+    }
+
+    /// Show card `card` of lesson `lesson`: what it sets, and its attack unless the class has
+    /// to predict first.
+    pub fn show_card(&mut self, lesson: usize, card: usize) {
+        let Some(set) = self
+            .lesson
+            .lessons
+            .get(lesson)
+            .and_then(|l| l.cards.get(card))
+            .map(|c| c.set.clone())
+        else {
+            return;
+        };
+        self.lesson.open = Some((lesson, card));
+        self.lesson.reset_prediction();
+        let hidden = self.lesson.hides_result();
+        if let Some(link) = set {
+            self.apply_link(
+                Parsed {
+                    link,
+                    dropped: Vec::new(),
+                },
+                !hidden,
+            );
+        }
+    }
+
+    /// Apply what a link sets (see [`AppState::open_link`]); `run`: run its attack once it
+    /// settles.
+    fn apply_link(&mut self, parsed: Parsed, run: bool) {
         let l = &parsed.link;
+        if let Some(layer) = l.layer {
+            self.atlas.layer = layer - 1;
+        }
         if let Some(tab) = l.tab {
             self.tab = tab;
         }
@@ -303,6 +396,7 @@ impl AppState {
         a.steps = l.steps.unwrap_or(a.steps);
         a.seed = l.seed.unwrap_or(a.seed);
         self.pending_link = Some(parsed);
+        self.pending_run = run;
     }
 
     /// Finish opening a link once its model is in the library (or once loading is over and it
@@ -322,6 +416,9 @@ impl AppState {
         let Parsed { link, mut dropped } = self.pending_link.take()?;
         if found.is_some() {
             self.attack.model = found;
+            if link.tab == Some(Tab::Atlas) {
+                self.atlas.model = found;
+            }
         } else if let Some(key) = &link.model {
             dropped.push(format!("model \"{key}\" (not in this library)"));
         }
@@ -331,7 +428,8 @@ impl AppState {
                 dropped.join(", ")
             ));
         }
-        (link.tab == Some(Tab::Attack) && self.tab == Tab::Attack && !self.models.is_empty())
+        let run = std::mem::take(&mut self.pending_run);
+        (run && link.tab == Some(Tab::Attack) && self.tab == Tab::Attack && !self.models.is_empty())
             .then_some(AppCommand::RunAttack)
     }
 }

@@ -6,7 +6,9 @@ use eframe::egui::{self, Color32, TextureHandle};
 
 use crate::analysis::{Atlas, ModelInfo, Request};
 use crate::command::AppCommand;
+use crate::lesson::Area;
 use crate::picture;
+use crate::views::lesson::mark;
 use crate::views::model_picker;
 
 /// What the atlas view edits and shows.
@@ -153,62 +155,66 @@ fn atlas_body(
         return compute;
     };
     let experts = load.len();
-    ui.label(
-        egui::RichText::new(format!(
-            "Layer {}: expert load {}",
-            layer + 1,
-            load.iter()
-                .enumerate()
-                .map(|(e, f)| format!("E{e} {:.0}%", 100.0 * f))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .strong(),
-    );
-    ui.label("Heat map: share of each class's test images routed to each expert.");
-    egui::Grid::new("class expert heat map")
-        .spacing([3.0, 3.0])
-        .show(ui, |ui| {
-            ui.label("");
-            for e in 0..experts {
-                ui.label(format!("E{e}"));
-            }
-            ui.end_row();
-            for (class, counts) in matrix.iter().enumerate() {
-                let total: usize = counts.iter().sum();
-                ui.label(
-                    model
-                        .class_names
-                        .get(class)
-                        .cloned()
-                        .unwrap_or_else(|| format!("class {class}")),
-                );
-                for &count in counts {
-                    let share = count as f32 / total.max(1) as f32;
-                    let (rect, response) =
-                        ui.allocate_exact_size(egui::vec2(54.0, 20.0), egui::Sense::hover());
-                    let heat = Color32::from_rgb(
-                        (250.0 - 190.0 * share) as u8,
-                        (250.0 - 150.0 * share) as u8,
-                        (255.0 - 40.0 * share) as u8,
-                    );
-                    ui.painter().rect_filled(rect, 2.0, heat);
-                    ui.painter().text(
-                        rect.center(),
-                        egui::Align2::CENTER_CENTER,
-                        count.to_string(),
-                        egui::FontId::monospace(12.0),
-                        if share > 0.6 {
-                            Color32::WHITE
-                        } else {
-                            Color32::BLACK
-                        },
-                    );
-                    response.on_hover_text(format!("{count} of {total} ({:.0}%)", 100.0 * share));
+    let heat = ui.scope(|ui| {
+        ui.label(
+            egui::RichText::new(format!(
+                "Layer {}: expert load {}",
+                layer + 1,
+                load.iter()
+                    .enumerate()
+                    .map(|(e, f)| format!("E{e} {:.0}%", 100.0 * f))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .strong(),
+        );
+        ui.label("Heat map: share of each class's test images routed to each expert.");
+        egui::Grid::new("class expert heat map")
+            .spacing([3.0, 3.0])
+            .show(ui, |ui| {
+                ui.label("");
+                for e in 0..experts {
+                    ui.label(format!("E{e}"));
                 }
                 ui.end_row();
-            }
-        });
+                for (class, counts) in matrix.iter().enumerate() {
+                    let total: usize = counts.iter().sum();
+                    ui.label(
+                        model
+                            .class_names
+                            .get(class)
+                            .cloned()
+                            .unwrap_or_else(|| format!("class {class}")),
+                    );
+                    for &count in counts {
+                        let share = count as f32 / total.max(1) as f32;
+                        let (rect, response) =
+                            ui.allocate_exact_size(egui::vec2(54.0, 20.0), egui::Sense::hover());
+                        let heat = Color32::from_rgb(
+                            (250.0 - 190.0 * share) as u8,
+                            (250.0 - 150.0 * share) as u8,
+                            (255.0 - 40.0 * share) as u8,
+                        );
+                        ui.painter().rect_filled(rect, 2.0, heat);
+                        ui.painter().text(
+                            rect.center(),
+                            egui::Align2::CENTER_CENTER,
+                            count.to_string(),
+                            egui::FontId::monospace(12.0),
+                            if share > 0.6 {
+                                Color32::WHITE
+                            } else {
+                                Color32::BLACK
+                            },
+                        );
+                        response
+                            .on_hover_text(format!("{count} of {total} ({:.0}%)", 100.0 * share));
+                    }
+                    ui.end_row();
+                }
+            });
+    });
+    mark(ui.ctx(), Area::Heatmap, heat.response.rect);
     ui.label("Example test images routed to each expert, with their classes:");
     let side = crate::views::projector::image_side(
         projector,

@@ -11,7 +11,9 @@ use eframe::egui::{self, Color32, RichText, TextureHandle};
 use crate::analysis::{AttackOutcome, ImageSource, ModelInfo, Request};
 use crate::command::AppCommand;
 use crate::error::{AppError, AppResult};
+use crate::lesson::Area;
 use crate::picture;
+use crate::views::lesson::mark;
 use crate::views::{labelled_combo, model_picker};
 
 /// The user's own image, as decoded (fitted to each model when attacked).
@@ -55,6 +57,10 @@ pub struct AttackState {
     textures: Option<[TextureHandle; 3]>,
     /// A request is in flight.
     pub busy: bool,
+    /// Folder "Export figure" writes into (natively).
+    pub export_dir: String,
+    /// What the last export wrote.
+    pub exported: Option<String>,
 }
 
 impl Default for AttackState {
@@ -75,6 +81,8 @@ impl Default for AttackState {
             result: None,
             textures: None,
             busy: false,
+            export_dir: "runs/figures".into(),
+            exported: None,
         }
     }
 }
@@ -159,18 +167,39 @@ impl AttackState {
 
 /// Draw the attack lab; the attack runs when "Attack" is pressed or, with "Update as ε moves"
 /// on, when a setting changed. In projector mode the images are larger and the controls for
-/// files, live updates and the perturbation's norms are hidden.
+/// files, live updates and the perturbation's norms are hidden. `hide_result`: a lesson's class
+/// has not yet committed to its prediction, so no result is shown.
 pub fn attack_ui(
     ui: &mut egui::Ui,
     state: &mut AttackState,
     models: &[ModelInfo],
     projector: bool,
+    hide_result: bool,
 ) -> Vec<AppCommand> {
-    let (run, error) = attack_body(ui, state, models, projector);
-    let run = run.then_some(AppCommand::RunAttack);
-    run.into_iter()
-        .chain(error.map(AppCommand::ShowError))
-        .collect()
+    let (run, error) = attack_body(ui, state, models, projector, hide_result);
+    let mut commands: Vec<AppCommand> = run.then_some(AppCommand::RunAttack).into_iter().collect();
+    commands.extend(error.map(AppCommand::ShowError));
+    if state.result.is_some() && !hide_result {
+        ui.separator();
+        ui.horizontal(|ui| {
+            if !crate::platform::WEB && !projector {
+                let label = ui.label("Export folder");
+                ui.add(egui::TextEdit::singleline(&mut state.export_dir))
+                    .labelled_by(label.id);
+            }
+            if ui
+                .button("Export figure")
+                .on_hover_text("The images, top-5 bars and routing map as one PNG at 2× with a caption, and the numbers as JSON")
+                .clicked()
+            {
+                commands.push(AppCommand::ExportFigure);
+            }
+            if let Some(message) = &state.exported {
+                ui.label(message);
+            }
+        });
+    }
+    commands
 }
 
 /// The lab itself: whether the attack should run, and an error for the user.
@@ -179,6 +208,7 @@ fn attack_body(
     state: &mut AttackState,
     models: &[ModelInfo],
     projector: bool,
+    hide_result: bool,
 ) -> (bool, Option<String>) {
     let mut changed = false;
     let mut pressed = false;
@@ -269,7 +299,7 @@ fn attack_body(
             .labelled_by(label.id)
             .changed();
     });
-    ui.horizontal(|ui| {
+    let eps_row = ui.horizontal(|ui| {
         let label = ui.label(if state.kind.is_l2() {
             "ε (L2, ×1/255)"
         } else {
@@ -291,8 +321,16 @@ fn attack_body(
             ui.label("attacking…");
         }
     });
+    mark(ui.ctx(), Area::Eps, eps_row.response.rect);
     ui.separator();
     let run = pressed || (changed && state.live);
+    if hide_result {
+        ui.label(
+            RichText::new("Predict first: the result appears once the class has committed to a guess in the lesson card.")
+                .strong(),
+        );
+        return (false, error);
+    }
     let Some(outcome) = &state.result else {
         ui.label("Press \"Attack\" to attack the chosen image.");
         return (run, error);
@@ -337,7 +375,7 @@ fn attack_body(
             projector,
             picture::magnified_side(textures[0].size()[0], 160.0),
         );
-        ui.horizontal_wrapped(|ui| {
+        let images = ui.horizontal_wrapped(|ui| {
             for (texture, caption) in textures.iter().zip([
                 format!("Clean: {}", shown(&a.clean)),
                 "Perturbation (gray = 0, amplified to ±ε)".to_string(),
@@ -354,6 +392,7 @@ fn attack_body(
                 ui.vertical(|ui| routing_map_ui(ui, a, model.config.model.num_experts, true));
             }
         });
+        mark(ui.ctx(), Area::Images, images.response.rect);
     }
     let label_text = if matches!(outcome.source.as_str(), s if s.starts_with("test image")) {
         format!("True label: {}", name(a.label))
@@ -361,15 +400,18 @@ fn attack_body(
         format!("Label taken as the clean prediction: {}", name(a.label))
     };
     ui.label(label_text);
-    ui.columns(2, |cols| {
-        predictions_ui(&mut cols[0], "Clean prediction", &a.clean, &name);
-        predictions_ui(
-            &mut cols[1],
-            "Adversarial prediction",
-            &a.adversarial,
-            &name,
-        );
+    let predictions = ui.scope(|ui| {
+        ui.columns(2, |cols| {
+            predictions_ui(&mut cols[0], "Clean prediction", &a.clean, &name);
+            predictions_ui(
+                &mut cols[1],
+                "Adversarial prediction",
+                &a.adversarial,
+                &name,
+            );
+        });
     });
+    mark(ui.ctx(), Area::Predictions, predictions.response.rect);
     if let Some(frozen) = &a.adversarial_with_clean_routes {
         ui.label(format!(
             "With the clean routes kept (the pathway the expert attack aimed at): {} ({:.1}%)",
@@ -398,6 +440,16 @@ fn predictions_ui(ui: &mut egui::Ui, title: &str, p: &Prediction, name: &dyn Fn(
 /// in blue, the adversarial route filled in orange, and rows whose route flipped are marked.
 /// `compact` (projector mode) leaves out the line that explains the colours.
 fn routing_map_ui(
+    ui: &mut egui::Ui,
+    a: &advmoe_engine::ImageAttack,
+    experts: usize,
+    compact: bool,
+) {
+    let map = ui.scope(|ui| routing_map_body(ui, a, experts, compact));
+    mark(ui.ctx(), Area::RoutingMap, map.response.rect);
+}
+
+fn routing_map_body(
     ui: &mut egui::Ui,
     a: &advmoe_engine::ImageAttack,
     experts: usize,

@@ -3,6 +3,7 @@
 
 pub mod atlas;
 pub mod attack;
+pub mod lesson;
 pub mod projector;
 pub mod report;
 pub mod setup;

@@ -15,7 +15,9 @@ use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
 use crate::analysis::{ModelInfo, Request};
 use crate::command::AppCommand;
 use crate::error::{AppError, AppResult};
+use crate::lesson::Area;
 use crate::picture;
+use crate::views::lesson::mark;
 use crate::views::{palette, series};
 
 /// The plots, by file name.
@@ -281,7 +283,7 @@ fn report_body(
         );
     }
     let idle = state.progress.is_none();
-    egui::Grid::new("report table")
+    let table = egui::Grid::new("report table")
         .striped(true)
         .spacing([12.0, 4.0])
         .show(ui, |ui| {
@@ -379,6 +381,7 @@ fn report_body(
                 ui.end_row();
             }
         });
+    mark(ui.ctx(), Area::Table, table.response.rect);
     ui.label("Rows of the demo models are what `advmoe compare` measured when it trained them; \"Measure\" measures again here.");
     ui.label(format!(
         "\"Measure\" attacks with {} at ε = 8/255 (RA) and measures router robustness as the routes kept under {} (the paper's 10-step router attack overstates it).",
@@ -455,7 +458,7 @@ fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
         .map(|r| r.macs_pathway_with_router as f64 / 1e6)
         .fold(1.0, f64::max);
     let width = (ui.available_width() / 3.0 - 10.0).max(220.0);
-    ui.horizontal_wrapped(|ui| {
+    let plots = ui.horizontal_wrapped(|ui| {
         for name in PLOTS {
             let group = ui.vertical(|ui| {
                 let (title, x_label, y_label) = match name {
@@ -541,4 +544,5 @@ fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
             state.plot_rects.insert(name, group.response.rect);
         }
     });
+    mark(ui.ctx(), Area::Plots, plots.response.rect);
 }
