@@ -557,12 +557,18 @@ impl Library {
     }
 
     fn dataset(&mut self, config: &RunConfig) -> AppResult<Arc<Dataset>> {
+        // The library attacks and measures test images only: the synthetic training split (10,000
+        // generated images, most of a demo model's load time in a browser) is not made.
+        let mut spec = config.data.clone();
+        if spec.kind == advmoe_core::DatasetKind::Synthetic {
+            spec.synthetic_train_size = 0;
+        }
         // Datasets are cached by their spec (the same spec always reads the same images).
-        let key = format!("{:?}", config.data);
+        let key = format!("{spec:?}");
         if let Some(data) = self.datasets.get(&key) {
             return Ok(data.clone());
         }
-        let data = Arc::new(advmoe_data::load_from(&config.data, &self.data_files)?);
+        let data = Arc::new(advmoe_data::load_from(&spec, &self.data_files)?);
         self.datasets.insert(key, data.clone());
         Ok(data)
     }

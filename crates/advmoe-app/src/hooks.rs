@@ -72,6 +72,21 @@ pub enum HookCommand {
     },
     /// "Save checkpoint": on the web, download the trained model's file pair.
     Save,
+    /// Open card `card` (1-based) of the lesson `id`, as its menu entry and "Next" do.
+    Lesson {
+        /// The lesson's id (its file name without `.lesson`).
+        id: String,
+        /// The card, 1-based.
+        card: usize,
+    },
+    /// Pick answer `choice` (0-based) of the open card's "predict first" step and press
+    /// "Commit and show".
+    Predict {
+        /// The answer.
+        choice: usize,
+    },
+    /// "Export figure": the attack lab's figure (PNG and JSON; downloads on the web).
+    ExportFigure,
     /// Open the browser's file picker.
     Pick,
     /// Destroy the GPU device training runs on, as a driver reset or an unplugged GPU would
@@ -163,6 +178,16 @@ impl LabApp {
                 AppCommand::RunAttack
             }
             HookCommand::Save => AppCommand::SaveCheckpoint,
+            HookCommand::Lesson { id, card } => match state.lesson.find(&id) {
+                Some(l) => AppCommand::ShowCard(l, card.saturating_sub(1)),
+                None => AppCommand::ShowError(format!("no lesson {id:?}")),
+            },
+            HookCommand::Predict { choice } => {
+                state.lesson.choice = Some(choice);
+                state.lesson.committed = true;
+                AppCommand::RevealPrediction
+            }
+            HookCommand::ExportFigure => AppCommand::ExportFigure,
             HookCommand::Pick => AppCommand::PickFiles,
             HookCommand::Recover { on_cpu } => AppCommand::Recover { on_cpu },
             HookCommand::LoseDevice => {
@@ -233,6 +258,11 @@ impl LabApp {
             "projector": state.projector,
             "lesson": state.lesson.current().map(|(l, _)| l.id.clone()),
             "card": state.lesson.open.map(|(_, c)| c + 1),
+            "lesson_hidden": state.lesson.hides_result(),
+            "lesson_revealed": state.lesson.revealed.as_ref().map(|r| json!({
+                "right": r.right, "expected": r.expected, "what": r.what,
+            })),
+            "exported": state.attack.exported,
             "error": state.error,
         })
     }

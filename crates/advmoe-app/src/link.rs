@@ -152,6 +152,24 @@ impl Link {
         parsed
     }
 
+    /// This link with every key `over` has put over it.
+    pub fn overlaid(&self, over: &Link) -> Link {
+        Link {
+            tab: over.tab.or(self.tab),
+            model: over.model.clone().or_else(|| self.model.clone()),
+            image: over.image.or(self.image),
+            kind: over.kind.or(self.kind),
+            target: over.target.or(self.target),
+            eps_255: over.eps_255.or(self.eps_255),
+            steps: over.steps.or(self.steps),
+            seed: over.seed.or(self.seed),
+            projector: over.projector.or(self.projector),
+            layer: over.layer.or(self.layer),
+            lesson: over.lesson.clone().or_else(|| self.lesson.clone()),
+            card: over.card.or(self.card),
+        }
+    }
+
     /// The fragment, without its `#`: `v=1` and every key the link has, in a fixed order.
     pub fn fragment(&self) -> String {
         let mut pairs = vec![format!("v={VERSION}")];

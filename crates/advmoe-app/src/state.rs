@@ -333,8 +333,12 @@ impl AppState {
         if let Some(id) = &parsed.link.lesson {
             match self.lesson.find(id) {
                 Some(l) => {
-                    let cards = self.lesson.lessons[l].cards.len();
-                    let card = parsed.link.card.unwrap_or(1).clamp(1, cards);
+                    let cards = &self.lesson.lessons[l].cards;
+                    let card = parsed.link.card.unwrap_or(1).clamp(1, cards.len());
+                    // What the card sets, with what the link itself says over it.
+                    if let Some(set) = &cards[card - 1].set {
+                        parsed.link = set.overlaid(&parsed.link);
+                    }
                     self.lesson.open = Some((l, card - 1));
                     run = !self.lesson.hides_result();
                 }
