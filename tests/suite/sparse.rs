@@ -196,13 +196,22 @@ fn run_path(
 fn sparse_conv_matches_the_reference_in_output_and_all_gradients_on_wgpu() {
     for variant in [Variant::Tiled, Variant::Direct] {
         set_kernel_variant(Some(variant));
-        check_parity(variant);
+        check_parity(&gpu().autodiff(), &format!("{variant:?}"));
     }
     set_kernel_variant(None);
 }
 
-fn check_parity(variant: Variant) {
-    let device = gpu().autodiff();
+/// On Burn's CPU backend the MoE conv splits the batch by expert (`advmoe_kernels::split`):
+/// the same output and gradients as the reference, which runs every expert on every image.
+#[test]
+fn split_conv_matches_the_reference_in_output_and_all_gradients_on_the_cpu() {
+    assert!(advmoe_kernels::split_supported(&cpu().autodiff()));
+    assert!(!advmoe_kernels::split_supported(&gpu()));
+    check_parity(&cpu().autodiff(), "split");
+}
+
+fn check_parity(device: &Device, path: &str) {
+    let device = device.clone();
     let cases = [
         // kernel 3, stride 1; expert 1 gets no sample
         Case {
@@ -327,7 +336,7 @@ fn check_parity(variant: Variant) {
             let diff = parity::relative_difference(s, r);
             assert!(
                 diff <= 2e-5,
-                "{variant:?} case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} relative to its largest value",
+                "{path} case {i} (b={} c_in={} c_out={} size={} k={} s={} N={n}): {name} differs by {diff} relative to its largest value",
                 case.batch,
                 case.c_in,
                 case.c_out,

@@ -188,6 +188,19 @@ async function loseDevice(session, picked) {
   return { kept_step: lost.kept_step, reason: lost.reason, shown_s, compute_after: done.compute, evals: done.train.evals, attack_after: after };
 }
 
+// The native CLI's attack lab attack (PGD-10 at 8/255 from the clean image) on test image
+// `index` of the bundled MoE-AT model, aimed at `target`: its attack.json.
+function nativeAttack(index, target, dir) {
+  return JSON.parse(
+    execFileSync(
+      cli,
+      ["attack", "--model", path.join(root, "crates/advmoe-app/demo/moe-at"), "--index", String(index), "--attack", "pgd",
+        "--target", target, "--eps", "8/255", "--steps", "10", "--no-random-start", "--seed", "0", "--out", dir],
+      { encoding: "utf8" }
+    )
+  );
+}
+
 // A shared link, loaded as a fresh page: the app opens the view, model, image and attack it
 // names, runs the attack, and keeps the link in its address; the native CLI attacking the same
 // image of the same model on the CPU (the page runs Burn's CPU backend here too) must agree on
@@ -203,15 +216,7 @@ async function sharedLink({ page, until }, url) {
   if (opened.link !== fragment) fail(`the app's link ${opened.link} is not the one opened, ${fragment}`);
   if (!page.url().endsWith(`#${fragment}`)) fail(`the page's address lost the link: ${page.url()}`);
   const web = opened.attack;
-  const dir = path.join(out, "shared-link");
-  const native = JSON.parse(
-    execFileSync(
-      cli,
-      ["attack", "--model", path.join(root, "crates/advmoe-app/demo/moe-at"), "--index", "4", "--attack", "pgd",
-        "--target", "full", "--eps", "8/255", "--steps", "10", "--no-random-start", "--seed", "0", "--out", dir],
-      { encoding: "utf8" }
-    )
-  );
+  const native = nativeAttack(4, "full", path.join(out, "shared-link"));
   for (const which of ["clean", "adversarial"]) {
     const [w, n] = [web[which], native[which]];
     const same = w.prediction === n.prediction && JSON.stringify(w.routes) === JSON.stringify(n.routes);
@@ -271,14 +276,7 @@ async function lesson({ page, send, until }, url) {
   if (verdict.expected !== true || verdict.right[1] !== true || verdict.right[0] !== false)
     fail(`the verdict is not the lesson's: ${JSON.stringify(verdict)}`);
   const dir = path.join(out, "lesson");
-  const native = JSON.parse(
-    execFileSync(
-      cli,
-      ["attack", "--model", path.join(root, "crates/advmoe-app/demo/moe-at"), "--index", "18", "--attack", "pgd",
-        "--target", "router", "--eps", "8/255", "--steps", "10", "--no-random-start", "--seed", "0", "--out", dir],
-      { encoding: "utf8" }
-    )
-  );
+  const native = nativeAttack(18, "router", dir);
   // The router attack's KL gradient has many entries near zero, whose signs wasm's and native
   // float rounding can set differently: the same routes and prediction, the confidence to 1e-2
   // (measured: 0.9854 in the page, 0.9873 natively).

@@ -48,6 +48,16 @@ pub struct ModelInfo {
     pub train_secs: Option<f64>,
 }
 
+impl ModelInfo {
+    /// The name of class `c` (`class c` when its dataset names none).
+    pub fn class_name(&self, c: usize) -> String {
+        self.class_names
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class {c}"))
+    }
+}
+
 /// Which image the attack lab attacks.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageSource {

@@ -208,13 +208,7 @@ pub fn caption(outcome: &AttackOutcome, model: &ModelInfo) -> String {
 /// Draw the figure of `outcome` on `model`; also returns where its parts are.
 pub fn render(outcome: &AttackOutcome, model: &ModelInfo) -> (ColorImage, Layout) {
     let a = &outcome.attack;
-    let name = |c: usize| {
-        model
-            .class_names
-            .get(c)
-            .cloned()
-            .unwrap_or_else(|| format!("class {c}"))
-    };
+    let name = |c: usize| model.class_name(c);
     let layers = a.clean.routes.len();
     let experts = model.config.model.num_experts;
     let cell = 20.0;
@@ -363,13 +357,7 @@ pub fn render(outcome: &AttackOutcome, model: &ModelInfo) -> (ColorImage, Layout
 /// routes and the perturbation's size; `link` reopens the figure in the app.
 pub fn numbers(outcome: &AttackOutcome, model: &ModelInfo, link: &str) -> serde_json::Value {
     let a = &outcome.attack;
-    let name = |c: usize| {
-        model
-            .class_names
-            .get(c)
-            .cloned()
-            .unwrap_or_else(|| format!("class {c}"))
-    };
+    let name = |c: usize| model.class_name(c);
     let prediction = |p: &advmoe_engine::Prediction| {
         serde_json::json!({
             "class": p.prediction,

@@ -392,8 +392,7 @@ impl LabApp {
         let names = |c: usize| {
             attacked
                 .and_then(|o| models.get(o.model))
-                .and_then(|m| m.class_names.get(c).cloned())
-                .unwrap_or_else(|| format!("class {c}"))
+                .map_or_else(|| format!("class {c}"), |m| m.class_name(c))
         };
         state.lesson.judge(attacked, &rows, &names);
     }

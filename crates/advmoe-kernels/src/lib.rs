@@ -8,10 +8,12 @@
 //! a Burn backend extension ([`SparseMoeOps`]) with a hand-written autodiff backward, so
 //! training and attacks use them end to end. Each matrix-product shader comes in a tiled
 //! variant (workgroup-memory tiles, for GPUs) and a direct one (no workgroup memory, for
-//! software adapters); [`Variant`] says which, chosen by adapter. Everywhere else, and as the
-//! oracle of the parity tests, [`reference::moe_conv`] runs all experts and selects.
+//! software adapters); [`Variant`] says which, chosen by adapter. On Burn's CPU backend
+//! (natively) [`split::moe_conv`] splits the batch by expert and runs one dense convolution per
+//! expert, reading the routes on the host (a copy there). Everywhere else, and as the oracle of
+//! the parity tests, [`reference::moe_conv`] runs all experts and selects.
 //!
-//! This crate must not read GPU data back or loop over experts on the host.
+//! This crate must not read GPU data back, nor loop over experts on the host for a GPU.
 
 mod autodiff;
 mod cube;
@@ -19,6 +21,7 @@ mod ops;
 pub mod parity;
 pub mod reference;
 pub mod shaders;
+pub mod split;
 
 use std::cell::Cell;
 
@@ -67,6 +70,15 @@ pub fn sparse_supported(device: &Device) -> bool {
     )
 }
 
+/// Whether [`split::moe_conv`] runs on this device: Burn's CPU backend, natively.
+pub fn split_supported(device: &Device) -> bool {
+    !cfg!(target_arch = "wasm32")
+        && !matches!(
+            device.clone().inner().as_dispatch(),
+            DispatchDevice::Cube(_)
+        )
+}
+
 /// The MoE convolution on the fastest path the device has: sparse kernels on `wgpu` (unless
 /// turned off with [`set_sparse_execution`]), the reference elsewhere. See
 /// [`reference::moe_conv`] for the contract on `gate`.
@@ -85,6 +97,8 @@ pub fn moe_conv(
 ) -> Tensor<4> {
     if sparse_execution_enabled() && sparse_supported(&input.device()) {
         sparse_moe_conv(input, weight, gate, experts, stride, padding)
+    } else if sparse_execution_enabled() && split_supported(&input.device()) {
+        split::moe_conv(input, weight, gate, experts, stride, padding)
     } else {
         reference::moe_conv(input, weight, gate, stride, padding)
     }

@@ -29,7 +29,8 @@ pub struct ParityCase<'a> {
 #[error("the {0} got no gradient")]
 pub struct MissingGradient(pub &'static str);
 
-/// Run `case` through the sparse kernels (`sparse`) or the reference: the output and, with an
+/// Run `case` through the device's own path (`sparse`: the sparse kernels on wgpu, the split by
+/// expert on the CPU, see [`crate::moe_conv`]) or the reference: the output and, with an
 /// upstream gradient, the gradients of the input, the weight and the router scores, each
 /// flattened and detached (not read back).
 ///
@@ -39,7 +40,7 @@ pub fn run_path(sparse: bool, case: &ParityCase<'_>) -> Result<Vec<Tensor<1>>, M
     let padding = case.weight.dims()[2] / 2;
     let (gate, experts) = (case.route)(case.scores.clone());
     let y = if sparse {
-        crate::sparse_moe_conv(
+        crate::moe_conv(
             case.input.clone(),
             case.weight.clone(),
             gate,

@@ -179,13 +179,7 @@ fn atlas_body(
                 ui.end_row();
                 for (class, counts) in matrix.iter().enumerate() {
                     let total: usize = counts.iter().sum();
-                    ui.label(
-                        model
-                            .class_names
-                            .get(class)
-                            .cloned()
-                            .unwrap_or_else(|| format!("class {class}")),
-                    );
+                    ui.label(model.class_name(class));
                     for &count in counts {
                         let share = count as f32 / total.max(1) as f32;
                         let (rect, response) =
@@ -220,13 +214,7 @@ fn atlas_body(
         projector,
         picture::magnified_side(atlas.shape[1], 128.0),
     );
-    let class = |c: usize| {
-        model
-            .class_names
-            .get(c)
-            .cloned()
-            .unwrap_or_else(|| format!("class {c}"))
-    };
+    let class = |c: usize| model.class_name(c);
     if let Some(per_expert) = state.examples.get(layer) {
         for (e, textures) in per_expert.iter().enumerate() {
             ui.label(egui::RichText::new(format!("E{e}")).strong());

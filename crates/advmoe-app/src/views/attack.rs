@@ -339,13 +339,7 @@ fn attack_body(
         ui.label("The last result is for another model; press \"Attack\".");
     }
     let a = &outcome.attack;
-    let names = &model.class_names;
-    let name = |c: usize| {
-        names
-            .get(c)
-            .cloned()
-            .unwrap_or_else(|| format!("class {c}"))
-    };
+    let name = |c: usize| model.class_name(c);
     let what = format!(
         "{}: {} {} on the {} target, ε = {:.1}/255, {} steps",
         outcome.source,

@@ -1,6 +1,10 @@
 //! `advmoe bench sparse-conv`: the sparse MoE conv kernels against the reference (all experts,
 //! then select) and Burn's dense conv at the active width, timed side by side in one run, plus
-//! one whole AdvMoE training step with and without sparse execution.
+//! one whole AdvMoE training step with and without sparse execution. `advmoe bench steps`
+//! ([`steps`]): the training steps and the evaluation attack, for the PyTorch reference under
+//! `bench/reference/` to check and time the same work.
+
+mod steps;
 
 use std::sync::Arc;
 
@@ -27,6 +31,10 @@ pub(crate) enum BenchCommand {
     /// the MoE conv shapes of the classroom and paper-scale ResNets; then one AdvMoE training
     /// step with and without sparse execution.
     SparseConv(SparseConvArgs),
+    /// The training steps (standard, TRADES on the dense model, vanilla MoE AT, AdvMoE) and a
+    /// PGD-10 evaluation batch, timed; writes each model's initial checkpoint and what it
+    /// computes on a fixed batch, for the PyTorch reference (`bench/compare.sh`) to check and time.
+    Steps(steps::StepsArgs),
 }
 
 /// Which model's layer shapes to time.
@@ -101,7 +109,10 @@ struct Row {
 }
 
 pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::SparseConv(args) = command;
+    let args = match command {
+        BenchCommand::SparseConv(args) => args,
+        BenchCommand::Steps(args) => return steps::run(&args),
+    };
     if args.reps == 0 || args.batch == 0 {
         bail!("--reps and --batch must be positive");
     }
@@ -277,10 +288,22 @@ fn random(shape: [usize; 4], rng: &mut Rng, device: &Device) -> Tensor<4> {
 fn median_ms(
     reps: usize,
     device: &Device,
-    mut f: impl FnMut() -> anyhow::Result<()>,
+    f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
+    Ok(timed_ms(reps, device, f)?.1)
+}
+
+/// The first call's time (warm-up, lazy initialisation and shader compilation included) and
+/// the median of `reps` more, in milliseconds, each ended by a device sync.
+fn timed_ms(
+    reps: usize,
+    device: &Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let start = Instant::now();
     f()?;
     device.sync().context("device failed during warm-up")?;
+    let first = start.elapsed().as_secs_f64() * 1e3;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
@@ -289,7 +312,7 @@ fn median_ms(
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok((first, times[times.len() / 2]))
 }
 
 fn time_conv(

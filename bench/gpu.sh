@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The performance comparison on a GPU machine in one call (bench/README.md), building nothing:
+# the release binary and this repository's reference are all it needs, plus python3 with torch
+# (CUDA) for the reference. It writes into OUT:
+#   sparse-conv.jsonl  the sparse MoE conv kernels against the all-experts reference and Burn's
+#                      conv2d, forward and forward+backward, N = 1, 2, 4 (`advmoe bench sparse-conv`)
+#   steps/gpu/         the training steps and evaluation attacks against PyTorch + cuDNN, fp32
+#                      and TF32 (bench/compare.sh with DEVICE=gpu): product.json, reference.json,
+#                      reference-tf32.json, compare.json
+# Sized to end well inside 9 minutes on an H200; on a software adapter (lavapipe) use tiny
+# settings, e.g. WIDTH=8 BATCH=8 REPS=1 SCALE=classroom REF_DEVICE=cpu.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export ADVMOE=${ADVMOE:-target/release/advmoe}
+OUT=${OUT:-runs/gpu}
+export WIDTH=${WIDTH:-32} BATCH=${BATCH:-128} REPS=${REPS:-5}
+SCALE=${SCALE:-all}           # the sparse-conv shapes: classroom, paper or all
+mkdir -p "$OUT"
+
+echo "== sparse conv kernels" >&2
+"$ADVMOE" bench sparse-conv --scale "$SCALE" --experts 1,2,4 --batch "$BATCH" --reps "$REPS" --json \
+  > "$OUT/sparse-conv.jsonl"
+echo "== training steps against PyTorch" >&2
+DEVICE=gpu OUT="$OUT/steps" bench/compare.sh
