@@ -227,8 +227,7 @@ pub fn render(outcome: &AttackOutcome, model: &ModelInfo) -> (ColorImage, Layout
     let height = bars_top + 22.0 + 5.0 * 22.0 + GAP;
     let mut canvas = Canvas::new(vec2(width, height));
 
-    let flipped = a.flipped();
-    let flips = flipped.iter().filter(|f| **f).count();
+    let flips = a.flipped().iter().filter(|f| **f).count();
     let shown = |p: &advmoe_engine::Prediction| {
         format!("{} ({:.0}%)", name(p.prediction), 100.0 * p.confidence)
     };
@@ -275,14 +274,8 @@ pub fn render(outcome: &AttackOutcome, model: &ModelInfo) -> (ColorImage, Layout
             let x = x0 + 60.0 + e as f32 * (cell + 4.0);
             canvas.text(pos2(x + 3.0, grid_top), &format!("E{e}"), 12.0, INK);
         }
-        for (layer, ((&clean, &adv), &flip)) in a
-            .clean
-            .routes
-            .iter()
-            .zip(&a.adversarial.routes)
-            .zip(&flipped)
-            .enumerate()
-        {
+        for (layer, (clean, adv)) in a.route_pairs().enumerate() {
+            let flip = clean != adv;
             let y = grid_top + (layer as f32 + 1.0) * (cell + 4.0);
             canvas.text(
                 pos2(x0, y + 3.0),

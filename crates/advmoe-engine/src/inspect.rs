@@ -115,14 +115,18 @@ impl ImageAttack {
             .collect()
     }
 
-    /// Per MoE layer, whether the attack changed the route.
-    pub fn flipped(&self) -> Vec<bool> {
+    /// Per MoE layer, the clean and the adversarial route.
+    pub fn route_pairs(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         self.clean
             .routes
             .iter()
-            .zip(&self.adversarial.routes)
-            .map(|(a, b)| a != b)
-            .collect()
+            .copied()
+            .zip(self.adversarial.routes.iter().copied())
+    }
+
+    /// Per MoE layer, whether the attack changed the route.
+    pub fn flipped(&self) -> Vec<bool> {
+        self.route_pairs().map(|(a, b)| a != b).collect()
     }
 }
 

@@ -480,14 +480,8 @@ fn routing_map_body(
                 ui.label(format!("E{e}"));
             }
             ui.end_row();
-            for (layer, ((&clean, &adv), &flip)) in a
-                .clean
-                .routes
-                .iter()
-                .zip(&a.adversarial.routes)
-                .zip(&flipped)
-                .enumerate()
-            {
+            for (layer, (clean, adv)) in a.route_pairs().enumerate() {
+                let flip = clean != adv;
                 ui.label(format!("layer {}", layer + 1));
                 for e in 0..experts {
                     let (rect, _) =
