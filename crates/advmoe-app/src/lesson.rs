@@ -617,14 +617,3 @@ pub fn plain(text: &str) -> String {
     }
     out
 }
-
-/// The bundled lessons, in the order the app lists them.
-///
-/// # Panics
-/// If a bundled lesson does not parse (the lesson tests catch that first).
-pub fn bundled() -> Vec<Lesson> {
-    BUNDLED
-        .iter()
-        .map(|(name, text)| Lesson::parse(name, text).unwrap_or_else(|e| panic!("{e}")))
-        .collect()
-}
