@@ -8,13 +8,13 @@
 //! median of `--reps` more). The reference loads the same checkpoint, must reproduce the record
 //! within its tolerances, and only then times the same steps.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use advmoe_core::{
-    AttackKind, AttackSpec, AttackTarget, DatasetSpec, MethodKind, ModelSpec, Named as _,
-    OptimizerKind, Rng, RouterKind, TrainSpec,
+    AttackKind, AttackSpec, AttackTarget, DatasetSpec, MethodKind, ModelSpec, OptimizerKind, Rng,
+    TrainSpec,
 };
 use advmoe_engine::attack::{LogitObjective, Start, run_attack};
 use advmoe_engine::loss::{cross_entropy, kl_div, load_balance};
@@ -31,7 +31,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::timed_ms;
-use crate::args::choice;
+use crate::args::ModelArgs;
 
 /// A step the comparison times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -54,18 +54,9 @@ pub(crate) enum StepKind {
 
 #[derive(Args)]
 pub(crate) struct StepsArgs {
-    /// Base width of the ResNet-10.
-    #[arg(long, default_value_t = 16)]
-    width: usize,
-    /// Experts of the MoE.
-    #[arg(long, default_value_t = 2)]
-    experts: usize,
-    /// Width ratio of each expert.
-    #[arg(long, default_value_t = 0.5)]
-    ratio: f64,
-    /// Router of the MoE.
-    #[arg(long, default_value = "image", value_parser = choice::<RouterKind>())]
-    router: RouterKind,
+    /// The MoE timed (the dense model for TRADES has its width, depth and one expert of ratio 1).
+    #[command(flatten)]
+    model: ModelArgs,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -116,13 +107,14 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
     let device = make_device(choice);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let moe = ModelSpec {
-        router: args.router,
-        ..ModelSpec::resnet(args.width, 1, args.experts, args.ratio)
+    let moe = args.model.spec();
+    let dense = ModelSpec {
+        num_experts: 1,
+        ratio: 1.0,
+        ..moe.clone()
     };
-    let dense = ModelSpec::resnet(args.width, 1, 1, 1.0);
     let mut rows = Vec::new();
-    let mut recorded = BTreeMap::new();
+    let mut recorded = BTreeSet::new();
     for &kind in &args.kinds {
         let (name, spec, method, balance_weight) = match kind {
             StepKind::Standard | StepKind::Pgd10Eval | StepKind::AttackLab => {
@@ -154,14 +146,13 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
         let dataset = Arc::new(advmoe_data::load(&config.data).context("the synthetic set")?);
         let mut run = Run::new(config, dataset.clone(), &device).context("building the run")?;
         let dir = args.out.join(&folder);
-        if !recorded.contains_key(&folder) {
+        if recorded.insert(folder.clone()) {
             block_on(run.save_checkpoint(&dir))
                 .with_context(|| format!("saving {}", dir.display()))?;
             let record = parity_record(&run, &device)?;
             let bytes = safetensors_bytes(&record, BTreeMap::new())?;
             let path = dir.join("parity.safetensors");
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-            recorded.insert(folder.clone(), ());
         }
         let (first_ms, median_ms) = if kind == StepKind::AttackLab {
             let model = run.model().clone();
@@ -236,7 +227,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
         "device": device_label(&device),
         "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
-        "model": { "width": args.width, "experts": args.experts, "ratio": args.ratio, "router": args.router.name() },
+        "model": moe,
         "rows": rows,
         "peak_rss_mib": peak_rss_mib(),
     });
