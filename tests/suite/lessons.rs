@@ -3,17 +3,25 @@
 //! catch a misquote, and a teacher's lesson file opens in the app or is refused with its line.
 //! (`app::each_lesson_runs_start_to_finish` drives every lesson through the app.)
 
+use std::collections::BTreeMap;
+
 use advmoe_app::command::AppCommand;
-use advmoe_app::demo::recorded_row;
+use advmoe_app::demo::{DEMOS, recorded_row};
 use advmoe_app::lesson::{self, Condition, Lesson};
 use advmoe_app::state::AppState;
 
-fn rows(key: &str) -> Option<advmoe_engine::compare::CompareRow> {
-    recorded_row(key).unwrap()
+/// The demo models' recorded figures, by their link keys (their folder names).
+fn recorded() -> BTreeMap<&'static str, advmoe_engine::compare::CompareRow> {
+    DEMOS
+        .iter()
+        .map(|d| (d.name, recorded_row(d.name).unwrap().unwrap()))
+        .collect()
 }
 
 #[test]
 fn the_bundled_lessons_quote_the_recorded_figures_and_predict_first() {
+    let recorded = recorded();
+    let rows = |key: &str| recorded.get(key);
     let lessons: Vec<Lesson> = lesson::BUNDLED
         .iter()
         .map(|(name, text)| Lesson::parse(name, text).unwrap())

@@ -46,8 +46,8 @@ pub enum AppCommand {
     ShowCard(usize, usize),
     /// Close the lesson.
     LeaveLesson,
-    /// The class committed to a prediction: run the card's attack (or judge on the recorded
-    /// figures).
+    /// The class committed to the prediction picked on the open card: mark it committed and run
+    /// the card's attack (or judge on the recorded figures).
     RevealPrediction,
     /// Copy the link to what is shown.
     CopyLink,
@@ -113,6 +113,7 @@ impl LabApp {
                 self.state.lesson.reset_prediction();
             }
             AppCommand::RevealPrediction => {
+                self.state.lesson.committed = true;
                 let live = self
                     .state
                     .lesson

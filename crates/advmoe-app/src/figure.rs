@@ -43,6 +43,9 @@ struct Canvas {
     size: [usize; 2],
     pixels: Vec<Color32>,
     fonts: Fonts,
+    /// Text laid out so far and where it goes, drawn last (above everything else) from one copy
+    /// of the font atlas, once every glyph is in it.
+    texts: Vec<(Pos2, std::sync::Arc<egui::Galley>)>,
 }
 
 impl Canvas {
@@ -55,6 +58,7 @@ impl Canvas {
             size,
             pixels: vec![Color32::WHITE; size[0] * size[1]],
             fonts: Fonts::new(TextOptions::default(), FontDefinitions::default()),
+            texts: Vec::new(),
         }
     }
 
@@ -122,23 +126,14 @@ impl Canvas {
         }
     }
 
-    /// Text with its top-left corner at `pos`; returns its size in points.
-    fn text(&mut self, pos: Pos2, text: &str, size: f32, color: Color32) -> Vec2 {
+    /// Text with its top-left corner at `pos`.
+    fn text(&mut self, pos: Pos2, text: &str, size: f32, color: Color32) {
         let galley = self.fonts.with_pixels_per_point(SCALE).layout_no_wrap(
             text.to_owned(),
             egui::FontId::proportional(size),
             color,
         );
-        let atlas = self.fonts.image();
-        for row in &galley.rows {
-            let origin = pos + row.pos.to_vec2();
-            let mesh = &row.visuals.mesh;
-            for tri in mesh.indices.chunks_exact(3) {
-                let v = [0, 1, 2].map(|i| mesh.vertices[tri[i] as usize]);
-                self.triangle(origin, v, &atlas);
-            }
-        }
-        galley.size()
+        self.texts.push((pos, galley));
     }
 
     /// One triangle of a glyph mesh: positions in points from `origin`, texture coordinates in
@@ -185,7 +180,19 @@ impl Canvas {
         }
     }
 
-    fn into_image(self) -> ColorImage {
+    /// The picture, its text drawn over it.
+    fn into_image(mut self) -> ColorImage {
+        let atlas = self.fonts.image();
+        for (pos, galley) in std::mem::take(&mut self.texts) {
+            for row in &galley.rows {
+                let origin = pos + row.pos.to_vec2();
+                let mesh = &row.visuals.mesh;
+                for tri in mesh.indices.chunks_exact(3) {
+                    let v = [0, 1, 2].map(|i| mesh.vertices[tri[i] as usize]);
+                    self.triangle(origin, v, &atlas);
+                }
+            }
+        }
         ColorImage::new(self.size, self.pixels)
     }
 }

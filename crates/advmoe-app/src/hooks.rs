@@ -184,7 +184,6 @@ impl LabApp {
             },
             HookCommand::Predict { choice } => {
                 state.lesson.choice = Some(choice);
-                state.lesson.committed = true;
                 AppCommand::RevealPrediction
             }
             HookCommand::ExportFigure => AppCommand::ExportFigure,

@@ -32,6 +32,9 @@ pub const BUNDLED: [(&str, &str); 4] = [
     ("advmoe.lesson", include_str!("../lessons/advmoe.lesson")),
 ];
 
+/// The recorded figures of a model, by its link key ([`crate::link::model_key`]).
+pub type Recorded<'r> = dyn Fn(&str) -> Option<&'r CompareRow> + 'r;
+
 /// A part of the screen a card points at (views mark where they drew it,
 /// [`crate::views::lesson::mark`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,12 +260,8 @@ impl Condition {
 
     /// Whether it holds for the live attack `attack` and the recorded figures `rows` gives;
     /// `None` when what it needs is not there.
-    pub fn holds(
-        &self,
-        attack: Option<&ImageAttack>,
-        rows: &dyn Fn(&str) -> Option<CompareRow>,
-    ) -> Option<bool> {
-        let value = |f: &Figure| f.value(&rows(&f.model)?);
+    pub fn holds(&self, attack: Option<&ImageAttack>, rows: &Recorded<'_>) -> Option<bool> {
+        let value = |f: &Figure| f.value(rows(&f.model)?);
         match self {
             Condition::Prediction { flipped } => {
                 let a = attack?;
@@ -537,7 +536,7 @@ impl Lesson {
 
     /// The quotes whose text differs from the figure they quote, as `rows` gives the recorded
     /// figures of a model by its link key.
-    pub fn check_quotes(&self, rows: &dyn Fn(&str) -> Option<CompareRow>) -> Vec<Misquote> {
+    pub fn check_quotes(&self, rows: &Recorded<'_>) -> Vec<Misquote> {
         let mut wrong = Vec::new();
         for (card, text) in self.texts() {
             for quote in quotes(text) {
@@ -545,7 +544,7 @@ impl Lesson {
                     continue;
                 };
                 let actual = rows(&figure.model)
-                    .and_then(|row| figure.value(&row))
+                    .and_then(|row| figure.value(row))
                     .map(|v| figure.format(v));
                 if actual.as_deref() != Some(quote.shown.as_str()) {
                     wrong.push(Misquote {

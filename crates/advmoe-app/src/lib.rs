@@ -387,7 +387,7 @@ impl LabApp {
     fn judge_prediction(&mut self) {
         let state = &mut self.state;
         let models = &state.models;
-        let rows = |key: &str| link::find_model(models, key).and_then(|m| m.recorded.clone());
+        let rows = |key: &str| link::find_model(models, key).and_then(|m| m.recorded.as_ref());
         let attacked = state.attack.result.as_ref();
         let names = |c: usize| {
             attacked

@@ -2,12 +2,11 @@
 //! (a choice committed before the result is shown, then judged on the live result), and the
 //! outline around the part of the screen the card points at (views [`mark`] where they drew it).
 
-use advmoe_engine::compare::CompareRow;
 use eframe::egui::{self, Color32, RichText};
 
 use crate::analysis::{AttackOutcome, ModelInfo};
 use crate::command::AppCommand;
-use crate::lesson::{self, Area, Card, Lesson};
+use crate::lesson::{self, Area, Card, Lesson, Recorded};
 
 /// What the lesson panel edits and shows.
 #[derive(Default)]
@@ -83,7 +82,7 @@ impl LessonState {
     pub fn judge(
         &mut self,
         attack: Option<&AttackOutcome>,
-        rows: &dyn Fn(&str) -> Option<CompareRow>,
+        rows: &Recorded<'_>,
         names: &dyn Fn(usize) -> String,
     ) {
         if !self.committed || self.revealed.is_some() {
@@ -225,7 +224,7 @@ pub fn panel_ui(
     let Some(card) = lesson.cards.get(c) else {
         return commands;
     };
-    let rows = |key: &str| crate::link::find_model(models, key).and_then(|m| m.recorded.clone());
+    let rows = |key: &str| crate::link::find_model(models, key).and_then(|m| m.recorded.as_ref());
     ui.heading(&lesson.title);
     ui.label(format!("Card {} of {}", c + 1, lesson.cards.len()));
     // The app checks a lesson's quotes against the recorded figures of the loaded models.
@@ -264,7 +263,6 @@ pub fn panel_ui(
                 .on_disabled_hover_text("Pick an answer first")
                 .clicked()
             {
-                state.committed = true;
                 commands.push(AppCommand::RevealPrediction);
             }
         } else if let Some(reveal) = &state.revealed {
