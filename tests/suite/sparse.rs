@@ -1,13 +1,15 @@
-//! The sparse WGSL kernels: every shader validates with naga, and on the wgpu device the sparse
-//! MoE conv agrees with the reference (all experts, then select) in its output and in all three
-//! gradients (input, weight, router scores) over a grid of shapes and edge cases.
+//! The sparse kernels: every WGSL shader validates with naga, and on the wgpu device (WGSL) and on
+//! Burn's CPU backend (`advmoe_kernels::cpu`) the sparse MoE conv agrees with the reference (all
+//! experts, then select) in its output and in all three gradients (input, weight, router scores)
+//! over a grid of shapes and edge cases; on the CPU the plain convolution agrees with Burn's.
 
 use advmoe_core::{MethodKind, Rng};
 use advmoe_engine::Run;
 use advmoe_kernels::parity::{self, ParityCase};
 use advmoe_kernels::shaders::{self, Tile};
 use advmoe_kernels::{
-    Variant, set_kernel_variant, set_sparse_execution, sparse_moe_conv, sparse_supported,
+    Variant, on_cpu, on_wgpu, set_kernel_variant, set_sparse_execution, sparse_moe_conv,
+    sparse_supported,
 };
 use advmoe_model::checkpoint::host_tensors;
 use advmoe_model::{LayerRoute, gate_from_scores};
@@ -97,11 +99,12 @@ fn tile_choice_fits_the_product() {
 }
 
 #[test]
-fn the_sparse_path_is_chosen_only_on_wgpu_devices() {
-    assert!(sparse_supported(&gpu()));
-    assert!(sparse_supported(&gpu().autodiff()));
-    assert!(!sparse_supported(&cpu()));
-    assert!(!sparse_supported(&cpu().autodiff()));
+fn the_sparse_path_runs_on_wgpu_and_on_the_cpu_each_with_its_own_kernels() {
+    for device in [gpu(), gpu().autodiff(), cpu(), cpu().autodiff()] {
+        assert!(sparse_supported(&device));
+    }
+    assert!(on_wgpu(&gpu().autodiff()) && !on_cpu(&gpu().autodiff()));
+    assert!(on_cpu(&cpu().autodiff()) && !on_wgpu(&cpu().autodiff()));
 }
 
 /// One parity case.
@@ -201,13 +204,74 @@ fn sparse_conv_matches_the_reference_in_output_and_all_gradients_on_wgpu() {
     set_kernel_variant(None);
 }
 
-/// On Burn's CPU backend the MoE conv splits the batch by expert (`advmoe_kernels::split`):
-/// the same output and gradients as the reference, which runs every expert on every image.
+/// On Burn's CPU backend the MoE conv runs `advmoe_kernels::cpu` (im2col and a matrix product
+/// per image through its own expert): the same output and gradients as the reference, which
+/// runs every expert on every image.
 #[test]
-fn split_conv_matches_the_reference_in_output_and_all_gradients_on_the_cpu() {
-    assert!(advmoe_kernels::split_supported(&cpu().autodiff()));
-    assert!(!advmoe_kernels::split_supported(&gpu()));
-    check_parity(&cpu().autodiff(), "split");
+fn cpu_kernels_match_the_reference_in_output_and_all_gradients() {
+    check_parity(&cpu().autodiff(), "cpu");
+}
+
+/// The model's plain convolutions run through the CPU kernels on Burn's CPU backend
+/// (`advmoe_kernels::conv2d`): output, input gradient and weight gradient as Burn's conv2d
+/// gives them, on the shapes the models have (3×3 stride 1 and 2, 1×1 shortcuts of stride 2,
+/// the 1×1 stride-1 path that skips im2col) and a non-contiguous input.
+#[test]
+fn cpu_plain_conv_matches_burns_conv2d_in_output_and_gradients() {
+    let device = cpu().autodiff();
+    // (batch, c_in, c_out, size, kernel, stride)
+    let cases = [
+        (3, 3, 8, 9, 3, 1),
+        (2, 6, 4, 8, 3, 2),
+        (2, 5, 7, 9, 1, 2),
+        (4, 6, 3, 5, 1, 1),
+        (1, 16, 32, 4, 3, 2),
+        (2, 2, 3, 3, 3, 1),
+        // planes smaller than the kernel: rows and columns that never meet the image
+        (2, 3, 4, 2, 3, 1),
+        (2, 3, 4, 1, 3, 1),
+        (2, 3, 4, 1, 3, 2),
+    ];
+    for (i, &(batch, c_in, c_out, size, kernel, stride)) in cases.iter().enumerate() {
+        let padding = kernel / 2;
+        let run = |ours: bool| {
+            let mut rng = Rng::seed(40 + i as u64);
+            let wide = tensor4(
+                normal(batch * (c_in + 2) * size * size, &mut rng),
+                [batch, c_in + 2, size, size],
+                &device,
+            );
+            let x = wide.narrow(1, 2, c_in).require_grad();
+            let weight = tensor4(
+                normal(c_out * c_in * kernel * kernel, &mut rng),
+                [c_out, c_in, kernel, kernel],
+                &device,
+            )
+            .require_grad();
+            let previous = set_sparse_execution(ours);
+            let y = advmoe_kernels::conv2d(x.clone(), weight.clone(), stride, padding);
+            set_sparse_execution(previous);
+            let upstream = tensor4(
+                normal(y.dims().iter().product(), &mut rng),
+                y.dims(),
+                &device,
+            );
+            let grads = (y.clone() * upstream).sum().backward();
+            let grad = |t: &Tensor<4>| read(Tensor::<4>::from_inner(t.grad(&grads).unwrap()));
+            [read(y.detach()), grad(&x), grad(&weight)]
+        };
+        let (ours, burns) = (run(true), run(false));
+        for (name, (o, b)) in ["output", "input gradient", "weight gradient"]
+            .iter()
+            .zip(ours.iter().zip(&burns))
+        {
+            let diff = parity::relative_difference(o, b);
+            assert!(
+                diff <= 2e-5,
+                "case {i} (b={batch} c_in={c_in} c_out={c_out} size={size} k={kernel} s={stride}): {name} differs by {diff}"
+            );
+        }
+    }
 }
 
 fn check_parity(device: &Device, path: &str) {
@@ -348,26 +412,47 @@ fn check_parity(device: &Device, path: &str) {
     }
 }
 
+/// A corrupt route (an expert index past the last expert) poisons only its own sample with NaN,
+/// in the WGSL kernels and in the CPU kernels (whose Burn wrapper's gate gather would stop on it
+/// first, so the kernel is called directly).
 #[test]
 fn an_expert_index_out_of_range_poisons_only_its_sample() {
-    let device = gpu();
     let mut rng = Rng::seed(4);
-    let x = tensor4(normal(2 * 2 * 4 * 4, &mut rng), [2, 2, 4, 4], &device);
-    let weight = tensor4(normal(2 * 3 * 2 * 9, &mut rng), [6, 2, 3, 3], &device);
+    let (x, w) = (
+        normal(2 * 2 * 4 * 4, &mut rng),
+        normal(2 * 3 * 2 * 9, &mut rng),
+    );
+    let per = 3 * 4 * 4;
+    let device = gpu();
     let gate = Tensor::<2>::from_data(
         TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
         &device,
     );
     let experts = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 5], [2]), &device);
-    let y = read(sparse_moe_conv(x, weight, gate, experts, 1, 1));
-    let per = 3 * 4 * 4;
-    assert!(y[..per].iter().all(|v| v.is_finite()));
-    assert!(y[per..].iter().all(|v| v.is_nan()));
+    let on_gpu = read(sparse_moe_conv(
+        tensor4(x.clone(), [2, 2, 4, 4], &device),
+        tensor4(w.clone(), [6, 2, 3, 3], &device),
+        gate,
+        experts,
+        1,
+        1,
+    ));
+    let geometry = advmoe_kernels::cpu::Geometry::new([2, 2, 4, 4], [6, 2, 3, 3], 2, 1, 1);
+    let on_cpu = advmoe_kernels::cpu::forward(&x, &w, &[1, 5], &geometry);
+    for y in [on_gpu, on_cpu] {
+        assert!(y[..per].iter().all(|v| v.is_finite()));
+        assert!(y[per..].iter().all(|v| v.is_nan()));
+    }
 }
 
 #[test]
 fn an_empty_batch_gives_an_empty_output_and_zero_weight_gradient() {
-    let device = gpu().autodiff();
+    for device in [gpu().autodiff(), cpu().autodiff()] {
+        empty_batch_on(device);
+    }
+}
+
+fn empty_batch_on(device: Device) {
     let x = Tensor::<4>::zeros([0, 2, 4, 4], &device).require_grad();
     let weight = Tensor::<4>::ones([6, 2, 3, 3], &device).require_grad();
     let gate = Tensor::<2>::zeros([0, 2], &device);

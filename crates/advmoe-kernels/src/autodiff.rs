@@ -1,5 +1,6 @@
-//! The autodiff backward of the sparse MoE convolution: input, weight and gate gradients from
-//! the sparse kernels, registered on the three parents.
+//! The autodiff backward of the sparse MoE convolution (input, weight and gate gradients from
+//! the sparse kernels, registered on the three parents) and of the one-expert convolution
+//! (input and weight gradients from the same kernels, every sample on expert 0).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -96,6 +97,59 @@ impl<B: Backend + SparseMoeOps> Backward<B, 3> for SparseMoeConvBackward {
                 state.padding,
                 height,
                 width,
+            );
+            grads.register::<B>(node.id, grad_input);
+        }
+    }
+}
+
+/// What the one-expert convolution's backward needs.
+#[derive(Debug, Clone)]
+struct PlainState<B: Backend> {
+    input: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    stride: usize,
+    padding: usize,
+}
+
+#[derive(Debug)]
+struct ExpertConvBackward;
+
+impl<B: Backend + SparseMoeOps> Backward<B, 2> for ExpertConvBackward {
+    type State = PlainState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_input, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let PlainState {
+            input,
+            weight,
+            stride,
+            padding,
+        } = ops.state;
+        let [batch, _, height, width] = input.shape().dims::<4>();
+        let [_, _, kernel, _] = weight.shape().dims::<4>();
+        let experts = B::int_zeros(Shape::from([batch]), &input.device(), IntDType::I32);
+        if let Some(node) = node_weight {
+            let grad_weight = B::sparse_moe_conv_weight_grad(
+                grad.clone(),
+                input,
+                experts.clone(),
+                1,
+                stride,
+                padding,
+                kernel,
+            );
+            grads.register::<B>(node.id, grad_weight);
+        }
+        if let Some(node) = node_input {
+            let grad_input = B::sparse_moe_conv_input_grad(
+                grad, weight, experts, stride, padding, height, width,
             );
             grads.register::<B>(node.id, grad_input);
         }
@@ -216,5 +270,32 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
             experts,
             num_experts,
         ))
+    }
+
+    fn expert_conv(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let nodes = [input.node(), weight.node()];
+        let (input, weight) = (input.into_primitive(), weight.into_primitive());
+        let output = B::expert_conv(input.clone(), weight.clone(), stride, padding);
+        match ExpertConvBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(
+                PlainState {
+                    input,
+                    weight,
+                    stride,
+                    padding,
+                },
+                output,
+            ),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
     }
 }

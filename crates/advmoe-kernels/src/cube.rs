@@ -5,7 +5,7 @@
 //! first, because the shaders index flat row-major arrays.
 
 use burn::backend::TensorMetadata;
-use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use burn::backend::ops::{ConvOptions, FloatTensorOps, IntTensorOps, ModuleOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{CubeBackend, CubeTensor, into_contiguous};
 use burn::cubecl::ir::UIntKind;
@@ -423,6 +423,20 @@ impl SparseMoeOps for CubeBackend {
             [&grad_output, &z, &experts],
             Shape::from([batch, num_experts]),
             &geometry,
+        )
+    }
+
+    fn expert_conv(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        CubeBackend::conv2d(
+            input,
+            weight,
+            None,
+            ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
         )
     }
 }

@@ -8,24 +8,28 @@
 //! a Burn backend extension ([`SparseMoeOps`]) with a hand-written autodiff backward, so
 //! training and attacks use them end to end. Each matrix-product shader comes in a tiled
 //! variant (workgroup-memory tiles, for GPUs) and a direct one (no workgroup memory, for
-//! software adapters); [`Variant`] says which, chosen by adapter. On Burn's CPU backend
-//! (natively) [`split::moe_conv`] splits the batch by expert and runs one dense convolution per
-//! expert, reading the routes on the host (a copy there). Everywhere else, and as the oracle of
-//! the parity tests, [`reference::moe_conv`] runs all experts and selects.
+//! software adapters); [`Variant`] says which, chosen by adapter. On Burn's CPU backend (`flex`)
+//! the same extension runs [`cpu`]: im2col and one matrix product per image through its own
+//! expert, the images spread over the cores; [`conv2d`] runs the model's plain convolutions
+//! through those kernels too, because Burn's own CPU conv2d is several times slower at these
+//! shapes. Everywhere else, and as the oracle of the parity tests, [`reference::moe_conv`] runs
+//! all experts and selects.
 //!
 //! This crate must not read GPU data back, nor loop over experts on the host for a GPU.
 
 mod autodiff;
+pub mod cpu;
 mod cube;
 mod ops;
 pub mod parity;
 pub mod reference;
 pub mod shaders;
-pub mod split;
 
 use std::cell::Cell;
 
 use burn::backend::{Dispatch, DispatchDevice};
+use burn::tensor::module::conv2d as burn_conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Int, Tensor};
 
 pub use ops::SparseMoeOps;
@@ -61,27 +65,31 @@ pub fn sparse_execution_enabled() -> bool {
     SPARSE_ENABLED.with(Cell::get)
 }
 
-/// Whether the sparse kernels run on `device`: Burn's CubeCL (`wgpu`) devices, with or without
-/// autodiff.
+/// Whether the sparse kernels run on `device`: the WGSL kernels on Burn's CubeCL (`wgpu`)
+/// devices and [`cpu`] on Burn's CPU backend, with or without autodiff.
 pub fn sparse_supported(device: &Device) -> bool {
+    on_wgpu(device) || on_cpu(device)
+}
+
+/// Whether `device` is one of Burn's CubeCL (`wgpu`) devices, with or without autodiff.
+pub fn on_wgpu(device: &Device) -> bool {
     matches!(
         device.clone().inner().as_dispatch(),
         DispatchDevice::Cube(_)
     )
 }
 
-/// Whether [`split::moe_conv`] runs on this device: Burn's CPU backend, natively.
-pub fn split_supported(device: &Device) -> bool {
-    !cfg!(target_arch = "wasm32")
-        && !matches!(
-            device.clone().inner().as_dispatch(),
-            DispatchDevice::Cube(_)
-        )
+/// Whether `device` is Burn's CPU backend (`flex`), with or without autodiff.
+pub fn on_cpu(device: &Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Flex(_)
+    )
 }
 
-/// The MoE convolution on the fastest path the device has: sparse kernels on `wgpu` (unless
-/// turned off with [`set_sparse_execution`]), the reference elsewhere. See
-/// [`reference::moe_conv`] for the contract on `gate`.
+/// The MoE convolution on the fastest path the device has: the sparse kernels (unless turned
+/// off with [`set_sparse_execution`]), the reference elsewhere. See [`reference::moe_conv`] for
+/// the contract on `gate`.
 ///
 /// # Shapes
 /// - input `[batch, c_in, h, w]`, weight `[num_experts * c_out, c_in, k, k]`,
@@ -97,10 +105,28 @@ pub fn moe_conv(
 ) -> Tensor<4> {
     if sparse_execution_enabled() && sparse_supported(&input.device()) {
         sparse_moe_conv(input, weight, gate, experts, stride, padding)
-    } else if sparse_execution_enabled() && split_supported(&input.device()) {
-        split::moe_conv(input, weight, gate, experts, stride, padding)
     } else {
         reference::moe_conv(input, weight, gate, stride, padding)
+    }
+}
+
+/// A plain convolution (no bias, equal padding on every side): [`cpu`]'s kernels on Burn's CPU
+/// backend (unless sparse execution is turned off), Burn's conv2d elsewhere.
+///
+/// # Shapes
+/// - input `[batch, c_in, h, w]`, weight `[c_out, c_in, k, k]`
+/// - output `[batch, c_out, h_out, w_out]`
+pub fn conv2d(input: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+    if sparse_execution_enabled() && on_cpu(&input.device()) {
+        Tensor::from_dispatch(Dispatch::expert_conv(
+            input.into_dispatch(),
+            weight.into_dispatch(),
+            stride,
+            padding,
+        ))
+    } else {
+        let options = ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1);
+        burn_conv2d(input, weight, None, options)
     }
 }
 

@@ -1,8 +1,9 @@
 //! The backend extension: the sparse MoE convolution as operations of a Burn backend.
 //!
-//! Implemented for the CubeCL backend (Burn's `wgpu` devices; [`crate::cube`]) and for
-//! `Autodiff` over it ([`crate::autodiff`]). Other backends are not listed: callers check
-//! [`crate::sparse_supported`] first and use [`crate::reference`] there.
+//! Implemented for the CubeCL backend (Burn's `wgpu` devices; [`crate::cube`]), for Burn's CPU
+//! backend (`flex`; [`crate::cpu`]) and for `Autodiff` over either ([`crate::autodiff`]). Other
+//! backends are not listed: callers check [`crate::sparse_supported`] first and use
+//! [`crate::reference`] there.
 
 use burn::backend::Backend;
 use burn::backend::backend_extension;
@@ -15,7 +16,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 /// - `gate [batch, num_experts]`, `experts [batch]` (the selected expert of each sample)
 /// - output `[batch, c_out, h_out, w_out]` with
 ///   `h_out = (h_in + 2 * padding - kernel) / stride + 1`
-#[backend_extension(Cube, Autodiff)]
+#[backend_extension(Cube, Flex, Autodiff)]
 pub trait SparseMoeOps: Backend {
     /// `output[b] = gate[b, experts[b]] * conv(input[b], weight of expert experts[b])`.
     /// Differentiable (on autodiff devices) in `input`, `weight` and `gate`; the gate's gradient
@@ -71,5 +72,16 @@ pub trait SparseMoeOps: Backend {
         z: FloatTensor<Self>,
         experts: IntTensor<Self>,
         num_experts: usize,
+    ) -> FloatTensor<Self>;
+
+    /// `conv(input[b], weight)` for every sample: a plain convolution (one expert, no gate, no
+    /// bias), differentiable in `input` and `weight` on autodiff devices. On the CPU it runs the
+    /// same kernels as the MoE convolution; on `wgpu` its forward is Burn's conv2d (the model
+    /// calls it only on the CPU, see [`crate::conv2d`]).
+    fn expert_conv(
+        input: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
     ) -> FloatTensor<Self>;
 }

@@ -3,7 +3,7 @@
 
 use advmoe_core::Rng;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData, module::conv2d, ops::ConvOptions};
+use burn::tensor::{Device, Tensor, TensorData, ops::ConvOptions};
 
 /// A `[shape]` tensor of normal samples with standard deviation `std`.
 pub fn normal_tensor<const D: usize>(
@@ -71,7 +71,7 @@ impl Conv {
     /// - output `[batch, channels_out, ceil(h / stride), ceil(w / stride)]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let k = self.weight.shape().dims::<4>()[2];
-        conv2d(x, self.weight.val(), None, conv_options(self.stride, k))
+        advmoe_kernels::conv2d(x, self.weight.val(), self.stride, k / 2)
     }
 }
 

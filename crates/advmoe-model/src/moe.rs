@@ -12,9 +12,9 @@
 
 use advmoe_core::Rng;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor, module::conv2d};
+use burn::tensor::{Device, Int, Tensor};
 
-use crate::layers::{Fc, conv_options, kaiming_std, normal_tensor};
+use crate::layers::{Fc, kaiming_std, normal_tensor};
 use crate::readback::{ReadbackError, read_f32, read_i64};
 
 /// The routing decision of one MoE layer for a batch.
@@ -221,12 +221,7 @@ impl MoeConv2d {
 
     /// All experts' outputs, `[batch, num_experts * width_out, h', w']`.
     pub fn forward_all(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(
-            x,
-            self.weight.val(),
-            None,
-            conv_options(self.stride, self.kernel()),
-        )
+        advmoe_kernels::conv2d(x, self.weight.val(), self.stride, self.kernel() / 2)
     }
 
     /// Apply the layer with the given route (ignored when dense). Per-layer routers compute their

@@ -1,5 +1,6 @@
-//! `advmoe bench sparse-conv`: the sparse MoE conv kernels against the reference (all experts,
-//! then select) and Burn's dense conv at the active width, timed side by side in one run, plus
+//! `advmoe bench sparse-conv`: the sparse MoE conv kernels (WGSL on wgpu, or the CPU kernels)
+//! against the reference (all experts, then select) and Burn's dense conv at the active width,
+//! timed side by side in one run, plus
 //! one whole AdvMoE training step with and without sparse execution. `advmoe bench steps`
 //! ([`steps`]): the training steps and the evaluation attack, for the PyTorch reference under
 //! `bench/reference/` to check and time the same work.
@@ -13,7 +14,6 @@ use advmoe_core::{DatasetSpec, MethodKind, ModelSpec, Rng, TrainSpec};
 use advmoe_engine::{DeviceChoice, Run, RunConfig, make_device};
 use advmoe_kernels::{
     Variant, parity, reference, set_kernel_variant, set_sparse_execution, sparse_moe_conv,
-    sparse_supported,
 };
 use advmoe_model::readback::{block_on, read_f32};
 use anyhow::{Context as _, bail};
@@ -76,6 +76,10 @@ pub(crate) struct SparseConvArgs {
     /// Kernel variant: auto (direct on software adapters, tiled on GPUs), tiled or direct.
     #[arg(long, value_enum, default_value = "auto")]
     variant: VariantArg,
+    /// Device: gpu (the WGSL kernels on wgpu) or cpu (the CPU kernels, `advmoe_kernels::cpu`,
+    /// against Burn's CPU conv2d).
+    #[arg(long, default_value = "gpu")]
+    device: DeviceChoice,
     /// Skip the whole-training-step comparison.
     #[arg(long)]
     no_step: bool,
@@ -124,10 +128,7 @@ pub(crate) fn run(command: BenchCommand) -> anyhow::Result<()> {
         VariantArg::Tiled => Some(Variant::Tiled),
         VariantArg::Direct => Some(Variant::Direct),
     });
-    let device = make_device(DeviceChoice::Gpu);
-    if !sparse_supported(&device) {
-        bail!("no wgpu device: the sparse kernels need Burn's wgpu backend");
-    }
+    let device = make_device(args.device);
     let adapter = device
         .identity()
         .map_or_else(|| format!("{device:?}"), |identity| identity.name);

@@ -242,7 +242,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
 fn device_label(device: &Device) -> String {
     match device.identity() {
         Some(identity) => identity.name,
-        None if advmoe_kernels::sparse_supported(device) => format!("{device:?}"),
+        None if advmoe_kernels::on_wgpu(device) => format!("{device:?}"),
         None => "cpu (Burn flex)".into(),
     }
 }
