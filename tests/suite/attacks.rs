@@ -384,6 +384,26 @@ fn pgd_breaks_a_standard_model_and_stronger_attacks_are_stronger() {
     assert!(apgd <= p10, "APGD-20 {apgd} weaker than PGD-10 {p10}");
 }
 
+/// The router attacks the product runs pass the validation every command applies to the
+/// attacks it is given (a refusal of the margin loss on the router target stopped `advmoe
+/// compare` and `advmoe eval --attack` before they started), and the router target still
+/// refuses the DLR loss, which has no meaning for routes.
+#[test]
+fn the_products_router_attacks_pass_validation_and_dlr_on_routers_does_not() {
+    let mut specs = vec![AttackSpec::router_eval(), AttackSpec::router_progress()];
+    specs.extend(AttackSpec::router_ladder(8.0 / 255.0));
+    for spec in &specs {
+        assert_eq!(spec.target, AttackTarget::Router);
+        spec.validate().unwrap();
+    }
+    let dlr = AttackSpec {
+        loss: AttackLoss::Dlr,
+        ..AttackSpec::router_eval()
+    };
+    let err = dlr.validate().unwrap_err().to_string();
+    assert!(err.contains("router target"), "{err}");
+}
+
 #[test]
 fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     let trained = trained(RouterKind::PerLayer);

@@ -665,10 +665,12 @@ impl AttackSpec {
             return Err(bad("restarts", format!("{} not in 1..=100", self.restarts)));
         }
         if self.target == AttackTarget::Router {
-            if matches!(self.loss, AttackLoss::Cw | AttackLoss::Dlr) {
+            // cw on the routers is the margin of the best other expert over the clean route
+            // (the converged router attack, `router_eval`); dlr has no meaning there.
+            if self.loss == AttackLoss::Dlr {
                 return Err(bad(
                     "attack loss",
-                    format!("the router target takes kl or ce, not {}", self.loss),
+                    format!("the router target takes kl, ce or cw, not {}", self.loss),
                 ));
             }
             if self.targeted.is_some() {
