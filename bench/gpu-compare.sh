@@ -14,7 +14,9 @@
 #     attacks on the first EVAL_SIZE test images (class-interleaved: EVAL_SIZE/10 per class),
 #     and the headline robust accuracy as the per-image worst case over PGD and AutoAttack's
 #     white-box pair (APGD-CE and APGD-T on the DLR loss against 9 target classes) of
-#     WORST_STEPS iterations each (WORST_STEPS=0 leaves it out).
+#     WORST_STEPS iterations each (WORST_STEPS=0 leaves it out). At each of the 10 curve points
+#     it also measures robust accuracy and router robustness on CURVE_ROBUST test images (the
+#     robust training curves: RA and expert load over steps; 0 leaves them out).
 # Resumable: models already finished in OUT with the same settings are not trained again, so a
 # cut call loses at most the model in progress; rerun with the same STEPS to finish (the chosen
 # step count is kept in OUT/steps).
@@ -32,6 +34,7 @@ EVAL_SIZE=${EVAL_SIZE:-2000}   # test images every model is evaluated on
 EVAL_STEPS=${EVAL_STEPS:-20}   # PGD steps of the evaluation attacks (step 2/255, ε 8/255)
 EVAL_EVERY=${EVAL_EVERY:-0}    # curve points: 0 picks 10 per run
 WORST_STEPS=${WORST_STEPS:-20} # iterations of each worst-case attack (0: no worst case)
+CURVE_ROBUST=${CURVE_ROBUST:-200} # test images attacked at each curve point (0: clean curves only)
 PROBE_SHORT=${PROBE_SHORT:-5}
 PROBE_LONG=${PROBE_LONG:-25}
 MODELS=${MODELS:-advmoe,moe-at,dense-same-cost-trades,moe-at-balanced,dense-full-trades}
@@ -58,18 +61,20 @@ else
   short=$(probe "$PROBE_SHORT")
   long=$(probe "$PROBE_LONG")
   rm -rf "$OUT/probe"
-  steps=$(python3 - "$short" "$long" "$BUDGET" "$STEPS" "$EVAL_SIZE" "$EVAL_STEPS" "$PROBE_SHORT" "$PROBE_LONG" "$WORST_STEPS" <<'EOF'
+  steps=$(python3 - "$short" "$long" "$BUDGET" "$STEPS" "$EVAL_SIZE" "$EVAL_STEPS" "$PROBE_SHORT" "$PROBE_LONG" "$WORST_STEPS" "$CURVE_ROBUST" <<'EOF'
 import sys
-short, long_, budget, cap, eval_size, eval_steps, n_short, n_long, worst_steps = map(float, sys.argv[1:])
+short, long_, budget, cap, eval_size, eval_steps, n_short, n_long, worst_steps, curve = map(float, sys.argv[1:])
 per_step = max((long_ - short) / (n_long - n_short), 1e-4)
 # One AdvMoE step is two inner attacks of 2 steps and two training passes (about 10 forward and
 # backward passes of a batch of 128); the other four models take about 2.5 AdvMoE steps per step
 # together. Evaluation: two attacks (full, expert) of eval_steps on eval_size images, the router
 # attack (PGD-20 from 2 starts: 40 passes through the image router alone, 2.8 MMACs against
 # about 23 for router and pathway at width 32, 8 at width 16: counted as a quarter pass each),
-# and the worst case's 1 + 9 attacks of worst_steps.
+# and the worst case's 1 + 9 attacks of worst_steps. Each of the 10 curve points attacks `curve`
+# images with PGD-10 on the full and the expert targets and a 5-step router attack.
 eval_equiv = (2 * eval_steps + 40 / 4 + 10 * worst_steps) * (eval_size / 128) / 10
-train_budget = budget - 5 * eval_equiv * per_step - 30
+curve_equiv = 10 * (2 * 10 + 5 / 4) * (curve / 128) / 10
+train_budget = budget - 5 * (eval_equiv + curve_equiv) * per_step - 30
 steps = int(min(cap, max(20, train_budget / (3.5 * per_step))))
 print(steps)
 print(f"{per_step:.3f} s per AdvMoE step; {steps} steps per model", file=sys.stderr)
@@ -85,7 +90,7 @@ worst_flags=()
 
 say "compare: $steps steps per model, evaluation on $EVAL_SIZE test images"
 "$ADVMOE" compare --preset paper --data "$DATA" "${model_flags[@]}" \
-  --train-steps "$steps" --eval-every "$every" --eval-size "$EVAL_SIZE" \
+  --train-steps "$steps" --eval-every "$every" --eval-size "$EVAL_SIZE" --curve-robust "$CURVE_ROBUST" \
   --attack pgd --steps "$EVAL_STEPS" "${worst_flags[@]}" --models "$MODELS" --seed 0 \
   --device "$DEVICE" --out "$OUT"
 say "done: $OUT/compare.md, $OUT/compare.json and one folder per model"

@@ -1,7 +1,7 @@
 //! Adversarial training: AdvMoE's two optimisers, NaN naming, log-space KL, and the comparison.
 
 use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
-use advmoe_engine::compare::{compare_entries, markdown_table, run_comparison};
+use advmoe_engine::compare::{compare_entries, markdown_curves, markdown_table, run_comparison};
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
 use advmoe_engine::optim::Optimizer;
@@ -163,6 +163,9 @@ fn the_comparison_trains_and_measures_every_model() {
     base.train.method = MethodKind::MoeAt;
     base.train.batch_size = 8;
     base.train.attack.steps = 1;
+    // Curves: an evaluation after each step, robustness on 4 test images at each.
+    base.train.eval_every = 1;
+    base.train.robust_eval_size = 4;
     let data = synthetic(64, 16);
     let entries = compare_entries(&base);
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
@@ -223,7 +226,32 @@ fn the_comparison_trains_and_measures_every_model() {
         );
         assert!(dir.join(&row.name).join("model.safetensors").exists());
         assert_eq!(row.steps, 2);
+        // The training curves: clean and robust at the same steps, the router measured on MoEs.
+        let steps: Vec<usize> = row.history.iter().map(|e| e.step).collect();
+        let robust_steps: Vec<usize> = row.robust_history.iter().map(|p| p.step).collect();
+        assert_eq!(steps, [1, 2], "{}", row.name);
+        assert_eq!(robust_steps, steps, "{}", row.name);
+        for p in &row.robust_history {
+            assert_eq!(p.images, 4);
+            assert!((0.0..=1.0).contains(&p.robust_acc));
+            assert_eq!(
+                p.router_robustness.is_some(),
+                row.experts > 1,
+                "{}",
+                row.name
+            );
+        }
     }
+    let curves = markdown_curves(&rows);
+    let lines: Vec<&str> = curves.lines().filter(|l| l.starts_with('|')).collect();
+    // Header, rule, steps 1 and 2; per model SA and RA, and the load of the three MoEs.
+    assert_eq!(lines.len(), 4, "{curves}");
+    assert_eq!(lines[0].matches('|').count(), 1 + 1 + 5 * 2 + 3, "{curves}");
+    assert!(lines[3].starts_with("| 2 |"), "{curves}");
+    assert!(
+        curves.contains("RA during training: PGD-10 at ε = 8/255 on the first 4 test images"),
+        "{curves}"
+    );
     let table = markdown_table(&rows);
     assert_eq!(table.lines().filter(|l| l.starts_with('|')).count(), 2 + 5);
     assert!(table.contains("| advmoe | advmoe | 2 | 0.5 |"), "{table}");

@@ -100,6 +100,24 @@ pub struct CompareRow {
     /// (the training curves).
     #[serde(default)]
     pub history: Vec<EvalReport>,
+    /// Robust accuracy and router robustness on the first `robust_eval_size` test images at each
+    /// of those evaluations, when the entry's training spec asks for them (the robust training
+    /// curves; empty otherwise).
+    #[serde(default)]
+    pub robust_history: Vec<RobustPoint>,
+}
+
+/// One point of a robust training curve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RobustPoint {
+    /// Optimiser steps done when measured.
+    pub step: usize,
+    /// Test images attacked.
+    pub images: usize,
+    /// Robust accuracy under the run's progress attack (PGD-10 at 8/255).
+    pub robust_acc: f64,
+    /// Routes kept under the progress router attack (MoE models).
+    pub router_robustness: Option<f64>,
 }
 
 /// A finished model's row as saved in `<out>/<name>/row.json`, with the configuration and
@@ -181,17 +199,27 @@ pub async fn run_comparison(
         let mut run = Run::new(entry.config.clone(), dataset.clone(), device)?;
         let total = entry.config.train.total_steps;
         let mut stopped = stop();
+        let mut robust_history = Vec::new();
         while !stopped && run.state() == RunState::Running {
             let start = run.step_index();
-            run.advance(10, &mut |taken| {
-                on_event(CompareEvent::Step {
-                    done: start + taken,
-                    of: total,
+            let advance = run
+                .advance(10, &mut |taken| {
+                    on_event(CompareEvent::Step {
+                        done: start + taken,
+                        of: total,
+                    });
+                    stopped = stop();
+                    !stopped
+                })
+                .await?;
+            if let (Some(eval), Some(robust)) = (&advance.eval, &advance.robust) {
+                robust_history.push(RobustPoint {
+                    step: eval.step,
+                    images: robust.images,
+                    robust_acc: robust.robust_acc,
+                    router_robustness: robust.router_robustness,
                 });
-                stopped = stop();
-                !stopped
-            })
-            .await?;
+            }
         }
         if stopped {
             return Ok(rows);
@@ -203,7 +231,10 @@ pub async fn run_comparison(
             on_event(CompareEvent::Evaluating { done, of })
         })
         .await?;
-        let row = compare_row(entry, &run, report);
+        let row = CompareRow {
+            robust_history,
+            ..compare_row(entry, &run, report)
+        };
         if let Some(dir) = &dir {
             let saved = SavedRow {
                 config: entry.config.clone(),
@@ -258,8 +289,70 @@ impl CompareRow {
             train_secs,
             report,
             history,
+            robust_history: Vec::new(),
         }
     }
+}
+
+/// The training curves as a markdown table, one row per evaluation step: each MoE model's clean
+/// accuracy, robust accuracy (when measured during training) and the first MoE layer's expert
+/// load, each dense model's clean and robust accuracy. Empty when no row has more than its final
+/// evaluation.
+pub fn markdown_curves(rows: &[CompareRow]) -> String {
+    if rows.iter().all(|r| r.history.len() < 2) {
+        return String::new();
+    }
+    let mut steps: Vec<usize> = rows
+        .iter()
+        .flat_map(|r| r.history.iter().map(|e| e.step))
+        .collect();
+    steps.sort_unstable();
+    steps.dedup();
+    let mut s = String::from("| step |");
+    let mut rule = String::from("|---|");
+    for r in rows {
+        s.push_str(&format!(" {} SA % | {} RA % |", r.name, r.name));
+        rule.push_str("---|---|");
+        if r.experts > 1 {
+            s.push_str(&format!(" {} load, layer 1 |", r.name));
+            rule.push_str("---|");
+        }
+    }
+    s.push('\n');
+    s.push_str(&rule);
+    s.push('\n');
+    for step in steps {
+        s.push_str(&format!("| {step} |"));
+        for r in rows {
+            let eval = r.history.iter().find(|e| e.step == step);
+            let robust = r.robust_history.iter().find(|p| p.step == step);
+            s.push_str(&format!(
+                " {} | {} |",
+                percent(eval.map(|e| e.clean_acc)),
+                percent(robust.map(|p| p.robust_acc))
+            ));
+            if r.experts > 1 {
+                let load = eval
+                    .and_then(|e| e.expert_load.first())
+                    .map(|l| {
+                        l.iter()
+                            .map(|v| format!("{:.0}", 100.0 * v))
+                            .collect::<Vec<_>>()
+                            .join(" / ")
+                    })
+                    .unwrap_or_else(|| "–".to_string());
+                s.push_str(&format!(" {load} |"));
+            }
+        }
+        s.push('\n');
+    }
+    if let Some(p) = rows.iter().find_map(|r| r.robust_history.first()) {
+        s.push_str(&format!(
+            "\nClean accuracy and expert load on the evaluation subset; RA during training: PGD-10 at ε = 8/255 on the first {} test images.\n",
+            p.images
+        ));
+    }
+    s
 }
 
 fn percent(v: Option<f64>) -> String {

@@ -9,7 +9,7 @@ use advmoe_core::{
     AttackKind, AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec,
 };
 use advmoe_engine::compare::{
-    CompareEvent, CompareRow, compare_entries, markdown_table, run_comparison,
+    CompareEvent, CompareRow, compare_entries, markdown_curves, markdown_table, run_comparison,
 };
 use advmoe_engine::robust::RobustOptions;
 use advmoe_engine::{DeviceChoice, RunConfig, block_on, make_device};
@@ -68,6 +68,10 @@ pub(crate) struct CompareArgs {
     /// (the training curves in compare.json; default: only at the end).
     #[arg(long)]
     eval_every: Option<usize>,
+    /// At each of those evaluations, also measure robust accuracy (PGD-10 at 8/255) and router
+    /// robustness on this many test images: the robust training curves (0: none).
+    #[arg(long, default_value_t = 0)]
+    curve_robust: usize,
     /// Evaluation attack.
     #[arg(long, default_value = "pgd", value_parser = choice::<AttackKind>())]
     attack: AttackKind,
@@ -128,6 +132,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             total_steps: args.train_steps,
             eval_every: args.eval_every.unwrap_or(args.train_steps).max(1),
             eval_size: args.eval_size,
+            robust_eval_size: args.curve_robust,
             seed: args.seed,
             attack: AttackSpec {
                 steps: args.train_attack_steps,
@@ -186,7 +191,13 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             args.out.join("compare.json"),
             serde_json::to_vec_pretty(&json)?,
         )?;
-        std::fs::write(args.out.join("compare.md"), markdown_table(rows))?;
+        let curves = markdown_curves(rows);
+        let md = if curves.is_empty() {
+            markdown_table(rows)
+        } else {
+            format!("{}\nTraining curves:\n\n{curves}", markdown_table(rows))
+        };
+        std::fs::write(args.out.join("compare.md"), md)?;
         Ok(json)
     };
     let rows = block_on(run_comparison(
