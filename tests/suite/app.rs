@@ -9,7 +9,8 @@ use advmoe_app::LabApp;
 use advmoe_app::analysis::AttackOutcome;
 use advmoe_app::demo::{DEMOS, recorded_row};
 use advmoe_app::gpu::ComputeDevice;
-use advmoe_core::MethodKind;
+use advmoe_core::{EvalReport, MethodKind};
+use advmoe_engine::compare::{CompareRow, RobustPoint};
 use advmoe_engine::eval::{EvalOptions, evaluate};
 use advmoe_engine::load_model_bytes;
 use eframe::egui;
@@ -1003,6 +1004,70 @@ fn snapshots_of_every_view_on_the_gpu() {
             .is_some()
     );
     harness.snapshot_options("lesson", &options);
+
+    // Rows with training curves (what `advmoe compare --eval-every --curve-robust` records) add
+    // the two plots of the curves: accuracy and the first layer's expert load over the steps.
+    // The MoE demos' recorded rows, given three curve points each, stand in for such rows.
+    harness.get_by_label("Report").click();
+    harness.run_steps(3);
+    let with_curves: Vec<(usize, CompareRow)> = harness
+        .state()
+        .state
+        .models
+        .iter()
+        .filter_map(|m| Some((m.id, m.recorded.clone()?)))
+        .filter(|(_, row)| row.experts > 1)
+        .map(|(id, mut row)| {
+            for (i, step) in [100, 200, 300].into_iter().enumerate() {
+                let share = [0.5, 0.8, 1.0][i];
+                row.history.push(EvalReport {
+                    step,
+                    loss: 1.0,
+                    test_loss: 1.0,
+                    clean_acc: 0.3 + 0.1 * i as f64,
+                    images: 100,
+                    expert_load: vec![vec![share, 1.0 - share]],
+                    elapsed_secs: step as f64,
+                });
+                row.robust_history.push(RobustPoint {
+                    step,
+                    images: 50,
+                    robust_acc: 0.1 + 0.05 * i as f64,
+                    router_robustness: Some(0.9),
+                });
+            }
+            (id, row)
+        })
+        .collect();
+    assert_eq!(with_curves.len(), 2);
+    harness
+        .state_mut()
+        .state
+        .report
+        .measured
+        .extend(with_curves);
+    // A window tall enough for every plot, for the export below (a plot scrolled out of the
+    // window is not saved).
+    harness.set_size(egui::vec2(1200.0, 1400.0));
+    harness.run_steps(3);
+
+    let dir = temp_dir("report-curves-png");
+    type_into(
+        &mut harness,
+        "Export folder",
+        dir.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Save plots as PNG").click();
+    let files = ["accuracy_during_training", "expert_load_during_training"]
+        .map(|name| dir.join(format!("{name}.png")));
+    wait_for(&mut harness, "saving the training-curve plots", 60, |_| {
+        files.iter().all(|f| f.is_file())
+    });
+    for file in &files {
+        let bytes = std::fs::read(file).expect("png");
+        assert!(bytes.len() > 2000, "{} is nearly empty", file.display());
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// What the web build does, natively: the test hooks the browser test uses (a training, an

@@ -159,7 +159,18 @@ impl AppState {
             }
             Reply::Attacked(outcome) => self.attack.accept(ctx, *outcome),
             Reply::Atlas(atlas) => self.atlas.accept(ctx, *atlas),
-            Reply::Evaluated { model, row } => {
+            Reply::Evaluated { model, mut row } => {
+                // Measuring again does not retrain: the training curves stay the recorded ones.
+                if row.history.is_empty()
+                    && let Some(recorded) = self
+                        .models
+                        .iter()
+                        .find(|m| m.id == model)
+                        .and_then(|m| m.recorded.as_ref())
+                {
+                    row.history.clone_from(&recorded.history);
+                    row.robust_history.clone_from(&recorded.robust_history);
+                }
                 self.report.measured.insert(model, *row);
                 self.report.progress = None;
             }

@@ -196,15 +196,34 @@ impl ReportState {
                 source,
             })?;
             let mut written = Vec::new();
+            let mut hidden = Vec::new();
+            // The window in points: a plot scrolled partly out of it is cut at its edge, one
+            // scrolled out entirely is not saved (its name is reported).
+            let screen = Rect::from_min_size(
+                egui::Pos2::ZERO,
+                egui::vec2(shot.width() as f32, shot.height() as f32) / pixels_per_point,
+            );
             for (name, rect) in &self.plot_rects {
+                let visible = rect.intersect(screen);
+                if visible.width() < 1.0 || visible.height() < 1.0 {
+                    hidden.push(*name);
+                    continue;
+                }
                 let path = dir.join(format!("{name}.png"));
-                picture::save_png(&shot.region(rect, Some(pixels_per_point)), &path)?;
+                picture::save_png(&shot.region(&visible, Some(pixels_per_point)), &path)?;
                 written.push(path.display().to_string());
             }
             if written.is_empty() {
                 return Err(AppError::Refused("no plot was on screen to save".into()));
             }
-            Ok(format!("Saved {}", written.join(", ")))
+            let mut message = format!("Saved {}", written.join(", "));
+            if !hidden.is_empty() {
+                message.push_str(&format!(
+                    " (not on screen, scroll to them and save again: {})",
+                    hidden.join(", ")
+                ));
+            }
+            Ok(message)
         })();
         Some(result)
     }
@@ -427,6 +446,84 @@ fn report_body(
     (actions, error)
 }
 
+/// The plots of the training curves, shown when some row recorded more than its final
+/// evaluation (`advmoe compare --eval-every`, with `--curve-robust` for RA): accuracy over the
+/// steps, and the first MoE layer's share of its first expert, where a collapsed router sits at
+/// 0% or 100%.
+const TRAINING_PLOTS: [&str; 2] = ["accuracy_during_training", "expert_load_during_training"];
+
+/// Percent points `[step, 100 · value]` of the steps that have a value.
+fn over_steps(points: impl Iterator<Item = (usize, Option<f64>)>) -> Vec<[f64; 2]> {
+    points
+        .filter_map(|(step, v)| Some([step as f64, 100.0 * v?]))
+        .collect()
+}
+
+fn training_plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow], width: f32) {
+    if rows.iter().all(|r| r.history.len() < 2) {
+        for name in TRAINING_PLOTS {
+            state.plot_rects.remove(name);
+        }
+        return;
+    }
+    // A row of their own, below the ε and cost plots.
+    ui.end_row();
+    for name in TRAINING_PLOTS {
+        let group = ui.vertical(|ui| {
+            let (title, y_label) = if name == "accuracy_during_training" {
+                (
+                    "Accuracy during training (solid: robust, dashed: clean)",
+                    "%",
+                )
+            } else {
+                (
+                    "Expert load during training: first MoE layer, share of expert 0",
+                    "% of test images",
+                )
+            };
+            ui.label(title);
+            Plot::new(name)
+                .width(width)
+                .height(220.0)
+                .include_y(0.0)
+                .include_y(100.0)
+                .x_axis_label("training step")
+                .y_axis_label(y_label)
+                .legend(Legend::default())
+                .show(ui, |plot| {
+                    for (i, row) in rows.iter().enumerate() {
+                        if name == "accuracy_during_training" {
+                            let robust = over_steps(
+                                row.robust_history
+                                    .iter()
+                                    .map(|p| (p.step, Some(p.robust_acc))),
+                            );
+                            series(plot, &format!("{} RA", row.name), robust, i);
+                            let clean =
+                                over_steps(row.history.iter().map(|e| (e.step, Some(e.clean_acc))));
+                            if !clean.is_empty() {
+                                plot.line(
+                                    Line::new(format!("{} SA", row.name), PlotPoints::from(clean))
+                                        .color(palette(i))
+                                        .style(egui_plot::LineStyle::dashed_loose()),
+                                );
+                            }
+                        } else if row.experts > 1 {
+                            let load = over_steps(row.history.iter().map(|e| {
+                                (
+                                    e.step,
+                                    e.expert_load.first().and_then(|l| l.first()).copied(),
+                                )
+                            }));
+                            series(plot, &row.name, load, i);
+                        }
+                    }
+                });
+        });
+        state.plot_rects.insert(name, group.response.rect);
+    }
+}
+
 /// The ε-curve of one row: the sweep's points plus the main attack's, sorted by ε.
 fn curve(
     row: &CompareRow,
@@ -543,6 +640,7 @@ fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
             // The whole group (title, axes, legend) is what the PNG export keeps.
             state.plot_rects.insert(name, group.response.rect);
         }
+        training_plots_ui(ui, state, rows, width);
     });
     mark(ui.ctx(), Area::Plots, plots.response.rect);
 }
