@@ -910,8 +910,11 @@ mod tests {
         let mut a = AttackSpec::paper_eval();
         a.validate().unwrap();
         a.target = AttackTarget::Router;
-        a.loss = AttackLoss::Cw;
+        a.loss = AttackLoss::Dlr;
         assert_eq!(a.validate().unwrap_err().field, "attack loss");
+        // The margin over the clean route: the converged router attack's loss.
+        a.loss = AttackLoss::Cw;
+        a.validate().unwrap();
         a.loss = AttackLoss::Kl;
         a.validate().unwrap();
         a.target = AttackTarget::Full;
