@@ -54,8 +54,9 @@ pub fn kernel_variant() -> Option<Variant> {
 }
 
 /// Turn sparse execution on or off for MoE convs built on this thread from now on (on by
-/// default); returns the previous setting. For benchmarks and tests that compare the two paths;
-/// a graph already built keeps the path it was built with.
+/// default; off, the CPU's plain convolutions also go back to Burn's conv2d); returns the
+/// previous setting. For benchmarks and tests that compare the two paths; a graph already built
+/// keeps the path it was built with.
 pub fn set_sparse_execution(enabled: bool) -> bool {
     SPARSE_ENABLED.with(|cell| cell.replace(enabled))
 }
