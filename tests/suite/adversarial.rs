@@ -1,7 +1,9 @@
 //! Adversarial training: AdvMoE's two optimisers, NaN naming, log-space KL, and the comparison.
 
 use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
-use advmoe_engine::compare::{compare_entries, markdown_curves, markdown_table, run_comparison};
+use advmoe_engine::compare::{
+    Comparison, compare_entries, markdown_curves, markdown_table, run_comparison,
+};
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
 use advmoe_engine::optim::Optimizer;
@@ -263,4 +265,33 @@ fn the_comparison_trains_and_measures_every_model() {
         ),
         "{table}"
     );
+    // compare.json as the CLI writes it reads back whole, and names its budget.
+    let json = serde_json::to_vec(&Comparison {
+        base: base.clone(),
+        eval: eval.clone(),
+        rows: rows.clone(),
+    })
+    .unwrap();
+    let back = Comparison::from_json(&json).unwrap();
+    // serde_json parses floats to within an ulp: compare what the report shows.
+    assert_eq!(back.rows.len(), rows.len());
+    for (a, b) in back.rows.iter().zip(&rows) {
+        assert_eq!(
+            (&a.name, a.method, a.experts, a.steps),
+            (&b.name, b.method, b.experts, b.steps)
+        );
+        assert_eq!(a.report.robust_acc, b.report.robust_acc);
+        assert_eq!(a.report.router_attack, b.report.router_attack);
+        assert_eq!(a.robust_history, b.robust_history);
+        assert_eq!(a.history.len(), b.history.len());
+    }
+    assert_eq!(back.eval.limit, 8);
+    let budget = back.budget();
+    assert!(
+        budget.contains("data synthetic; resnet depth 1, base width 4, N = 2")
+            && budget.contains("at lr 0.05 (cosine), batch 8, 2 steps; training attack 1 × ")
+            && budget.ends_with("; seed 0"),
+        "{budget}"
+    );
+    assert!(Comparison::from_json(b"{\"rows\": []}").is_err());
 }

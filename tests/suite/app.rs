@@ -9,8 +9,7 @@ use advmoe_app::LabApp;
 use advmoe_app::analysis::AttackOutcome;
 use advmoe_app::demo::{DEMOS, recorded_row};
 use advmoe_app::gpu::ComputeDevice;
-use advmoe_core::{EvalReport, MethodKind};
-use advmoe_engine::compare::{CompareRow, RobustPoint};
+use advmoe_core::MethodKind;
 use advmoe_engine::eval::{EvalOptions, evaluate};
 use advmoe_engine::load_model_bytes;
 use eframe::egui;
@@ -490,6 +489,124 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
         "{error}"
     );
     std::fs::remove_dir_all(&bad).ok();
+}
+
+/// The report shows recorded comparisons: the bundled CIFAR-10 run with its budget and attacks
+/// named under its table, its training curves plotted and its rows exported; a `compare.json`
+/// handed over as bytes (the browser's picker, a drop) or typed as a folder joins them and is
+/// shown; a broken one is refused with a message, and what was shown stays.
+#[test]
+fn the_report_shows_recorded_comparisons() {
+    use advmoe_app::files::{FileKind, classify};
+    use advmoe_app::views::report::{BUNDLED_COMPARISONS, RecordedComparison};
+    let mut harness = harness();
+    harness.run_steps(2);
+    let bundled = RecordedComparison::parse("bundled", BUNDLED_COMPARISONS[0].1.as_bytes())
+        .expect("the bundled comparison parses");
+    assert_eq!(
+        harness.state().state.report.comparisons.len(),
+        BUNDLED_COMPARISONS.len()
+    );
+    harness.get_by_label("Report").click();
+    harness.run_steps(2);
+    choose(&mut harness, "Show", BUNDLED_COMPARISONS[0].0);
+    assert_eq!(harness.state().state.report.shown, Some(0));
+    for named in [
+        "data image-folder (cifar10-jpg.tar.gz); resnet depth 1, base width 16, N = 2, r = 0.5",
+        "batch 64, 1200 steps; training attack 2 × 5.0/255 within ε = 8.0/255, β = 6; \
+         AdvMoE's router objective class-partition (α = 6, warm-up 0.5), balance weight 0.1; \
+         seed 0",
+        "RA: PGD-10 at ε = 8.0/255 on 1000 test images; worst-case RA: per image, over PGD-10, \
+         APGD-CE-100, APGD-T-100 (9 targets); router robustness: routes kept under PGD-CW-20",
+    ] {
+        harness.get_by_label_contains(named);
+    }
+    // The collapse is drawn: the curves of expert load over the steps.
+    harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
+    let dir = temp_dir("recorded-report");
+    type_into(
+        &mut harness,
+        "Export folder",
+        dir.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Export CSV and JSON").click();
+    harness.run_steps(2);
+    let csv = std::fs::read_to_string(dir.join("report.csv")).expect("report.csv");
+    let rows = &bundled.comparison.rows;
+    assert_eq!(csv.lines().count(), 1 + rows.len(), "{csv}");
+    for (line, row) in csv.lines().skip(1).zip(rows) {
+        assert!(
+            line.starts_with(&format!(
+                "\"{}\",{},{},{},1000,{:.6},",
+                row.name, row.method, row.experts, row.ratio, row.report.clean_acc
+            )),
+            "{line}"
+        );
+    }
+
+    // Bytes, as the browser hands them over: two of the bundled rows.
+    for (name, kind) in [
+        ("runs/two/compare.json", FileKind::Comparison),
+        ("config.json", FileKind::ModelConfig),
+    ] {
+        assert_eq!(classify(name), kind, "{name}");
+    }
+    let mut two: serde_json::Value = serde_json::from_str(BUNDLED_COMPARISONS[0].1).expect("json");
+    two["rows"].as_array_mut().expect("rows").truncate(2);
+    let bytes = serde_json::to_vec(&two).expect("json");
+    harness
+        .state_mut()
+        .accept_files(vec![("runs/two/compare.json".into(), bytes.clone())]);
+    harness.run_steps(2);
+    let report = &harness.state().state.report;
+    assert_eq!(report.comparisons.len(), BUNDLED_COMPARISONS.len() + 1);
+    assert_eq!(report.shown, Some(BUNDLED_COMPARISONS.len()));
+    assert_eq!(
+        report.shown_comparison().map(|c| c.comparison.rows.len()),
+        Some(2)
+    );
+    assert!(harness.state().state.error.is_none());
+
+    // A broken one: a message, and the comparison shown stays.
+    harness.state_mut().accept_files(vec![(
+        "broken compare.json".into(),
+        b"{\"rows\": [".to_vec(),
+    )]);
+    harness.run_steps(2);
+    let error = harness.state_mut().state.error.take().expect("an error");
+    assert!(
+        error.contains("broken compare.json is not a compare.json written by `advmoe compare`"),
+        "{error}"
+    );
+    assert_eq!(
+        harness.state().state.report.shown,
+        Some(BUNDLED_COMPARISONS.len())
+    );
+
+    // Natively, a folder typed in: its compare.json. One with no finished model is refused.
+    std::fs::write(dir.join("compare.json"), &bytes).expect("write");
+    choose(&mut harness, "Show", "The library's models (measured here)");
+    type_into(
+        &mut harness,
+        "compare.json",
+        dir.to_str().expect("utf-8 path"),
+    );
+    harness.get_by_label("Open comparison").click();
+    harness.run_steps(2);
+    let report = &harness.state().state.report;
+    assert_eq!(report.comparisons.len(), BUNDLED_COMPARISONS.len() + 2);
+    assert_eq!(report.shown, Some(BUNDLED_COMPARISONS.len() + 1));
+    two["rows"].as_array_mut().expect("rows").clear();
+    std::fs::write(
+        dir.join("compare.json"),
+        serde_json::to_vec(&two).expect("json"),
+    )
+    .expect("write");
+    harness.get_by_label("Open comparison").click();
+    harness.run_steps(2);
+    let error = harness.state_mut().state.error.take().expect("an error");
+    assert!(error.contains("holds no finished model yet"), "{error}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The routing atlas of an MoE demo model: class × expert counts that add up, per layer, to the
@@ -1006,50 +1123,28 @@ fn snapshots_of_every_view_on_the_gpu() {
     harness.snapshot_options("lesson", &options);
 
     // Rows with training curves (what `advmoe compare --eval-every --curve-robust` records) add
-    // the two plots of the curves: accuracy and the first layer's expert load over the steps.
-    // The MoE demos' recorded rows, given three curve points each, stand in for such rows.
+    // the two plots of the curves: accuracy and the first layer's expert load over the steps. The
+    // bundled CIFAR-10 comparison has them: vanilla MoE AT's router collapsing beside AdvMoE's.
+    harness.get_by_label("Leave lesson").click();
+    harness.run_steps(2);
     harness.get_by_label("Report").click();
     harness.run_steps(3);
-    let with_curves: Vec<(usize, CompareRow)> = harness
-        .state()
-        .state
-        .models
-        .iter()
-        .filter_map(|m| Some((m.id, m.recorded.clone()?)))
-        .filter(|(_, row)| row.experts > 1)
-        .map(|(id, mut row)| {
-            for (i, step) in [100, 200, 300].into_iter().enumerate() {
-                let share = [0.5, 0.8, 1.0][i];
-                row.history.push(EvalReport {
-                    step,
-                    loss: 1.0,
-                    test_loss: 1.0,
-                    clean_acc: 0.3 + 0.1 * i as f64,
-                    images: 100,
-                    expert_load: vec![vec![share, 1.0 - share]],
-                    elapsed_secs: step as f64,
-                });
-                row.robust_history.push(RobustPoint {
-                    step,
-                    images: 50,
-                    robust_acc: 0.1 + 0.05 * i as f64,
-                    router_robustness: Some(0.9),
-                });
-            }
-            (id, row)
-        })
-        .collect();
-    assert_eq!(with_curves.len(), 2);
-    harness
-        .state_mut()
-        .state
-        .report
-        .measured
-        .extend(with_curves);
+    choose(
+        &mut harness,
+        "Show",
+        advmoe_app::views::report::BUNDLED_COMPARISONS[0].0,
+    );
     // A window tall enough for every plot, for the export below (a plot scrolled out of the
     // window is not saved).
     harness.set_size(egui::vec2(1200.0, 1400.0));
+    {
+        // No scratch paths of this run in the image.
+        let report = &mut harness.state_mut().state.report;
+        report.exported = None;
+        report.export_dir = "runs/report".into();
+    }
     harness.run_steps(3);
+    harness.snapshot_options("report_cifar10", &options);
 
     let dir = temp_dir("report-curves-png");
     type_into(

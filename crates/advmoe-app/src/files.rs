@@ -19,6 +19,9 @@ pub enum FileKind {
     Dataset,
     /// A guided lesson (`.lesson`, see `docs/lessons.md`).
     Lesson,
+    /// A comparison `advmoe compare` wrote (`compare.json`, or a downloaded `<name>compare.json`),
+    /// for the report view.
+    Comparison,
     /// Checkpoint state the web build does not resume from (`run.json`, optimiser state).
     CheckpointState,
     /// Anything else.
@@ -32,6 +35,8 @@ pub fn classify(name: &str) -> FileKind {
         FileKind::Image
     } else if lower.ends_with(".lesson") {
         FileKind::Lesson
+    } else if lower.ends_with("compare.json") {
+        FileKind::Comparison
     } else if lower == "run.json" || lower.ends_with("optimizer.safetensors") {
         FileKind::CheckpointState
     } else if lower.ends_with(".json") {

@@ -183,8 +183,9 @@ impl LabApp {
     }
 
     /// Files dropped on the window: images go to the attack lab, models (a folder, or a file
-    /// of one, or a downloaded `.safetensors` + `.json` pair) to the library. On the web the
-    /// browser reads them first and they arrive with [`platform::take_incoming`].
+    /// of one, or a downloaded `.safetensors` + `.json` pair) to the library, a `compare.json`
+    /// to the report. On the web the browser reads them first and they arrive with
+    /// [`platform::take_incoming`].
     fn take_dropped_files(&mut self, ctx: &egui::Context) {
         let dropped = ctx.input(|i| i.raw.dropped_files.clone());
         if dropped.is_empty() {
@@ -192,11 +193,13 @@ impl LabApp {
         }
         for Dropped::Path(path) in platform::dropped(dropped, ctx) {
             let command = match files::classify(&path.to_string_lossy()) {
-                FileKind::Image => match std::fs::read(&path) {
+                kind @ (FileKind::Image | FileKind::Comparison) => match std::fs::read(&path) {
                     Ok(bytes) => {
-                        let name = path
-                            .file_name()
-                            .map_or_else(|| "image".into(), |n| n.to_string_lossy().into());
+                        // A comparison is named by its path (every one is `compare.json`).
+                        let name = match (kind, path.file_name()) {
+                            (FileKind::Image, Some(n)) => n.to_string_lossy().into(),
+                            _ => path.display().to_string(),
+                        };
                         self.accept_files(vec![(name, bytes)]);
                         continue;
                     }
@@ -207,7 +210,7 @@ impl LabApp {
                 }
                 _ if path.is_dir() => AppCommand::Ask(Request::Open(path)),
                 _ => AppCommand::ShowError(format!(
-                    "{} is neither a PNG/JPEG image nor a model",
+                    "{} is neither a PNG/JPEG image, a model nor a compare.json",
                     path.display()
                 )),
             };

@@ -242,6 +242,10 @@ impl AppState {
                     self.attack.set_own(name.clone(), bytes.clone());
                     self.tab = Tab::Attack;
                 }
+                FileKind::Comparison => match self.report.open_comparison(name, bytes) {
+                    Ok(()) => self.tab = Tab::Report,
+                    Err(e) => self.error = Some(e.to_string()),
+                },
                 FileKind::Lesson => match std::str::from_utf8(bytes)
                     .map_err(|_| format!("{name} is not UTF-8 text"))
                     .and_then(|text| crate::lesson::Lesson::parse(name, text))
@@ -278,7 +282,7 @@ impl AppState {
         }
         if !unknown.is_empty() {
             self.error = Some(format!(
-                "not a model, image or dataset file: {}",
+                "not a model, image, dataset, lesson or comparison file: {}",
                 unknown.join(", ")
             ));
         }

@@ -131,6 +131,105 @@ struct SavedRow {
 
 const ROW_FILE: &str = "row.json";
 
+/// A whole comparison as `advmoe compare` writes it to `compare.json`: the base configuration
+/// every model was derived from, the evaluation they were all measured with, and their rows.
+/// The app's report view reads it back to show a comparison run elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The base configuration ([`compare_entries`] derives each model from it).
+    pub base: RunConfig,
+    /// The evaluation of every model.
+    pub eval: RobustOptions,
+    /// The models' rows, in the order they were trained.
+    pub rows: Vec<CompareRow>,
+}
+
+impl Comparison {
+    /// Read a `compare.json`.
+    ///
+    /// # Errors
+    /// Bytes that are not a comparison, with serde's description of where.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The budget every model shared, in words: data, model, optimiser, batch, steps, the
+    /// training attack and loss weights, seed.
+    pub fn budget(&self) -> String {
+        let (m, t, d) = (&self.base.model, &self.base.train, &self.base.data);
+        // Only a file or folder's own name: a path of the machine that ran it says nothing here.
+        let data = d.data_dir.as_deref().map_or_else(
+            || d.kind.to_string(),
+            |dir| {
+                let name = dir.trim_end_matches(['/', '\\']).rsplit(['/', '\\']).next();
+                format!("{} ({})", d.kind, name.unwrap_or(dir))
+            },
+        );
+        let steps = self
+            .rows
+            .iter()
+            .map(|r| r.steps)
+            .max()
+            .unwrap_or(t.total_steps);
+        format!(
+            "data {data}; {} depth {}, base width {}, N = {}, r = {}, {} router; {} at lr {} \
+             ({}), batch {}, {} steps; training attack {} × {:.1}/255 within ε = {:.1}/255, \
+             β = {}; AdvMoE's router objective \
+             {} (α = {}, warm-up {}), balance weight {}; seed {}",
+            m.arch,
+            m.depth,
+            m.width,
+            m.num_experts,
+            m.ratio,
+            m.router,
+            t.optimizer,
+            t.lr,
+            t.schedule,
+            t.batch_size,
+            steps,
+            t.attack.steps,
+            t.attack.step_size * 255.0,
+            t.attack.eps * 255.0,
+            t.beta,
+            t.router_objective,
+            t.alpha,
+            t.router_kl_warmup,
+            self.base.balance_weight,
+            t.seed
+        )
+    }
+}
+
+/// The attacks behind a comparison's figures, in words (from the rows' own reports): the RA
+/// attack, ε and test subset, the worst case's attacks, the router attack. Empty without rows.
+pub fn evaluation_note(rows: &[CompareRow]) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let a = &first.report.attack;
+    let mut s = format!(
+        "RA: {} at ε = {:.1}/255 on {} test images",
+        crate::robust::attack_name(a),
+        a.eps * 255.0,
+        first.report.images
+    );
+    if let Some(worst) = rows.iter().find_map(|r| r.report.worst_case.as_ref()) {
+        let names: Vec<&str> = worst.each.iter().map(|(name, _)| name.as_str()).collect();
+        s.push_str(&format!(
+            "; worst-case RA: per image, over {}",
+            names.join(", ")
+        ));
+    }
+    if let Some(router) = rows.iter().find_map(|r| r.report.router_attack.as_ref()) {
+        s.push_str(&format!(
+            "; router robustness: routes kept under {}",
+            crate::robust::router_attack_name(router)
+        ));
+    }
+    s.push('.');
+    s
+}
+
 fn saved_row(dir: &Path, config: &RunConfig, eval: &serde_json::Value) -> Option<CompareRow> {
     let bytes = std::fs::read(dir.join(ROW_FILE)).ok()?;
     let saved: SavedRow = serde_json::from_slice(&bytes).ok()?;
@@ -403,21 +502,8 @@ pub fn markdown_table(rows: &[CompareRow]) -> String {
             r.train_secs
         ));
     }
-    if let Some(first) = rows.first() {
-        let a = &first.report.attack;
-        s.push_str(&format!(
-            "\nRA: {} at ε = {:.1}/255 on {} test images",
-            crate::robust::attack_name(a),
-            a.eps * 255.0,
-            first.report.images
-        ));
-        if let Some(router) = rows.iter().find_map(|r| r.report.router_attack.as_ref()) {
-            s.push_str(&format!(
-                "; router robustness: routes kept under {}",
-                crate::robust::router_attack_name(router)
-            ));
-        }
-        s.push_str(".\n");
+    if !rows.is_empty() {
+        s.push_str(&format!("\n{}\n", evaluation_note(rows)));
     }
     s
 }

@@ -29,7 +29,7 @@ use crate::loss::distinct_routes;
 use crate::tensors::to_device;
 
 /// What to measure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RobustOptions {
     /// The attack (algorithm, ε, steps, step size, restarts, loss, targeting). Its `target` is
     /// ignored: every target is measured.

@@ -1,13 +1,15 @@
 //! Robustness report: the library's models side by side (SA, RA, router and expert robustness,
 //! route flips, MACs, training time), RA / route-flip / router-robustness curves against ε,
-//! accuracy against cost, export as CSV and JSON and the plots as PNG.
+//! accuracy against cost, training curves, export as CSV and JSON and the plots as PNG. Or, in
+//! place of the library, a comparison `advmoe compare` recorded (its `compare.json`: the bundled
+//! CIFAR-10 runs, or one the user opens), shown as it was measured with its budget and attacks.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use advmoe_core::AttackSpec;
-use advmoe_engine::compare::CompareRow;
+use advmoe_engine::compare::{CompareRow, Comparison, evaluation_note};
 use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
@@ -27,8 +29,63 @@ const PLOTS: [&str; 3] = [
     "accuracy_vs_cost",
 ];
 
+/// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
+/// data, budget and attacks below its table (`docs/results/` has the command that made it).
+pub const BUNDLED_COMPARISONS: [(&str, &str); 1] = [(
+    "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
+    include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
+)];
+
+/// A comparison that `advmoe compare` wrote, shown read-only.
+#[derive(Debug, Clone)]
+pub struct RecordedComparison {
+    /// What the report's selector calls it.
+    pub title: String,
+    /// Its base configuration, evaluation and rows.
+    pub comparison: Comparison,
+}
+
+impl RecordedComparison {
+    /// Read a `compare.json` as the comparison called `title`.
+    ///
+    /// # Errors
+    /// Bytes that are not a comparison, or one without a finished model.
+    pub fn parse(title: &str, bytes: &[u8]) -> AppResult<Self> {
+        let comparison = Comparison::from_json(bytes).map_err(|e| {
+            AppError::Refused(format!(
+                "{title} is not a compare.json written by `advmoe compare`: {e}"
+            ))
+        })?;
+        if comparison.rows.is_empty() {
+            return Err(AppError::Refused(format!(
+                "{title} holds no finished model yet"
+            )));
+        }
+        Ok(Self {
+            title: title.to_owned(),
+            comparison,
+        })
+    }
+
+    /// The bundled comparisons ([`BUNDLED_COMPARISONS`]); one that does not parse (a packaging
+    /// mistake, which the tests catch) is left out.
+    pub fn bundled() -> Vec<Self> {
+        BUNDLED_COMPARISONS
+            .iter()
+            .filter_map(|(title, json)| Self::parse(title, json.as_bytes()).ok())
+            .collect()
+    }
+}
+
 /// What the report view edits and shows.
 pub struct ReportState {
+    /// Recorded comparisons: the bundled ones, then those opened.
+    pub comparisons: Vec<RecordedComparison>,
+    /// The recorded comparison shown (an index into `comparisons`); `None`: the library's
+    /// models, measured here.
+    pub shown: Option<usize>,
+    /// Path typed into "Open comparison" (natively).
+    pub comparison_path: String,
     /// Rows measured in this session, by library index (they replace recorded rows).
     pub measured: BTreeMap<usize, CompareRow>,
     /// Test images per measurement.
@@ -61,6 +118,9 @@ pub struct ReportState {
 impl Default for ReportState {
     fn default() -> Self {
         Self {
+            comparisons: RecordedComparison::bundled(),
+            shown: None,
+            comparison_path: String::new(),
             measured: BTreeMap::new(),
             eval_size: 200,
             sweep: "2/255, 4/255, 16/255".into(),
@@ -126,8 +186,37 @@ impl ReportState {
         )?)
     }
 
-    /// The rows shown: a measured row when there is one, else the recorded one.
+    /// The recorded comparison shown, if one is.
+    pub fn shown_comparison(&self) -> Option<&RecordedComparison> {
+        self.shown.and_then(|i| self.comparisons.get(i))
+    }
+
+    /// Add the comparison in `bytes` (replacing one of the same title) and show it.
+    ///
+    /// # Errors
+    /// Bytes that are not a comparison with a finished model.
+    pub fn open_comparison(&mut self, title: &str, bytes: &[u8]) -> AppResult<()> {
+        let recorded = RecordedComparison::parse(title, bytes)?;
+        let index = match self.comparisons.iter().position(|c| c.title == title) {
+            Some(i) => {
+                self.comparisons[i] = recorded;
+                i
+            }
+            None => {
+                self.comparisons.push(recorded);
+                self.comparisons.len() - 1
+            }
+        };
+        self.shown = Some(index);
+        Ok(())
+    }
+
+    /// The rows shown: those of the recorded comparison shown; else per library model a
+    /// measured row when there is one, else the recorded one.
     pub fn rows<'a>(&'a self, models: &'a [ModelInfo]) -> Vec<&'a CompareRow> {
+        if let Some(recorded) = self.shown_comparison() {
+            return recorded.comparison.rows.iter().collect();
+        }
         models
             .iter()
             .filter_map(|m| self.measured.get(&m.id).or(m.recorded.as_ref()))
@@ -262,6 +351,176 @@ fn report_body(
         }
     }
     ui.heading("Robustness report");
+    comparison_picker_ui(ui, state, &mut error);
+    if let Some(recorded) = state.shown_comparison() {
+        recorded_ui(ui, recorded);
+    } else {
+        library_ui(ui, state, models, &mut actions, &mut error);
+    }
+    export_ui(ui, state, models, &mut error);
+    let rows: Vec<CompareRow> = state.rows(models).into_iter().cloned().collect();
+    plots_ui(ui, state, &rows);
+    (actions, error)
+}
+
+/// The table's header.
+const COLUMNS: [&str; 12] = [
+    "model",
+    "method",
+    "N",
+    "r",
+    "SA %",
+    "RA %",
+    "worst-case RA %",
+    "router rob. %",
+    "expert rob. %",
+    "route flips %",
+    "MMACs",
+    "train s",
+];
+
+/// The eight measured cells of a row (dashes when there is none).
+fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
+    let Some(r) = row else {
+        for _ in 0..8 {
+            ui.label("–");
+        }
+        return;
+    };
+    let p = &r.report;
+    ui.label(format!("{:.1}", 100.0 * p.clean_acc));
+    ui.label(format!("{:.1}", 100.0 * p.robust_acc));
+    match &p.worst_case {
+        Some(w) => {
+            let each: Vec<String> = w
+                .each
+                .iter()
+                .map(|(name, acc)| format!("{name}: {:.1}%", 100.0 * acc))
+                .collect();
+            ui.label(format!("{:.1}", 100.0 * w.robust_acc))
+                .on_hover_text(each.join("\n"));
+        }
+        None => {
+            ui.label("–");
+        }
+    }
+    let router_attack = p.router_attack.as_ref().map_or_else(
+        || {
+            "the paper's 10-step router attack (recorded before reports named their router attack)"
+                .to_owned()
+        },
+        advmoe_engine::robust::router_attack_name,
+    );
+    ui.label(pct(p.router_robustness))
+        .on_hover_text(format!("routes kept under {router_attack}"));
+    ui.label(pct(p.expert_robustness));
+    ui.label(pct(p.route_flip_rate));
+    ui.label(format!("{:.2}", r.macs_pathway_with_router as f64 / 1e6));
+    ui.label(if r.train_secs.is_finite() {
+        format!("{:.0}", r.train_secs)
+    } else {
+        "–".into()
+    });
+}
+
+/// What the report shows: the library's models, or a recorded comparison (bundled or opened:
+/// natively from a typed path, on the web from the browser's picker or a drop).
+fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut Option<AppError>) {
+    ui.horizontal(|ui| {
+        let label = ui.label("Show");
+        let selected = state
+            .shown_comparison()
+            .map_or("The library's models (measured here)", |c| c.title.as_str())
+            .to_owned();
+        egui::ComboBox::from_id_salt("report shows")
+            .selected_text(selected)
+            .width(360.0)
+            .show_ui(ui, |ui| {
+                ui.selectable_value(
+                    &mut state.shown,
+                    None,
+                    "The library's models (measured here)",
+                );
+                for (i, c) in state.comparisons.iter().enumerate() {
+                    ui.selectable_value(&mut state.shown, Some(i), &c.title);
+                }
+            })
+            .response
+            .labelled_by(label.id);
+        if crate::platform::WEB {
+            if ui
+                .button("Open comparison…")
+                .on_hover_text(
+                    "A compare.json that `advmoe compare` wrote; dropping it on the page works too",
+                )
+                .clicked()
+            {
+                crate::platform::pick_files(ui.ctx());
+            }
+        } else {
+            let label = ui.label("compare.json");
+            ui.add(
+                egui::TextEdit::singleline(&mut state.comparison_path)
+                    .hint_text("runs/compare (or its compare.json)"),
+            )
+            .labelled_by(label.id);
+            if ui.button("Open comparison").clicked() {
+                let typed = PathBuf::from(state.comparison_path.trim());
+                let path = if typed.is_dir() {
+                    typed.join("compare.json")
+                } else {
+                    typed
+                };
+                let opened = std::fs::read(&path)
+                    .map_err(|source| AppError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                    .and_then(|bytes| state.open_comparison(&path.display().to_string(), &bytes));
+                if let Err(e) = opened {
+                    *error = Some(e);
+                }
+            }
+        }
+    });
+}
+
+/// A recorded comparison: its rows as measured, and what they were measured with.
+fn recorded_ui(ui: &mut egui::Ui, recorded: &RecordedComparison) {
+    let rows = &recorded.comparison.rows;
+    let table = egui::Grid::new("recorded table")
+        .striped(true)
+        .spacing([12.0, 4.0])
+        .show(ui, |ui| {
+            for h in COLUMNS {
+                ui.label(egui::RichText::new(h).strong());
+            }
+            ui.end_row();
+            for row in rows {
+                ui.label(&row.name);
+                ui.label(row.method.to_string());
+                ui.label(row.experts.to_string());
+                ui.label(format!("{}", row.ratio));
+                measurement_cells(ui, Some(row));
+                ui.end_row();
+            }
+        });
+    mark(ui.ctx(), Area::Table, table.response.rect);
+    ui.label(format!(
+        "Recorded by `advmoe compare`: {}.",
+        recorded.comparison.budget()
+    ));
+    ui.label(evaluation_note(rows));
+}
+
+/// The library's models: open one, measure them here.
+fn library_ui(
+    ui: &mut egui::Ui,
+    state: &mut ReportState,
+    models: &[ModelInfo],
+    actions: &mut Vec<Request>,
+    error: &mut Option<AppError>,
+) {
     ui.horizontal(|ui| {
         let label = ui.label("Model folder");
         ui.add(egui::TextEdit::singleline(&mut state.open_dir).hint_text("runs/quickstart"))
@@ -306,21 +565,7 @@ fn report_body(
         .striped(true)
         .spacing([12.0, 4.0])
         .show(ui, |ui| {
-            for h in [
-                "model",
-                "method",
-                "N",
-                "r",
-                "SA %",
-                "RA %",
-                "worst-case RA %",
-                "router rob. %",
-                "expert rob. %",
-                "route flips %",
-                "MMACs",
-                "train s",
-                "",
-            ] {
+            for h in COLUMNS.into_iter().chain([""]) {
                 ui.label(egui::RichText::new(h).strong());
             }
             ui.end_row();
@@ -330,46 +575,7 @@ fn report_body(
                 ui.label(model.config.train.method.to_string());
                 ui.label(model.config.model.num_experts.to_string());
                 ui.label(format!("{}", model.config.model.ratio));
-                match row {
-                    Some(r) => {
-                        let p = &r.report;
-                        ui.label(format!("{:.1}", 100.0 * p.clean_acc));
-                        ui.label(format!("{:.1}", 100.0 * p.robust_acc));
-                        match &p.worst_case {
-                            Some(w) => {
-                                let each: Vec<String> = w
-                                    .each
-                                    .iter()
-                                    .map(|(name, acc)| format!("{name}: {:.1}%", 100.0 * acc))
-                                    .collect();
-                                ui.label(format!("{:.1}", 100.0 * w.robust_acc))
-                                    .on_hover_text(each.join("\n"));
-                            }
-                            None => {
-                                ui.label("–");
-                            }
-                        }
-                        let router_attack = p.router_attack.as_ref().map_or_else(
-                            || "the paper's 10-step router attack (recorded before reports named their router attack)".to_owned(),
-                            advmoe_engine::robust::router_attack_name,
-                        );
-                        ui.label(pct(p.router_robustness))
-                            .on_hover_text(format!("routes kept under {router_attack}"));
-                        ui.label(pct(p.expert_robustness));
-                        ui.label(pct(p.route_flip_rate));
-                        ui.label(format!("{:.2}", r.macs_pathway_with_router as f64 / 1e6));
-                        ui.label(if r.train_secs.is_finite() {
-                            format!("{:.0}", r.train_secs)
-                        } else {
-                            "–".into()
-                        });
-                    }
-                    None => {
-                        for _ in 0..8 {
-                            ui.label("–");
-                        }
-                    }
-                }
+                measurement_cells(ui, row);
                 let label = if row.is_some() {
                     "Re-measure"
                 } else {
@@ -394,7 +600,7 @@ fn report_body(
                                 },
                             });
                         }
-                        Err(e) => error = Some(e),
+                        Err(e) => *error = Some(e),
                     }
                 }
                 ui.end_row();
@@ -407,6 +613,15 @@ fn report_body(
         advmoe_engine::robust::attack_name(&AttackSpec::paper_eval()),
         advmoe_engine::robust::router_attack_name(&AttackSpec::router_eval()),
     ));
+}
+
+/// Export the rows shown as CSV and JSON, and the plots as PNG.
+fn export_ui(
+    ui: &mut egui::Ui,
+    state: &mut ReportState,
+    models: &[ModelInfo],
+    error: &mut Option<AppError>,
+) {
     ui.horizontal(|ui| {
         let label = ui.label("Export folder");
         ui.add(egui::TextEdit::singleline(&mut state.export_dir))
@@ -423,7 +638,7 @@ fn report_body(
                             .join(", ")
                     ));
                 }
-                Err(e) => error = Some(e),
+                Err(e) => *error = Some(e),
             }
         }
         if ui.button("Save plots as PNG").clicked() {
@@ -437,13 +652,11 @@ fn report_body(
                 ctx.request_repaint();
             });
         }
-        if let Some(message) = &state.exported {
-            ui.label(message);
-        }
     });
-    let rows: Vec<CompareRow> = state.rows(models).into_iter().cloned().collect();
-    plots_ui(ui, state, &rows);
-    (actions, error)
+    // On a line of its own, where a long list of paths wraps instead of widening the view.
+    if let Some(message) = &state.exported {
+        ui.label(message);
+    }
 }
 
 /// The plots of the training curves, shown when some row recorded more than its final
@@ -466,8 +679,10 @@ fn training_plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[Compare
         }
         return;
     }
-    // A row of their own, below the ε and cost plots.
+    // A row of their own, below the ε and cost plots: two wide plots, the same steps on both
+    // x axes, each tall enough for a legend of every row beside the curves.
     ui.end_row();
+    let width = 1.5 * width;
     for name in TRAINING_PLOTS {
         let group = ui.vertical(|ui| {
             let (title, y_label) = if name == "accuracy_during_training" {
@@ -484,7 +699,7 @@ fn training_plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[Compare
             ui.label(title);
             Plot::new(name)
                 .width(width)
-                .height(220.0)
+                .height(300.0)
                 .include_y(0.0)
                 .include_y(100.0)
                 .x_axis_label("training step")

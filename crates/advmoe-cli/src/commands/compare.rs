@@ -9,7 +9,8 @@ use advmoe_core::{
     AttackKind, AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec,
 };
 use advmoe_engine::compare::{
-    CompareEvent, CompareRow, compare_entries, markdown_curves, markdown_table, run_comparison,
+    CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves, markdown_table,
+    run_comparison,
 };
 use advmoe_engine::robust::RobustOptions;
 use advmoe_engine::{DeviceChoice, RunConfig, block_on, make_device};
@@ -182,11 +183,11 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
     let mut done_rows = Vec::new();
     // compare.json and compare.md for the rows so far; returns the JSON written.
     let write_results = |rows: &[CompareRow]| -> anyhow::Result<serde_json::Value> {
-        let json = serde_json::json!({
-            "base": base,
-            "eval": eval,
-            "rows": rows,
-        });
+        let json = serde_json::to_value(Comparison {
+            base: base.clone(),
+            eval: eval.clone(),
+            rows: rows.to_vec(),
+        })?;
         std::fs::write(
             args.out.join("compare.json"),
             serde_json::to_vec_pretty(&json)?,
