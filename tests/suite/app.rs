@@ -132,6 +132,19 @@ fn presets_fill_the_setup() {
     assert_eq!(config.train.method, MethodKind::Trades);
     assert_eq!(config.model.num_experts, 1);
 
+    // Per-layer routers with the balance term at 1 stalled training (measured): the setup
+    // says so, and stops saying it at 0.
+    let warning = "With per-layer routers a balance weight this large stalled training";
+    harness.get_by_label("AdvMoE fixes the routers").click();
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains(warning).is_none());
+    harness.state_mut().state.setup.config.model.router = advmoe_core::RouterKind::PerLayer;
+    harness.run_steps(2);
+    harness.get_by_label_contains(warning);
+    harness.state_mut().state.setup.config.balance_weight = 0.0;
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains(warning).is_none());
+
     // The lesson "attack the router only" opens the attack lab on the vanilla MoE AT demo
     // model with the router target, and attacks.
     wait_for_demos(&mut harness);

@@ -294,6 +294,17 @@ pub fn setup_ui(
             ui.end_row();
         });
     ui.separator();
+    if config.model.is_moe()
+        && config.model.router == advmoe_core::RouterKind::PerLayer
+        && config.balance_weight >= 0.5
+    {
+        ui.colored_label(
+            ui.visuals().warn_fg_color,
+            "With per-layer routers a balance weight this large stalled training on synthetic: \
+             28.7% (vanilla MoE AT) and 23.3% (AdvMoE) clean accuracy after 400 steps at weight \
+             1, 100% at 0 (docs/results/synthetic-balance-term.md).",
+        );
+    }
     if let Err(e) = config.validate() {
         ui.colored_label(ui.visuals().error_fg_color, format!("Invalid setup: {e}"));
         return action.into_iter().collect();
