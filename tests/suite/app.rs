@@ -43,6 +43,17 @@ fn temp_dir(name: &str) -> Scratch {
     Scratch::new(name)
 }
 
+/// Press the report's "Export CSV and JSON" into a new scratch folder `name`: the folder and
+/// the `report.csv` written there.
+fn export_report(harness: &mut Harness<'static, LabApp>, name: &str) -> (Scratch, String) {
+    let dir = temp_dir(name);
+    type_into(harness, "Export folder", dir.to_str().expect("utf-8 path"));
+    harness.get_by_label("Export CSV and JSON").click();
+    harness.run_steps(2);
+    let csv = std::fs::read_to_string(dir.join("report.csv")).expect("report.csv");
+    (dir, csv)
+}
+
 /// The app on a wgpu renderer (lavapipe in CI) whose device it shares with Burn, as eframe
 /// sets it up natively.
 fn gpu_harness(size: [f32; 2]) -> Harness<'static, LabApp> {
@@ -536,15 +547,7 @@ fn the_report_shows_recorded_comparisons() {
     }
     // The collapse is drawn: the curves of expert load over the steps.
     harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
-    let dir = temp_dir("recorded-report");
-    type_into(
-        &mut harness,
-        "Export folder",
-        dir.to_str().expect("utf-8 path"),
-    );
-    harness.get_by_label("Export CSV and JSON").click();
-    harness.run_steps(2);
-    let csv = std::fs::read_to_string(dir.join("report.csv")).expect("report.csv");
+    let (dir, csv) = export_report(&mut harness, "recorded-report");
     let rows = &bundled.comparison.rows;
     assert_eq!(csv.lines().count(), 1 + rows.len(), "{csv}");
     for (line, row) in csv.lines().skip(1).zip(rows) {
@@ -655,15 +658,7 @@ fn the_atlas_and_the_report_show_the_demo_models() {
 
     harness.get_by_label("Report").click();
     harness.run_steps(2);
-    let dir = temp_dir("report");
-    type_into(
-        &mut harness,
-        "Export folder",
-        dir.to_str().expect("utf-8 path"),
-    );
-    harness.get_by_label("Export CSV and JSON").click();
-    harness.run_steps(2);
-    let csv = std::fs::read_to_string(dir.join("report.csv")).expect("report.csv");
+    let (dir, csv) = export_report(&mut harness, "report");
     assert_eq!(csv.lines().count(), 1 + DEMOS.len(), "{csv}");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("report.json")).expect("report.json"))
