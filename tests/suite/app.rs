@@ -143,9 +143,9 @@ fn presets_fill_the_setup() {
     assert_eq!(config.train.method, MethodKind::Trades);
     assert_eq!(config.model.num_experts, 1);
 
-    // Per-layer routers with the balance term at 1 stalled training (measured): the setup
-    // says so, and stops saying it at 0.
-    let warning = "With per-layer routers a balance weight this large stalled training";
+    // Per-layer routers with the balance term hurt training (measured): the setup says so, and
+    // stops saying it at 0.
+    let warning = "With per-layer routers the balance term hurt training";
     harness.get_by_label("AdvMoE fixes the routers").click();
     harness.run_steps(2);
     assert!(harness.query_by_label_contains(warning).is_none());
