@@ -14,7 +14,7 @@ use crate::error::{AppError, AppResult};
 use crate::lesson::Area;
 use crate::picture;
 use crate::views::lesson::mark;
-use crate::views::{labelled_combo, model_picker};
+use crate::views::{OpenFile, labelled_combo, model_picker, open_file};
 
 /// The user's own image, as decoded (fitted to each model when attacked).
 #[derive(Clone)]
@@ -238,25 +238,15 @@ fn attack_body(
             .changed();
         if projector {
             // The image was chosen before the class looks.
-        } else if crate::platform::WEB {
-            // The page has no paths: the browser's picker (or a drop on the page) hands the
-            // image over as bytes, and the app brings it here (`LabApp::accept_files`).
-            if ui
-                .button("Open image…")
-                .on_hover_text("A PNG or JPEG; dropping it on the page works too")
-                .clicked()
-            {
-                crate::platform::pick_files(ui.ctx());
-            }
         } else {
-            let label = ui.label("Image file");
-            ui.add(
-                egui::TextEdit::singleline(&mut state.own_path)
-                    .hint_text("photo.png (or drop a file)"),
-            )
-            .labelled_by(label.id);
-            if ui.button("Open image").clicked() {
-                let path = std::path::PathBuf::from(state.own_path.trim());
+            let control = OpenFile {
+                web_button: "Open image…",
+                web_hover: "A PNG or JPEG; dropping it on the page works too",
+                label: "Image file",
+                hint: "photo.png (or drop a file)",
+                button: "Open image",
+            };
+            if let Some(path) = open_file(ui, &control, &mut state.own_path) {
                 match std::fs::read(&path) {
                     Ok(bytes) => {
                         let name = path.file_name().map_or_else(

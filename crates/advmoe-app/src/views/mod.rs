@@ -75,6 +75,47 @@ pub fn labelled_combo<T: Copy + PartialEq + std::fmt::Display>(
     changed
 }
 
+/// What an "open a file" control says: on the web a button that opens the browser's picker (the
+/// page has no paths; the file arrives as bytes through `LabApp::accept_files`, as a drop does),
+/// natively a labelled path field and a button.
+pub struct OpenFile<'a> {
+    /// The web button's text.
+    pub web_button: &'a str,
+    /// Its hover text.
+    pub web_hover: &'a str,
+    /// The native path field's label.
+    pub label: &'a str,
+    /// The path field's hint.
+    pub hint: &'a str,
+    /// The native button's text.
+    pub button: &'a str,
+}
+
+/// Draw an [`OpenFile`] control; natively returns the typed path when its button was pressed
+/// (the caller reads it), on the web `None` (the picker delivers the file later).
+pub fn open_file(
+    ui: &mut egui::Ui,
+    control: &OpenFile<'_>,
+    path: &mut String,
+) -> Option<std::path::PathBuf> {
+    if crate::platform::WEB {
+        if ui
+            .button(control.web_button)
+            .on_hover_text(control.web_hover)
+            .clicked()
+        {
+            crate::platform::pick_files(ui.ctx());
+        }
+        return None;
+    }
+    let label = ui.label(control.label);
+    ui.add(egui::TextEdit::singleline(path).hint_text(control.hint))
+        .labelled_by(label.id);
+    ui.button(control.button)
+        .clicked()
+        .then(|| std::path::PathBuf::from(path.trim()))
+}
+
 /// The `index`-th colour of the plots' palette.
 pub fn palette(index: usize) -> egui::Color32 {
     const PALETTE: [egui::Color32; 6] = [

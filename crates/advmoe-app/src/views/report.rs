@@ -20,7 +20,7 @@ use crate::error::{AppError, AppResult};
 use crate::lesson::Area;
 use crate::picture;
 use crate::views::lesson::mark;
-use crate::views::{palette, series};
+use crate::views::{OpenFile, open_file, palette, series};
 
 /// The plots, by file name.
 const PLOTS: [&str; 3] = [
@@ -379,6 +379,22 @@ const COLUMNS: [&str; 12] = [
     "train s",
 ];
 
+/// A striped table with a bold `header`, its rows drawn by `rows` (each ending with
+/// `end_row`); marked as the lesson area `Table`.
+fn table_ui(ui: &mut egui::Ui, id: &str, header: &[&str], rows: impl FnOnce(&mut egui::Ui)) {
+    let table = egui::Grid::new(id)
+        .striped(true)
+        .spacing([12.0, 4.0])
+        .show(ui, |ui| {
+            for h in header {
+                ui.label(egui::RichText::new(*h).strong());
+            }
+            ui.end_row();
+            rows(ui);
+        });
+    mark(ui.ctx(), Area::Table, table.response.rect);
+}
+
 /// The eight measured cells of a row (dashes when there is none).
 fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
     let Some(r) = row else {
@@ -423,6 +439,9 @@ fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
     });
 }
 
+/// The "Show" menu's entry for the library's models.
+const LIBRARY: &str = "The library's models (measured here)";
+
 /// What the report shows: the library's models, or a recorded comparison (bundled or opened:
 /// natively from a typed path, on the web from the browser's picker or a drop).
 fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut Option<AppError>) {
@@ -430,56 +449,40 @@ fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut 
         let label = ui.label("Show");
         let selected = state
             .shown_comparison()
-            .map_or("The library's models (measured here)", |c| c.title.as_str())
+            .map_or(LIBRARY, |c| c.title.as_str())
             .to_owned();
         egui::ComboBox::from_id_salt("report shows")
             .selected_text(selected)
             .width(360.0)
             .show_ui(ui, |ui| {
-                ui.selectable_value(
-                    &mut state.shown,
-                    None,
-                    "The library's models (measured here)",
-                );
+                ui.selectable_value(&mut state.shown, None, LIBRARY);
                 for (i, c) in state.comparisons.iter().enumerate() {
                     ui.selectable_value(&mut state.shown, Some(i), &c.title);
                 }
             })
             .response
             .labelled_by(label.id);
-        if crate::platform::WEB {
-            if ui
-                .button("Open comparison…")
-                .on_hover_text(
-                    "A compare.json that `advmoe compare` wrote; dropping it on the page works too",
-                )
-                .clicked()
-            {
-                crate::platform::pick_files(ui.ctx());
-            }
-        } else {
-            let label = ui.label("compare.json");
-            ui.add(
-                egui::TextEdit::singleline(&mut state.comparison_path)
-                    .hint_text("runs/compare (or its compare.json)"),
-            )
-            .labelled_by(label.id);
-            if ui.button("Open comparison").clicked() {
-                let typed = PathBuf::from(state.comparison_path.trim());
-                let path = if typed.is_dir() {
-                    typed.join("compare.json")
-                } else {
-                    typed
-                };
-                let opened = std::fs::read(&path)
-                    .map_err(|source| AppError::Io {
-                        path: path.clone(),
-                        source,
-                    })
-                    .and_then(|bytes| state.open_comparison(&path.display().to_string(), &bytes));
-                if let Err(e) = opened {
-                    *error = Some(e);
-                }
+        let control = OpenFile {
+            web_button: "Open comparison…",
+            web_hover: "A compare.json that `advmoe compare` wrote; dropping it on the page works too",
+            label: "compare.json",
+            hint: "runs/compare (or its compare.json)",
+            button: "Open comparison",
+        };
+        if let Some(typed) = open_file(ui, &control, &mut state.comparison_path) {
+            let path = if typed.is_dir() {
+                typed.join("compare.json")
+            } else {
+                typed
+            };
+            let opened = std::fs::read(&path)
+                .map_err(|source| AppError::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|bytes| state.open_comparison(&path.display().to_string(), &bytes));
+            if let Err(e) = opened {
+                *error = Some(e);
             }
         }
     });
@@ -488,24 +491,16 @@ fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut 
 /// A recorded comparison: its rows as measured, and what they were measured with.
 fn recorded_ui(ui: &mut egui::Ui, recorded: &RecordedComparison) {
     let rows = &recorded.comparison.rows;
-    let table = egui::Grid::new("recorded table")
-        .striped(true)
-        .spacing([12.0, 4.0])
-        .show(ui, |ui| {
-            for h in COLUMNS {
-                ui.label(egui::RichText::new(h).strong());
-            }
+    table_ui(ui, "recorded table", &COLUMNS, |ui| {
+        for row in rows {
+            ui.label(&row.name);
+            ui.label(row.method.to_string());
+            ui.label(row.experts.to_string());
+            ui.label(format!("{}", row.ratio));
+            measurement_cells(ui, Some(row));
             ui.end_row();
-            for row in rows {
-                ui.label(&row.name);
-                ui.label(row.method.to_string());
-                ui.label(row.experts.to_string());
-                ui.label(format!("{}", row.ratio));
-                measurement_cells(ui, Some(row));
-                ui.end_row();
-            }
-        });
-    mark(ui.ctx(), Area::Table, table.response.rect);
+        }
+    });
     ui.label(format!(
         "Recorded by `advmoe compare`: {}.",
         recorded.comparison.budget()
@@ -561,52 +556,45 @@ fn library_ui(
         );
     }
     let idle = state.progress.is_none();
-    let table = egui::Grid::new("report table")
-        .striped(true)
-        .spacing([12.0, 4.0])
-        .show(ui, |ui| {
-            for h in COLUMNS.into_iter().chain([""]) {
-                ui.label(egui::RichText::new(h).strong());
+    let header: Vec<&str> = COLUMNS.into_iter().chain([""]).collect();
+    table_ui(ui, "report table", &header, |ui| {
+        for model in models {
+            let row = state.measured.get(&model.id).or(model.recorded.as_ref());
+            ui.label(&model.name);
+            ui.label(model.config.train.method.to_string());
+            ui.label(model.config.model.num_experts.to_string());
+            ui.label(format!("{}", model.config.model.ratio));
+            measurement_cells(ui, row);
+            let label = if row.is_some() {
+                "Re-measure"
+            } else {
+                "Measure"
+            };
+            let button = ui.add_enabled(idle, egui::Button::new(label));
+            if button.clicked() {
+                let attack = AttackSpec::paper_eval();
+                let worst_case =
+                    state.worst_case_attacks(attack.eps, model.config.model.num_classes);
+                match parse_sweep(&state.sweep).and_then(|s| Ok((s, worst_case?))) {
+                    Ok((eps_sweep, worst_case)) => {
+                        state.progress = Some((format!("measuring {}", model.name), 0, 1));
+                        actions.push(Request::Evaluate {
+                            model: model.id,
+                            options: RobustOptions {
+                                attack,
+                                eps_sweep,
+                                limit: state.eval_size,
+                                worst_case,
+                                ..RobustOptions::default()
+                            },
+                        });
+                    }
+                    Err(e) => *error = Some(e),
+                }
             }
             ui.end_row();
-            for model in models {
-                let row = state.measured.get(&model.id).or(model.recorded.as_ref());
-                ui.label(&model.name);
-                ui.label(model.config.train.method.to_string());
-                ui.label(model.config.model.num_experts.to_string());
-                ui.label(format!("{}", model.config.model.ratio));
-                measurement_cells(ui, row);
-                let label = if row.is_some() {
-                    "Re-measure"
-                } else {
-                    "Measure"
-                };
-                let button = ui.add_enabled(idle, egui::Button::new(label));
-                if button.clicked() {
-                    let attack = AttackSpec::paper_eval();
-                    let worst_case =
-                        state.worst_case_attacks(attack.eps, model.config.model.num_classes);
-                    match parse_sweep(&state.sweep).and_then(|s| Ok((s, worst_case?))) {
-                        Ok((eps_sweep, worst_case)) => {
-                            state.progress = Some((format!("measuring {}", model.name), 0, 1));
-                            actions.push(Request::Evaluate {
-                                model: model.id,
-                                options: RobustOptions {
-                                    attack,
-                                    eps_sweep,
-                                    limit: state.eval_size,
-                                    worst_case,
-                                    ..RobustOptions::default()
-                                },
-                            });
-                        }
-                        Err(e) => *error = Some(e),
-                    }
-                }
-                ui.end_row();
-            }
-        });
-    mark(ui.ctx(), Area::Table, table.response.rect);
+        }
+    });
     ui.label("Rows of the demo models are what `advmoe compare` measured when it trained them; \"Measure\" measures again here.");
     ui.label(format!(
         "\"Measure\" attacks with {} at ε = 8/255 (RA) and measures router robustness as the routes kept under {} (the paper's 10-step router attack overstates it).",
