@@ -612,6 +612,12 @@ fn the_report_shows_recorded_comparisons() {
     let report = &harness.state().state.report;
     assert_eq!(report.comparisons.len(), BUNDLED_COMPARISONS.len() + 2);
     assert_eq!(report.shown, Some(BUNDLED_COMPARISONS.len() + 1));
+    // Titled by its folder and file name, not its full path.
+    let folder = dir.file_name().expect("a folder name").to_string_lossy();
+    assert_eq!(
+        report.shown_comparison().map(|c| c.title.as_str()),
+        Some(format!("{folder}/compare.json").as_str())
+    );
     two["rows"].as_array_mut().expect("rows").clear();
     std::fs::write(
         dir.join("compare.json"),
@@ -1191,6 +1197,10 @@ fn hooks_and_files_as_bytes_work_the_app_as_the_web_build_does() {
     let status = harness.state().status();
     assert_eq!(status["train"]["state"], "Finished");
     assert_eq!(status["train"]["step"], 20);
+    // The timing bench/browser.sh reads: every step of the run, and the seconds they took.
+    assert_eq!(status["train"]["timed_steps"], 20);
+    let secs = status["train"]["timed_secs"].as_f64().unwrap();
+    assert!(secs > 0.0 && secs.is_finite(), "timed_secs {secs}");
     let evals = status["train"]["evals"].as_array().unwrap();
     assert_eq!(evals.len(), 2);
     assert_eq!(evals[1]["step"], 20);

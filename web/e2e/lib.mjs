@@ -1,4 +1,5 @@
-// What the browser tests share (run.mjs, the end-to-end test; soak.mjs, the 20-minute soak):
+// What the browser scripts share (run.mjs, the end-to-end test; soak.mjs, the 20-minute soak;
+// speed.mjs, the page against the native CLI):
 // where things are, Debian's headless Chromium with SwiftShader's software WebGPU adapter, and a
 // page of the app worked through its test hooks (window.advmoeLab, crates/advmoe-app/src/hooks.rs).
 

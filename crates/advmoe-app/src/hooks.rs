@@ -239,6 +239,8 @@ impl LabApp {
                 "step": train.step,
                 "total_steps": train.total_steps,
                 "steps_per_sec": train.steps_per_sec,
+                "timed_steps": train.timed_steps,
+                "timed_secs": train.timed_secs,
                 "evals": train.evals.iter().map(|e| json!({
                     "step": e.step, "clean_acc": e.clean_acc, "loss": e.loss,
                 })).collect::<Vec<_>>(),

@@ -195,10 +195,9 @@ impl LabApp {
             let command = match files::classify(&path.to_string_lossy()) {
                 kind @ (FileKind::Image | FileKind::Comparison) => match std::fs::read(&path) {
                     Ok(bytes) => {
-                        // A comparison is named by its path (every one is `compare.json`).
                         let name = match (kind, path.file_name()) {
                             (FileKind::Image, Some(n)) => n.to_string_lossy().into(),
-                            _ => path.display().to_string(),
+                            _ => views::report::comparison_title(&path),
                         };
                         self.accept_files(vec![(name, bytes)]);
                         continue;

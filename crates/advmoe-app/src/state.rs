@@ -110,14 +110,17 @@ impl AppState {
             Event::Progress {
                 step,
                 losses,
-                steps_per_sec,
+                chunk_steps,
+                chunk_secs,
             } => {
                 let first = step + 1 - losses.len().min(step + 1);
                 for (i, loss) in losses.into_iter().enumerate() {
                     self.train.losses.push([(first + i) as f64, loss]);
                 }
                 self.train.step = step;
-                self.train.steps_per_sec = steps_per_sec;
+                self.train.steps_per_sec = chunk_steps as f64 / chunk_secs.max(1e-9);
+                self.train.timed_steps += chunk_steps;
+                self.train.timed_secs += chunk_secs;
                 self.train.unsaved = true;
             }
             Event::Recovered(recovery) => {

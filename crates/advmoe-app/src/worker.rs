@@ -105,8 +105,10 @@ pub enum Event {
         step: usize,
         /// Training loss of each new step, in order.
         losses: Vec<f64>,
-        /// Training throughput over the last chunk.
-        steps_per_sec: f64,
+        /// Steps taken in this chunk.
+        chunk_steps: usize,
+        /// Seconds this chunk's steps took, their loss readback included (its evaluation not).
+        chunk_secs: f64,
     },
     /// A NaN or infinite loss was recovered from: the run went back to an earlier step.
     Recovered(Recovery),
@@ -471,7 +473,8 @@ async fn train_chunk(run: &mut Run, send: &dyn Fn(Event) -> bool) -> AppResult<b
     send(Event::Progress {
         step: run.progress().step,
         losses: advance.losses,
-        steps_per_sec: advance.steps as f64 / advance.secs.max(1e-9),
+        chunk_steps: advance.steps,
+        chunk_secs: advance.secs,
     });
     let evaluated = advance.eval.is_some();
     if let Some(report) = advance.eval {

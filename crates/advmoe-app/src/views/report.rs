@@ -108,7 +108,7 @@ pub struct ReportState {
     /// Progress of a measurement: what, done, of.
     pub progress: Option<(String, usize, usize)>,
     /// Where each plot was drawn in the last frame (for the PNG export).
-    plot_rects: BTreeMap<&'static str, Rect>,
+    plot_rects: PlotRects,
     /// A screenshot asked for by "Save plots as PNG", filled by egui's callback.
     screenshot: Arc<Mutex<Option<Arc<ColorImage>>>>,
     /// The PNG export is waiting for its screenshot into this folder.
@@ -358,8 +358,10 @@ fn report_body(
         library_ui(ui, state, models, &mut actions, &mut error);
     }
     export_ui(ui, state, models, &mut error);
-    let rows: Vec<CompareRow> = state.rows(models).into_iter().cloned().collect();
-    plots_ui(ui, state, &rows);
+    // The plots record where they were drawn (for the PNG export) while reading the rows.
+    let mut plot_rects = std::mem::take(&mut state.plot_rects);
+    plots_ui(ui, &mut plot_rects, &state.rows(models));
+    state.plot_rects = plot_rects;
     (actions, error)
 }
 
@@ -439,8 +441,27 @@ fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
     });
 }
 
+/// Where each plot was drawn, by name.
+type PlotRects = BTreeMap<&'static str, Rect>;
+
 /// The "Show" menu's entry for the library's models.
 const LIBRARY: &str = "The library's models (measured here)";
+
+/// The title of a comparison opened from `path`: its folder and file name
+/// (`cpu-cifar-w16/compare.json`), since every one is called `compare.json` and a full path
+/// would widen the menu.
+pub fn comparison_title(path: &std::path::Path) -> String {
+    let file = path.file_name().map(|n| n.to_string_lossy());
+    let folder = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy());
+    match (folder, file) {
+        (Some(folder), Some(file)) => format!("{folder}/{file}"),
+        (None, Some(file)) => file.into_owned(),
+        _ => path.display().to_string(),
+    }
+}
 
 /// What the report shows: the library's models, or a recorded comparison (bundled or opened:
 /// natively from a typed path, on the web from the browser's picker or a drop).
@@ -480,7 +501,7 @@ fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut 
                     path: path.clone(),
                     source,
                 })
-                .and_then(|bytes| state.open_comparison(&path.display().to_string(), &bytes));
+                .and_then(|bytes| state.open_comparison(&comparison_title(&path), &bytes));
             if let Err(e) = opened {
                 *error = Some(e);
             }
@@ -660,10 +681,15 @@ fn over_steps(points: impl Iterator<Item = (usize, Option<f64>)>) -> Vec<[f64; 2
         .collect()
 }
 
-fn training_plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow], width: f32) {
+fn training_plots_ui(
+    ui: &mut egui::Ui,
+    plot_rects: &mut PlotRects,
+    rows: &[&CompareRow],
+    width: f32,
+) {
     if rows.iter().all(|r| r.history.len() < 2) {
         for name in TRAINING_PLOTS {
-            state.plot_rects.remove(name);
+            plot_rects.remove(name);
         }
         return;
     }
@@ -723,7 +749,7 @@ fn training_plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[Compare
                     }
                 });
         });
-        state.plot_rects.insert(name, group.response.rect);
+        plot_rects.insert(name, group.response.rect);
     }
 }
 
@@ -752,7 +778,7 @@ fn curve(
     points
 }
 
-fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
+fn plots_ui(ui: &mut egui::Ui, plot_rects: &mut PlotRects, rows: &[&CompareRow]) {
     let max_mmacs = rows
         .iter()
         .map(|r| r.macs_pathway_with_router as f64 / 1e6)
@@ -841,9 +867,9 @@ fn plots_ui(ui: &mut egui::Ui, state: &mut ReportState, rows: &[CompareRow]) {
                 });
             });
             // The whole group (title, axes, legend) is what the PNG export keeps.
-            state.plot_rects.insert(name, group.response.rect);
+            plot_rects.insert(name, group.response.rect);
         }
-        training_plots_ui(ui, state, rows, width);
+        training_plots_ui(ui, plot_rects, rows, width);
     });
     mark(ui.ctx(), Area::Plots, plots.response.rect);
 }

@@ -26,6 +26,12 @@ pub struct TrainState {
     pub robust: Vec<(usize, RobustReport)>,
     /// Training throughput of the last chunk.
     pub steps_per_sec: f64,
+    /// Steps taken in this session of the run (a resumed run counts from where it resumed)
+    /// and the seconds they took, loss readbacks included, evaluations not: what
+    /// `bench/browser.sh` compares with the native CLI.
+    pub timed_steps: usize,
+    /// See [`TrainState::timed_steps`].
+    pub timed_secs: f64,
     /// The run's state; `None` before the first run.
     pub state: Option<RunState>,
     /// Where "Save checkpoint" writes.

@@ -121,7 +121,10 @@ pub(crate) struct TrainArgs {
     /// Continue the run checkpointed in this folder (other training flags are ignored).
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Print each evaluation as one JSON line on stdout (progress goes to stderr).
+    /// Print each evaluation as one JSON line on stdout (progress goes to stderr), and at the
+    /// end a `timing` line: the steps taken and the seconds they took (loss readbacks included,
+    /// evaluations not), in all and in the first chunk of up to 10 steps, which compiles the
+    /// GPU kernels. `bench/browser.sh` compares this with the web page's figures.
     #[arg(long)]
     json: bool,
 }
@@ -234,6 +237,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
     );
     bar.set_position(run.step_index() as u64);
     let metrics_path = out.join("metrics.jsonl");
+    let mut timing = Timing::default();
     while run.state() == RunState::Running {
         // Losses are read every 10 steps, and the run stops at each checkpoint step.
         let step = run.step_index();
@@ -245,6 +249,7 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
             bar.inc(1);
             !interrupted.load(Ordering::SeqCst)
         }))?;
+        timing.add(advance.steps, advance.secs);
         if let Some(&loss) = advance.losses.last() {
             bar.set_message(format!("loss {loss:.4}"));
         }
@@ -288,7 +293,33 @@ pub(crate) fn run(args: TrainArgs) -> anyhow::Result<()> {
             p.step as f64 / p.train_secs.max(1e-9)
         ),
     }
+    if args.json {
+        timing.device = super::bench::device_label(&device);
+        println!("{}", serde_json::json!({ "timing": timing }));
+    }
     Ok(())
+}
+
+/// Steps taken by this call and the seconds they took, as [`Run::advance`] measures them.
+#[derive(Debug, Default, serde::Serialize)]
+struct Timing {
+    /// The adapter's name on wgpu, else `cpu (Burn flex)`.
+    device: String,
+    steps: usize,
+    secs: f64,
+    first_chunk_steps: usize,
+    first_chunk_secs: f64,
+}
+
+impl Timing {
+    fn add(&mut self, steps: usize, secs: f64) {
+        if self.steps == 0 {
+            self.first_chunk_steps = steps;
+            self.first_chunk_secs = secs;
+        }
+        self.steps += steps;
+        self.secs += secs;
+    }
 }
 
 /// Drop the evaluations after `step` from metrics.jsonl: a run killed after its last checkpoint

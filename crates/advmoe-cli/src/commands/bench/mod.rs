@@ -7,6 +7,8 @@
 
 mod steps;
 
+pub(crate) use steps::device_label;
+
 use std::sync::Arc;
 
 use advmoe_core::macs::conv_plans;

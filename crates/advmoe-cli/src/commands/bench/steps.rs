@@ -239,7 +239,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
 }
 
 /// The adapter's name on wgpu ("llvmpipe …", "NVIDIA H200"), else `cpu`.
-fn device_label(device: &Device) -> String {
+pub(crate) fn device_label(device: &Device) -> String {
     match device.identity() {
         Some(identity) => identity.name,
         None if advmoe_kernels::on_wgpu(device) => format!("{device:?}"),
