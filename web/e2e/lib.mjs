@@ -97,3 +97,17 @@ export async function attack({ status, send, until }, model, image, eps_255, tar
   if (a.linf > a.eps + 1e-6) fail(`the attack left its ε-ball: ${a.linf} > ${a.eps}`);
   return { model, image, clean: a.clean, adversarial: a.adversarial, flipped_layers: a.flipped_layers };
 }
+
+// Send `command` and return the `count` downloads it starts (Playwright Download objects).
+export async function downloadsOf({ page, send, until }, command, what, count = 2) {
+  const downloads = [];
+  const take = (d) => downloads.push(d);
+  page.on("download", take);
+  try {
+    await send(command);
+    await until(what, () => (downloads.length >= count ? true : null));
+  } finally {
+    page.off("download", take);
+  }
+  return downloads;
+}

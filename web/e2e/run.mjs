@@ -40,7 +40,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { serve } from "../static.mjs";
-import { TRAIN, attack, dist, fail, FLAGS, launch, openPage, out, root } from "./lib.mjs";
+import { TRAIN, attack, dist, downloadsOf, fail, FLAGS, launch, openPage, out, root } from "./lib.mjs";
 
 const cli = path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, "target"), "debug/advmoe");
 // The shared CIFAR-10 image folder (../shared/data, see its README), cut down to a small archive
@@ -296,12 +296,7 @@ async function lesson({ page, send, until }, url) {
     if (w.prediction !== n.prediction || !routesAgree || Math.abs(w.confidence - n.confidence) > tolerance)
       fail(`the card's ${which} result differs from the native CLI's: ${JSON.stringify(w)} vs ${JSON.stringify({ ...n, probabilities: undefined })}`);
   }
-  const downloads = [];
-  const take = (d) => downloads.push(d);
-  page.on("download", take);
-  await send({ action: "export_figure" });
-  await until("the figure's two downloads", () => (downloads.length >= 2 ? true : null));
-  page.off("download", take);
+  const downloads = await downloadsOf({ page, send, until }, { action: "export_figure" }, "the figure's two downloads");
   const files = {};
   for (const d of downloads) {
     const file = path.join(dir, d.suggestedFilename());
@@ -478,10 +473,7 @@ async function main() {
     phase(`WebGPU: ${tried.length} attacks, screenshot`);
 
     // Save: the model pair downloads; the native CLI evaluates it.
-    const downloads = [];
-    page.on("download", (d) => downloads.push(d));
-    await send({ action: "save" });
-    await until("the two downloads", () => downloads.length >= 2);
+    const downloads = await downloadsOf(web, { action: "save" }, "the two downloads");
     const saved = [];
     for (const d of downloads) {
       const file = path.join(out, d.suggestedFilename());

@@ -16,7 +16,8 @@
 // data, method, batch and steps), or the script fails.
 //
 // Usage: bench/browser.sh (it builds nothing: web/build.sh and the release CLI first).
-// Settings (environment): ADVMOE (the CLI), STEPS (40), BATCH (16), METHODS
+// Settings (environment): ADVMOE (the CLI), STEPS (40 on WebGPU), CPU_STEPS (200: a CPU step takes
+// milliseconds, and the timed window should last seconds), BATCH (16), METHODS
 // (standard,advmoe), KINDS (webgpu,cpu), OUT (runs/bench-browser). Writes OUT/browser.json and
 // prints a table.
 
@@ -25,11 +26,12 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import path from "node:path";
 import { serve } from "../static.mjs";
-import { dist, fail, FLAGS, launch, openPage, root } from "./lib.mjs";
+import { dist, downloadsOf, fail, FLAGS, launch, openPage, root } from "./lib.mjs";
 
 const run = promisify(execFile);
 const cli = process.env.ADVMOE ?? path.join(root, "target/release/advmoe");
-const STEPS = Number(process.env.STEPS ?? 40);
+// Steps per run, by adapter kind.
+const STEPS = { webgpu: Number(process.env.STEPS ?? 40), cpu: Number(process.env.CPU_STEPS ?? 200) };
 const WARM = 10;
 const BATCH = Number(process.env.BATCH ?? 16);
 const EVAL_SIZE = 50;
@@ -37,7 +39,8 @@ const METHODS = (process.env.METHODS ?? "standard,advmoe").split(",");
 const KINDS = (process.env.KINDS ?? "webgpu,cpu").split(",");
 const OUT = path.resolve(root, process.env.OUT ?? "runs/bench-browser");
 const SWIFTSHADER_ICD = process.env.SWIFTSHADER_ICD ?? "/usr/lib/chromium/vk_swiftshader_icd.json";
-if (!(STEPS >= WARM + 20)) fail(`STEPS (${STEPS}) must be at least ${WARM + 20}`);
+for (const [kind, steps] of Object.entries(STEPS))
+  if (!(steps >= WARM + 20)) fail(`${kind} steps (${steps}) must be at least ${WARM + 20}`);
 
 // How each kind runs natively.
 const NATIVE = {
@@ -50,7 +53,7 @@ const NATIVE = {
 function nativeArgs(method, kind, out) {
   return [
     "train", "--dataset", "synthetic", "--no-augment", "--method", method,
-    "--steps", String(STEPS), "--eval-every", String(STEPS), "--eval-size", String(EVAL_SIZE),
+    "--steps", String(STEPS[kind]), "--eval-every", String(STEPS[kind]), "--eval-size", String(EVAL_SIZE),
     "--batch-size", String(BATCH), "--device", NATIVE[kind].device, "--out", out, "--json",
   ];
 }
@@ -76,10 +79,10 @@ async function native(method, kind) {
 }
 
 async function browser(session, method, kind) {
-  const { page, status, send, until } = session;
+  const { status, send, until } = session;
   const before = (await status()).models.length;
   await send({
-    action: "train", steps: STEPS, eval_every: STEPS, batch_size: BATCH, eval_size: EVAL_SIZE,
+    action: "train", steps: STEPS[kind], eval_every: STEPS[kind], batch_size: BATCH, eval_size: EVAL_SIZE,
     method, augment: false, on_cpu: kind === "cpu",
   });
   // The previous run's figures stay in the status until this run has started.
@@ -91,14 +94,9 @@ async function browser(session, method, kind) {
     return t.state === "Finished" && s.models.length > before ? s : null;
   }, 50);
   const t = done.train;
-  if (t.step !== STEPS || t.timed_steps !== STEPS) fail(`the page's run ended at step ${t.step} (timed ${t.timed_steps})`);
+  if (t.step !== STEPS[kind] || t.timed_steps !== STEPS[kind]) fail(`the page's run ended at step ${t.step} (timed ${t.timed_steps})`);
   // Its config, as "Save checkpoint" downloads it.
-  const downloads = [];
-  const take = (d) => downloads.push(d);
-  page.on("download", take);
-  await send({ action: "save" });
-  await until("the saved model's two downloads", () => (downloads.length >= 2 ? true : null));
-  page.off("download", take);
+  const downloads = await downloadsOf(session, { action: "save" }, "the saved model's two downloads");
   const json = downloads.find((d) => d.suggestedFilename().endsWith(".json")) ?? fail("no config download");
   const file = path.join(OUT, `browser-${kind}-${method}.json`);
   await json.saveAs(file);
@@ -141,6 +139,7 @@ async function main() {
         const row = {
           method,
           kind,
+          steps: STEPS[kind],
           browser_adapter: page.adapter,
           native_adapter: cliRun.adapter,
           browser_steps_per_sec: page.steps_per_sec,
