@@ -88,10 +88,13 @@ async function browser(session, method, kind) {
   // The previous run's figures stay in the status until this run has started.
   await until(`the ${method} run on ${kind} to start`, (s) => s.train?.state === "Running", 20);
   let warm = null;
+  let finished = null;
   const done = await until(`the ${method} run on ${kind}`, (s) => {
     const t = s.train;
     if (!warm && t.timed_steps >= WARM) warm = { steps: t.timed_steps, secs: t.timed_secs, at: Date.now() };
-    return t.state === "Finished" && s.models.length > before ? s : null;
+    if (t.state !== "Finished" || s.models.length <= before) return null;
+    finished = Date.now();
+    return s;
   }, 50);
   const t = done.train;
   if (t.step !== STEPS[kind] || t.timed_steps !== STEPS[kind]) fail(`the page's run ended at step ${t.step} (timed ${t.timed_steps})`);
@@ -111,7 +114,7 @@ async function browser(session, method, kind) {
     // What a user sees: the same steps over the wall clock, frames drawn in between included
     // (from the poll that saw the warm-up end to the one that saw the run finish; evaluation
     // included, a few tens of test images).
-    wall_steps_per_sec: steps / ((Date.now() - warm.at) / 1000),
+    wall_steps_per_sec: steps / ((finished - warm.at) / 1000),
     config,
   };
 }
