@@ -2,7 +2,7 @@
 
 use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
 use advmoe_engine::compare::{
-    Comparison, compare_entries, markdown_curves, markdown_table, run_comparison,
+    Comparison, compare_entries, markdown_curves, markdown_routes, markdown_table, run_comparison,
 };
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
@@ -256,6 +256,29 @@ fn the_comparison_trains_and_measures_every_model() {
     );
     let table = markdown_table(&rows);
     assert_eq!(table.lines().filter(|l| l.starts_with('|')).count(), 2 + 5);
+    // Routes and classes: one line per MoE model; its split by the class partition covers all
+    // eight images, and the experts' shares add up to 100%.
+    let routes = markdown_routes(&rows);
+    let lines: Vec<&str> = routes.lines().skip(2).collect();
+    assert_eq!(lines.len(), 3, "{routes}");
+    for line in &lines {
+        assert!(line.contains(" of 8 |"), "{routes}");
+        let shares: f64 = line
+            .split(" | ")
+            .nth(1)
+            .unwrap()
+            .split("; ")
+            .map(|e| {
+                e.split([':', ','])
+                    .nth(1)
+                    .unwrap()
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .sum();
+        assert!((shares - 100.0).abs() <= 1.0, "{routes}");
+    }
     assert!(table.contains("| advmoe | advmoe | 2 | 0.5 |"), "{table}");
     // Below the table, the attacks measured, named.
     assert!(

@@ -155,6 +155,17 @@ fn presets_fill_the_setup() {
     harness.state_mut().state.setup.config.balance_weight = 0.0;
     harness.run_steps(2);
     assert!(harness.query_by_label_contains(warning).is_none());
+    // AdvMoE's class-partition objective has no balance term: no warning, whatever the weight.
+    harness.state_mut().state.setup.config.balance_weight = 1.0;
+    harness
+        .state_mut()
+        .state
+        .setup
+        .config
+        .train
+        .router_objective = advmoe_core::RouterObjective::ClassPartition;
+    harness.run_steps(2);
+    assert!(harness.query_by_label_contains(warning).is_none());
 
     // The lesson "attack the router only" opens the attack lab on the vanilla MoE AT demo
     // model with the router target, and attacks.
@@ -531,6 +542,29 @@ fn the_report_shows_recorded_comparisons() {
         harness.state().state.report.comparisons.len(),
         BUNDLED_COMPARISONS.len()
     );
+    // The 3,000-step run: its four models at 3,000 steps, vanilla MoE AT's router collapsed
+    // onto one expert at the end, AdvMoE's not.
+    let longer = RecordedComparison::parse("3000", BUNDLED_COMPARISONS[1].1.as_bytes())
+        .expect("the 3,000-step comparison parses");
+    let rows = &longer.comparison.rows;
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "advmoe",
+            "moe-at",
+            "dense-same-cost-trades",
+            "moe-at-balanced"
+        ]
+    );
+    assert!(rows.iter().all(|r| r.steps == 3000));
+    assert!(longer.comparison.budget().contains("3000 steps"));
+    let first_layer = |name: &str| {
+        let row = rows.iter().find(|r| r.name == name).expect(name);
+        row.report.expert_load[0].clone()
+    };
+    assert!(first_layer("moe-at").iter().any(|&share| share > 0.99));
+    assert!(first_layer("advmoe").iter().all(|&share| share > 0.2));
     harness.get_by_label("Report").click();
     harness.run_steps(2);
     choose(&mut harness, "Show", BUNDLED_COMPARISONS[0].0);
@@ -547,6 +581,9 @@ fn the_report_shows_recorded_comparisons() {
     }
     // The collapse is drawn: the curves of expert load over the steps.
     harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
+    // These rows were recorded before reports counted accuracy by route: no routes table.
+    let routes = "Routes and classes (first MoE layer, by the clean route)";
+    assert!(harness.query_by_label(routes).is_none());
     let (dir, csv) = export_report(&mut harness, "recorded-report");
     let rows = &bundled.comparison.rows;
     assert_eq!(csv.lines().count(), 1 + rows.len(), "{csv}");
@@ -559,6 +596,29 @@ fn the_report_shows_recorded_comparisons() {
             "{line}"
         );
     }
+
+    // With the counts (here: every image correct clean, none under attack), the table shows
+    // where AdvMoE's router sends each class: 685 of its 1,000 routes follow the partition.
+    {
+        let report = &mut harness.state_mut().state.report;
+        let shown = report.shown.expect("shown");
+        let row = report.comparisons[shown]
+            .comparison
+            .rows
+            .iter_mut()
+            .find(|r| r.name == "advmoe")
+            .expect("advmoe row");
+        let routed = row.report.class_expert.clone();
+        row.report.class_expert_robust = routed
+            .iter()
+            .map(|layer| layer.iter().map(|c| vec![0; c.len()]).collect())
+            .collect();
+        row.report.class_expert_correct = routed;
+    }
+    harness.run_steps(2);
+    harness.get_by_label(routes);
+    harness.get_by_label("685 of 1000");
+    assert_eq!(harness.query_all_by_label("100.0 / 0.0").count(), 2);
 
     // Bytes, as the browser hands them over: two of the bundled rows.
     for (name, kind) in [

@@ -553,6 +553,24 @@ fn the_router_target_flips_routes_and_the_expert_target_keeps_them() {
     assert_eq!(report.class_expert.len(), clean_routes.len());
     let routed: usize = report.class_expert[0].iter().flatten().sum();
     assert_eq!(routed, 50);
+    // Per layer, the images correct clean and under the attack, by class and clean route: they
+    // add up to the accuracies, and no cell holds more than the images routed there.
+    let count = |fraction: f64| (fraction * 50.0).round() as usize;
+    for (layer, routed) in report.class_expert.iter().enumerate() {
+        for (cells, of_all) in [
+            (&report.class_expert_correct[layer], count(report.clean_acc)),
+            (&report.class_expert_robust[layer], count(report.robust_acc)),
+        ] {
+            assert_eq!(
+                cells.iter().flatten().sum::<usize>(),
+                of_all,
+                "layer {layer}"
+            );
+            for (row, of) in cells.iter().flatten().zip(routed.iter().flatten()) {
+                assert!(row <= of, "layer {layer}: {cells:?} against {routed:?}");
+            }
+        }
+    }
     // Router robustness at 2/255 is at least that at 8/255 (same attack, smaller ball)... is not
     // guaranteed image by image, but the flip rate of a weaker attack on average is lower.
     assert!(report.sweep[0].router_robustness.unwrap() >= router_robustness - 0.05);

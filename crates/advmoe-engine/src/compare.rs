@@ -454,6 +454,122 @@ pub fn markdown_curves(rows: &[CompareRow]) -> String {
     s
 }
 
+/// Images, and of them the ones classified correctly clean and under the headline attack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    /// Images.
+    pub images: usize,
+    /// Of them, classified correctly when clean.
+    pub clean: usize,
+    /// Of them, still correct under the headline attack.
+    pub robust: usize,
+}
+
+impl Counted {
+    /// "SA / RA" in % on these images ("–" when there are none).
+    pub fn accuracies(&self) -> String {
+        if self.images == 0 {
+            return "–".to_string();
+        }
+        let pct = |n: usize| 100.0 * n as f64 / self.images as f64;
+        format!("{:.1} / {:.1}", pct(self.clean), pct(self.robust))
+    }
+}
+
+/// Where an MoE model's first MoE layer sends the test images and how well the model classifies
+/// them there (by each image's clean route): per expert, and split by whether the route follows
+/// the class partition (`y mod N`, what AdvMoE's class-partition router objective asks for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSplit {
+    /// The row's model.
+    pub name: String,
+    /// Per expert.
+    pub experts: Vec<Counted>,
+    /// Routes that follow the class partition.
+    pub partition: Counted,
+    /// The rest.
+    pub rest: Counted,
+    /// Whether "robust" is the per-image worst case (else the RA attack).
+    pub worst_case: bool,
+}
+
+/// The [`RouteSplit`] of each MoE row whose report counted it.
+pub fn route_splits<'a>(rows: impl IntoIterator<Item = &'a CompareRow>) -> Vec<RouteSplit> {
+    rows.into_iter()
+        .filter(|r| r.experts > 1)
+        .filter_map(|r| {
+            let report = &r.report;
+            let images = report.class_expert.first()?;
+            let correct = report.class_expert_correct.first()?;
+            let kept = report.class_expert_robust.first()?;
+            let n = r.experts;
+            let mut split = RouteSplit {
+                name: r.name.clone(),
+                experts: vec![Counted::default(); n],
+                partition: Counted::default(),
+                rest: Counted::default(),
+                worst_case: report.worst_case.is_some(),
+            };
+            for (y, ((of, ok), held)) in images.iter().zip(correct).zip(kept).enumerate() {
+                for e in 0..n.min(of.len()) {
+                    let add = |c: &mut Counted| {
+                        c.images += of[e];
+                        c.clean += ok[e];
+                        c.robust += held[e];
+                    };
+                    add(&mut split.experts[e]);
+                    add(if e == y % n {
+                        &mut split.partition
+                    } else {
+                        &mut split.rest
+                    });
+                }
+            }
+            Some(split)
+        })
+        .collect()
+}
+
+/// The [`route_splits`] as a markdown table; empty when no row counted them.
+pub fn markdown_routes(rows: &[CompareRow]) -> String {
+    let splits = route_splits(rows);
+    if splits.is_empty() {
+        return String::new();
+    }
+    let robust = if splits.iter().any(|s| s.worst_case) {
+        "worst-case RA"
+    } else {
+        "RA"
+    };
+    let mut s = format!(
+        "| model | expert: share of images %, SA % / {robust} % on them | route = y mod N | SA % / {robust} % there | SA % / {robust} % on the rest |\n|---|---|---|---|---|\n"
+    );
+    for split in splits {
+        let total = split.partition.images + split.rest.images;
+        let experts: Vec<String> = split
+            .experts
+            .iter()
+            .enumerate()
+            .map(|(e, c)| {
+                format!(
+                    "{e}: {:.0}, {}",
+                    100.0 * c.images as f64 / total.max(1) as f64,
+                    c.accuracies()
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {} of {total} | {} | {} |\n",
+            split.name,
+            experts.join("; "),
+            split.partition.images,
+            split.partition.accuracies(),
+            split.rest.accuracies(),
+        ));
+    }
+    s
+}
+
 fn percent(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{:.1}", 100.0 * v))
 }

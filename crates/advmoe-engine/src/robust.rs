@@ -193,6 +193,14 @@ pub struct RobustReport {
     pub expert_load: Vec<Vec<f64>>,
     /// `[MoE layer][class][expert]`: clean test images of each class routed to each expert.
     pub class_expert: Vec<Vec<Vec<usize>>>,
+    /// `[MoE layer][class][expert]`: of those images (by their clean route), the ones classified
+    /// correctly when clean. Empty in reports written before it was counted.
+    #[serde(default)]
+    pub class_expert_correct: Vec<Vec<Vec<usize>>>,
+    /// The same for the ones still correct under the headline attack: the per-image worst case
+    /// when it was measured, else the RA attack.
+    #[serde(default)]
+    pub class_expert_robust: Vec<Vec<Vec<usize>>>,
     /// ε-curves.
     pub sweep: Vec<SweepPoint>,
     /// The per-image worst case, when [`RobustOptions::worst_case`] named further attacks.
@@ -252,6 +260,8 @@ pub async fn evaluate_robust(
     };
     let mut load = vec![vec![0usize; num_experts]; layers];
     let mut class_expert = vec![vec![vec![0usize; num_experts]; classes]; layers];
+    let mut class_expert_correct = class_expert.clone();
+    let mut class_expert_robust = class_expert.clone();
     let (mut clean, mut full, mut router, mut expert) =
         (0usize, Tally::default(), Tally::default(), Tally::default());
     let mut sweep_full = vec![Tally::default(); options.eps_sweep.len()];
@@ -271,7 +281,8 @@ pub async fn evaluate_robust(
         let out = model.forward(images.clone(), Mode::Eval);
         let clean_routes = check_routes(&out.routes).await?;
         let clean_scores = distinct_scores(model, &out.routes);
-        clean += count_correct(out.logits.clone(), &host.labels).await?;
+        let clean_each = correct_each(out.logits.clone(), &host.labels).await?;
+        clean += clean_each.iter().filter(|c| **c).count();
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (&e, &y) in experts.iter().zip(&host.labels) {
                 load[layer][e] += 1;
@@ -342,6 +353,13 @@ pub async fn evaluate_robust(
             }
         }
         resisted_all += robust_here.iter().filter(|r| **r).count();
+        for (layer, experts) in clean_routes.iter().enumerate() {
+            for (i, (&e, &y)) in experts.iter().zip(&host.labels).enumerate() {
+                let y = usize::from(y);
+                class_expert_correct[layer][y][e] += usize::from(clean_each[i]);
+                class_expert_robust[layer][y][e] += usize::from(robust_here[i]);
+            }
+        }
         start = end;
         progress(start, total);
     }
@@ -359,6 +377,8 @@ pub async fn evaluate_robust(
             .map(|l| l.into_iter().map(|c| fraction(c, total)).collect())
             .collect(),
         class_expert,
+        class_expert_correct,
+        class_expert_robust,
         sweep: options
             .eps_sweep
             .iter()

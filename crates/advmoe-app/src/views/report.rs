@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use advmoe_core::AttackSpec;
-use advmoe_engine::compare::{CompareRow, Comparison, evaluation_note};
+use advmoe_engine::compare::{CompareRow, Comparison, evaluation_note, route_splits};
 use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
@@ -31,10 +31,16 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 1] = [(
-    "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
-    include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
-)];
+pub const BUNDLED_COMPARISONS: [(&str, &str); 2] = [
+    (
+        "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
+    ),
+    (
+        "CIFAR-10 on the CPU: 3,000 steps, width 16 (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-3000-steps.json"),
+    ),
+];
 
 /// A comparison that `advmoe compare` wrote, shown read-only.
 #[derive(Debug, Clone)]
@@ -357,6 +363,7 @@ fn report_body(
     } else {
         library_ui(ui, state, models, &mut actions, &mut error);
     }
+    routes_ui(ui, &state.rows(models));
     export_ui(ui, state, models, &mut error);
     // The plots record where they were drawn (for the PNG export) while reading the rows.
     let mut plot_rects = std::mem::take(&mut state.plot_rects);
@@ -384,7 +391,18 @@ const COLUMNS: [&str; 12] = [
 /// A striped table with a bold `header`, its rows drawn by `rows` (each ending with
 /// `end_row`); marked as the lesson area `Table`.
 fn table_ui(ui: &mut egui::Ui, id: &str, header: &[&str], rows: impl FnOnce(&mut egui::Ui)) {
-    let table = egui::Grid::new(id)
+    let table = grid_ui(ui, id, header, rows);
+    mark(ui.ctx(), Area::Table, table.rect);
+}
+
+/// A striped table with a bold `header`, its rows drawn by `rows`.
+fn grid_ui(
+    ui: &mut egui::Ui,
+    id: &str,
+    header: &[&str],
+    rows: impl FnOnce(&mut egui::Ui),
+) -> egui::Response {
+    egui::Grid::new(id)
         .striped(true)
         .spacing([12.0, 4.0])
         .show(ui, |ui| {
@@ -393,8 +411,8 @@ fn table_ui(ui: &mut egui::Ui, id: &str, header: &[&str], rows: impl FnOnce(&mut
             }
             ui.end_row();
             rows(ui);
-        });
-    mark(ui.ctx(), Area::Table, table.response.rect);
+        })
+        .response
 }
 
 /// The eight measured cells of a row (dashes when there is none).
@@ -439,6 +457,58 @@ fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
     } else {
         "–".into()
     });
+}
+
+/// Per MoE model, where its first MoE layer sends the test images and how well they are
+/// classified there: per expert, and by whether the route follows the class partition (what
+/// AdvMoE's class-partition objective asks of the router). Only rows measured since reports
+/// counted it have it.
+fn routes_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
+    let splits = route_splits(rows.iter().copied());
+    if splits.is_empty() {
+        return;
+    }
+    let robust = if splits.iter().any(|s| s.worst_case) {
+        "worst-case RA"
+    } else {
+        "RA"
+    };
+    ui.add_space(6.0);
+    ui.label(
+        egui::RichText::new("Routes and classes (first MoE layer, by the clean route)").strong(),
+    );
+    let header = [
+        "model".to_string(),
+        format!("expert: images, SA % / {robust} %"),
+        "route = class mod N".to_string(),
+        format!("SA % / {robust} % there"),
+        format!("SA % / {robust} % on the rest"),
+    ];
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    grid_ui(ui, "routes table", &header, |ui| {
+        for split in &splits {
+            ui.label(&split.name);
+            let experts: Vec<String> = split
+                .experts
+                .iter()
+                .enumerate()
+                .map(|(e, c)| format!("{e}: {}, {}", c.images, c.accuracies()))
+                .collect();
+            ui.label(experts.join("\n"));
+            ui.label(format!(
+                "{} of {}",
+                split.partition.images,
+                split.partition.images + split.rest.images
+            ));
+            ui.label(split.partition.accuracies());
+            ui.label(split.rest.accuracies());
+            ui.end_row();
+        }
+    });
+    ui.label(
+        "A router that follows the partition sends each image to the expert trained on its \
+         classes; the accuracy on the rest shows what a wrong route costs.",
+    );
 }
 
 /// Where each plot was drawn, by name.

@@ -132,6 +132,14 @@ fn combo<T: Copy + PartialEq + std::fmt::Display>(
 }
 
 /// One grid row: a label and the widget it names (for screen readers and UI tests).
+/// Whether `config`'s training has the balance term: every MoE method but AdvMoE with the
+/// class-partition router objective, whose router step's loss is the partition's cross-entropy
+/// and the routers' KL.
+fn balance_applies(config: &RunConfig) -> bool {
+    !(config.train.method == MethodKind::Advmoe
+        && config.train.router_objective == RouterObjective::ClassPartition)
+}
+
 fn row(ui: &mut egui::Ui, name: &str, add: impl FnOnce(&mut egui::Ui) -> egui::Response) {
     let label = ui.label(name);
     add(ui).labelled_by(label.id);
@@ -268,11 +276,16 @@ pub fn setup_ui(
                 }
             }
             if config.model.is_moe() {
+                let used = balance_applies(config);
                 row(ui, "Balance weight", |ui| {
-                    ui.add(
+                    ui.add_enabled(
+                        used,
                         egui::DragValue::new(&mut config.balance_weight)
                             .range(0.0..=10.0)
                             .speed(0.05),
+                    )
+                    .on_disabled_hover_text(
+                        "AdvMoE's class-partition router objective has no balance term",
                     )
                 });
             }
@@ -297,6 +310,7 @@ pub fn setup_ui(
     if config.model.is_moe()
         && config.model.router == advmoe_core::RouterKind::PerLayer
         && config.balance_weight > 0.0
+        && balance_applies(config)
     {
         ui.colored_label(
             ui.visuals().warn_fg_color,

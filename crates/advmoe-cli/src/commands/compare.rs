@@ -9,8 +9,8 @@ use advmoe_core::{
     AttackKind, AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec,
 };
 use advmoe_engine::compare::{
-    CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves, markdown_table,
-    run_comparison,
+    CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves, markdown_routes,
+    markdown_table, run_comparison,
 };
 use advmoe_engine::robust::RobustOptions;
 use advmoe_engine::{DeviceChoice, RunConfig, block_on, make_device};
@@ -46,7 +46,8 @@ pub(crate) struct CompareArgs {
     #[arg(long)]
     lr: Option<f64>,
     /// Weight of the balance term for `moe-at-balanced` and `advmoe` (0: leave it out)
-    /// [default: 1; paper preset 0.1]. With per-layer routers 1 stalls both MoE methods on
+    /// [default: 1; paper preset 0.1]. AdvMoE's class-partition router objective has no such
+    /// term: there the weight acts only on `moe-at-balanced`. With per-layer routers 1 stalls both MoE methods on
     /// `synthetic`: use 0 (docs/results/synthetic-balance-term.md).
     #[arg(long)]
     balance_weight: Option<f64>,
@@ -193,12 +194,17 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             args.out.join("compare.json"),
             serde_json::to_vec_pretty(&json)?,
         )?;
+        let mut md = markdown_table(rows);
+        let routes = markdown_routes(rows);
+        if !routes.is_empty() {
+            md.push_str(&format!(
+                "\nRoutes and classes (first MoE layer, by the clean route):\n\n{routes}"
+            ));
+        }
         let curves = markdown_curves(rows);
-        let md = if curves.is_empty() {
-            markdown_table(rows)
-        } else {
-            format!("{}\nTraining curves:\n\n{curves}", markdown_table(rows))
-        };
+        if !curves.is_empty() {
+            md.push_str(&format!("\nTraining curves:\n\n{curves}"));
+        }
         std::fs::write(args.out.join("compare.md"), md)?;
         Ok(json)
     };
