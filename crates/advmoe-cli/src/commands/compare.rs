@@ -47,8 +47,8 @@ pub(crate) struct CompareArgs {
     lr: Option<f64>,
     /// Weight of the balance term for `moe-at-balanced` and `advmoe` (0: leave it out)
     /// [default: 1; paper preset 0.1]. AdvMoE's class-partition router objective has no such
-    /// term: there the weight acts only on `moe-at-balanced`. With per-layer routers 1 stalls both MoE methods on
-    /// `synthetic`: use 0 (docs/results/synthetic-balance-term.md).
+    /// term: there the weight acts only on `moe-at-balanced`. With per-layer routers 1 stalls
+    /// both MoE methods on `synthetic`: use 0 (docs/results/synthetic-balance-term.md).
     #[arg(long)]
     balance_weight: Option<f64>,
     /// Weight β of the KL terms.
