@@ -2,7 +2,8 @@
 
 use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
 use advmoe_engine::compare::{
-    Comparison, compare_entries, markdown_curves, markdown_routes, markdown_table, run_comparison,
+    CompareEvent, Comparison, compare_entries, markdown_curves, markdown_routes, markdown_table,
+    run_comparison,
 };
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
@@ -187,6 +188,7 @@ fn the_comparison_trains_and_measures_every_model() {
             ..AttackSpec::paper_eval()
         },
         limit: 8,
+        partition_routes: true,
         ..RobustOptions::default()
     };
     let dir = Scratch::new("compare");
@@ -257,12 +259,28 @@ fn the_comparison_trains_and_measures_every_model() {
     let table = markdown_table(&rows);
     assert_eq!(table.lines().filter(|l| l.starts_with('|')).count(), 2 + 5);
     // Routes and classes: one line per MoE model; its split by the class partition covers all
-    // eight images, and the experts' shares add up to 100%.
+    // eight images, and the experts' shares add up to 100%. The forced routes were measured on
+    // every MoE model, and only there.
+    for row in &rows {
+        let forced = row.report.partition_routes;
+        assert_eq!(forced.is_some(), row.experts > 1, "{}", row.name);
+        assert!(forced.is_none_or(|f| f.all().images == 8), "{forced:?}");
+    }
     let routes = markdown_routes(&rows);
-    let lines: Vec<&str> = routes.lines().skip(2).collect();
+    let lines: Vec<&str> = routes
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
     assert_eq!(lines.len(), 3, "{routes}");
+    assert!(
+        routes.contains("routes forced to y mod N: SA % / RA % on all"),
+        "{routes}"
+    );
+    assert!(routes.contains("a bound, not a classifier"), "{routes}");
     for line in &lines {
         assert!(line.contains(" of 8 |"), "{routes}");
+        assert_eq!(line.matches('|').count(), 9, "{routes}");
         let shares: f64 = line
             .split(" | ")
             .nth(1)
@@ -317,4 +335,45 @@ fn the_comparison_trains_and_measures_every_model() {
         "{budget}"
     );
     assert!(Comparison::from_json(b"{\"rows\": []}").is_err());
+
+    // Run again with another evaluation: nothing is trained, every saved model is measured
+    // again and keeps its training record; run once more with it: nothing is measured either.
+    let fewer = RobustOptions {
+        limit: 6,
+        partition_routes: false,
+        ..eval.clone()
+    };
+    for measured in [true, false] {
+        let (mut steps, mut evaluated) = (0, 0);
+        let again = run_comparison(
+            &entries,
+            synthetic(64, 16),
+            &cpu(),
+            &fewer,
+            Some(&dir),
+            &mut |event| match event {
+                CompareEvent::Step { .. } => steps += 1,
+                CompareEvent::Evaluating { .. } => evaluated += 1,
+                _ => {}
+            },
+            &|| false,
+        )
+        .wait()
+        .unwrap();
+        assert_eq!(steps, 0);
+        assert_eq!(evaluated > 0, measured);
+        for (a, b) in again.iter().zip(&rows) {
+            assert_eq!(a.report.images, 6, "{}", a.name);
+            assert_eq!(a.report.partition_routes, None, "{}", a.name);
+            assert_eq!(a.steps, b.steps, "{}", a.name);
+            // Read back from row.json: to within an ulp.
+            assert!(
+                (a.train_secs - b.train_secs).abs() <= 1e-9 * b.train_secs,
+                "{}",
+                a.name
+            );
+            assert_eq!(a.history.len(), b.history.len(), "{}", a.name);
+            assert_eq!(a.robust_history, b.robust_history, "{}", a.name);
+        }
+    }
 }

@@ -238,7 +238,8 @@ fn robust_acc(model: &MoeNet, n: usize, spec: &AttackSpec) -> f64 {
 
 /// The DLR objective against its definition computed on the host from the model's logits, its
 /// ranked targets, and the worst-case robust accuracy over PGD-10 and AutoAttack's pair on the
-/// trained model at a radius where not every attack reaches zero.
+/// trained model at a radius where not every attack reaches zero; with the routes forced to the
+/// class partition, the images whose own route is that one score clean exactly as without.
 #[test]
 fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
     let trained = trained(RouterKind::Image);
@@ -318,6 +319,7 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
                 vec![NamedAttack::square(eps, 200)],
             ]
             .concat(),
+            partition_routes: true,
             ..RobustOptions::default()
         },
         &device,
@@ -325,6 +327,27 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
     )
     .wait()
     .unwrap();
+    // Forced routes: the image router's one decision is every layer's route, so on the images it
+    // already sends to y mod 2 the forced model is the model itself; each group is counted once,
+    // and APGD (starting from the clean image) keeps every clean mistake.
+    let forced = report.partition_routes.expect("forced routes asked for");
+    println!("forced routes: {forced:?}");
+    let on_partition = |cells: &Vec<Vec<Vec<usize>>>| -> usize {
+        cells[0].iter().enumerate().map(|(y, row)| row[y % 2]).sum()
+    };
+    assert_eq!(forced.all().images, 40);
+    assert_eq!(forced.follows.images, on_partition(&report.class_expert));
+    assert_eq!(
+        forced.follows.clean,
+        on_partition(&report.class_expert_correct)
+    );
+    assert!(
+        forced.follows.images > 0 && forced.rest.images > 0,
+        "{forced:?}"
+    );
+    for group in [forced.follows, forced.rest] {
+        assert!(group.robust <= group.clean, "{group:?}");
+    }
     let worst = report.worst_case.expect("worst case asked for");
     println!("at 2/255: {worst:?}");
     let names: Vec<&str> = worst.each.iter().map(|(n, _)| n.as_str()).collect();

@@ -245,7 +245,7 @@ pub(crate) struct RouterAttackFlags {
     router_restarts: usize,
 }
 
-/// The worst-case evaluation, shared by `eval` and `compare`.
+/// The worst-case evaluation and the forced-route bound, shared by `eval` and `compare`.
 #[derive(Args, Clone)]
 pub(crate) struct WorstCaseFlags {
     /// Also run AutoAttack's white-box pair at --eps (APGD-CE, and targeted APGD-DLR against
@@ -260,6 +260,14 @@ pub(crate) struct WorstCaseFlags {
     /// with this many queries per image (AutoAttack: 5000).
     #[arg(long, requires = "worst_case")]
     worst_case_square: Option<usize>,
+    /// Also measure MoE models with every route forced to the class partition (y mod N) and the
+    /// same attacks aimed at the experts through those routes: what a router that always routed
+    /// by the partition, and that no attack could turn, would give. Split by whether the model's
+    /// own router sends the image there, with the clean accuracy of every route shifted to the
+    /// next expert, (y + 1) mod N. The route is chosen from the label, so this is a bound, not a
+    /// classifier.
+    #[arg(long, requires = "attack")]
+    pub(crate) partition_routes: bool,
 }
 
 impl WorstCaseFlags {

@@ -5,17 +5,20 @@
 //! With an output folder the comparison is resumable: each finished model leaves
 //! `<out>/<name>/row.json` beside its weights, and a later call with the same configuration
 //! takes that row instead of training the model again (a cut run loses at most the model in
-//! progress).
+//! progress); with another evaluation it measures the saved weights again, keeping the row's
+//! training record.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use advmoe_core::{EvalReport, MethodKind, count_macs};
 use advmoe_data::Dataset;
-use advmoe_model::checkpoint::CheckpointError;
+use advmoe_model::checkpoint::{CheckpointError, load_model};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+pub use crate::robust::Counted;
+use crate::robust::PartitionRoutes;
 use crate::robust::{RobustOptions, RobustReport, evaluate_robust};
 use crate::run::{EngineError, Run, RunConfig, RunState};
 
@@ -130,6 +133,8 @@ struct SavedRow {
 }
 
 const ROW_FILE: &str = "row.json";
+/// The weights [`Run::save_model`] writes beside it.
+const MODEL_FILE: &str = "model.safetensors";
 
 /// A whole comparison as `advmoe compare` writes it to `compare.json`: the base configuration
 /// every model was derived from, the evaluation they were all measured with, and their rows.
@@ -230,10 +235,28 @@ pub fn evaluation_note(rows: &[CompareRow]) -> String {
     s
 }
 
-fn saved_row(dir: &Path, config: &RunConfig, eval: &serde_json::Value) -> Option<CompareRow> {
+/// The row saved in `dir` by a model trained with `config` (measured with any evaluation).
+fn saved_row(dir: &Path, config: &RunConfig) -> Option<SavedRow> {
     let bytes = std::fs::read(dir.join(ROW_FILE)).ok()?;
     let saved: SavedRow = serde_json::from_slice(&bytes).ok()?;
-    (saved.config == *config && saved.eval == *eval).then_some(saved.row)
+    (saved.config == *config).then_some(saved)
+}
+
+/// Write `row.json` into `dir`: `row`, made with `config` and measured with `eval`.
+fn save_row(
+    dir: &Path,
+    config: &RunConfig,
+    eval: &serde_json::Value,
+    row: &CompareRow,
+) -> Result<(), EngineError> {
+    let saved = SavedRow {
+        config: config.clone(),
+        eval: eval.clone(),
+        row: row.clone(),
+    };
+    let path = dir.join(ROW_FILE);
+    std::fs::write(&path, serde_json::to_vec_pretty(&saved).unwrap_or_default())
+        .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))
 }
 
 /// What the comparison is doing, for progress displays.
@@ -287,10 +310,38 @@ pub async fn run_comparison(
             total: entries.len(),
         });
         let dir = out.map(|o| o.join(&entry.name));
-        if let Some(row) = dir
+        let saved = dir
             .as_deref()
-            .and_then(|d| saved_row(d, &entry.config, &eval_key))
-        {
+            .and_then(|d| Some((d, saved_row(d, &entry.config)?)));
+        if let Some((dir, saved)) = saved {
+            let row = if saved.eval == eval_key {
+                saved.row
+            } else {
+                // Trained with this configuration, measured with another evaluation: measure
+                // the saved model again instead of training it again (said at once, before the
+                // first batch's progress).
+                let of = match eval.limit {
+                    0 => dataset.test.len(),
+                    limit => limit.min(dataset.test.len()),
+                };
+                on_event(CompareEvent::Evaluating { done: 0, of });
+                let model = load_model(
+                    &dir.join(MODEL_FILE),
+                    &entry.config.model,
+                    &device.clone().autodiff(),
+                )?;
+                let report =
+                    evaluate_robust(&model, &dataset.test, eval, device, &mut |done, of| {
+                        on_event(CompareEvent::Evaluating { done, of })
+                    })
+                    .await?;
+                let row = CompareRow {
+                    report,
+                    ..saved.row
+                };
+                save_row(dir, &entry.config, &eval_key, &row)?;
+                row
+            };
             on_event(CompareEvent::Done(&row));
             rows.push(row);
             continue;
@@ -335,14 +386,7 @@ pub async fn run_comparison(
             ..compare_row(entry, &run, report)
         };
         if let Some(dir) = &dir {
-            let saved = SavedRow {
-                config: entry.config.clone(),
-                eval: eval_key.clone(),
-                row: row.clone(),
-            };
-            let path = dir.join(ROW_FILE);
-            std::fs::write(&path, serde_json::to_vec_pretty(&saved).unwrap_or_default())
-                .map_err(|source| EngineError::Checkpoint(CheckpointError::Io { path, source }))?;
+            save_row(dir, &entry.config, &eval_key, &row)?;
         }
         on_event(CompareEvent::Done(&row));
         rows.push(row);
@@ -454,28 +498,6 @@ pub fn markdown_curves(rows: &[CompareRow]) -> String {
     s
 }
 
-/// Images, and of them the ones classified correctly clean and under the headline attack.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counted {
-    /// Images.
-    pub images: usize,
-    /// Of them, classified correctly when clean.
-    pub clean: usize,
-    /// Of them, still correct under the headline attack.
-    pub robust: usize,
-}
-
-impl Counted {
-    /// "SA / RA" in % on these images ("–" when there are none).
-    pub fn accuracies(&self) -> String {
-        if self.images == 0 {
-            return "–".to_string();
-        }
-        let pct = |n: usize| 100.0 * n as f64 / self.images as f64;
-        format!("{:.1} / {:.1}", pct(self.clean), pct(self.robust))
-    }
-}
-
 /// Where an MoE model's first MoE layer sends the test images and how well the model classifies
 /// them there (by each image's clean route): per expert, and split by whether the route follows
 /// the class partition (`y mod N`, what AdvMoE's class-partition router objective asks for).
@@ -491,6 +513,18 @@ pub struct RouteSplit {
     pub rest: Counted,
     /// Whether "robust" is the per-image worst case (else the RA attack).
     pub worst_case: bool,
+    /// The same model with its routes forced to the partition, when measured.
+    pub forced: Option<PartitionRoutes>,
+}
+
+/// What "robust" means in a table of `splits`: `worst-case RA` when any of them measured the
+/// per-image worst case, else `RA`.
+pub fn robust_label(splits: &[RouteSplit]) -> &'static str {
+    if splits.iter().any(|s| s.worst_case) {
+        "worst-case RA"
+    } else {
+        "RA"
+    }
 }
 
 /// The [`RouteSplit`] of each MoE row whose report counted it.
@@ -509,6 +543,7 @@ pub fn route_splits<'a>(rows: impl IntoIterator<Item = &'a CompareRow>) -> Vec<R
                 partition: Counted::default(),
                 rest: Counted::default(),
                 worst_case: report.worst_case.is_some(),
+                forced: report.partition_routes,
             };
             for (y, ((of, ok), held)) in images.iter().zip(correct).zip(kept).enumerate() {
                 for e in 0..n.min(of.len()) {
@@ -536,13 +571,20 @@ pub fn markdown_routes(rows: &[CompareRow]) -> String {
     if splits.is_empty() {
         return String::new();
     }
-    let robust = if splits.iter().any(|s| s.worst_case) {
-        "worst-case RA"
+    let robust = robust_label(&splits);
+    let forced = splits.iter().any(|s| s.forced.is_some());
+    let (forced_head, forced_rule) = if forced {
+        (
+            format!(
+                " routes forced to y mod N: SA % / {robust} % on all | forced, on the rest | SA % shifted to (y + 1) mod N: there / on the rest |"
+            ),
+            "---|---|---|",
+        )
     } else {
-        "RA"
+        (String::new(), "")
     };
     let mut s = format!(
-        "| model | expert: share of images %, SA % / {robust} % on them | route = y mod N | SA % / {robust} % there | SA % / {robust} % on the rest |\n|---|---|---|---|---|\n"
+        "| model | expert: share of images %, SA % / {robust} % on them | route = y mod N | SA % / {robust} % there | SA % / {robust} % on the rest |{forced_head}\n|---|---|---|---|---|{forced_rule}\n"
     );
     for split in splits {
         let total = split.partition.images + split.rest.images;
@@ -558,13 +600,28 @@ pub fn markdown_routes(rows: &[CompareRow]) -> String {
                 )
             })
             .collect();
+        let forced_cells = match (forced, &split.forced) {
+            (false, _) => String::new(),
+            (true, None) => " – | – | – |".to_string(),
+            (true, Some(f)) => format!(
+                " {} | {} | {} |",
+                f.all().accuracies(),
+                f.rest.accuracies(),
+                f.shifted_accuracies()
+            ),
+        };
         s.push_str(&format!(
-            "| {} | {} | {} of {total} | {} | {} |\n",
+            "| {} | {} | {} of {total} | {} | {} |{forced_cells}\n",
             split.name,
             experts.join("; "),
             split.partition.images,
             split.partition.accuracies(),
             split.rest.accuracies(),
+        ));
+    }
+    if forced {
+        s.push_str(&format!(
+            "\nForced routes: every MoE layer's route set to y mod N and every attack aimed at the experts through it, the {robust} of a router that always followed the partition and that no attack could turn. The route is chosen from the label, so it tells the model which group of classes (a half, for N = 2) an image is in: a bound, not a classifier. \"On the rest\" is the images the model's own router sends elsewhere, on their partition's expert: against the same images on their own route, whether the route or the images make them hard. Shifted: every route set to the next expert instead (clean only), what the partition's expert adds.\n"
         ));
     }
     s

@@ -15,12 +15,16 @@
 //! With further attacks ([`RobustOptions::worst_case`], e.g. [`NamedAttack::auto_attack`]) the
 //! report also gives the per-image worst case, RobustBench's convention: an image counts as
 //! robust only if every attack (the main one included) leaves it correctly classified.
+//!
+//! With [`RobustOptions::partition_routes`] MoE models are measured again with every route
+//! forced to the class partition ([`PartitionRoutes`]): what a perfect, unattackable router
+//! would give, the counterfactual of the accuracy by route.
 
 use advmoe_core::{AttackKind, AttackLoss, AttackSpec, AttackTarget, Rng, SpecError, TargetClass};
 use advmoe_data::ImageSet;
 use advmoe_model::readback::read_i64;
 use advmoe_model::{LayerRoute, Mode, MoeNet, Routing, check_routes};
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{LogitObjective, RouterObjective, attack};
@@ -50,6 +54,11 @@ pub struct RobustOptions {
     /// Further attacks on the `full` target, run after all the others on each batch; the
     /// report's [`WorstCase`] takes the per-image worst case over them and the main attack.
     pub worst_case: Vec<NamedAttack>,
+    /// Also measure MoE models with their routes forced to the class partition
+    /// ([`PartitionRoutes`]), under the headline attacks again. Left out of the JSON when off,
+    /// so a comparison saved before it existed still resumes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partition_routes: bool,
 }
 
 impl Default for RobustOptions {
@@ -62,6 +71,7 @@ impl Default for RobustOptions {
             limit: 0,
             seed: 0,
             worst_case: Vec::new(),
+            partition_routes: false,
         }
     }
 }
@@ -158,6 +168,80 @@ pub struct WorstCase {
     pub each: Vec<(String, f64)>,
 }
 
+/// Images, and of them the ones classified correctly clean and under the headline attack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counted {
+    /// Images.
+    pub images: usize,
+    /// Of them, classified correctly when clean.
+    pub clean: usize,
+    /// Of them, still correct under the headline attack.
+    pub robust: usize,
+}
+
+impl Counted {
+    /// "SA / RA" in % on these images ("–" when there are none).
+    pub fn accuracies(&self) -> String {
+        if self.images == 0 {
+            return "–".to_string();
+        }
+        let pct = |n: usize| 100.0 * n as f64 / self.images as f64;
+        format!("{:.1} / {:.1}", pct(self.clean), pct(self.robust))
+    }
+}
+
+/// Accuracy with every MoE layer's route forced to the class partition (`y mod N`, what AdvMoE's
+/// class-partition router objective teaches the routers): the counterfactual of a router that
+/// always routes by the partition and that no attack can turn. The attacks are the headline
+/// ones (the per-image worst case when measured, else the RA attack), aimed at the experts
+/// through the forced routes. The images are split by whether the model's own router sends them
+/// (clean, first MoE layer) where the partition does, so the rest can be compared with where
+/// the model itself sends them. A route chosen from the label tells the model which group of
+/// classes (a half, for N = 2) the image belongs to: this bounds what a perfect router would
+/// give and is no classifier of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRoutes {
+    /// Images whose own clean route (first MoE layer) follows the partition.
+    pub follows: Counted,
+    /// The rest.
+    pub rest: Counted,
+    /// Of `follows`, the images classified correctly clean with every route shifted to the next
+    /// expert, `(y + 1) mod N` (for N = 2 the other one) instead: against `follows.clean`, what
+    /// the partition's expert adds.
+    #[serde(default)]
+    pub follows_shifted_clean: usize,
+    /// The same of `rest`.
+    #[serde(default)]
+    pub rest_shifted_clean: usize,
+}
+
+impl PartitionRoutes {
+    /// "SA there / SA on the rest" in % with the routes shifted to the next expert.
+    pub fn shifted_accuracies(&self) -> String {
+        let pct = |clean: usize, of: usize| {
+            if of == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1}", 100.0 * clean as f64 / of as f64)
+            }
+        };
+        format!(
+            "{} / {}",
+            pct(self.follows_shifted_clean, self.follows.images),
+            pct(self.rest_shifted_clean, self.rest.images)
+        )
+    }
+
+    /// Both groups together.
+    pub fn all(&self) -> Counted {
+        Counted {
+            images: self.follows.images + self.rest.images,
+            clean: self.follows.clean + self.rest.clean,
+            robust: self.follows.robust + self.rest.robust,
+        }
+    }
+}
+
 /// One point of the ε-curves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepPoint {
@@ -206,6 +290,10 @@ pub struct RobustReport {
     /// The per-image worst case, when [`RobustOptions::worst_case`] named further attacks.
     #[serde(default)]
     pub worst_case: Option<WorstCase>,
+    /// Accuracy with the routes forced to the class partition, when
+    /// [`RobustOptions::partition_routes`] asked for it (MoE only).
+    #[serde(default)]
+    pub partition_routes: Option<PartitionRoutes>,
     /// The attack measured.
     pub attack: AttackSpec,
     /// Wall-clock seconds of the whole evaluation.
@@ -269,6 +357,10 @@ pub async fn evaluate_robust(
     let mut resisted = vec![0usize; options.worst_case.len()];
     let mut resisted_all = 0usize;
     let mut sweep_router = vec![Tally::default(); options.eps_sweep.len()];
+    let measure_partition = moe && options.partition_routes;
+    let mut partition = PartitionRoutes::default();
+    // Its own stream, so it changes no other measurement's starts.
+    let mut partition_rng = Rng::stream(options.seed, 0x7061_7274);
     let mut start = 0;
     while start < total {
         let end = (start + options.batch_size.max(1)).min(total);
@@ -283,12 +375,6 @@ pub async fn evaluate_robust(
         let clean_scores = distinct_scores(model, &out.routes);
         let clean_each = correct_each(out.logits.clone(), &host.labels).await?;
         clean += clean_each.iter().filter(|c| **c).count();
-        for (layer, experts) in clean_routes.iter().enumerate() {
-            for (&e, &y) in experts.iter().zip(&host.labels) {
-                load[layer][e] += 1;
-                class_expert[layer][usize::from(y)][e] += 1;
-            }
-        }
 
         // The tally of one `full` attack at `eps`, and which images it left correct.
         let full_at = async |eps: f32, rng: &mut Rng| -> Result<(Tally, Vec<bool>), EvalError> {
@@ -356,8 +442,42 @@ pub async fn evaluate_robust(
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (i, (&e, &y)) in experts.iter().zip(&host.labels).enumerate() {
                 let y = usize::from(y);
+                load[layer][e] += 1;
+                class_expert[layer][y][e] += 1;
                 class_expert_correct[layer][y][e] += usize::from(clean_each[i]);
                 class_expert_robust[layer][y][e] += usize::from(robust_here[i]);
+            }
+        }
+        if measure_partition {
+            let n = num_experts as i64;
+            let forced = labels.clone().remainder_scalar(n);
+            let shifted = Routing::Fixed(vec![
+                forced.clone().add_scalar(1).remainder_scalar(n);
+                layers
+            ]);
+            let shifted_logits = model
+                .forward_with(images.clone(), Mode::Eval, &shifted)
+                .logits;
+            let shifted_clean = correct_each(shifted_logits, &host.labels).await?;
+            let routing = Routing::Fixed(vec![forced; layers]);
+            let (clean_p, robust_p) = correct_with_routes(
+                model,
+                (&images, &labels, &host.labels),
+                &routing,
+                options,
+                &mut partition_rng,
+            )
+            .await?;
+            for (i, &y) in host.labels.iter().enumerate() {
+                let (group, shifted) = if clean_routes[0][i] == usize::from(y) % num_experts {
+                    (&mut partition.follows, &mut partition.follows_shifted_clean)
+                } else {
+                    (&mut partition.rest, &mut partition.rest_shifted_clean)
+                };
+                group.images += 1;
+                group.clean += usize::from(clean_p[i]);
+                group.robust += usize::from(robust_p[i]);
+                *shifted += usize::from(shifted_clean[i]);
             }
         }
         start = end;
@@ -403,8 +523,45 @@ pub async fn evaluate_robust(
                 )
                 .collect(),
         }),
+        partition_routes: measure_partition.then_some(partition),
         secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Per image of `batch` (images, labels on the device, labels on the host), whether `model` run
+/// with `routing` classifies it correctly clean, and whether it still does under every headline
+/// attack (the RA attack of `options`, then each run of its worst case) aimed through that
+/// routing.
+async fn correct_with_routes(
+    model: &MoeNet,
+    batch: (&Tensor<4>, &Tensor<1, Int>, &[u16]),
+    routing: &Routing,
+    options: &RobustOptions,
+    rng: &mut Rng,
+) -> Result<(Vec<bool>, Vec<bool>), EvalError> {
+    let (images, labels, host_labels) = batch;
+    let out = model.forward_with(images.clone(), Mode::Eval, routing);
+    let clean = correct_each(out.logits.clone(), host_labels).await?;
+    let mut kept = vec![true; host_labels.len()];
+    let runs =
+        std::iter::once(&options.attack).chain(options.worst_case.iter().flat_map(|a| &a.runs));
+    for run in runs {
+        let s = AttackSpec {
+            target: AttackTarget::Full,
+            ..run.clone()
+        };
+        let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s)
+            .with_routing(routing.clone());
+        let adv = attack(&objective, images.clone(), &s, rng);
+        let logits = model.forward_with(adv, Mode::Eval, routing).logits;
+        for (k, c) in kept
+            .iter_mut()
+            .zip(correct_each(logits, host_labels).await?)
+        {
+            *k &= c;
+        }
+    }
+    Ok((clean, kept))
 }
 
 /// The router scores that carry distinct decisions (the image router's once, or every per-layer

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use advmoe_core::AttackSpec;
-use advmoe_engine::compare::{CompareRow, Comparison, evaluation_note, route_splits};
+use advmoe_engine::compare::{CompareRow, Comparison, evaluation_note, robust_label, route_splits};
 use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
@@ -472,22 +472,23 @@ fn routes_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
     if splits.is_empty() {
         return;
     }
-    let robust = if splits.iter().any(|s| s.worst_case) {
-        "worst-case RA"
-    } else {
-        "RA"
-    };
+    let robust = robust_label(&splits);
+    let forced = splits.iter().any(|s| s.forced.is_some());
     ui.add_space(6.0);
     ui.label(
         egui::RichText::new("Routes and classes (first MoE layer, by the clean route)").strong(),
     );
-    let header = [
+    let mut header = vec![
         "model".to_string(),
         format!("expert: images, SA % / {robust} %"),
         "route = class mod N".to_string(),
         format!("SA % / {robust} % there"),
         format!("SA % / {robust} % on the rest"),
     ];
+    if forced {
+        header.push(format!("forced to class mod N: SA % / {robust} %"));
+        header.push("forced, on the rest".to_string());
+    }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     grid_ui(ui, "routes table", &header, |ui| {
         for split in &splits {
@@ -506,13 +507,43 @@ fn routes_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
             ));
             ui.label(split.partition.accuracies());
             ui.label(split.rest.accuracies());
+            if forced {
+                match split.forced {
+                    Some(f) => {
+                        let shifted = format!(
+                            "SA % with every route shifted to the next expert, (class + 1) mod \
+                             N, instead: {} (on the images routed by the partition / on the rest)",
+                            f.shifted_accuracies()
+                        );
+                        ui.label(f.all().accuracies()).on_hover_text(&shifted);
+                        ui.label(f.rest.accuracies()).on_hover_text(&shifted);
+                    }
+                    None => {
+                        ui.label("–");
+                        ui.label("–");
+                    }
+                }
+            }
             ui.end_row();
         }
     });
     ui.label(
         "A router that follows the partition sends each image to the expert trained on its \
-         classes; the accuracy on the rest shows what a wrong route costs.",
+         classes. The accuracy on the rest mixes what a wrong route costs with how hard those \
+         images are; routes forced to the partition (advmoe eval or compare \
+         --partition-routes) tell the two apart.",
     );
+    if forced {
+        ui.label(
+            "Forced: every route set to the image's class mod N and every attack aimed at the \
+             experts through it, as if the router always followed the partition and no attack \
+             could turn it. The route comes from the label, which tells the model which group of \
+             classes (a half, for N = 2) the image is in: a bound, not a classifier. \"On the rest\" is the \
+             images the model's own router sends elsewhere, put on their partition's expert: \
+             against the same images on their own route, it tells whether the route or the \
+             images make them hard.",
+        );
+    }
 }
 
 /// Where each plot was drawn, by name.

@@ -160,6 +160,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         worst_case: args
             .worst
             .attacks(args.attack, args.flags.eps, base.model.num_classes)?,
+        partition_routes: args.worst.partition_routes,
         ..args.flags.robust_options(args.attack, &args.router)?
     };
     let mut entries = compare_entries(&base);

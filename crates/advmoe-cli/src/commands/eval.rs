@@ -107,6 +107,7 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 worst_case: args
                     .worst
                     .attacks(kind, args.flags.eps, config.model.num_classes)?,
+                partition_routes: args.worst.partition_routes,
                 ..args.flags.robust_options(kind, &args.router)?
             };
             let bar = progress_bar(result.images, "images attacked");
@@ -248,6 +249,31 @@ fn print_robust(r: &RobustReport) {
         for (name, acc) in &w.each {
             println!("    {name:<28} {:.2}%", 100.0 * acc);
         }
+    }
+    if let Some(p) = &r.partition_routes {
+        let robust = if r.worst_case.is_some() {
+            "worst-case RA"
+        } else {
+            "RA"
+        };
+        let all = p.all();
+        println!(
+            "  routes forced to y mod N (SA % / {robust} %): {} on all {}; {} on the {} the router sends there; {} on the other {}",
+            all.accuracies(),
+            all.images,
+            p.follows.accuracies(),
+            p.follows.images,
+            p.rest.accuracies(),
+            p.rest.images
+        );
+        let shifted = |clean: usize, of: usize| 100.0 * clean as f64 / of.max(1) as f64;
+        println!(
+            "  routes shifted to (y + 1) mod N, SA %: {:.1} on the {} the router sends to y mod N; {:.1} on the other {}",
+            shifted(p.follows_shifted_clean, p.follows.images),
+            p.follows.images,
+            shifted(p.rest_shifted_clean, p.rest.images),
+            p.rest.images
+        );
     }
     println!("  route flips (full)  {}", pct(r.route_flip_rate));
     let router_attack = r.router_attack.as_ref().map_or(String::new(), |a| {

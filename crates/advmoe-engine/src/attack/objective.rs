@@ -154,6 +154,12 @@ impl<'a> LogitObjective<'a> {
     pub fn routing(&self) -> &Routing {
         &self.routing
     }
+
+    /// The same objective on the model run with `routing` instead (e.g. routes fixed by an
+    /// oracle, so that the attack can only reach the experts).
+    pub fn with_routing(self, routing: Routing) -> Self {
+        Self { routing, ..self }
+    }
 }
 
 impl Objective for LogitObjective<'_> {
