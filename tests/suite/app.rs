@@ -598,11 +598,15 @@ fn the_report_shows_recorded_comparisons() {
     }
 
     // The AdvMoE run that counted them: its router follows the partition on 715 of 1,000 test
-    // images, which it classifies far better than the rest.
+    // images, which it classifies far better than the rest; forced onto their partition's
+    // expert, the rest score as they did on their own route.
     choose(&mut harness, "Show", BUNDLED_COMPARISONS[2].0);
     harness.get_by_label("715 of 1000");
     harness.get_by_label("58.2 / 27.1");
     harness.get_by_label("24.2 / 7.4");
+    harness.get_by_label("forced to class mod N: SA % / worst-case RA %");
+    harness.get_by_label("48.5 / 22.2");
+    harness.get_by_label("24.2 / 7.0");
 
     // Bytes, as the browser hands them over: two of the bundled rows.
     for (name, kind) in [
