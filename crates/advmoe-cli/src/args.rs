@@ -251,7 +251,7 @@ pub(crate) struct WorstCaseFlags {
     /// Also run AutoAttack's white-box pair at --eps (APGD-CE, and targeted APGD-DLR against
     /// each of the 9 classes the clean image ranks highest after its label) and report the
     /// per-image worst case over them and --attack as the robust accuracy.
-    #[arg(long, requires = "attack")]
+    #[arg(long)]
     worst_case: bool,
     /// Iterations of each worst-case attack.
     #[arg(long, default_value_t = 100)]
@@ -266,11 +266,17 @@ pub(crate) struct WorstCaseFlags {
     /// own router sends the image there, with the clean accuracy of every route shifted to the
     /// next expert, (y + 1) mod N. The route is chosen from the label, so this is a bound, not a
     /// classifier.
-    #[arg(long, requires = "attack")]
+    #[arg(long)]
     pub(crate) partition_routes: bool,
 }
 
 impl WorstCaseFlags {
+    /// Whether a flag that measures under attack was given (`eval` needs --attack for them;
+    /// `compare` always has one).
+    pub(crate) fn needs_attack(&self) -> bool {
+        self.worst_case || self.partition_routes
+    }
+
     /// The further attacks asked for, beside `kind` at `eps` on a model of `classes` classes.
     pub(crate) fn attacks(
         &self,

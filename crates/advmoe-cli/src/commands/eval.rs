@@ -63,6 +63,11 @@ pub(crate) struct EvalArgs {
 }
 
 pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
+    if args.attack.is_none() && args.worst.needs_attack() {
+        anyhow::bail!(
+            "--worst-case and --partition-routes measure under attack: add --attack (e.g. --attack pgd)"
+        );
+    }
     let device = make_device(args.device);
     let (config, model, dataset) =
         load_model_and_data(&args.model, args.data_dir.as_deref(), &device)?;
