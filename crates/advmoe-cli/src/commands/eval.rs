@@ -71,6 +71,9 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = make_device(args.device);
     let (config, model, dataset) =
         load_model_and_data(&args.model, args.data_dir.as_deref(), &device)?;
+    if args.worst.partition_routes && !config.model.is_moe() {
+        anyhow::bail!("--partition-routes forces an MoE model's routes; this model is dense");
+    }
     let macs = count_macs(&config.model);
     let started = std::time::Instant::now();
     let result = block_on(evaluate(
