@@ -17,8 +17,9 @@ use advmoe_model::checkpoint::{CheckpointError, load_model};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::eval::images_to_evaluate;
 pub use crate::robust::Counted;
-use crate::robust::PartitionRoutes;
+use crate::robust::{PartitionRoutes, headline_label};
 use crate::robust::{RobustOptions, RobustReport, evaluate_robust};
 use crate::run::{EngineError, Run, RunConfig, RunState};
 
@@ -320,10 +321,7 @@ pub async fn run_comparison(
                 // Trained with this configuration, measured with another evaluation: measure
                 // the saved model again instead of training it again (said at once, before the
                 // first batch's progress).
-                let of = match eval.limit {
-                    0 => dataset.test.len(),
-                    limit => limit.min(dataset.test.len()),
-                };
+                let of = images_to_evaluate(eval.limit, dataset.test.len());
                 on_event(CompareEvent::Evaluating { done: 0, of });
                 let model = load_model(
                     &dir.join(MODEL_FILE),
@@ -517,14 +515,10 @@ pub struct RouteSplit {
     pub forced: Option<PartitionRoutes>,
 }
 
-/// What "robust" means in a table of `splits`: `worst-case RA` when any of them measured the
-/// per-image worst case, else `RA`.
+/// What "robust" means in a table of `splits` ([`headline_label`]): the per-image worst case
+/// when any of them measured it.
 pub fn robust_label(splits: &[RouteSplit]) -> &'static str {
-    if splits.iter().any(|s| s.worst_case) {
-        "worst-case RA"
-    } else {
-        "RA"
-    }
+    headline_label(splits.iter().any(|s| s.worst_case))
 }
 
 /// The [`RouteSplit`] of each MoE row whose report counted it.

@@ -69,6 +69,11 @@ impl EvalError {
     }
 }
 
+/// How many of a test set's `len` images an evaluation limited to `limit` measures (0: all).
+pub fn images_to_evaluate(limit: usize, len: usize) -> usize {
+    if limit == 0 { len } else { limit.min(len) }
+}
+
 /// Evaluate `model` (on any device, in eval mode without autodiff) on `set`.
 /// Reads back logits and routes: not for the training hot loop.
 pub async fn evaluate(
@@ -77,11 +82,7 @@ pub async fn evaluate(
     options: &EvalOptions,
     device: &Device,
 ) -> Result<EvalResult, EvalError> {
-    let total = if options.limit == 0 {
-        set.len()
-    } else {
-        options.limit.min(set.len())
-    };
+    let total = images_to_evaluate(options.limit, set.len());
     let plain = model.valid();
     let plain_device = device.clone().without_autodiff();
     let moe_convs = model.moe_convs();

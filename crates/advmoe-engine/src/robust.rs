@@ -28,7 +28,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::attack::{LogitObjective, RouterObjective, attack};
-use crate::eval::{EvalError, correct_each, count_correct};
+use crate::eval::{EvalError, correct_each, count_correct, images_to_evaluate};
 use crate::loss::distinct_routes;
 use crate::tensors::to_device;
 
@@ -242,6 +242,12 @@ impl PartitionRoutes {
     }
 }
 
+/// What a report's headline robust accuracy is called: `worst-case RA` when it is the per-image
+/// worst case, else `RA` (the RA attack alone).
+pub fn headline_label(worst_case: bool) -> &'static str {
+    if worst_case { "worst-case RA" } else { "RA" }
+}
+
 /// One point of the ε-curves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepPoint {
@@ -330,11 +336,7 @@ pub async fn evaluate_robust(
 ) -> Result<RobustReport, EvalError> {
     let started = web_time::Instant::now();
     let device = device.clone().autodiff();
-    let total = if options.limit == 0 {
-        set.len()
-    } else {
-        options.limit.min(set.len())
-    };
+    let total = images_to_evaluate(options.limit, set.len());
     let moe = !model.moe_convs().is_empty();
     let num_experts = model.moe_convs().first().map_or(0, |c| c.num_experts);
     let layers = model.moe_convs().len();
@@ -678,11 +680,7 @@ pub async fn router_ladder(
         return Ok(Vec::new());
     }
     let device = device.clone().autodiff();
-    let total = if options.limit == 0 {
-        set.len()
-    } else {
-        options.limit.min(set.len())
-    };
+    let total = images_to_evaluate(options.limit, set.len());
     let rungs: Vec<AttackSpec> = options
         .rungs
         .iter()

@@ -259,11 +259,7 @@ fn print_robust(r: &RobustReport) {
         }
     }
     if let Some(p) = &r.partition_routes {
-        let robust = if r.worst_case.is_some() {
-            "worst-case RA"
-        } else {
-            "RA"
-        };
+        let robust = advmoe_engine::robust::headline_label(r.worst_case.is_some());
         let all = p.all();
         println!(
             "  routes forced to y mod N (SA % / {robust} %): {} on all {}; {} on the {} the router sends there; {} on the other {}",
@@ -274,12 +270,10 @@ fn print_robust(r: &RobustReport) {
             p.rest.accuracies(),
             p.rest.images
         );
-        let shifted = |clean: usize, of: usize| 100.0 * clean as f64 / of.max(1) as f64;
         println!(
-            "  routes shifted to (y + 1) mod N, SA %: {:.1} on the {} the router sends to y mod N; {:.1} on the other {}",
-            shifted(p.follows_shifted_clean, p.follows.images),
+            "  routes shifted to (y + 1) mod N, SA %: {} (on the {} the router sends to y mod N / on the other {})",
+            p.shifted_accuracies(),
             p.follows.images,
-            shifted(p.rest_shifted_clean, p.rest.images),
             p.rest.images
         );
     }
