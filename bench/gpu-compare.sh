@@ -17,8 +17,9 @@
 #     WORST_STEPS iterations each (WORST_STEPS=0 leaves it out). At each of the 10 curve points
 #     it also measures robust accuracy and router robustness on CURVE_ROBUST test images (the
 #     robust training curves: RA and expert load over steps; 0 leaves them out).
-# Resumable: models already finished in OUT with the same settings are not trained again, so a
-# cut call loses at most the model in progress; rerun with the same STEPS to finish (the chosen
+# Resumable: models already finished in OUT with the same settings are not trained again and
+# the model in progress continues from its checkpoint (written every 5 minutes of training and
+# before its evaluation), so a cut call loses at most 5 minutes; rerun to finish (the chosen
 # step count is kept in OUT/steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."

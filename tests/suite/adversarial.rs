@@ -2,8 +2,8 @@
 
 use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
 use advmoe_engine::compare::{
-    CompareEvent, Comparison, compare_entries, markdown_curves, markdown_routes, markdown_table,
-    run_comparison,
+    CHECKPOINT_DIR, CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves,
+    markdown_routes, markdown_table, run_comparison,
 };
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
@@ -376,4 +376,87 @@ fn the_comparison_trains_and_measures_every_model() {
             assert_eq!(a.robust_history, b.robust_history, "{}", a.name);
         }
     }
+}
+
+#[test]
+fn a_cut_comparison_continues_from_its_checkpoint() {
+    let mut base = small_config(4, 2, 4);
+    base.train.batch_size = 8;
+    base.train.attack.steps = 1;
+    base.train.eval_every = 1;
+    base.train.robust_eval_size = 4;
+    // AdvMoE: the most state to carry over (two optimisers, the warm-up of α, the curves).
+    let entries: Vec<_> = compare_entries(&base)
+        .into_iter()
+        .filter(|e| e.name == "advmoe")
+        .collect();
+    let eval = RobustOptions {
+        attack: AttackSpec {
+            steps: 2,
+            ..AttackSpec::paper_eval()
+        },
+        limit: 8,
+        ..RobustOptions::default()
+    };
+    let compare = |dir: &Scratch, stop_after: usize| {
+        let mut events = Vec::new();
+        let stopped = std::cell::Cell::new(false);
+        let rows = run_comparison(
+            &entries,
+            synthetic(64, 16),
+            &cpu(),
+            &eval,
+            Some(dir),
+            &mut |event| match event {
+                CompareEvent::Resumed { step } => events.push(format!("resumed {step}")),
+                CompareEvent::Step { done, .. } => {
+                    events.push(format!("step {done}"));
+                    stopped.set(done == stop_after);
+                }
+                _ => {}
+            },
+            &|| stopped.get(),
+        )
+        .wait()
+        .unwrap();
+        (rows, events)
+    };
+    let whole = Scratch::new("compare-whole");
+    let (expected, _) = compare(&whole, 0);
+    let cut = Scratch::new("compare-cut");
+    let checkpoint = cut.join("advmoe").join(CHECKPOINT_DIR);
+    let (rows, events) = compare(&cut, 2);
+    assert!(rows.is_empty());
+    assert_eq!(events, ["step 1", "step 2"]);
+    assert!(checkpoint.join("run.json").exists() && checkpoint.join("curves.json").exists());
+    assert!(!cut.join("advmoe").join("row.json").exists());
+    // Continued: only the two steps left are taken, and the model, its curves and its report
+    // are those of the run that was never cut.
+    let (rows, events) = compare(&cut, 0);
+    assert_eq!(events, ["resumed 2", "step 3", "step 4"]);
+    let (a, b) = (&rows[0], &expected[0]);
+    assert_eq!(a.steps, 4);
+    assert_eq!(a.robust_history, b.robust_history);
+    let curve = |row: &CompareRow| {
+        row.history
+            .iter()
+            .map(|e| (e.step, e.loss.to_bits(), e.clean_acc, e.expert_load.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(curve(a), curve(b));
+    assert_eq!(a.history.len(), 4);
+    let report = |row: &CompareRow| {
+        let r = &row.report;
+        (
+            r.clean_acc,
+            r.robust_acc,
+            r.router_robustness,
+            r.expert_robustness,
+            r.expert_load.clone(),
+        )
+    };
+    assert_eq!(report(a), report(b));
+    // The row holds it all now: the checkpoint is gone.
+    assert!(!checkpoint.exists());
+    assert!(cut.join("advmoe").join("row.json").exists());
 }

@@ -371,10 +371,19 @@ pub(crate) fn load_model_and_data(
     Ok((config, model, dataset))
 }
 
-/// A flag that Ctrl-C sets (long commands stop cleanly and save what they have).
+/// A flag that Ctrl-C (or SIGTERM, or SIGHUP) sets: long commands stop cleanly after the step in
+/// progress and save what they have. A second one ends the process at once (an evaluation, which
+/// is not stopped, can take half an hour on the CPU).
 pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)).ok();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted again: quitting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: saving after the step in progress (again to quit at once)");
+    })
+    .ok();
     interrupted
 }

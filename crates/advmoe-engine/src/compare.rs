@@ -4,9 +4,12 @@
 //!
 //! With an output folder the comparison is resumable: each finished model leaves
 //! `<out>/<name>/row.json` beside its weights, and a later call with the same configuration
-//! takes that row instead of training the model again (a cut run loses at most the model in
-//! progress); with another evaluation it measures the saved weights again, keeping the row's
-//! training record.
+//! takes that row instead of training the model again; with another evaluation it measures the
+//! saved weights again, keeping the row's training record. The model in progress is checkpointed
+//! in `<out>/<name>/checkpoint/` every [`CHECKPOINT_SECS`] of training, when the comparison is
+//! stopped, and when its training ends (before the evaluation, which can take as long): a cut
+//! run loses at most those seconds, and a later call continues it with exactly the steps the
+//! uninterrupted run would have taken.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use crate::eval::images_to_evaluate;
 pub use crate::robust::Counted;
 use crate::robust::{PartitionRoutes, headline_label};
 use crate::robust::{RobustOptions, RobustReport, evaluate_robust};
-use crate::run::{EngineError, Run, RunConfig, RunState};
+use crate::run::{CheckpointSource, EngineError, Run, RunConfig, RunState, now_secs, write_files};
 
 /// One model of the comparison.
 #[derive(Debug, Clone)]
@@ -134,6 +137,12 @@ struct SavedRow {
 }
 
 const ROW_FILE: &str = "row.json";
+/// The sub-folder of `<out>/<name>` that holds the run checkpoint of a model in progress.
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+/// The robust training curve so far, saved in the same commit as the run checkpoint.
+const CURVES_FILE: &str = "curves.json";
+/// Seconds of training between two checkpoints of the model in progress.
+pub const CHECKPOINT_SECS: f64 = 300.0;
 /// The weights [`Run::save_model`] writes beside it.
 const MODEL_FILE: &str = "model.safetensors";
 
@@ -272,6 +281,11 @@ pub enum CompareEvent<'a> {
         /// Entries in all.
         total: usize,
     },
+    /// Training continues from a checkpoint of a cut comparison, after this many steps.
+    Resumed {
+        /// Steps already done.
+        step: usize,
+    },
     /// A training step finished.
     Step {
         /// Steps done.
@@ -344,10 +358,26 @@ pub async fn run_comparison(
             rows.push(row);
             continue;
         }
-        let mut run = Run::new(entry.config.clone(), dataset.clone(), device)?;
+        let checkpoint = dir.as_ref().map(|d| d.join(CHECKPOINT_DIR));
+        let resumed = match &checkpoint {
+            Some(c) => resume(c, &entry.config, &dataset, device)?,
+            None => None,
+        };
+        let (mut run, mut robust_history) = match resumed {
+            Some((run, curve)) => {
+                on_event(CompareEvent::Resumed {
+                    step: run.step_index(),
+                });
+                (run, curve)
+            }
+            None => (
+                Run::new(entry.config.clone(), dataset.clone(), device)?,
+                Vec::new(),
+            ),
+        };
         let total = entry.config.train.total_steps;
         let mut stopped = stop();
-        let mut robust_history = Vec::new();
+        let mut saved_at = (run.step_index(), now_secs());
         while !stopped && run.state() == RunState::Running {
             let start = run.step_index();
             let advance = run
@@ -368,6 +398,14 @@ pub async fn run_comparison(
                     router_robustness: robust.router_robustness,
                 });
             }
+            let finished = run.state() != RunState::Running;
+            if let Some(checkpoint) = &checkpoint
+                && run.step_index() > saved_at.0
+                && (stopped || finished || now_secs() - saved_at.1 >= CHECKPOINT_SECS)
+            {
+                save_checkpoint(&mut run, &robust_history, checkpoint).await?;
+                saved_at = (run.step_index(), now_secs());
+            }
         }
         if stopped {
             return Ok(rows);
@@ -386,10 +424,58 @@ pub async fn run_comparison(
         if let Some(dir) = &dir {
             save_row(dir, &entry.config, &eval_key, &row)?;
         }
+        if let Some(checkpoint) = &checkpoint {
+            // The row holds everything now; a leftover checkpoint would only be stale.
+            std::fs::remove_dir_all(checkpoint).ok();
+        }
         on_event(CompareEvent::Done(&row));
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The run of a model in progress, continued from its checkpoint in `checkpoint` with its
+/// robust training curve so far; `None` when there is none, or when it was made with another
+/// configuration (the comparison then trains from the start and replaces it).
+///
+/// # Errors
+/// A checkpoint of this configuration that cannot be read back: the message names its folder,
+/// which can be removed to start the model again.
+fn resume(
+    checkpoint: &Path,
+    config: &RunConfig,
+    dataset: &Arc<Dataset>,
+    device: &Device,
+) -> Result<Option<(Run, Vec<RobustPoint>)>, EngineError> {
+    if !checkpoint.exists() {
+        return Ok(None);
+    }
+    let source = CheckpointSource::Folder(checkpoint.to_path_buf());
+    if source.config().ok().as_ref() != Some(config) {
+        return Ok(None);
+    }
+    let run = Run::from_checkpoint_with(&source, dataset.clone(), device)?;
+    let curve = serde_json::from_slice(&source.read(CURVES_FILE)?).map_err(|e| {
+        EngineError::BadCheckpoint {
+            path: checkpoint.join(CURVES_FILE),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok(Some((run, curve)))
+}
+
+/// Checkpoint `run` and its robust training curve `curve` into `checkpoint`, as one commit.
+async fn save_checkpoint(
+    run: &mut Run,
+    curve: &[RobustPoint],
+    checkpoint: &Path,
+) -> Result<(), EngineError> {
+    let mut files = run.checkpoint_files().await?;
+    files.push((
+        CURVES_FILE,
+        serde_json::to_vec_pretty(curve).unwrap_or_default(),
+    ));
+    write_files(checkpoint, &files)
 }
 
 /// The row of a finished run of `entry`, with its robustness report.

@@ -9,8 +9,8 @@ use advmoe_core::{
     AttackKind, AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec,
 };
 use advmoe_engine::compare::{
-    CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves, markdown_routes,
-    markdown_table, run_comparison,
+    CHECKPOINT_DIR, CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves,
+    markdown_routes, markdown_table, run_comparison,
 };
 use advmoe_engine::robust::RobustOptions;
 use advmoe_engine::{DeviceChoice, RunConfig, block_on, make_device};
@@ -183,6 +183,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
     let interrupted = interrupt_flag();
     let mut bar = ProgressBar::hidden();
     let mut evaluating = false;
+    let mut training = String::new();
     let mut done_rows = Vec::new();
     // compare.json and compare.md for the rows so far; returns the JSON written.
     let write_results = |rows: &[CompareRow]| -> anyhow::Result<serde_json::Value> {
@@ -232,6 +233,16 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
                 );
                 bar = progress_bar(entry.config.train.total_steps, "steps");
                 evaluating = false;
+                training.clone_from(&entry.name);
+            }
+            CompareEvent::Resumed { step } => {
+                bar.suspend(|| {
+                    eprintln!(
+                        "    continuing from the checkpoint after step {step} (in {})",
+                        args.out.join(&training).join(CHECKPOINT_DIR).display()
+                    );
+                });
+                bar.set_position(step as u64);
             }
             CompareEvent::Step { done, .. } => bar.set_position(done as u64),
             CompareEvent::Evaluating { done, of } => {

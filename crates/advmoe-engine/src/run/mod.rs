@@ -249,7 +249,7 @@ pub struct Run {
 
 /// Wall-clock seconds; `web-time` maps to `performance.now()` in a browser, where
 /// `std::time` panics.
-fn now_secs() -> f64 {
+pub(crate) fn now_secs() -> f64 {
     web_time::SystemTime::now()
         .duration_since(web_time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
