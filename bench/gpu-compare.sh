@@ -19,7 +19,7 @@
 #     robust training curves: RA and expert load over steps; 0 leaves them out).
 # Resumable: models already finished in OUT with the same settings are not trained again and
 # the model in progress continues from its checkpoint (written every 5 minutes of training and
-# before its evaluation), so a cut call loses at most 5 minutes; rerun to finish (the chosen
+# of evaluation, and between the two), so a cut call loses at most 5 minutes; rerun to finish (the chosen
 # step count is kept in OUT/steps).
 set -euo pipefail
 cd "$(dirname "$0")/.."

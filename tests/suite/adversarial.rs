@@ -8,7 +8,7 @@ use advmoe_engine::compare::{
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
 use advmoe_engine::optim::Optimizer;
-use advmoe_engine::robust::RobustOptions;
+use advmoe_engine::robust::{NamedAttack, RobustOptions};
 use advmoe_engine::tensors::to_device;
 use advmoe_engine::{EngineError, Run, RunState};
 use advmoe_model::checkpoint::host_tensors;
@@ -390,15 +390,20 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
         .into_iter()
         .filter(|e| e.name == "advmoe")
         .collect();
+    // Two batches of 4 images, the worst case too: a cut between them must not change a count.
     let eval = RobustOptions {
         attack: AttackSpec {
             steps: 2,
             ..AttackSpec::paper_eval()
         },
         limit: 8,
+        batch_size: 4,
+        worst_case: NamedAttack::auto_attack(8.0 / 255.0, 2, 2),
+        partition_routes: true,
         ..RobustOptions::default()
     };
-    let compare = |dir: &Scratch, stop_after: usize| {
+    // Runs the comparison in `dir`, stopped after the event named `stop_after`.
+    let compare = |dir: &Scratch, stop_after: &str| {
         let mut events = Vec::new();
         let stopped = std::cell::Cell::new(false);
         let rows = run_comparison(
@@ -407,13 +412,15 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
             &cpu(),
             &eval,
             Some(dir),
-            &mut |event| match event {
-                CompareEvent::Resumed { step } => events.push(format!("resumed {step}")),
-                CompareEvent::Step { done, .. } => {
-                    events.push(format!("step {done}"));
-                    stopped.set(done == stop_after);
-                }
-                _ => {}
+            &mut |event| {
+                let said = match event {
+                    CompareEvent::Resumed { step } => format!("resumed {step}"),
+                    CompareEvent::Step { done, .. } => format!("step {done}"),
+                    CompareEvent::Evaluating { done, .. } => format!("eval {done}"),
+                    _ => return,
+                };
+                stopped.set(said == stop_after);
+                events.push(said);
             },
             &|| stopped.get(),
         )
@@ -422,18 +429,26 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
         (rows, events)
     };
     let whole = Scratch::new("compare-whole");
-    let (expected, _) = compare(&whole, 0);
+    let (expected, _) = compare(&whole, "");
     let cut = Scratch::new("compare-cut");
     let checkpoint = cut.join("advmoe").join(CHECKPOINT_DIR);
-    let (rows, events) = compare(&cut, 2);
+    let (rows, events) = compare(&cut, "step 2");
     assert!(rows.is_empty());
     assert_eq!(events, ["step 1", "step 2"]);
     assert!(checkpoint.join("run.json").exists() && checkpoint.join("curves.json").exists());
     assert!(!cut.join("advmoe").join("row.json").exists());
-    // Continued: only the two steps left are taken, and the model, its curves and its report
-    // are those of the run that was never cut.
-    let (rows, events) = compare(&cut, 0);
-    assert_eq!(events, ["resumed 2", "step 3", "step 4"]);
+    // Continued: only the two steps left are taken; cut again after the first batch measured.
+    let (rows, events) = compare(&cut, "eval 4");
+    assert!(rows.is_empty());
+    assert_eq!(
+        events,
+        ["resumed 2", "step 3", "step 4", "eval 0", "eval 4"]
+    );
+    assert!(checkpoint.join("eval.json").exists());
+    // Continued again: no step, the second batch only, and the model, its curves and every
+    // count of its report are those of the comparison that was never cut.
+    let (rows, events) = compare(&cut, "");
+    assert_eq!(events, ["resumed 4", "eval 4", "eval 8"]);
     let (a, b) = (&rows[0], &expected[0]);
     assert_eq!(a.steps, 4);
     assert_eq!(a.robust_history, b.robust_history);
@@ -445,17 +460,10 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
     };
     assert_eq!(curve(a), curve(b));
     assert_eq!(a.history.len(), 4);
-    let report = |row: &CompareRow| {
-        let r = &row.report;
-        (
-            r.clean_acc,
-            r.robust_acc,
-            r.router_robustness,
-            r.expert_robustness,
-            r.expert_load.clone(),
-        )
-    };
-    assert_eq!(report(a), report(b));
+    let mut report = a.report.clone();
+    report.secs = b.report.secs;
+    assert_eq!(report, b.report);
+    assert!(b.report.worst_case.is_some() && b.report.partition_routes.is_some());
     // The row holds it all now: the checkpoint is gone.
     assert!(!checkpoint.exists());
     assert!(cut.join("advmoe").join("row.json").exists());

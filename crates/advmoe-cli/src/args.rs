@@ -371,9 +371,9 @@ pub(crate) fn load_model_and_data(
     Ok((config, model, dataset))
 }
 
-/// A flag that Ctrl-C (or SIGTERM, or SIGHUP) sets: long commands stop cleanly after the step in
-/// progress and save what they have. A second one ends the process at once (an evaluation, which
-/// is not stopped, can take half an hour on the CPU).
+/// A flag that Ctrl-C (or SIGTERM, or SIGHUP) sets: long commands stop cleanly after the step (or
+/// `compare`'s evaluation batch) in progress and save what they have. A second one ends the
+/// process at once (`eval`'s evaluation, which does not stop, can take half an hour on the CPU).
 pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -382,7 +382,9 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
             eprintln!("\ninterrupted again: quitting without saving");
             std::process::exit(130);
         }
-        eprintln!("\ninterrupted: saving after the step in progress (again to quit at once)");
+        eprintln!(
+            "\ninterrupted: saving after the step or batch in progress (again to quit at once)"
+        );
     })
     .ok();
     interrupted

@@ -7,23 +7,24 @@
 //! takes that row instead of training the model again; with another evaluation it measures the
 //! saved weights again, keeping the row's training record. The model in progress is checkpointed
 //! in `<out>/<name>/checkpoint/` every [`CHECKPOINT_SECS`] of training, when the comparison is
-//! stopped, and when its training ends (before the evaluation, which can take as long): a cut
-//! run loses at most those seconds, and a later call continues it with exactly the steps the
-//! uninterrupted run would have taken.
+//! stopped, and when its training ends; its evaluation saves its progress there too (every
+//! [`CHECKPOINT_SECS`] and when stopped). A cut run loses at most those seconds, and a later
+//! call continues it with exactly the steps and measurements of the uninterrupted run.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use advmoe_core::{EvalReport, MethodKind, count_macs};
-use advmoe_data::Dataset;
+use advmoe_data::{Dataset, ImageSet};
+use advmoe_model::MoeNet;
 use advmoe_model::checkpoint::{CheckpointError, load_model};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::images_to_evaluate;
 pub use crate::robust::Counted;
+use crate::robust::{EvalProgress, Evaluation, RobustOptions, RobustReport, evaluate_robust_from};
 use crate::robust::{PartitionRoutes, headline_label};
-use crate::robust::{RobustOptions, RobustReport, evaluate_robust};
 use crate::run::{CheckpointSource, EngineError, Run, RunConfig, RunState, now_secs, write_files};
 
 /// One model of the comparison.
@@ -141,6 +142,8 @@ const ROW_FILE: &str = "row.json";
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 /// The robust training curve so far, saved in the same commit as the run checkpoint.
 const CURVES_FILE: &str = "curves.json";
+/// An evaluation in progress ([`SavedEval`]), saved beside the checkpoint.
+const EVAL_FILE: &str = "eval.json";
 /// Seconds of training between two checkpoints of the model in progress.
 pub const CHECKPOINT_SECS: f64 = 300.0;
 /// The weights [`Run::save_model`] writes beside it.
@@ -318,6 +321,13 @@ pub async fn run_comparison(
 ) -> Result<Vec<CompareRow>, EngineError> {
     let mut rows = Vec::new();
     let eval_key = serde_json::to_value(eval).unwrap_or_default();
+    let measurer = Measurer {
+        test: &dataset.test,
+        eval,
+        eval_key: &eval_key,
+        device,
+        stop,
+    };
     for (index, entry) in entries.iter().enumerate() {
         on_event(CompareEvent::Training {
             entry,
@@ -328,37 +338,36 @@ pub async fn run_comparison(
         let saved = dir
             .as_deref()
             .and_then(|d| Some((d, saved_row(d, &entry.config)?)));
+        let checkpoint = dir.as_ref().map(|d| d.join(CHECKPOINT_DIR));
         if let Some((dir, saved)) = saved {
             let row = if saved.eval == eval_key {
                 saved.row
             } else {
                 // Trained with this configuration, measured with another evaluation: measure
-                // the saved model again instead of training it again (said at once, before the
-                // first batch's progress).
-                let of = images_to_evaluate(eval.limit, dataset.test.len());
-                on_event(CompareEvent::Evaluating { done: 0, of });
+                // the saved model again instead of training it again.
                 let model = load_model(
                     &dir.join(MODEL_FILE),
                     &entry.config.model,
                     &device.clone().autodiff(),
                 )?;
-                let report =
-                    evaluate_robust(&model, &dataset.test, eval, device, &mut |done, of| {
-                        on_event(CompareEvent::Evaluating { done, of })
-                    })
-                    .await?;
+                let Some(report) = measurer
+                    .measure(&model, &entry.config, checkpoint.as_deref(), on_event)
+                    .await?
+                else {
+                    return Ok(rows);
+                };
                 let row = CompareRow {
                     report,
                     ..saved.row
                 };
                 save_row(dir, &entry.config, &eval_key, &row)?;
+                remove_checkpoint(checkpoint.as_deref());
                 row
             };
             on_event(CompareEvent::Done(&row));
             rows.push(row);
             continue;
         }
-        let checkpoint = dir.as_ref().map(|d| d.join(CHECKPOINT_DIR));
         let resumed = match &checkpoint {
             Some(c) => resume(c, &entry.config, &dataset, device)?,
             None => None,
@@ -413,10 +422,12 @@ pub async fn run_comparison(
         if let Some(dir) = &dir {
             run.save_model(dir).await?;
         }
-        let report = evaluate_robust(run.model(), &dataset.test, eval, device, &mut |done, of| {
-            on_event(CompareEvent::Evaluating { done, of })
-        })
-        .await?;
+        let Some(report) = measurer
+            .measure(run.model(), &entry.config, checkpoint.as_deref(), on_event)
+            .await?
+        else {
+            return Ok(rows);
+        };
         let row = CompareRow {
             robust_history,
             ..compare_row(entry, &run, report)
@@ -424,14 +435,114 @@ pub async fn run_comparison(
         if let Some(dir) = &dir {
             save_row(dir, &entry.config, &eval_key, &row)?;
         }
-        if let Some(checkpoint) = &checkpoint {
-            // The row holds everything now; a leftover checkpoint would only be stale.
-            std::fs::remove_dir_all(checkpoint).ok();
-        }
+        remove_checkpoint(checkpoint.as_deref());
         on_event(CompareEvent::Done(&row));
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// The row holds everything now: a leftover checkpoint would only be stale.
+fn remove_checkpoint(checkpoint: Option<&Path>) {
+    if let Some(checkpoint) = checkpoint {
+        std::fs::remove_dir_all(checkpoint).ok();
+    }
+}
+
+/// An evaluation in progress as saved in `<checkpoint>/eval.json`: the configuration its model
+/// was trained with and the evaluation (each as the comparison keys them), and how far it got.
+#[derive(Serialize, Deserialize)]
+struct SavedEval {
+    config: RunConfig,
+    eval: serde_json::Value,
+    progress: EvalProgress,
+}
+
+/// What every model of a comparison is measured with.
+struct Measurer<'a> {
+    test: &'a ImageSet,
+    eval: &'a RobustOptions,
+    eval_key: &'a serde_json::Value,
+    device: &'a Device,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl Measurer<'_> {
+    /// Measure `model`, trained with `config`. With a `checkpoint` folder the evaluation
+    /// continues one saved there for this model and evaluation, and saves its progress there
+    /// every [`CHECKPOINT_SECS`] and when stopped. `None`: stopped.
+    async fn measure(
+        &self,
+        model: &MoeNet,
+        config: &RunConfig,
+        checkpoint: Option<&Path>,
+        on_event: &mut dyn FnMut(CompareEvent<'_>),
+    ) -> Result<Option<RobustReport>, EngineError> {
+        let from = match checkpoint {
+            Some(c) => self.saved_progress(c, config)?,
+            None => None,
+        };
+        let of = images_to_evaluate(self.eval.limit, self.test.len());
+        // Said at once, before the first batch's progress.
+        on_event(CompareEvent::Evaluating {
+            done: from.as_ref().map_or(0, |p| p.done),
+            of,
+        });
+        let mut saved_at = now_secs();
+        let mut failed = None;
+        let on_batch = &mut |progress: &EvalProgress| {
+            on_event(CompareEvent::Evaluating {
+                done: progress.done,
+                of,
+            });
+            let stopped = (self.stop)();
+            if let Some(c) = checkpoint
+                && (stopped || now_secs() - saved_at >= CHECKPOINT_SECS)
+            {
+                let saved = SavedEval {
+                    config: config.clone(),
+                    eval: self.eval_key.clone(),
+                    progress: progress.clone(),
+                };
+                let bytes = serde_json::to_vec(&saved).unwrap_or_default();
+                if let Err(e) = write_files(c, &[(EVAL_FILE, bytes)]) {
+                    failed = Some(e);
+                    return false;
+                }
+                saved_at = now_secs();
+            }
+            !stopped
+        };
+        let evaluation =
+            evaluate_robust_from(model, self.test, self.eval, self.device, from, on_batch).await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok(match evaluation {
+            Evaluation::Done(report) => Some(*report),
+            Evaluation::Stopped(_) => None,
+        })
+    }
+
+    /// The progress of an evaluation of this model (trained with `config`) and this evaluation
+    /// saved in `checkpoint`; `None` when there is none, or one of another model or evaluation.
+    fn saved_progress(
+        &self,
+        checkpoint: &Path,
+        config: &RunConfig,
+    ) -> Result<Option<EvalProgress>, EngineError> {
+        if !checkpoint.join(EVAL_FILE).exists() {
+            return Ok(None);
+        }
+        let source = CheckpointSource::Folder(checkpoint.to_path_buf());
+        let saved: SavedEval = serde_json::from_slice(&source.read(EVAL_FILE)?).map_err(|e| {
+            EngineError::BadCheckpoint {
+                path: checkpoint.join(EVAL_FILE),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok((saved.config == *config && saved.eval == *self.eval_key).then_some(saved.progress))
+    }
 }
 
 /// The run of a model in progress, continued from its checkpoint in `checkpoint` with its

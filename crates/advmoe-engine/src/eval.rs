@@ -59,6 +59,9 @@ pub enum EvalError {
     /// A readback failed.
     #[error(transparent)]
     Readback(#[from] ReadbackError),
+    /// A saved evaluation in progress that does not belong to this model and these attacks.
+    #[error("cannot continue the saved evaluation: {0}")]
+    Resume(String),
 }
 
 impl EvalError {

@@ -27,8 +27,8 @@ pub use device::{DeviceChoice, make_device};
 pub use eval::{EvalOptions, evaluate};
 pub use inspect::{ImageAttack, Prediction, attack_image, predict};
 pub use robust::{
-    LadderOptions, NamedAttack, RobustOptions, RobustReport, RouterRung, evaluate_robust,
-    router_ladder,
+    EvalProgress, Evaluation, LadderOptions, NamedAttack, RobustOptions, RobustReport, RouterRung,
+    evaluate_robust, evaluate_robust_from, router_ladder,
 };
 pub use run::{
     Advance, COMMIT_FILE, CheckpointSource, DataLoad, EngineError, NamedFiles, Progress, Recovery,

@@ -306,7 +306,7 @@ pub struct RobustReport {
     pub secs: f64,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Tally {
     correct: usize,
     routes_same: usize,
@@ -325,8 +325,104 @@ fn fraction(a: usize, b: usize) -> f64 {
     a as f64 / b.max(1) as f64
 }
 
+/// An evaluation part-way: everything counted on the images done so far, the random streams'
+/// states and the seconds spent. [`evaluate_robust_from`] continues it with exactly the
+/// measurements an uninterrupted evaluation makes (each batch draws only from these streams),
+/// so a cut evaluation is not started again; [`crate::compare::run_comparison`] saves it beside
+/// its checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalProgress {
+    /// Test images done (from the first).
+    pub done: usize,
+    secs: f64,
+    rng: Rng,
+    partition_rng: Rng,
+    clean: usize,
+    full: Tally,
+    router: Tally,
+    expert: Tally,
+    sweep_full: Vec<Tally>,
+    sweep_router: Vec<Tally>,
+    /// Per further attack, images it left correct; images every attack left correct.
+    resisted: Vec<usize>,
+    resisted_all: usize,
+    load: Vec<Vec<usize>>,
+    class_expert: Vec<Vec<Vec<usize>>>,
+    class_expert_correct: Vec<Vec<Vec<usize>>>,
+    class_expert_robust: Vec<Vec<Vec<usize>>>,
+    partition: PartitionRoutes,
+}
+
+impl EvalProgress {
+    /// Nothing measured yet, for `model` under `options`.
+    fn start(model: &MoeNet, options: &RobustOptions) -> Self {
+        let num_experts = model.moe_convs().first().map_or(0, |c| c.num_experts);
+        let layers = model.moe_convs().len();
+        let per_class = vec![vec![vec![0usize; num_experts]; model.num_classes]; layers];
+        Self {
+            done: 0,
+            secs: 0.0,
+            rng: Rng::stream(options.seed, 0x6174_7461_636b),
+            // Its own stream, so it changes no other measurement's starts.
+            partition_rng: Rng::stream(options.seed, 0x7061_7274),
+            clean: 0,
+            full: Tally::default(),
+            router: Tally::default(),
+            expert: Tally::default(),
+            sweep_full: vec![Tally::default(); options.eps_sweep.len()],
+            sweep_router: vec![Tally::default(); options.eps_sweep.len()],
+            resisted: vec![0; options.worst_case.len()],
+            resisted_all: 0,
+            load: vec![vec![0; num_experts]; layers],
+            class_expert: per_class.clone(),
+            class_expert_correct: per_class.clone(),
+            class_expert_robust: per_class,
+            partition: PartitionRoutes::default(),
+        }
+    }
+
+    /// Whether this progress can belong to `model` under `options` on `total` images: the
+    /// counts have the shapes they would start with.
+    fn fits(&self, model: &MoeNet, options: &RobustOptions, total: usize) -> bool {
+        let fresh = Self::start(model, options);
+        let dims3 = |v: &Vec<Vec<Vec<usize>>>| {
+            v.iter()
+                .map(|l| l.iter().map(Vec::len).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        self.done <= total
+            && self.sweep_full.len() == fresh.sweep_full.len()
+            && self.sweep_router.len() == fresh.sweep_router.len()
+            && self.resisted.len() == fresh.resisted.len()
+            && self
+                .load
+                .iter()
+                .map(Vec::len)
+                .eq(fresh.load.iter().map(Vec::len))
+            && [
+                &self.class_expert,
+                &self.class_expert_correct,
+                &self.class_expert_robust,
+            ]
+            .into_iter()
+            .all(|v| dims3(v) == dims3(&fresh.class_expert))
+    }
+}
+
+/// How [`evaluate_robust_from`] ended.
+#[derive(Debug, Clone)]
+pub enum Evaluation {
+    /// Every image measured.
+    Done(Box<RobustReport>),
+    /// Stopped after a batch, at the progress given: pass it back to continue.
+    Stopped(Box<EvalProgress>),
+}
+
 /// Run every measurement on `set`. `model` must live on an autodiff device (`device` is that
 /// device or its inner device). `progress(done, total)` is called after each batch.
+///
+/// # Errors
+/// As [`evaluate_robust_from`].
 pub async fn evaluate_robust(
     model: &MoeNet,
     set: &ImageSet,
@@ -334,6 +430,33 @@ pub async fn evaluate_robust(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<RobustReport, EvalError> {
+    let total = images_to_evaluate(options.limit, set.len());
+    let on_batch = &mut |p: &EvalProgress| {
+        progress(p.done, total);
+        true
+    };
+    match evaluate_robust_from(model, set, options, device, None, on_batch).await? {
+        Evaluation::Done(report) => Ok(*report),
+        Evaluation::Stopped(_) => unreachable!("the evaluation goes on while `on_batch` says so"),
+    }
+}
+
+/// [`evaluate_robust`], continued from `from` (an evaluation of the same model with the same
+/// options that was stopped; `None`: from the start). After each batch `on_batch` gets the
+/// progress so far (to show it, or to save it) and says whether to go on; when it says no, the
+/// evaluation stops there and returns that progress.
+///
+/// # Errors
+/// Routes or logits that are not finite, a readback that fails, or a `from` whose counts do
+/// not fit this model and these options.
+pub async fn evaluate_robust_from(
+    model: &MoeNet,
+    set: &ImageSet,
+    options: &RobustOptions,
+    device: &Device,
+    from: Option<EvalProgress>,
+    on_batch: &mut dyn FnMut(&EvalProgress) -> bool,
+) -> Result<Evaluation, EvalError> {
     let started = web_time::Instant::now();
     let device = device.clone().autodiff();
     let total = images_to_evaluate(options.limit, set.len());
@@ -341,30 +464,26 @@ pub async fn evaluate_robust(
     let num_experts = model.moe_convs().first().map_or(0, |c| c.num_experts);
     let layers = model.moe_convs().len();
     let classes = model.num_classes;
-    let mut rng = Rng::stream(options.seed, 0x6174_7461_636b);
     let spec = |target: AttackTarget, eps: f32, loss: AttackLoss| AttackSpec {
         target,
         eps,
         loss,
         ..options.attack.clone()
     };
-    let mut load = vec![vec![0usize; num_experts]; layers];
-    let mut class_expert = vec![vec![vec![0usize; num_experts]; classes]; layers];
-    let mut class_expert_correct = class_expert.clone();
-    let mut class_expert_robust = class_expert.clone();
-    let (mut clean, mut full, mut router, mut expert) =
-        (0usize, Tally::default(), Tally::default(), Tally::default());
-    let mut sweep_full = vec![Tally::default(); options.eps_sweep.len()];
-    // Per further attack, images it left correct; images every attack left correct.
-    let mut resisted = vec![0usize; options.worst_case.len()];
-    let mut resisted_all = 0usize;
-    let mut sweep_router = vec![Tally::default(); options.eps_sweep.len()];
+    let mut p = match from {
+        Some(p) if p.fits(model, options, total) => p,
+        Some(p) => {
+            return Err(EvalError::Resume(format!(
+                "its counts ({} images done) do not fit this model and these attacks",
+                p.done
+            )));
+        }
+        None => EvalProgress::start(model, options),
+    };
     let measure_partition = moe && options.partition_routes;
-    let mut partition = PartitionRoutes::default();
-    // Its own stream, so it changes no other measurement's starts.
-    let mut partition_rng = Rng::stream(options.seed, 0x7061_7274);
-    let mut start = 0;
-    while start < total {
+    let secs_before = p.secs;
+    while p.done < total {
+        let start = p.done;
         let end = (start + options.batch_size.max(1)).min(total);
         let host = set.batch(start, end);
         let batch = to_device(&host, classes, &device);
@@ -376,7 +495,7 @@ pub async fn evaluate_robust(
         let clean_routes = check_routes(&out.routes).await?;
         let clean_scores = distinct_scores(model, &out.routes);
         let clean_each = correct_each(out.logits.clone(), &host.labels).await?;
-        clean += clean_each.iter().filter(|c| **c).count();
+        p.clean += clean_each.iter().filter(|c| **c).count();
 
         // The tally of one `full` attack at `eps`, and which images it left correct.
         let full_at = async |eps: f32, rng: &mut Rng| -> Result<(Tally, Vec<bool>), EvalError> {
@@ -397,30 +516,31 @@ pub async fn evaluate_robust(
             router_tally(model, &images, &clean_scores, &clean_routes, &s, rng).await
         };
 
-        let (main, mut robust_here) = full_at(options.attack.eps, &mut rng).await?;
-        full.add(main);
+        let (main, mut robust_here) = full_at(options.attack.eps, &mut p.rng).await?;
+        p.full.add(main);
         if moe {
-            router.add(router_at(options.attack.eps, &mut rng).await?);
+            p.router
+                .add(router_at(options.attack.eps, &mut p.rng).await?);
             let s = spec(
                 AttackTarget::Expert,
                 options.attack.eps,
                 options.attack.loss,
             );
             let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
-            let adv = attack(&objective, images.clone(), &s, &mut rng);
+            let adv = attack(&objective, images.clone(), &s, &mut p.rng);
             let routing: Routing = objective.routing().clone();
             let logits = model.forward_with(adv, Mode::Eval, &routing).logits;
-            expert.correct += count_correct(logits, &host.labels).await?;
+            p.expert.correct += count_correct(logits, &host.labels).await?;
         }
         for (i, &eps) in options.eps_sweep.iter().enumerate() {
-            sweep_full[i].add(full_at(eps, &mut rng).await?.0);
+            p.sweep_full[i].add(full_at(eps, &mut p.rng).await?.0);
             if moe {
-                sweep_router[i].add(router_at(eps, &mut rng).await?);
+                p.sweep_router[i].add(router_at(eps, &mut p.rng).await?);
             }
         }
         // The further attacks come last, so the measurements above draw the same random
         // starts with or without them.
-        for (named, resisted) in options.worst_case.iter().zip(&mut resisted) {
+        for (named, resisted) in options.worst_case.iter().zip(&mut p.resisted) {
             let mut kept = vec![true; host.labels.len()];
             for run in &named.runs {
                 let s = AttackSpec {
@@ -428,7 +548,7 @@ pub async fn evaluate_robust(
                     ..run.clone()
                 };
                 let objective = LogitObjective::with_clean(model, &out, labels.clone(), &s);
-                let adv = attack(&objective, images.clone(), &s, &mut rng);
+                let adv = attack(&objective, images.clone(), &s, &mut p.rng);
                 let logits = model.forward(adv, Mode::Eval).logits;
                 let correct = correct_each(logits, &host.labels).await?;
                 for (k, c) in kept.iter_mut().zip(correct) {
@@ -440,14 +560,14 @@ pub async fn evaluate_robust(
                 *r &= k;
             }
         }
-        resisted_all += robust_here.iter().filter(|r| **r).count();
+        p.resisted_all += robust_here.iter().filter(|r| **r).count();
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (i, (&e, &y)) in experts.iter().zip(&host.labels).enumerate() {
                 let y = usize::from(y);
-                load[layer][e] += 1;
-                class_expert[layer][y][e] += 1;
-                class_expert_correct[layer][y][e] += usize::from(clean_each[i]);
-                class_expert_robust[layer][y][e] += usize::from(robust_here[i]);
+                p.load[layer][e] += 1;
+                p.class_expert[layer][y][e] += 1;
+                p.class_expert_correct[layer][y][e] += usize::from(clean_each[i]);
+                p.class_expert_robust[layer][y][e] += usize::from(robust_here[i]);
             }
         }
         if measure_partition {
@@ -467,9 +587,10 @@ pub async fn evaluate_robust(
                 (&images, &labels, &host.labels),
                 &routing,
                 options,
-                &mut partition_rng,
+                &mut p.partition_rng,
             )
             .await?;
+            let partition = &mut p.partition;
             for (i, &y) in host.labels.iter().enumerate() {
                 let (group, shifted) = if clean_routes[0][i] == usize::from(y) % num_experts {
                     (&mut partition.follows, &mut partition.follows_shifted_clean)
@@ -482,29 +603,40 @@ pub async fn evaluate_robust(
                 *shifted += usize::from(shifted_clean[i]);
             }
         }
-        start = end;
-        progress(start, total);
+        p.done = end;
+        p.secs = secs_before + started.elapsed().as_secs_f64();
+        if !on_batch(&p) && p.done < total {
+            return Ok(Evaluation::Stopped(Box::new(p)));
+        }
     }
+    Ok(Evaluation::Done(Box::new(report(p, model, options, total))))
+}
+
+/// The report of an evaluation of `model` under `options` that measured all `total` images.
+fn report(p: EvalProgress, model: &MoeNet, options: &RobustOptions, total: usize) -> RobustReport {
+    let moe = !model.moe_convs().is_empty();
     let moe_only = |v: f64| moe.then_some(v);
-    Ok(RobustReport {
+    let (full, router, expert) = (p.full, p.router, p.expert);
+    RobustReport {
         images: total,
-        clean_acc: fraction(clean, total),
+        clean_acc: fraction(p.clean, total),
         robust_acc: fraction(full.correct, total),
         router_robustness: moe_only(fraction(router.routes_same, router.routes)),
         router_attack: moe.then(|| router_spec(&options.router_attack, options.attack.eps)),
         expert_robustness: moe_only(fraction(expert.correct, total)),
         route_flip_rate: moe_only(1.0 - fraction(full.routes_same, full.routes)),
-        expert_load: load
+        expert_load: p
+            .load
             .into_iter()
             .map(|l| l.into_iter().map(|c| fraction(c, total)).collect())
             .collect(),
-        class_expert,
-        class_expert_correct,
-        class_expert_robust,
+        class_expert: p.class_expert,
+        class_expert_correct: p.class_expert_correct,
+        class_expert_robust: p.class_expert_robust,
         sweep: options
             .eps_sweep
             .iter()
-            .zip(sweep_full.iter().zip(&sweep_router))
+            .zip(p.sweep_full.iter().zip(&p.sweep_router))
             .map(|(&eps, (f, r))| SweepPoint {
                 eps,
                 robust_acc: fraction(f.correct, total),
@@ -514,20 +646,20 @@ pub async fn evaluate_robust(
             .collect(),
         attack: options.attack.clone(),
         worst_case: (!options.worst_case.is_empty()).then(|| WorstCase {
-            robust_acc: fraction(resisted_all, total),
+            robust_acc: fraction(p.resisted_all, total),
             each: std::iter::once((attack_name(&options.attack), fraction(full.correct, total)))
                 .chain(
                     options
                         .worst_case
                         .iter()
-                        .zip(&resisted)
+                        .zip(&p.resisted)
                         .map(|(a, &r)| (a.name.clone(), fraction(r, total))),
                 )
                 .collect(),
         }),
-        partition_routes: measure_partition.then_some(partition),
-        secs: started.elapsed().as_secs_f64(),
-    })
+        partition_routes: (moe && options.partition_routes).then_some(p.partition),
+        secs: p.secs,
+    }
 }
 
 /// Per image of `batch` (images, labels on the device, labels on the host), whether `model` run
