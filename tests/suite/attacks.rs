@@ -159,6 +159,7 @@ fn attacks_stay_in_the_ball(device: &Device, router: RouterKind, restarts: usize
                     },
                     target: *target,
                     targeted: aim,
+                    through_gates: false,
                 };
                 s.validate().unwrap();
                 let adv = match target {
@@ -691,4 +692,52 @@ fn attack_image_reports_what_the_model_does_on_its_pixels() {
         assert_eq!(top[0], (a.clean.prediction, a.clean.confidence));
         assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
     }
+}
+
+/// `through_gates` (the AdvMoE paper's released code attacks through its straight-through gates)
+/// adds the gates' term to the attack's gradient exactly where the image reaches a gate through
+/// a router: with an image router the gradient changes, with per-layer routers (which read a
+/// detached input) it does not. The value is the same either way (the gates are 1 in value), the
+/// attack's name says which gradient it followed, and the spec refuses it off the full target.
+#[test]
+fn through_gates_changes_the_gradient_only_through_an_image_router() {
+    let device = cpu().autodiff();
+    let data = synthetic(4000, 500);
+    let host = data.test.batch(0, 8);
+    let batch = to_device(&host, 10, &device);
+    for (router, changes) in [(RouterKind::Image, true), (RouterKind::PerLayer, false)] {
+        let model = &trained(router).model();
+        let value_and_grad = |through_gates: bool| {
+            let s = AttackSpec {
+                through_gates,
+                ..AttackSpec::paper_eval()
+            };
+            let objective =
+                LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), &s);
+            let x = batch.images.clone().detach().require_grad();
+            let value = objective.evaluate(x.clone()).value;
+            let grads = value.clone().sum().backward();
+            let grad: Tensor<4> = Tensor::from_inner(x.grad(&grads).unwrap());
+            (read2(value.unsqueeze_dim(1)), read(grad))
+        };
+        let (exact_value, exact_grad) = value_and_grad(false);
+        let (gates_value, gates_grad) = value_and_grad(true);
+        assert_eq!(exact_value, gates_value, "{router:?}");
+        assert!(exact_grad.iter().any(|g| *g != 0.0), "{router:?}");
+        assert_eq!(exact_grad != gates_grad, changes, "{router:?}");
+    }
+    let gates = AttackSpec {
+        through_gates: true,
+        ..AttackSpec::paper_eval()
+    };
+    assert_eq!(
+        advmoe_engine::robust::attack_name(&gates),
+        "PGD-10 through the gates"
+    );
+    assert!(gates.validate().is_ok());
+    let on_experts = AttackSpec {
+        target: AttackTarget::Expert,
+        ..gates
+    };
+    assert!(on_experts.validate().is_err());
 }

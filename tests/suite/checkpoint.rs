@@ -189,3 +189,38 @@ fn moe_model_gradients_agree_between_cpu_and_wgpu() {
         );
     }
 }
+
+/// A batch norm's running variance may be +inf (vanilla MoE AT's collapsed image router on
+/// CIFAR-10 saved one): such a file loads. An infinite weight, or a NaN anywhere, is refused
+/// with the tensor named.
+#[test]
+fn an_infinite_running_variance_loads_and_other_non_finite_values_do_not() {
+    use advmoe_model::checkpoint::{NamedTensor, parse_safetensors, safetensors_bytes};
+    let file = |name: &str, value: f32| {
+        let tensor = NamedTensor {
+            name: name.into(),
+            shape: vec![2],
+            values: vec![1.0, value],
+        };
+        safetensors_bytes(&[tensor], Default::default()).unwrap()
+    };
+    let path = std::path::Path::new("model.safetensors");
+    let var = "router.bns.2.running_var";
+    let (tensors, _) = parse_safetensors(path, &file(var, f32::INFINITY)).unwrap();
+    assert_eq!(tensors[var].values, [1.0, f32::INFINITY]);
+    for (name, value) in [
+        (var, f32::NAN),
+        (var, f32::NEG_INFINITY),
+        ("router.convs.0.weight", f32::INFINITY),
+        ("resnet.stem_bn.running_mean", f32::INFINITY),
+    ] {
+        let err = parse_safetensors(path, &file(name, value))
+            .err()
+            .unwrap_or_else(|| panic!("{name} holding {value} was accepted"))
+            .to_string();
+        assert!(
+            err.contains(name) && err.contains("must be finite"),
+            "{err}"
+        );
+    }
+}

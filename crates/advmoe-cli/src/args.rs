@@ -174,6 +174,12 @@ pub(crate) struct AttackFlags {
     /// Targeted attack: "next" (label + 1) or a class index.
     #[arg(long)]
     targeted: Option<TargetClass>,
+    /// Differentiate the attack on the full target through the straight-through gates, as the
+    /// AdvMoE paper's released code does (image router only). A weaker attack than the default
+    /// (the exact gradient, gates held constant): use it to compare with figures measured that
+    /// way, not as a robustness figure.
+    #[arg(long)]
+    through_gates: bool,
 }
 
 impl AttackFlags {
@@ -194,6 +200,7 @@ impl AttackFlags {
                 self.loss
             },
             targeted: self.targeted,
+            through_gates: self.through_gates && target == AttackTarget::Full,
             ..defaults
         };
         spec.validate()?;

@@ -468,6 +468,12 @@ pub struct AttackSpec {
     /// Aim at a class instead of away from the label.
     #[serde(default)]
     pub targeted: Option<TargetClass>,
+    /// Differentiate through the straight-through gates on the `full` target, as the AdvMoE
+    /// paper's released code does in its attacks (image router only: per-layer routers read a
+    /// detached input). The default, `false`, holds the gates constant: the exact gradient of
+    /// the hard-routed network, the stronger attack. Left out of the JSON when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub through_gates: bool,
 }
 
 impl AttackKind {
@@ -544,6 +550,7 @@ impl AttackSpec {
             loss: AttackLoss::Ce,
             target: AttackTarget::Full,
             targeted: None,
+            through_gates: false,
         }
     }
 
@@ -642,6 +649,7 @@ impl AttackSpec {
             },
             target,
             targeted: None,
+            through_gates: false,
         }
     }
 
@@ -685,6 +693,12 @@ impl AttackSpec {
         }
         if self.targeted == Some(TargetClass::Ranked(0)) {
             return Err(bad("targeted", "rank-K needs K >= 1"));
+        }
+        if self.through_gates && self.target != AttackTarget::Full {
+            return Err(bad(
+                "through_gates",
+                format!("only the full target runs the gates, not {}", self.target),
+            ));
         }
         Ok(())
     }

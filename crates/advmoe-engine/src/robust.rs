@@ -102,6 +102,7 @@ impl NamedAttack {
             loss,
             target: AttackTarget::Full,
             targeted,
+            through_gates: false,
         };
         vec![
             NamedAttack {
@@ -154,6 +155,7 @@ impl NamedAttack {
                 loss: AttackLoss::Cw,
                 target: AttackTarget::Full,
                 targeted: None,
+                through_gates: false,
             }],
         }
     }
@@ -866,7 +868,12 @@ pub fn attack_name(spec: &AttackSpec) -> String {
     } else {
         String::new()
     };
-    format!("{kind}{loss}-{}{targeted}{starts}", spec.steps)
+    let gates = if spec.through_gates {
+        " through the gates"
+    } else {
+        ""
+    };
+    format!("{kind}{loss}-{}{targeted}{starts}{gates}", spec.steps)
 }
 
 /// The name of a router attack as router robustness runs it, one attack aimed at each router:

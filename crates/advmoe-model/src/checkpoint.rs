@@ -188,7 +188,13 @@ pub fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<ParsedSafetensors,
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        // A batch norm's running variance may be +inf: a router whose pre-norm activations
+        // overflowed (vanilla MoE AT's collapsed image router did, on CIFAR-10) normalises to
+        // its shift, and the model computes with it as it did in training. Nothing else may be
+        // infinite, and nothing may be NaN.
+        let saturated_variance = name.ends_with("running_var");
+        let bad = |v: &f32| !(v.is_finite() || saturated_variance && *v == f32::INFINITY);
+        if let Some(i) = values.iter().position(bad) {
             return Err(format_err(format!(
                 "tensor {name} holds {} at index {i}: a model or optimiser state must be finite",
                 values[i]

@@ -84,6 +84,17 @@ impl<'a> LogitObjective<'a> {
             spec.target,
             spec.targeted,
         )
+        .through_gates_if(spec)
+    }
+
+    /// With [`AttackSpec::through_gates`] on the `full` target, the routers decide with the
+    /// straight-through gates, whose gradient reaches the image through an image router.
+    fn through_gates_if(self, spec: &AttackSpec) -> Self {
+        if spec.through_gates && spec.target == AttackTarget::Full {
+            self.with_routing(Routing::Free)
+        } else {
+            self
+        }
     }
 
     fn build(
@@ -148,6 +159,7 @@ impl<'a> LogitObjective<'a> {
         spec: &AttackSpec,
     ) -> Self {
         Self::new(model, images, labels, spec.loss, spec.target, spec.targeted)
+            .through_gates_if(spec)
     }
 
     /// The routing the objective uses (fixed clean routes for the `expert` target).
