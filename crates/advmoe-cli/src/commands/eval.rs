@@ -236,7 +236,7 @@ fn print_ladder(rungs: &[RouterRung]) {
 fn print_robust(r: &RobustReport) {
     let a = &r.attack;
     println!(
-        "attack {} ε={:.4} steps={} step={:.4} restarts={} loss={}{}:",
+        "attack {} ε={:.4} steps={} step={:.4} restarts={} loss={}{}{}:",
         a.kind,
         a.eps,
         a.steps,
@@ -244,7 +244,12 @@ fn print_robust(r: &RobustReport) {
         a.restarts,
         a.loss,
         a.targeted
-            .map_or(String::new(), |t| format!(" targeted={t}"))
+            .map_or(String::new(), |t| format!(" targeted={t}")),
+        if a.through_gates {
+            " through the straight-through gates (weaker than the exact gradient)"
+        } else {
+            ""
+        }
     );
     println!("  robust accuracy     {:.2}%", 100.0 * r.robust_acc);
     if let Some(w) = &r.worst_case {
