@@ -535,12 +535,7 @@ impl Measurer<'_> {
             return Ok(None);
         }
         let source = CheckpointSource::Folder(checkpoint.to_path_buf());
-        let saved: SavedEval = serde_json::from_slice(&source.read(EVAL_FILE)?).map_err(|e| {
-            EngineError::BadCheckpoint {
-                path: checkpoint.join(EVAL_FILE),
-                reason: e.to_string(),
-            }
-        })?;
+        let saved: SavedEval = source.read_json(EVAL_FILE)?;
         Ok((saved.config == *config && saved.eval == *self.eval_key).then_some(saved.progress))
     }
 }
@@ -566,13 +561,7 @@ fn resume(
         return Ok(None);
     }
     let run = Run::from_checkpoint_with(&source, dataset.clone(), device)?;
-    let curve = serde_json::from_slice(&source.read(CURVES_FILE)?).map_err(|e| {
-        EngineError::BadCheckpoint {
-            path: checkpoint.join(CURVES_FILE),
-            reason: e.to_string(),
-        }
-    })?;
-    Ok(Some((run, curve)))
+    Ok(Some((run, source.read_json(CURVES_FILE)?)))
 }
 
 /// Checkpoint `run` and its robust training curve `curve` into `checkpoint`, as one commit.

@@ -72,6 +72,18 @@ impl CheckpointSource {
         }
     }
 
+    /// The JSON file called `name`, parsed as a `T`.
+    ///
+    /// # Errors
+    /// A file that cannot be read, or one that is not a `T` (naming the file and serde's
+    /// description of where).
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, EngineError> {
+        serde_json::from_slice(&self.read(name)?).map_err(|e| EngineError::BadCheckpoint {
+            path: self.origin().join(name),
+            reason: e.to_string(),
+        })
+    }
+
     /// Its `config.json`, parsed and validated.
     ///
     /// # Errors
@@ -156,8 +168,7 @@ impl Run {
             path: origin.join(path),
             reason,
         };
-        let record: RunRecord = serde_json::from_slice(&source.read("run.json")?)
-            .map_err(|e| bad("run.json", e.to_string()))?;
+        let record: RunRecord = source.read_json("run.json")?;
         if record.format != RUN_FORMAT {
             return Err(bad(
                 "run.json",
