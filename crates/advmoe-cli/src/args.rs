@@ -200,7 +200,7 @@ impl AttackFlags {
                 self.loss
             },
             targeted: self.targeted,
-            through_gates: self.through_gates && target == AttackTarget::Full,
+            through_gates: self.through_gates,
             ..defaults
         };
         spec.validate()?;
