@@ -160,6 +160,12 @@ fn attacks_stay_in_the_ball(device: &Device, router: RouterKind, restarts: usize
                     target: *target,
                     targeted: aim,
                     through_gates: false,
+                    // The released evaluation's router term rides along where it may.
+                    router_term: if *target == AttackTarget::Full && aim.is_none() {
+                        1.0
+                    } else {
+                        0.0
+                    },
                 };
                 s.validate().unwrap();
                 let adv = match target {
@@ -740,4 +746,102 @@ fn through_gates_changes_the_gradient_only_through_an_image_router() {
         ..gates
     };
     assert!(on_experts.validate().is_err());
+}
+
+/// The released evaluation's router term: with β the objective's value is the loss plus β times
+/// the cross-entropy of the routers' scores against the class partition (label mod N, averaged
+/// over per-layer routers), computed here on the host from the routers' scores; it moves the
+/// gradient, adds nothing on a dense model, and the spec takes it only on an untargeted attack
+/// on the full target.
+#[test]
+fn the_router_term_adds_the_routers_partition_cross_entropy() {
+    let device = cpu().autodiff();
+    let data = synthetic(4000, 500);
+    let host = data.test.batch(0, 8);
+    let batch = to_device(&host, 10, &device);
+    let beta = 6.0;
+    let value_and_grad = |model: &MoeNet, router_term: f32| {
+        let s = AttackSpec {
+            router_term,
+            ..AttackSpec::paper_eval()
+        };
+        let objective =
+            LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), &s);
+        let x = batch.images.clone().detach().require_grad();
+        let value = objective.evaluate(x.clone()).value;
+        let grads = value.clone().sum().backward();
+        let grad: Tensor<4> = Tensor::from_inner(x.grad(&grads).unwrap());
+        (read2(value.unsqueeze_dim(1)), read(grad))
+    };
+    for router in [RouterKind::Image, RouterKind::PerLayer] {
+        let model = &trained(router).model();
+        let (plain, plain_grad) = value_and_grad(model, 0.0);
+        let (with_term, term_grad) = value_and_grad(model, beta);
+        let scores: Vec<Vec<f32>> = model
+            .route_scores(batch.images.clone())
+            .into_iter()
+            .map(read2)
+            .collect();
+        let n = model.moe_convs()[0].num_experts;
+        for (i, label) in host.labels.iter().enumerate() {
+            let part = *label as usize % n;
+            let ce: f32 = scores
+                .iter()
+                .map(|s| {
+                    let row = &s[i * n..(i + 1) * n];
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let log_sum = row.iter().map(|v| (v - max).exp()).sum::<f32>().ln() + max;
+                    log_sum - row[part]
+                })
+                .sum::<f32>()
+                / scores.len() as f32;
+            let added = with_term[i] - plain[i];
+            assert!(
+                (added - beta * ce).abs() <= 1e-3 * (1.0 + beta * ce),
+                "{router:?} image {i}: added {added}, expected {}",
+                beta * ce
+            );
+        }
+        assert!(max_abs_diff(&plain_grad, &term_grad) > 0.0, "{router:?}");
+    }
+    let dense = MoeNet::new(&ModelSpec::resnet(4, 1, 1, 1.0), 2, &device).unwrap();
+    assert_eq!(value_and_grad(&dense, 0.0), value_and_grad(&dense, beta));
+
+    let released = AttackSpec {
+        through_gates: true,
+        router_term: beta,
+        ..AttackSpec::paper_eval()
+    };
+    assert!(released.validate().is_ok());
+    assert_eq!(
+        advmoe_engine::robust::attack_name(&released),
+        "PGD-10 through the gates + 6 × router CE"
+    );
+    for refused in [
+        AttackSpec {
+            target: AttackTarget::Router,
+            through_gates: false,
+            ..released.clone()
+        },
+        AttackSpec {
+            targeted: Some(TargetClass::Next),
+            ..released.clone()
+        },
+        AttackSpec {
+            router_term: -1.0,
+            ..released.clone()
+        },
+        AttackSpec {
+            router_term: f32::NAN,
+            ..released.clone()
+        },
+    ] {
+        assert!(refused.validate().is_err(), "{refused:?}");
+    }
+    // Left out of the JSON when off, so saved specs read and write as before.
+    let json = serde_json::to_string(&AttackSpec::paper_eval()).unwrap();
+    assert!(!json.contains("router_term"), "{json}");
+    let back: AttackSpec =
+        serde_json::from_str(&serde_json::to_string(&released).unwrap()).unwrap();
+    assert_eq!(back, released);
 }

@@ -54,13 +54,21 @@ pub enum AppCommand {
     /// Export the attack lab's figure (PNG at 2× with a caption, and JSON).
     ExportFigure,
     /// Send a request to the analysis worker (an atlas, a report measurement, a model to open).
-    Ask(Request),
+    /// Boxed: a request carries attack specs, many times the size of the other commands.
+    Ask(Box<Request>),
     /// Open the browser's file picker.
     PickFiles,
     /// Show a tab.
     ShowTab(Tab),
     /// Show an error until dismissed.
     ShowError(String),
+}
+
+impl AppCommand {
+    /// [`AppCommand::Ask`] with `request`.
+    pub fn ask(request: Request) -> Self {
+        AppCommand::Ask(Box::new(request))
+    }
 }
 
 impl LabApp {
@@ -135,7 +143,7 @@ impl LabApp {
             }
             AppCommand::CopyLink => self.ctx.copy_text(self.link()),
             AppCommand::ExportFigure => self.export_figure(),
-            AppCommand::Ask(request) => self.ask(request),
+            AppCommand::Ask(request) => self.ask(*request),
             AppCommand::PickFiles => {
                 if !platform::pick_files(&self.ctx) {
                     self.state.error = Some("there is no file picker in the desktop app".into());

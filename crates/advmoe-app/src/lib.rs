@@ -205,9 +205,9 @@ impl LabApp {
                     Err(e) => AppCommand::ShowError(format!("reading {}: {e}", path.display())),
                 },
                 FileKind::ModelConfig | FileKind::ModelWeights => {
-                    AppCommand::Ask(Request::Open(path))
+                    AppCommand::ask(Request::Open(path))
                 }
-                _ if path.is_dir() => AppCommand::Ask(Request::Open(path)),
+                _ if path.is_dir() => AppCommand::ask(Request::Open(path)),
                 _ => AppCommand::ShowError(format!(
                     "{} is neither a PNG/JPEG image, a model nor a compare.json",
                     path.display()

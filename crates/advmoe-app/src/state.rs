@@ -139,7 +139,7 @@ impl AppState {
                 self.train.saved_to = Some(place);
                 self.train.unsaved = false;
             }
-            Event::Trained(model) => return Some(AppCommand::Ask(Request::Adopt(model))),
+            Event::Trained(model) => return Some(AppCommand::ask(Request::Adopt(model))),
             Event::Error(message) => self.error = Some(message),
             Event::Lost { reason, kept_step } => self.train.lost = Some((reason, kept_step)),
             Event::Moved(compute) => return Some(AppCommand::Moved(compute)),
@@ -221,7 +221,7 @@ impl AppState {
                 );
             }
             for (name, config_json, safetensors) in pairs {
-                commands.push(AppCommand::Ask(Request::OpenBytes {
+                commands.push(AppCommand::ask(Request::OpenBytes {
                     name,
                     config_json,
                     safetensors,
@@ -276,7 +276,7 @@ impl AppState {
             self.setup.config.data.data_dir = Some(dir.to_string_lossy().into_owned());
             self.tab = Tab::Setup;
             // The library reads a trained model's dataset from the same files.
-            commands.push(AppCommand::Ask(Request::DataFiles(
+            commands.push(AppCommand::ask(Request::DataFiles(
                 self.setup.data_files.clone(),
             )));
         }

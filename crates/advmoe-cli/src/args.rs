@@ -180,6 +180,12 @@ pub(crate) struct AttackFlags {
     /// way, not as a robustness figure.
     #[arg(long)]
     through_gates: bool,
+    /// Add BETA times the routers' cross-entropy against the class partition (label mod the
+    /// number of experts) to the full target's loss, as the AdvMoE paper's released evaluation
+    /// does (with --through-gates and BETA = 6). Like --through-gates, it reproduces that
+    /// measurement; it is not the product's robustness figure.
+    #[arg(long, value_name = "BETA", default_value_t = 0.0)]
+    router_term: f32,
 }
 
 impl AttackFlags {
@@ -201,6 +207,7 @@ impl AttackFlags {
             },
             targeted: self.targeted,
             through_gates: self.through_gates,
+            router_term: self.router_term,
             ..defaults
         };
         spec.validate()?;

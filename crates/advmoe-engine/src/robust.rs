@@ -103,6 +103,7 @@ impl NamedAttack {
             target: AttackTarget::Full,
             targeted,
             through_gates: false,
+            router_term: 0.0,
         };
         vec![
             NamedAttack {
@@ -156,6 +157,7 @@ impl NamedAttack {
                 target: AttackTarget::Full,
                 targeted: None,
                 through_gates: false,
+                router_term: 0.0,
             }],
         }
     }
@@ -873,7 +875,15 @@ pub fn attack_name(spec: &AttackSpec) -> String {
     } else {
         ""
     };
-    format!("{kind}{loss}-{}{targeted}{starts}{gates}", spec.steps)
+    let router_term = if spec.router_term > 0.0 {
+        format!(" + {} × router CE", spec.router_term)
+    } else {
+        String::new()
+    };
+    format!(
+        "{kind}{loss}-{}{targeted}{starts}{gates}{router_term}",
+        spec.steps
+    )
 }
 
 /// The name of a router attack as router robustness runs it, one attack aimed at each router:

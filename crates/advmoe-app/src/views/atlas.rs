@@ -88,7 +88,7 @@ pub fn atlas_ui(
 ) -> Vec<AppCommand> {
     let limit = state.limit;
     atlas_body(ui, state, models, projector)
-        .map(|model| AppCommand::Ask(Request::Atlas { model, limit }))
+        .map(|model| AppCommand::ask(Request::Atlas { model, limit }))
         .into_iter()
         .collect()
 }

@@ -341,7 +341,7 @@ pub fn report_ui(
     let (requests, error) = report_body(ui, state, models);
     requests
         .into_iter()
-        .map(AppCommand::Ask)
+        .map(AppCommand::ask)
         .chain(error.map(|e| AppCommand::ShowError(e.to_string())))
         .collect()
 }

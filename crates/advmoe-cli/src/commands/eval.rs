@@ -236,7 +236,7 @@ fn print_ladder(rungs: &[RouterRung]) {
 fn print_robust(r: &RobustReport) {
     let a = &r.attack;
     println!(
-        "attack {} ε={:.4} steps={} step={:.4} restarts={} loss={}{}{}:",
+        "attack {} ε={:.4} steps={} step={:.4} restarts={} loss={}{}{}{}:",
         a.kind,
         a.eps,
         a.steps,
@@ -249,6 +249,14 @@ fn print_robust(r: &RobustReport) {
             " through the straight-through gates (weaker than the exact gradient)"
         } else {
             ""
+        },
+        if a.router_term > 0.0 {
+            format!(
+                " + {} × the routers' cross-entropy against the class partition",
+                a.router_term
+            )
+        } else {
+            String::new()
         }
     );
     println!("  robust accuracy     {:.2}%", 100.0 * r.robust_acc);

@@ -11,10 +11,10 @@
 use std::cell::RefCell;
 
 use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
-use advmoe_model::{Mode, MoeNet, Output, Routing};
+use advmoe_model::{LayerRoute, Mode, MoeNet, Output, Routing};
 use burn::tensor::{Bool, Int, Tensor, activation::log_softmax};
 
-use crate::loss::{cross_entropy_each, kl_each_from_log};
+use crate::loss::{cross_entropy_each, distinct_routes, kl_each_from_log};
 
 /// One evaluation of an objective.
 #[derive(Debug, Clone)]
@@ -48,6 +48,8 @@ pub struct LogitObjective<'a> {
     targeted: bool,
     /// Clean log-probabilities (for `kl`).
     clean_log_probs: Option<Tensor<2>>,
+    /// β of the routers' partition cross-entropy added to the value ([`AttackSpec::router_term`]).
+    router_term: f32,
 }
 
 impl<'a> LogitObjective<'a> {
@@ -84,16 +86,24 @@ impl<'a> LogitObjective<'a> {
             spec.target,
             spec.targeted,
         )
-        .through_gates_if(spec)
+        .full_target_options(spec)
     }
 
-    /// With [`AttackSpec::through_gates`] on the `full` target, the routers decide with the
-    /// straight-through gates, whose gradient reaches the image through an image router.
-    fn through_gates_if(self, spec: &AttackSpec) -> Self {
-        if spec.through_gates && spec.target == AttackTarget::Full {
-            self.with_routing(Routing::Free)
+    /// The options of the `full` target: with [`AttackSpec::through_gates`] the routers decide
+    /// with the straight-through gates, whose gradient reaches the image through an image
+    /// router; [`AttackSpec::router_term`] adds the routers' partition cross-entropy.
+    fn full_target_options(self, spec: &AttackSpec) -> Self {
+        if spec.target != AttackTarget::Full {
+            return self;
+        }
+        let this = Self {
+            router_term: spec.router_term,
+            ..self
+        };
+        if spec.through_gates {
+            this.with_routing(Routing::Free)
         } else {
-            self
+            this
         }
     }
 
@@ -148,6 +158,7 @@ impl<'a> LogitObjective<'a> {
             labels,
             targeted: targeted.is_some(),
             clean_log_probs,
+            router_term: 0.0,
         }
     }
 
@@ -159,7 +170,7 @@ impl<'a> LogitObjective<'a> {
         spec: &AttackSpec,
     ) -> Self {
         Self::new(model, images, labels, spec.loss, spec.target, spec.targeted)
-            .through_gates_if(spec)
+            .full_target_options(spec)
     }
 
     /// The routing the objective uses (fixed clean routes for the `expert` target).
@@ -176,10 +187,9 @@ impl<'a> LogitObjective<'a> {
 
 impl Objective for LogitObjective<'_> {
     fn evaluate(&self, images: Tensor<4>) -> Evaluation {
-        let logits = self
-            .model
-            .forward_with(images, Mode::Eval, &self.routing)
-            .logits;
+        let out = self.model.forward_with(images, Mode::Eval, &self.routing);
+        let router_term = self.router_term_of(&out.routes);
+        let logits = out.logits;
         let [b, _] = logits.dims();
         let value = match self.loss {
             AttackLoss::Ce if self.targeted => {
@@ -219,6 +229,10 @@ impl Objective for LogitObjective<'_> {
                 margin.neg() / scale.add_scalar(1e-12)
             }
         };
+        let value = match router_term {
+            Some(term) => value + term,
+            None => value,
+        };
         let predicted = logits.detach().argmax(1).reshape([b]);
         let success = if self.targeted {
             let aim: Tensor<1, Int> = self.aim.clone().argmax(1).reshape([b]);
@@ -227,6 +241,28 @@ impl Objective for LogitObjective<'_> {
             predicted.not_equal(self.labels.clone())
         };
         Evaluation { value, success }
+    }
+}
+
+impl LogitObjective<'_> {
+    /// β times the cross-entropy of the routers' scores against the class partition (label mod
+    /// the number of experts), per image, averaged over the distinct decisions; `None` when β
+    /// is 0 or the model has no router.
+    fn router_term_of(&self, routes: &[LayerRoute]) -> Option<Tensor<1>> {
+        let decisions = distinct_routes(routes, self.model.has_image_router());
+        if self.router_term == 0.0 || decisions.is_empty() {
+            return None;
+        }
+        let sum = decisions
+            .iter()
+            .map(|r| {
+                let [_, n] = r.scores.dims();
+                let partition =
+                    advmoe_model::one_hot_rows(self.labels.clone().remainder_scalar(n as i64), n);
+                cross_entropy_each(r.scores.clone(), partition)
+            })
+            .reduce(|a, b| a + b)?;
+        Some(sum.mul_scalar(self.router_term / decisions.len() as f32))
     }
 }
 
