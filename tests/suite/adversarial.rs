@@ -141,6 +141,45 @@ fn nan_router_weights_stop_advmoe_naming_the_term_and_step() {
     assert_eq!(run.state(), RunState::Failed);
 }
 
+/// The released AdvMoE training differentiates its inner attacks through the straight-through
+/// gates: with `through_gates` on the training attack, vanilla MoE AT and AdvMoE train on other
+/// adversarial examples when an image router's scores reach the image, and on the same ones,
+/// to the bit, with per-layer routers (whose input the gates' term does not reach).
+#[test]
+fn a_training_attack_through_the_gates_changes_training_only_with_an_image_router() {
+    for method in [MethodKind::MoeAt, MethodKind::Advmoe] {
+        for (router, changes) in [(RouterKind::Image, true), (RouterKind::PerLayer, false)] {
+            let losses = |through_gates: bool| {
+                let mut config = small_config(4, 2, 2);
+                config.model.router = router;
+                config.train.method = method;
+                config.train.batch_size = 8;
+                config.train.attack.through_gates = through_gates;
+                config.validate().unwrap();
+                let mut run = Run::new(config, synthetic(64, 16), &cpu()).unwrap();
+                let mut losses = Vec::new();
+                while run.state() == RunState::Running {
+                    losses.extend(
+                        run.advance(usize::MAX, &mut |_| true)
+                            .wait()
+                            .unwrap()
+                            .losses,
+                    );
+                }
+                losses
+            };
+            let (exact, gates) = (losses(false), losses(true));
+            assert_eq!(exact.len(), 2);
+            assert!(exact.iter().chain(&gates).all(|l| l.is_finite()));
+            assert_eq!(
+                exact != gates,
+                changes,
+                "{method} {router:?}: {exact:?} {gates:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn kl_terms_stay_finite_where_softmax_underflows() {
     let device = cpu().autodiff();

@@ -191,7 +191,7 @@ impl Comparison {
             .unwrap_or(t.total_steps);
         format!(
             "data {data}; {} depth {}, base width {}, N = {}, r = {}, {} router; {} at lr {} \
-             ({}), batch {}, {} steps; training attack {} × {:.1}/255 within ε = {:.1}/255, \
+             ({}), batch {}, {} steps; training attack {} × {:.1}/255 within ε = {:.1}/255{}, \
              β = {}; AdvMoE's router objective \
              {} (α = {}, warm-up {}), balance weight {}; seed {}",
             m.arch,
@@ -208,6 +208,11 @@ impl Comparison {
             t.attack.steps,
             t.attack.step_size * 255.0,
             t.attack.eps * 255.0,
+            if t.attack.through_gates {
+                " through the gates"
+            } else {
+                ""
+            },
             t.beta,
             t.router_objective,
             t.alpha,

@@ -67,6 +67,10 @@ pub(crate) struct CompareArgs {
     /// Training-attack steps (of 5/255 each, ε = 8/255).
     #[arg(long, default_value_t = 2)]
     train_attack_steps: usize,
+    /// Differentiate the training attacks through the straight-through gates, as the AdvMoE
+    /// paper's released training does (image router only; default: the exact gradient).
+    #[arg(long)]
+    train_attack_through_gates: bool,
     /// Record clean accuracy and expert load on the evaluation subset every this many steps
     /// (the training curves in compare.json; default: only at the end).
     #[arg(long)]
@@ -139,6 +143,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             seed: args.seed,
             attack: AttackSpec {
                 steps: args.train_attack_steps,
+                through_gates: args.train_attack_through_gates,
                 ..AttackSpec::paper_train()
             },
             beta: args.beta,

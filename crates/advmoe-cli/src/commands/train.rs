@@ -96,6 +96,10 @@ pub(crate) struct TrainArgs {
     /// Training-attack step size.
     #[arg(long, default_value = "5/255", value_parser = parse_fraction)]
     attack_step_size: f32,
+    /// Differentiate the training attack through the straight-through gates, as the AdvMoE
+    /// paper's released training does (image router only; default: the exact gradient).
+    #[arg(long)]
+    attack_through_gates: bool,
     /// Evaluate every this many steps (and at the end).
     #[arg(long, default_value_t = 100)]
     eval_every: usize,
@@ -172,6 +176,7 @@ impl TrainArgs {
                     eps: self.attack_eps,
                     steps: self.attack_steps,
                     step_size: self.attack_step_size,
+                    through_gates: self.attack_through_gates,
                     ..AttackSpec::paper_train()
                 },
                 beta: self.beta,
