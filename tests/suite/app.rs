@@ -865,6 +865,32 @@ fn a_shared_link_reopens_the_same_attack_in_a_fresh_app() {
         assert!(error.contains(named), "{named} not named in: {error}");
     }
     assert!(state.pending_link.is_none());
+
+    // The paper code's attack options travel in a link (written only when on) and reach the
+    // attack's spec on the full target alone; a router term out of range is dropped.
+    assert!(!link.contains("gates") && !link.contains("rterm"));
+    second
+        .state_mut()
+        .open_link("#v=1&view=attack&target=full&gates=1&rterm=6");
+    second.run_steps(3);
+    let state = &second.state().state;
+    let spec = state.attack.spec();
+    assert!(spec.through_gates && spec.router_term == 6.0, "{spec:?}");
+    spec.validate().unwrap();
+    assert!(
+        state.link().fragment().contains("&gates=1&rterm=6&"),
+        "{}",
+        state.link().fragment()
+    );
+    second.state_mut().open_link("#v=1&target=router&rterm=99");
+    second.run_steps(3);
+    let state = &second.state().state;
+    let spec = state.attack.spec();
+    assert!(!spec.through_gates && spec.router_term == 0.0, "{spec:?}");
+    spec.validate().unwrap();
+    assert_eq!(state.attack.router_term, 6.0);
+    let error = state.error.as_deref().unwrap_or_default();
+    assert!(error.contains("rterm = \"99\""), "{error}");
 }
 
 /// "Export figure": the attack lab's figure as one PNG at 2× (the clean image in it pixel for

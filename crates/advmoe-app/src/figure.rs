@@ -201,13 +201,14 @@ impl Canvas {
 pub fn caption(outcome: &AttackOutcome, model: &ModelInfo) -> String {
     let spec = &outcome.attack.spec;
     format!(
-        "{} · {} {} on the {} target · ε = {:.1}/255 · {} steps · {}",
+        "{} · {} {} on the {} target · ε = {:.1}/255 · {} steps{} · {}",
         model.name,
         spec.kind,
         if spec.kind.is_l2() { "(L2)" } else { "(L∞)" },
         spec.target,
         spec.eps * 255.0,
         spec.steps,
+        crate::views::attack::paper_options(spec, " · "),
         outcome.source
     )
 }

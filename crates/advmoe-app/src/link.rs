@@ -18,6 +18,9 @@ use crate::demo::DEMOS;
 /// The link format this version writes (`v=`).
 pub const VERSION: u32 = 1;
 
+/// The largest router term β the attack lab offers and a link may hold.
+pub const MAX_ROUTER_TERM: f32 = 20.0;
+
 /// The state a link holds; `None`: the link does not say.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Link {
@@ -37,6 +40,10 @@ pub struct Link {
     pub steps: Option<usize>,
     /// The attack's random seed.
     pub seed: Option<u64>,
+    /// The attack runs through the straight-through gates (written only when on).
+    pub through_gates: Option<bool>,
+    /// β of the released evaluation's router term (written only when above 0).
+    pub router_term: Option<f32>,
     /// Projector mode.
     pub projector: Option<bool>,
     /// The routing atlas's MoE layer (1-based, as the atlas shows it).
@@ -126,6 +133,21 @@ impl Link {
                 ),
                 "steps" => set(&mut link.steps, value.parse().ok().filter(|s| *s > 0)),
                 "seed" => set(&mut link.seed, value.parse().ok()),
+                "gates" => set(
+                    &mut link.through_gates,
+                    match value.as_str() {
+                        "1" => Some(true),
+                        "0" => Some(false),
+                        _ => None,
+                    },
+                ),
+                "rterm" => set(
+                    &mut link.router_term,
+                    value
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|b| b.is_finite() && (0.0..=MAX_ROUTER_TERM).contains(b)),
+                ),
                 "projector" => set(
                     &mut link.projector,
                     match value.as_str() {
@@ -163,6 +185,8 @@ impl Link {
             eps_255: over.eps_255.or(self.eps_255),
             steps: over.steps.or(self.steps),
             seed: over.seed.or(self.seed),
+            through_gates: over.through_gates.or(self.through_gates),
+            router_term: over.router_term.or(self.router_term),
             projector: over.projector.or(self.projector),
             layer: over.layer.or(self.layer),
             lesson: over.lesson.clone().or_else(|| self.lesson.clone()),
@@ -186,6 +210,8 @@ impl Link {
         put("eps", self.eps_255.map(|e| e.to_string()));
         put("steps", self.steps.map(|s| s.to_string()));
         put("seed", self.seed.map(|s| s.to_string()));
+        put("gates", self.through_gates.map(|g| u8::from(g).to_string()));
+        put("rterm", self.router_term.map(|b| b.to_string()));
         put("projector", self.projector.map(|p| u8::from(p).to_string()));
         put("layer", self.layer.map(|l| l.to_string()));
         put("lesson", self.lesson.clone());

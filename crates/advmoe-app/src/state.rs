@@ -333,6 +333,8 @@ impl AppState {
             eps_255: Some(a.eps_255),
             steps: Some(a.steps),
             seed: Some(a.seed),
+            through_gates: a.through_gates.then_some(true),
+            router_term: (a.router_term > 0.0).then_some(a.router_term),
             projector: Some(self.projector),
             layer: atlas.then_some(self.atlas.layer + 1),
             card: lesson.as_ref().map(|(_, c)| *c),
@@ -417,6 +419,8 @@ impl AppState {
         a.eps_255 = l.eps_255.unwrap_or(a.eps_255);
         a.steps = l.steps.unwrap_or(a.steps);
         a.seed = l.seed.unwrap_or(a.seed);
+        a.through_gates = l.through_gates.unwrap_or(a.through_gates);
+        a.router_term = l.router_term.unwrap_or(a.router_term);
         self.pending_link = Some(parsed);
         self.pending_run = run;
     }

@@ -12,6 +12,7 @@ use crate::analysis::{AttackOutcome, ImageSource, ModelInfo, Request};
 use crate::command::AppCommand;
 use crate::error::{AppError, AppResult};
 use crate::lesson::Area;
+use crate::link::MAX_ROUTER_TERM;
 use crate::picture;
 use crate::views::lesson::mark;
 use crate::views::{OpenFile, labelled_combo, model_picker, open_file};
@@ -47,6 +48,11 @@ pub struct AttackState {
     pub steps: usize,
     /// The attack's random seed (Square draws from it; the others start at the clean image).
     pub seed: u64,
+    /// Differentiate through the straight-through gates, as the AdvMoE paper's code attacks
+    /// (full target only).
+    pub through_gates: bool,
+    /// β of the paper's evaluation's router term (full target only; 0: off).
+    pub router_term: f32,
     /// Re-run as soon as a setting changes.
     pub live: bool,
     /// Sequence number of the last request sent.
@@ -76,6 +82,8 @@ impl Default for AttackState {
             eps_255: 8.0,
             steps: 10,
             seed: 0,
+            through_gates: false,
+            router_term: 0.0,
             live: true,
             sent: 0,
             result: None,
@@ -90,11 +98,18 @@ impl Default for AttackState {
 impl AttackState {
     /// The attack these settings describe: the core's defaults for the kind
     /// ([`AttackSpec::with_defaults`]) without a random start, so the same settings always
-    /// show the same picture.
+    /// show the same picture; on the full target, the paper code's options as set.
     pub fn spec(&self) -> AttackSpec {
         let steps = self.steps.clamp(1, most_steps(self.kind));
+        let full = self.target == AttackTarget::Full;
         AttackSpec {
             random_start: false,
+            through_gates: full && self.through_gates,
+            router_term: if full {
+                self.router_term.clamp(0.0, MAX_ROUTER_TERM)
+            } else {
+                0.0
+            },
             ..AttackSpec::with_defaults(self.kind, self.target, self.eps_255 / 255.0, steps)
         }
     }
@@ -163,6 +178,19 @@ impl AttackState {
         self.own = Some(OwnImage { name, bytes });
         self.use_own = true;
     }
+}
+
+/// The paper code's options `spec` turns on, each after `sep` (empty when none): "through the
+/// gates", "+ β × router CE".
+pub fn paper_options(spec: &AttackSpec, sep: &str) -> String {
+    let mut s = String::new();
+    if spec.through_gates {
+        s.push_str(&format!("{sep}through the gates"));
+    }
+    if spec.router_term > 0.0 {
+        s.push_str(&format!("{sep}+ {} × router CE", spec.router_term));
+    }
+    s
 }
 
 /// Draw the attack lab; the attack runs when "Attack" is pressed or, with "Update as ε moves"
@@ -289,6 +317,40 @@ fn attack_body(
             .labelled_by(label.id)
             .changed();
     });
+    // The paper code's options: in projector mode only while one is on, so the class sees
+    // which attack it is watching and the screen keeps its room otherwise.
+    let paper_row = !projector || state.through_gates || state.router_term > 0.0;
+    if paper_row {
+        ui.horizontal(|ui| {
+            let full = state.target == AttackTarget::Full;
+            changed |= ui
+            .add_enabled(
+                full,
+                egui::Checkbox::new(&mut state.through_gates, "Through the gates"),
+            )
+            .on_hover_text(
+                "Differentiate through the routers' straight-through gates, as the AdvMoE paper's \
+                 code attacks. A weaker attack on a model whose router is live: compare, do not \
+                 report it as robustness.",
+            )
+            .changed();
+            let label = ui.label("Router term β");
+            changed |= ui
+                .add_enabled(
+                    full,
+                    egui::DragValue::new(&mut state.router_term)
+                        .range(0.0..=MAX_ROUTER_TERM)
+                        .speed(0.5),
+                )
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "Add β × the router's cross-entropy against the class partition (label mod N) \
+                 to the attack's loss, as the paper's released evaluation does with β = 6. \
+                 0: off.",
+                )
+                .changed();
+        });
+    }
     let eps_row = ui.horizontal(|ui| {
         let label = ui.label(if state.kind.is_l2() {
             "ε (L2, ×1/255)"
@@ -331,7 +393,7 @@ fn attack_body(
     let a = &outcome.attack;
     let name = |c: usize| model.class_name(c);
     let what = format!(
-        "{}: {} {} on the {} target, ε = {:.1}/255, {} steps",
+        "{}: {} {} on the {} target, ε = {:.1}/255, {} steps{}",
         outcome.source,
         a.spec.kind,
         if a.spec.kind.is_l2() {
@@ -342,6 +404,7 @@ fn attack_body(
         a.spec.target,
         a.spec.eps * 255.0,
         a.spec.steps,
+        paper_options(&a.spec, ", "),
     );
     ui.label(if projector {
         what
