@@ -12,7 +12,7 @@ use advmoe_engine::eval::count_correct;
 use advmoe_engine::robust::{
     LadderOptions, NamedAttack, RobustOptions, evaluate_robust, router_ladder,
 };
-use advmoe_engine::tensors::to_device;
+use advmoe_engine::tensors::{DeviceBatch, to_device};
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Device, Tensor};
 
@@ -700,6 +700,22 @@ fn attack_image_reports_what_the_model_does_on_its_pixels() {
     }
 }
 
+/// The full-target objective of `spec` on `batch` (clean images): its per-image values and their
+/// gradient with respect to the images, on the host.
+fn full_objective_and_gradient(
+    model: &MoeNet,
+    batch: &DeviceBatch,
+    spec: &AttackSpec,
+) -> (Vec<f32>, Vec<f32>) {
+    let objective =
+        LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), spec);
+    let x = batch.images.clone().detach().require_grad();
+    let value = objective.evaluate(x.clone()).value;
+    let grads = value.clone().sum().backward();
+    let grad: Tensor<4> = Tensor::from_inner(x.grad(&grads).unwrap());
+    (read2(value.unsqueeze_dim(1)), read(grad))
+}
+
 /// `through_gates` (the AdvMoE paper's released code attacks through its straight-through gates)
 /// adds the gates' term to the attack's gradient exactly where the image reaches a gate through
 /// a router: with an image router the gradient changes, with per-layer routers (which read a
@@ -718,13 +734,7 @@ fn through_gates_changes_the_gradient_only_through_an_image_router() {
                 through_gates,
                 ..AttackSpec::paper_eval()
             };
-            let objective =
-                LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), &s);
-            let x = batch.images.clone().detach().require_grad();
-            let value = objective.evaluate(x.clone()).value;
-            let grads = value.clone().sum().backward();
-            let grad: Tensor<4> = Tensor::from_inner(x.grad(&grads).unwrap());
-            (read2(value.unsqueeze_dim(1)), read(grad))
+            full_objective_and_gradient(model, &batch, &s)
         };
         let (exact_value, exact_grad) = value_and_grad(false);
         let (gates_value, gates_grad) = value_and_grad(true);
@@ -765,13 +775,7 @@ fn the_router_term_adds_the_routers_partition_cross_entropy() {
             router_term,
             ..AttackSpec::paper_eval()
         };
-        let objective =
-            LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), &s);
-        let x = batch.images.clone().detach().require_grad();
-        let value = objective.evaluate(x.clone()).value;
-        let grads = value.clone().sum().backward();
-        let grad: Tensor<4> = Tensor::from_inner(x.grad(&grads).unwrap());
-        (read2(value.unsqueeze_dim(1)), read(grad))
+        full_objective_and_gradient(model, &batch, &s)
     };
     for router in [RouterKind::Image, RouterKind::PerLayer] {
         let model = &trained(router).model();
