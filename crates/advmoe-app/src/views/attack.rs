@@ -180,6 +180,16 @@ impl AttackState {
     }
 }
 
+/// What "Through the gates" does.
+const GATES_HOVER: &str = "Differentiate through the routers' straight-through gates, as the \
+    AdvMoE paper's code attacks. A weaker attack on a model whose router is live: compare, do \
+    not report it as robustness.";
+
+/// What "Router term β" does.
+const ROUTER_TERM_HOVER: &str = "Add β × the router's cross-entropy against the class partition \
+    (label mod N) to the attack's loss, as the paper's released evaluation does with β = 6. \
+    0: off.";
+
 /// The paper code's options `spec` turns on, each after `sep` (empty when none): "through the
 /// gates", "+ β × router CE".
 pub fn paper_options(spec: &AttackSpec, sep: &str) -> String {
@@ -323,17 +333,11 @@ fn attack_body(
     if paper_row {
         ui.horizontal(|ui| {
             let full = state.target == AttackTarget::Full;
+            let gates = egui::Checkbox::new(&mut state.through_gates, "Through the gates");
             changed |= ui
-            .add_enabled(
-                full,
-                egui::Checkbox::new(&mut state.through_gates, "Through the gates"),
-            )
-            .on_hover_text(
-                "Differentiate through the routers' straight-through gates, as the AdvMoE paper's \
-                 code attacks. A weaker attack on a model whose router is live: compare, do not \
-                 report it as robustness.",
-            )
-            .changed();
+                .add_enabled(full, gates)
+                .on_hover_text(GATES_HOVER)
+                .changed();
             let label = ui.label("Router term β");
             changed |= ui
                 .add_enabled(
@@ -343,11 +347,7 @@ fn attack_body(
                         .speed(0.5),
                 )
                 .labelled_by(label.id)
-                .on_hover_text(
-                    "Add β × the router's cross-entropy against the class partition (label mod N) \
-                 to the attack's loss, as the paper's released evaluation does with β = 6. \
-                 0: off.",
-                )
+                .on_hover_text(ROUTER_TERM_HOVER)
                 .changed();
         });
     }
