@@ -133,14 +133,7 @@ impl Link {
                 ),
                 "steps" => set(&mut link.steps, value.parse().ok().filter(|s| *s > 0)),
                 "seed" => set(&mut link.seed, value.parse().ok()),
-                "gates" => set(
-                    &mut link.through_gates,
-                    match value.as_str() {
-                        "1" => Some(true),
-                        "0" => Some(false),
-                        _ => None,
-                    },
-                ),
+                "gates" => set(&mut link.through_gates, flag(&value)),
                 "rterm" => set(
                     &mut link.router_term,
                     value
@@ -148,14 +141,7 @@ impl Link {
                         .ok()
                         .filter(|b| b.is_finite() && (0.0..=MAX_ROUTER_TERM).contains(b)),
                 ),
-                "projector" => set(
-                    &mut link.projector,
-                    match value.as_str() {
-                        "1" => Some(true),
-                        "0" => Some(false),
-                        _ => None,
-                    },
-                ),
+                "projector" => set(&mut link.projector, flag(&value)),
                 "layer" => set(&mut link.layer, value.parse().ok().filter(|l| *l > 0)),
                 "lesson" => set(
                     &mut link.lesson,
@@ -217,6 +203,15 @@ impl Link {
         put("lesson", self.lesson.clone());
         put("card", self.card.map(|c| c.to_string()));
         pairs.join("&")
+    }
+}
+
+/// A switch as a link writes it: `1` on, `0` off, anything else unreadable.
+fn flag(value: &str) -> Option<bool> {
+    match value {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
     }
 }
 

@@ -667,6 +667,20 @@ impl AttackSpec {
         }
     }
 
+    /// The AdvMoE paper code's options this attack turns on, as reports name them: "through
+    /// the gates" ([`AttackSpec::through_gates`]), "+ β × router CE"
+    /// ([`AttackSpec::router_term`]). Empty for the product's own attacks.
+    pub fn paper_options(&self) -> Vec<String> {
+        let mut options = Vec::new();
+        if self.through_gates {
+            options.push("through the gates".to_owned());
+        }
+        if self.router_term > 0.0 {
+            options.push(format!("+ {} × router CE", self.router_term));
+        }
+        options
+    }
+
     /// Check every field and their combinations.
     pub fn validate(&self) -> Result<(), SpecError> {
         let max_eps = if self.kind.is_l2() { 64.0 } else { 1.0 };

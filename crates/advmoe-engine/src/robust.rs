@@ -870,20 +870,12 @@ pub fn attack_name(spec: &AttackSpec) -> String {
     } else {
         String::new()
     };
-    let gates = if spec.through_gates {
-        " through the gates"
-    } else {
-        ""
-    };
-    let router_term = if spec.router_term > 0.0 {
-        format!(" + {} × router CE", spec.router_term)
-    } else {
-        String::new()
-    };
-    format!(
-        "{kind}{loss}-{}{targeted}{starts}{gates}{router_term}",
-        spec.steps
-    )
+    let paper: String = spec
+        .paper_options()
+        .iter()
+        .map(|o| format!(" {o}"))
+        .collect();
+    format!("{kind}{loss}-{}{targeted}{starts}{paper}", spec.steps)
 }
 
 /// The name of a router attack as router robustness runs it, one attack aimed at each router:

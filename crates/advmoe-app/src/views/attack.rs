@@ -190,17 +190,13 @@ const ROUTER_TERM_HOVER: &str = "Add β × the router's cross-entropy against th
     (label mod N) to the attack's loss, as the paper's released evaluation does with β = 6. \
     0: off.";
 
-/// The paper code's options `spec` turns on, each after `sep` (empty when none): "through the
-/// gates", "+ β × router CE".
+/// The paper code's options `spec` turns on ([`AttackSpec::paper_options`]), each after `sep`
+/// (empty when none).
 pub fn paper_options(spec: &AttackSpec, sep: &str) -> String {
-    let mut s = String::new();
-    if spec.through_gates {
-        s.push_str(&format!("{sep}through the gates"));
-    }
-    if spec.router_term > 0.0 {
-        s.push_str(&format!("{sep}+ {} × router CE", spec.router_term));
-    }
-    s
+    spec.paper_options()
+        .iter()
+        .map(|o| format!("{sep}{o}"))
+        .collect()
 }
 
 /// Draw the attack lab; the attack runs when "Attack" is pressed or, with "Update as ε moves"
