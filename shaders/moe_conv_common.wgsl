@@ -2,7 +2,7 @@
 // (crates/advmoe-kernels/src/shaders.rs, `render`), so the geometry struct and the tile shape
 // are written once.
 
-// The convolution's geometry: twelve u32 in this order, 48 bytes with no padding, mirrored by
+// The convolution's geometry: thirteen u32 in this order, 52 bytes with no padding, mirrored by
 // `Geometry` in crates/advmoe-kernels/src/cube.rs (WGSL storage layout of a struct of scalars).
 struct MoeConvParams {
     batch: u32,
@@ -17,6 +17,8 @@ struct MoeConvParams {
     padding: u32,
     num_experts: u32,
     splits: u32,
+    // The forward kernels also write the ungated output z (1) or leave its binding alone (0).
+    write_z: u32,
 }
 
 // Tile shape of the matrix-product shaders: the launcher rewrites these two lines. Each thread

@@ -1,8 +1,9 @@
 // Sparse MoE convolution, forward pass, direct variant (no workgroup memory, no barriers).
 //
 // Computes the same as moe_conv_forward.wgsl:
-//   output[b, co, oy, ox] = sum over (ci, ky, kx) of
+//   z[b, co, oy, ox] = sum over (ci, ky, kx) of
 //       weight[e * c_out + co, ci, ky, kx] * input[b, ci, oy * stride - padding + ky, ox * stride - padding + kx]
+//   output[b, co, oy, ox] = gate[b, e] * z[b, co, oy, ox]
 // with e = experts[b]; only that expert's filters are read, and an expert index outside
 // [0, num_experts) writes NaN. Each thread computes 4 output channels x 4 output pixels straight
 // from global memory. The launcher picks this variant on software adapters (lavapipe,
@@ -15,16 +16,21 @@
 //   0 input   [batch, c_in, h_in, w_in]
 //   1 weight  [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts [batch] i32
-//   3 output  [batch, c_out, h_out, w_out]
-//   4 params  MoeConvParams (12 x u32, moe_conv_common.wgsl)
+//   3 gate    [batch, num_experts] (the output is scaled by each sample's gate at its expert)
+//   4 output  [batch, c_out, h_out, w_out]
+//   5 z       [batch, c_out, h_out, w_out], the ungated output, written when params.write_z
+//             is 1 (else a stand-in the kernel leaves alone)
+//   6 params  MoeConvParams (13 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(h_out * w_out / TILE_N), ceil(c_out / TILE_M), batch).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_forward`).
 
 @group(0) @binding(0) var<storage, read_write> input: array<f32>;
 @group(0) @binding(1) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
-@group(0) @binding(3) var<storage, read_write> output: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(3) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> output: array<f32>;
+@group(0) @binding(5) var<storage, read_write> z: array<f32>;
+@group(0) @binding(6) var<storage, read_write> params: MoeConvParams;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -92,12 +98,17 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 
     // A NaN made at run time: a constant NaN fails shader creation in browsers (Tint).
     let poison = bitcast<f32>(0x7fc00000u + min(params.c_out, 0u));
+    let scale = gate[b * params.num_experts + expert];
     let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + r * THREADS_M;
         for (var c = 0u; c < 4u; c++) {
             if (m < params.c_out && n[c] < pixels) {
-                output[(b * params.c_out + m) * pixels + n[c]] = select(poison, rows[r][c], expert_ok);
+                let at = (b * params.c_out + m) * pixels + n[c];
+                output[at] = select(poison, scale * rows[r][c], expert_ok);
+                if (params.write_z != 0u) {
+                    z[at] = select(poison, rows[r][c], expert_ok);
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 // Sparse MoE convolution, gradient with respect to the input.
 //
 // For every sample b with expert e = experts[b]:
-//   grad_input[b, ci, iy, ix] = sum over (co, ky, kx) of
+//   grad_input[b, ci, iy, ix] = gate[b, e] * sum over (co, ky, kx) of
 //       weight[e * c_out + co, ci, ky, kx] * grad_output[b, co, oy, ox]
 // where oy = (iy + padding - ky) / stride and ox likewise, taken only where the division is exact
 // and (oy, ox) lies inside the output. Only the selected expert's filters are read. An expert
@@ -18,8 +18,10 @@
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 weight      [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts     [batch] i32
-//   3 grad_input  [batch, c_in, h_in, w_in]
-//   4 params      MoeConvParams (12 x u32, moe_conv_common.wgsl)
+//   3 gate        [batch, num_experts] (each sample's gradient is scaled by its gate at its
+//                 expert, as the gated forward scaled its output)
+//   4 grad_input  [batch, c_in, h_in, w_in]
+//   5 params      MoeConvParams (13 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(ceil(h_in / stride) * ceil(w_in / stride) / TILE_N), ceil(c_in / TILE_M),
 //            batch * stride * stride).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_input_grad`).
@@ -27,8 +29,9 @@
 @group(0) @binding(0) var<storage, read_write> grad_output: array<f32>;
 @group(0) @binding(1) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
-@group(0) @binding(3) var<storage, read_write> grad_input: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(3) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad_input: array<f32>;
+@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
 
 // Per reduction index k = (co, ky, kx) of the current step: offset of channel co in one
 // sample's output gradient, offset of (co, tap) in one expert's filters, ky, kx.
@@ -124,6 +127,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 
     // A NaN made at run time: a constant NaN fails shader creation in browsers (Tint).
     let poison = bitcast<f32>(0x7fc00000u + min(params.c_out, 0u));
+    let scale = gate[b * params.num_experts + expert];
     let rows = array<vec4<f32>, 4>(acc.r0, acc.r1, acc.r2, acc.r3);
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + tm + r * THREADS_M;
@@ -133,7 +137,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                 let iy = (n / phase_w) * params.stride + phase_y;
                 let ix = (n % phase_w) * params.stride + phase_x;
                 let pixel = iy * params.w_in + ix;
-                grad_input[(b * params.c_in + m) * pixels_in + pixel] = select(poison, rows[r][c], expert_ok);
+                grad_input[(b * params.c_in + m) * pixels_in + pixel] = select(poison, scale * rows[r][c], expert_ok);
             }
         }
     }

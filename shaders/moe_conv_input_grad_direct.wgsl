@@ -2,7 +2,7 @@
 // memory, no barriers).
 //
 // Computes the same as moe_conv_input_grad.wgsl: for every sample b with e = experts[b],
-//   grad_input[b, ci, iy, ix] = sum over (co, ky, kx) of
+//   grad_input[b, ci, iy, ix] = gate[b, e] * sum over (co, ky, kx) of
 //       weight[e * c_out + co, ci, ky, kx] * grad_output[b, co, oy, ox]
 // where oy = (iy + padding - ky) / stride and ox likewise, taken only where the division is exact
 // and (oy, ox) lies inside the output; an expert index outside [0, num_experts) writes NaN. Each
@@ -19,8 +19,10 @@
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 weight      [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts     [batch] i32
-//   3 grad_input  [batch, c_in, h_in, w_in]
-//   4 params      MoeConvParams (12 x u32, moe_conv_common.wgsl)
+//   3 gate        [batch, num_experts] (each sample's gradient is scaled by its gate at its
+//                 expert, as the gated forward scaled its output)
+//   4 grad_input  [batch, c_in, h_in, w_in]
+//   5 params      MoeConvParams (13 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(ceil(h_in / stride) * ceil(w_in / stride) / TILE_N), ceil(c_in / TILE_M),
 //            batch * stride * stride).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_input_grad`).
@@ -28,8 +30,9 @@
 @group(0) @binding(0) var<storage, read_write> grad_output: array<f32>;
 @group(0) @binding(1) var<storage, read_write> weight: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
-@group(0) @binding(3) var<storage, read_write> grad_input: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(3) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> grad_input: array<f32>;
+@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -116,13 +119,14 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
 
     // A NaN made at run time: a constant NaN fails shader creation in browsers (Tint).
     let poison = bitcast<f32>(0x7fc00000u + min(params.c_out, 0u));
+    let scale = gate[b * params.num_experts + expert];
     let rows = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var r = 0u; r < 4u; r++) {
         let m = m0 + r * THREADS_M;
         for (var c = 0u; c < 4u; c++) {
             if (m < params.c_in && in_phase[c]) {
                 let pixel = iy[c] * params.w_in + ix[c];
-                grad_input[(b * params.c_in + m) * pixels_in + pixel] = select(poison, rows[r][c], expert_ok);
+                grad_input[(b * params.c_in + m) * pixels_in + pixel] = select(poison, scale * rows[r][c], expert_ok);
             }
         }
     }

@@ -3,7 +3,7 @@
 // For every expert e and split s (a contiguous chunk of the batch):
 //   partial[s, e * c_out + co, ci, ky, kx] = sum over samples b of chunk s with experts[b] == e,
 //       and output pixels (oy, ox), of
-//       grad_output[b, co, oy, ox] * input[b, ci, oy * stride - padding + ky, ox * stride - padding + kx]
+//       gate[b, e] * grad_output[b, co, oy, ox] * input[b, ci, oy * stride - padding + ky, ox * stride - padding + kx]
 // Each sample adds only into its own expert's slice; an expert no sample chose gets zeros. The
 // launcher sums the partials over s (one split needs no sum).
 //
@@ -17,16 +17,19 @@
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 input       [batch, c_in, h_in, w_in]
 //   2 experts     [batch] i32
-//   3 partial     [splits, num_experts * c_out, c_in, kernel, kernel]
-//   4 params      MoeConvParams (12 x u32, moe_conv_common.wgsl)
+//   3 gate        [batch, num_experts] (each sample's share is scaled by its gate at its
+//                 expert, as the gated forward scaled its output)
+//   4 partial     [splits, num_experts * c_out, c_in, kernel, kernel]
+//   5 params      MoeConvParams (13 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(c_in * kernel * kernel / TILE_N), ceil(c_out / TILE_M), num_experts * splits).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_weight_grad`).
 
 @group(0) @binding(0) var<storage, read_write> grad_output: array<f32>;
 @group(0) @binding(1) var<storage, read_write> input: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
-@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(3) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
 
 // Per output pixel of the current step: the top-left input corner of its receptive field.
 var<workgroup> corner_y: array<i32, TILE_K>;
@@ -69,6 +72,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         }
         let grad_base = b * params.c_out * pixels;
         let input_base = i32(b * params.c_in * plane);
+        let scale = gate[b * params.num_experts + expert];
         for (var p0 = 0u; p0 < pixels; p0 += TILE_K) {
             if (lid < TILE_K) {
                 let p = min(p0 + lid, pixels - 1u);
@@ -83,7 +87,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                 let m = m0 + ml;
                 var value = 0.0;
                 if (p < pixels && m < params.c_out) {
-                    value = grad_output[grad_base + m * pixels + p];
+                    value = scale * grad_output[grad_base + m * pixels + p];
                 }
                 tile_a[kl * TILE_M + ml] = value;
             }

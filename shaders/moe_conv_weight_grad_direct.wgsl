@@ -5,7 +5,7 @@
 // chunk of the batch),
 //   partial[s, e * c_out + co, ci, ky, kx] = sum over samples b of chunk s with experts[b] == e,
 //       and output pixels (oy, ox), of
-//       grad_output[b, co, oy, ox] * input[b, ci, oy * stride - padding + ky, ox * stride - padding + kx]
+//       gate[b, e] * grad_output[b, co, oy, ox] * input[b, ci, oy * stride - padding + ky, ox * stride - padding + kx]
 // Each sample adds only into its own expert's slice; an expert no sample chose gets zeros. Each
 // thread computes 4 output channels x 4 filter entries straight from global memory (the
 // launcher picks this variant on software adapters).
@@ -16,16 +16,19 @@
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 input       [batch, c_in, h_in, w_in]
 //   2 experts     [batch] i32
-//   3 partial     [splits, num_experts * c_out, c_in, kernel, kernel]
-//   4 params      MoeConvParams (12 x u32, moe_conv_common.wgsl)
+//   3 gate        [batch, num_experts] (each sample's share is scaled by its gate at its
+//                 expert, as the gated forward scaled its output)
+//   4 partial     [splits, num_experts * c_out, c_in, kernel, kernel]
+//   5 params      MoeConvParams (13 x u32, moe_conv_common.wgsl)
 // Dispatch: (ceil(c_in * kernel * kernel / TILE_N), ceil(c_out / TILE_M), num_experts * splits).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_conv_weight_grad`).
 
 @group(0) @binding(0) var<storage, read_write> grad_output: array<f32>;
 @group(0) @binding(1) var<storage, read_write> input: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
-@group(0) @binding(3) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(3) var<storage, read_write> gate: array<f32>;
+@group(0) @binding(4) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -71,6 +74,11 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         }
         let grad_base = rows_at + vec4<u32>(b * params.c_out * pixels);
         let input_base = vec4<i32>(i32(b * params.c_in * plane)) + col_offset;
+        // This sample's share, scaled by its gate once it is summed.
+        var own0 = vec4<f32>(0.0);
+        var own1 = vec4<f32>(0.0);
+        var own2 = vec4<f32>(0.0);
+        var own3 = vec4<f32>(0.0);
         var p = 0u;
         for (var oy = 0u; oy < params.h_out; oy++) {
             let corner_y = i32(oy) * stride - padding;
@@ -92,13 +100,18 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
                     grad_output[grad_base.z + p],
                     grad_output[grad_base.w + p],
                 );
-                acc0 = fma(vec4<f32>(g.x), v, acc0);
-                acc1 = fma(vec4<f32>(g.y), v, acc1);
-                acc2 = fma(vec4<f32>(g.z), v, acc2);
-                acc3 = fma(vec4<f32>(g.w), v, acc3);
+                own0 = fma(vec4<f32>(g.x), v, own0);
+                own1 = fma(vec4<f32>(g.y), v, own1);
+                own2 = fma(vec4<f32>(g.z), v, own2);
+                own3 = fma(vec4<f32>(g.w), v, own3);
                 p++;
             }
         }
+        let scale = vec4<f32>(gate[b * params.num_experts + expert]);
+        acc0 = fma(scale, own0, acc0);
+        acc1 = fma(scale, own1, acc1);
+        acc2 = fma(scale, own2, acc2);
+        acc3 = fma(scale, own3, acc3);
     }
 
     let weight_rows = params.num_experts * params.c_out;

@@ -16,7 +16,7 @@
 //   1 z           [batch, c_out, h_out, w_out] (the ungated expert output)
 //   2 experts     [batch] i32
 //   3 grad_gate   [batch, num_experts]
-//   4 params      MoeConvParams (12 x u32, moe_conv_common.wgsl)
+//   4 params      MoeConvParams (13 x u32, moe_conv_common.wgsl)
 // Dispatch: (batch, 1, 1).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`sparse_moe_gate_grad`).
 

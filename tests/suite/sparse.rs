@@ -162,8 +162,12 @@ fn run_path(
     }
     let scores = Tensor::<2>::from_data(TensorData::new(scores, [batch, num_experts]), device)
         .require_grad();
+    // Gates of other values than the model's 1 (each sample's own factor), so that the kernels'
+    // scaling by the gate is checked too.
+    let factors: Vec<f32> = (0..batch).map(|b| [1.0, 0.5, 2.0, -0.75][b % 4]).collect();
+    let factors = Tensor::<2>::from_data(TensorData::new(factors, [batch, 1]), device);
     let route = |scores: Tensor<2>| {
-        if num_experts == 1 {
+        let (gate, experts) = if num_experts == 1 {
             // Burn's one-hot needs two classes; with one expert the straight-through gate is
             // s - detach(s) + 1 and every sample takes expert 0.
             (
@@ -173,7 +177,8 @@ fn run_path(
         } else {
             let LayerRoute { gate, experts, .. } = gate_from_scores(scores);
             (gate, experts)
-        }
+        };
+        (gate * factors.clone(), experts)
     };
     let upstream = |dims: [usize; 4]| {
         let mut rng = Rng::seed(seed + 1000);
@@ -438,7 +443,7 @@ fn an_expert_index_out_of_range_poisons_only_its_sample() {
         1,
     ));
     let geometry = advmoe_kernels::cpu::Geometry::new([2, 2, 4, 4], [6, 2, 3, 3], 2, 1, 1);
-    let on_cpu = advmoe_kernels::cpu::forward(&x, &w, &[1, 5], &geometry);
+    let on_cpu = advmoe_kernels::cpu::forward(&x, &w, &[1, 5], None, &geometry);
     for y in [on_gpu, on_cpu] {
         assert!(y[..per].iter().all(|v| v.is_finite()));
         assert!(y[per..].iter().all(|v| v.is_nan()));

@@ -9,34 +9,17 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
-use burn::tensor::{DType, IntDType, Shape};
+use burn::tensor::{DType, FloatDType, IntDType, Shape};
 
 use crate::ops::SparseMoeOps;
 
-/// The gated forward on a plain backend: `(output, z, scale, experts)` with `z` the ungated
-/// expert output, `scale [batch, 1, 1, 1]` each sample's gate at its selected expert and the
-/// expert indices as i32.
-pub(crate) fn gated<B: SparseMoeOps>(
-    input: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    gate: FloatTensor<B>,
-    experts: IntTensor<B>,
-    stride: usize,
-    padding: usize,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, IntTensor<B>) {
-    let [batch, num_experts] = gate.shape().dims::<2>();
-    // The kernels read i32 indices: convert once here, so the backward's launches reuse them.
-    let experts = match experts.dtype() {
+/// The expert indices as the kernels read them (i32), converted once so the backward's launches
+/// reuse them.
+fn i32_experts<B: SparseMoeOps>(experts: IntTensor<B>) -> IntTensor<B> {
+    match experts.dtype() {
         DType::I32 => experts,
         _ => B::int_cast(experts, IntDType::I32),
-    };
-    let z =
-        B::sparse_moe_conv_forward(input, weight, experts.clone(), num_experts, stride, padding);
-    let index = B::int_reshape(experts.clone(), Shape::from([batch, 1]));
-    let scale = B::float_gather(1, gate, index);
-    let scale = B::float_reshape(scale, Shape::from([batch, 1, 1, 1]));
-    let output = B::float_mul(z.clone(), scale.clone());
-    (output, z, scale, experts)
+    }
 }
 
 /// What the backward needs from the forward.
@@ -44,9 +27,10 @@ pub(crate) fn gated<B: SparseMoeOps>(
 struct State<B: Backend> {
     input: FloatTensor<B>,
     weight: FloatTensor<B>,
+    gate: FloatTensor<B>,
     experts: IntTensor<B>,
-    z: FloatTensor<B>,
-    scale: FloatTensor<B>,
+    /// The ungated output, kept only when the gate takes a gradient.
+    z: Option<FloatTensor<B>>,
     stride: usize,
     padding: usize,
 }
@@ -67,21 +51,20 @@ impl<B: Backend + SparseMoeOps> Backward<B, 3> for SparseMoeConvBackward {
         let grad = grads.consume::<B>(&ops.node);
         let state = ops.state;
         let [_, _, height, width] = state.input.shape().dims::<4>();
-        let [rows, _, kernel, _] = state.weight.shape().dims::<4>();
-        let [_, c_out, ..] = state.z.shape().dims::<4>();
-        let num_experts = rows / c_out;
-        let grad_z = B::float_mul(grad.clone(), state.scale);
-        if let Some(node) = node_gate {
+        let [_, _, kernel, _] = state.weight.shape().dims::<4>();
+        let [_, num_experts] = state.gate.shape().dims::<2>();
+        if let (Some(node), Some(z)) = (node_gate, state.z) {
             let grad_gate =
-                B::sparse_moe_gate_grad(grad, state.z, state.experts.clone(), num_experts);
+                B::sparse_moe_gate_grad(grad.clone(), z, state.experts.clone(), num_experts);
             grads.register::<B>(node.id, grad_gate);
         }
+        // The input and weight kernels scale each sample's gradient by its gate themselves.
         if let Some(node) = node_weight {
             let grad_weight = B::sparse_moe_conv_weight_grad(
-                grad_z.clone(),
+                grad.clone(),
                 state.input,
+                state.gate.clone(),
                 state.experts.clone(),
-                num_experts,
                 state.stride,
                 state.padding,
                 kernel,
@@ -90,13 +73,13 @@ impl<B: Backend + SparseMoeOps> Backward<B, 3> for SparseMoeConvBackward {
         }
         if let Some(node) = node_input {
             let grad_input = B::sparse_moe_conv_input_grad(
-                grad_z,
+                grad,
                 state.weight,
+                state.gate,
                 state.experts,
                 state.stride,
                 state.padding,
-                height,
-                width,
+                [height, width],
             );
             grads.register::<B>(node.id, grad_input);
         }
@@ -134,13 +117,15 @@ impl<B: Backend + SparseMoeOps> Backward<B, 2> for ExpertConvBackward {
         } = ops.state;
         let [batch, _, height, width] = input.shape().dims::<4>();
         let [_, _, kernel, _] = weight.shape().dims::<4>();
-        let experts = B::int_zeros(Shape::from([batch]), &input.device(), IntDType::I32);
+        let device = input.device();
+        let experts = B::int_zeros(Shape::from([batch]), &device, IntDType::I32);
+        let gate = B::float_ones(Shape::from([batch, 1]), &device, FloatDType::F32);
         if let Some(node) = node_weight {
             let grad_weight = B::sparse_moe_conv_weight_grad(
                 grad.clone(),
                 input,
+                gate.clone(),
                 experts.clone(),
-                1,
                 stride,
                 padding,
                 kernel,
@@ -149,7 +134,13 @@ impl<B: Backend + SparseMoeOps> Backward<B, 2> for ExpertConvBackward {
         }
         if let Some(node) = node_input {
             let grad_input = B::sparse_moe_conv_input_grad(
-                grad, weight, experts, stride, padding, height, width,
+                grad,
+                weight,
+                gate,
+                experts,
+                stride,
+                padding,
+                [height, width],
             );
             grads.register::<B>(node.id, grad_input);
         }
@@ -165,19 +156,24 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
+        // The ungated output is kept only for the gate's gradient (not when attacks hold the
+        // gate constant).
+        let keep_ungated = gate.is_tracked();
         let nodes = [input.node(), weight.node(), gate.node()];
         let (input, weight, gate) = (
             input.into_primitive(),
             weight.into_primitive(),
             gate.into_primitive(),
         );
-        let (output, z, scale, experts) = gated::<B>(
+        let experts = i32_experts::<B>(experts);
+        let (output, z) = B::sparse_moe_conv_forward(
             input.clone(),
             weight.clone(),
-            gate,
-            experts,
+            gate.clone(),
+            experts.clone(),
             stride,
             padding,
+            keep_ungated,
         );
         match SparseMoeConvBackward
             .prepare::<C>(nodes)
@@ -188,9 +184,9 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
                 State {
                     input,
                     weight,
+                    gate,
                     experts,
                     z,
-                    scale,
                     stride,
                     padding,
                 },
@@ -203,46 +199,49 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
     fn sparse_moe_conv_forward(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::sparse_moe_conv_forward(
+        keep_ungated: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (output, z) = B::sparse_moe_conv_forward(
             input.into_primitive(),
             weight.into_primitive(),
+            gate.into_primitive(),
             experts,
-            num_experts,
             stride,
             padding,
-        ))
+            keep_ungated,
+        );
+        (Self::from_inner(output), z.map(Self::from_inner))
     }
 
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        height: usize,
-        width: usize,
+        input_size: [usize; 2],
     ) -> FloatTensor<Self> {
         Self::from_inner(B::sparse_moe_conv_input_grad(
             grad_output.into_primitive(),
             weight.into_primitive(),
+            gate.into_primitive(),
             experts,
             stride,
             padding,
-            height,
-            width,
+            input_size,
         ))
     }
 
     fn sparse_moe_conv_weight_grad(
         grad_output: FloatTensor<Self>,
         input: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
         kernel: usize,
@@ -250,8 +249,8 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
         Self::from_inner(B::sparse_moe_conv_weight_grad(
             grad_output.into_primitive(),
             input.into_primitive(),
+            gate.into_primitive(),
             experts,
-            num_experts,
             stride,
             padding,
             kernel,

@@ -329,11 +329,16 @@ impl View<'_> {
     }
 }
 
-/// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` an `m × n` row-major matrix,
-/// `a` `m × k`, `b` `k × n`; single-threaded (callers spread images over the cores).
+/// `dst = scale · a · b` (or `dst += scale · a · b` with `accumulate`), `dst` an `m × n`
+/// row-major matrix, `a` `m × k`, `b` `k × n`; single-threaded (callers spread images over the
+/// cores).
 #[expect(
     unsafe_code,
     reason = "gemm's entry point takes raw pointers and strides; the bounds are checked here"
+)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a strided matrix product's whole description"
 )]
 fn matmul(
     dst: &mut [f32],
@@ -343,6 +348,7 @@ fn matmul(
     a: View<'_>,
     b: View<'_>,
     accumulate: bool,
+    scale: f32,
 ) {
     assert!(dst.len() >= m * n, "destination too small for {m}×{n}");
     a.check(m, k);
@@ -376,7 +382,7 @@ fn matmul(
             b.col as isize,
             b.row as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -417,6 +423,11 @@ impl Geometry {
         experts.get(b).copied().filter(|&e| e < self.num_experts)
     }
 
+    /// Image `b`'s gate value (1 without gates).
+    fn scale_of(scales: Option<&[f32]>, b: usize) -> f32 {
+        scales.map_or(1.0, |s| s[b])
+    }
+
     /// The filters of `expert`, `[c_out, c_in·k·k]`.
     fn filters<'a>(&self, weight: &'a [f32], expert: usize) -> &'a [f32] {
         &weight[expert * self.expert_len()..][..self.expert_len()]
@@ -444,13 +455,21 @@ impl Geometry {
     }
 }
 
-/// `conv(x[b], expert experts[b])` for every image: `[batch, c_out, h_out, w_out]`. An image
-/// whose expert is out of range gets NaN (as the WGSL kernels give).
+/// `scales[b] · conv(x[b], expert experts[b])` for every image (`scales` `None`: 1):
+/// `[batch, c_out, h_out, w_out]`. An image whose expert is out of range gets NaN (as the WGSL
+/// kernels give).
 ///
 /// # Panics
 /// Slices shorter than the geometry says.
-pub fn forward(x: &[f32], weight: &[f32], experts: &[usize], g: &Geometry) -> Vec<f32> {
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    experts: &[usize],
+    scales: Option<&[f32]>,
+    g: &Geometry,
+) -> Vec<f32> {
     assert!(x.len() >= g.batch * g.input_len() && weight.len() >= g.num_experts * g.expert_len());
+    assert!(scales.is_none_or(|s| s.len() >= g.batch));
     let (patch, pixels) = (g.patch(), g.pixels());
     let mut out = vec![0.0f32; g.batch * g.output_len()];
     each_image(
@@ -472,21 +491,31 @@ pub fn forward(x: &[f32], weight: &[f32], experts: &[usize], g: &Geometry) -> Ve
                 row: pixels,
                 col: 1,
             };
-            matmul(out_b, g.c_out, pixels, patch, filters, patches, false);
+            let scale = Geometry::scale_of(scales, b);
+            matmul(
+                out_b, g.c_out, pixels, patch, filters, patches, false, scale,
+            );
         },
     );
     out
 }
 
-/// The gradient of [`forward`] with respect to its input, `[batch, c_in, h_in, w_in]` (zero for
-/// an image whose expert is out of range).
+/// The gradient of [`forward`] (with the same `scales`) with respect to its input,
+/// `[batch, c_in, h_in, w_in]` (zero for an image whose expert is out of range).
 ///
 /// # Panics
 /// Slices shorter than the geometry says.
-pub fn input_grad(grad: &[f32], weight: &[f32], experts: &[usize], g: &Geometry) -> Vec<f32> {
+pub fn input_grad(
+    grad: &[f32],
+    weight: &[f32],
+    experts: &[usize],
+    scales: Option<&[f32]>,
+    g: &Geometry,
+) -> Vec<f32> {
     assert!(
         grad.len() >= g.batch * g.output_len() && weight.len() >= g.num_experts * g.expert_len()
     );
+    assert!(scales.is_none_or(|s| s.len() >= g.batch));
     let (patch, pixels) = (g.patch(), g.pixels());
     let mut dx = vec![0.0f32; g.batch * g.input_len()];
     each_image(&mut dx, g.input_len(), g.scratch_len(), |dcol, b, dx_b| {
@@ -504,10 +533,11 @@ pub fn input_grad(grad: &[f32], weight: &[f32], experts: &[usize], g: &Geometry)
             row: pixels,
             col: 1,
         };
+        let scale = Geometry::scale_of(scales, b);
         if g.pointwise() {
-            matmul(dx_b, patch, pixels, g.c_out, filters_t, dy, false);
+            matmul(dx_b, patch, pixels, g.c_out, filters_t, dy, false, scale);
         } else {
-            matmul(dcol, patch, pixels, g.c_out, filters_t, dy, false);
+            matmul(dcol, patch, pixels, g.c_out, filters_t, dy, false, scale);
             col2im(dcol, g, dx_b);
         }
     });
@@ -518,13 +548,20 @@ pub fn input_grad(grad: &[f32], weight: &[f32], experts: &[usize], g: &Geometry)
 /// sums are added in group order: the result does not depend on the number of threads.
 const WEIGHT_GRAD_GROUP: usize = 8;
 
-/// The gradient of [`forward`] with respect to the weight, `[num_experts · c_out, c_in, k, k]`:
-/// each image adds into its own expert's filters.
+/// The gradient of [`forward`] (with the same `scales`) with respect to the weight,
+/// `[num_experts · c_out, c_in, k, k]`: each image adds into its own expert's filters.
 ///
 /// # Panics
 /// Slices shorter than the geometry says.
-pub fn weight_grad(grad: &[f32], x: &[f32], experts: &[usize], g: &Geometry) -> Vec<f32> {
+pub fn weight_grad(
+    grad: &[f32],
+    x: &[f32],
+    experts: &[usize],
+    scales: Option<&[f32]>,
+    g: &Geometry,
+) -> Vec<f32> {
     assert!(grad.len() >= g.batch * g.output_len() && x.len() >= g.batch * g.input_len());
+    assert!(scales.is_none_or(|s| s.len() >= g.batch));
     let (patch, pixels) = (g.patch(), g.pixels());
     let total = g.num_experts * g.expert_len();
     let group = |images: std::ops::Range<usize>| {
@@ -546,7 +583,8 @@ pub fn weight_grad(grad: &[f32], x: &[f32], experts: &[usize], g: &Geometry) -> 
                 col: pixels,
             };
             let dst = &mut sum[e * g.expert_len()..][..g.expert_len()];
-            matmul(dst, g.c_out, patch, pixels, dy, patches_t, true);
+            let scale = Geometry::scale_of(scales, b);
+            matmul(dst, g.c_out, patch, pixels, dy, patches_t, true, scale);
         }
         sum
     };
@@ -632,6 +670,25 @@ fn tensor(values: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// Each image's gate at its own expert, `gate[b, experts[b]]` (NaN for an expert out of range,
+/// whose output is NaN anyway), from a `[batch, num_experts]` gate.
+fn gate_scales(gate: FlexTensor, experts: &[usize]) -> Vec<f32> {
+    let gate = f32_contiguous(gate);
+    let [_, num_experts] = gate.shape().dims::<2>();
+    let values = values(&gate);
+    experts
+        .iter()
+        .enumerate()
+        .map(|(b, &e)| {
+            if e < num_experts {
+                values[b * num_experts + e]
+            } else {
+                f32::NAN
+            }
+        })
+        .collect()
+}
+
 impl SparseMoeOps for Flex {
     fn sparse_moe_conv(
         input: FloatTensor<Self>,
@@ -641,46 +698,66 @@ impl SparseMoeOps for Flex {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        crate::autodiff::gated::<Self>(input, weight, gate, experts, stride, padding).0
+        Self::sparse_moe_conv_forward(input, weight, gate, experts, stride, padding, false).0
     }
 
     fn sparse_moe_conv_forward(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
-    ) -> FloatTensor<Self> {
+        keep_ungated: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
         let (input, weight) = (f32_contiguous(input), f32_contiguous(weight));
+        let [_, num_experts] = gate.shape().dims::<2>();
         let g = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
-        let out = forward(values(&input), values(&weight), &host_experts(experts), &g);
-        tensor(out, [g.batch, g.c_out, g.h_out, g.w_out])
+        let shape = [g.batch, g.c_out, g.h_out, g.w_out];
+        let experts = host_experts(experts);
+        let scales = gate_scales(gate, &experts);
+        if !keep_ungated {
+            let out = forward(values(&input), values(&weight), &experts, Some(&scales), &g);
+            return (tensor(out, shape), None);
+        }
+        let z = forward(values(&input), values(&weight), &experts, None, &g);
+        let mut out = z.clone();
+        if g.output_len() > 0 {
+            for (out_b, scale) in out.chunks_mut(g.output_len()).zip(&scales) {
+                out_b.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        (tensor(out, shape), Some(tensor(z, shape)))
     }
 
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        height: usize,
-        width: usize,
+        input_size: [usize; 2],
     ) -> FloatTensor<Self> {
+        let [height, width] = input_size;
         let (grad_output, weight) = (f32_contiguous(grad_output), f32_contiguous(weight));
-        let [batch, c_out, ..] = dims4(&grad_output);
-        let [rows, c_in, ..] = dims4(&weight);
+        let [batch, ..] = dims4(&grad_output);
+        let [_, c_in, ..] = dims4(&weight);
+        let [_, num_experts] = gate.shape().dims::<2>();
         let g = Geometry::new(
             [batch, c_in, height, width],
             dims4(&weight),
-            rows / c_out.max(1),
+            num_experts,
             stride,
             padding,
         );
+        let experts = host_experts(experts);
+        let scales = gate_scales(gate, &experts);
         let dx = input_grad(
             values(&grad_output),
             values(&weight),
-            &host_experts(experts),
+            &experts,
+            Some(&scales),
             &g,
         );
         tensor(dx, [batch, c_in, height, width])
@@ -689,8 +766,8 @@ impl SparseMoeOps for Flex {
     fn sparse_moe_conv_weight_grad(
         grad_output: FloatTensor<Self>,
         input: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
         kernel: usize,
@@ -698,12 +775,16 @@ impl SparseMoeOps for Flex {
         let (grad_output, input) = (f32_contiguous(grad_output), f32_contiguous(input));
         let [_, c_out, ..] = dims4(&grad_output);
         let [_, c_in, ..] = dims4(&input);
+        let [_, num_experts] = gate.shape().dims::<2>();
         let shape = [num_experts * c_out, c_in, kernel, kernel];
         let g = Geometry::new(dims4(&input), shape, num_experts, stride, padding);
+        let experts = host_experts(experts);
+        let scales = gate_scales(gate, &experts);
         let dw = weight_grad(
             values(&grad_output),
             values(&input),
-            &host_experts(experts),
+            &experts,
+            Some(&scales),
             &g,
         );
         tensor(dw, shape)
@@ -735,7 +816,7 @@ impl SparseMoeOps for Flex {
     ) -> FloatTensor<Self> {
         let (input, weight) = (f32_contiguous(input), f32_contiguous(weight));
         let g = Geometry::new(dims4(&input), dims4(&weight), 1, stride, padding);
-        let out = forward(values(&input), values(&weight), &vec![0; g.batch], &g);
+        let out = forward(values(&input), values(&weight), &vec![0; g.batch], None, &g);
         tensor(out, [g.batch, g.c_out, g.h_out, g.w_out])
     }
 }

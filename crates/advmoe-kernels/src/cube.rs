@@ -21,8 +21,8 @@ use crate::shaders::{self, Tile, Variant};
 /// Workgroups per grid dimension that every WebGPU device supports.
 const MAX_GROUPS: usize = 65_535;
 
-/// Mirrors `struct MoeConvParams` in every shader: twelve `u32` in declaration order, 48 bytes,
-/// no padding (WGSL storage layout of a struct of scalars).
+/// Mirrors `struct MoeConvParams` in every shader: thirteen `u32` in declaration order, 52
+/// bytes, no padding (WGSL storage layout of a struct of scalars).
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     batch: usize,
@@ -37,6 +37,8 @@ struct Geometry {
     padding: usize,
     num_experts: usize,
     splits: usize,
+    /// The forward kernel also writes the ungated output (1) or not (0).
+    write_z: usize,
 }
 
 impl Geometry {
@@ -74,6 +76,7 @@ impl Geometry {
             padding,
             num_experts,
             splits: 1,
+            write_z: 0,
         }
     }
 
@@ -91,6 +94,7 @@ impl Geometry {
             self.padding,
             self.num_experts,
             self.splits,
+            self.write_z,
         ]
         .into_iter()
         .flat_map(|v| {
@@ -208,41 +212,60 @@ fn grid(x: usize, y: usize, z: usize) -> CubeCount {
     CubeCount::Static(groups(x), groups(y), groups(z))
 }
 
-/// Allocate an f32 output, launch `shader` over `[a, b, experts, output, params]`, return output.
+/// A new contiguous f32 tensor of `shape` on `like`'s device, its values unset.
+fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    let client = like.client.clone();
+    let bytes = shape.num_elements() * DType::F32.size();
+    CubeTensor::new_contiguous(
+        client.clone(),
+        like.device.clone(),
+        shape,
+        client.empty(bytes),
+        DType::F32,
+    )
+}
+
+/// Launch `shader` over `[inputs.., outputs.., params]`: every buffer is bound in that order.
+fn launch_into(
+    shader: Shader,
+    tile: Tile,
+    count: CubeCount,
+    inputs: &[&CubeTensor],
+    outputs: &[&CubeTensor],
+    geometry: &Geometry,
+) {
+    let client = inputs[0].client.clone();
+    let params = client.create_from_slice(&geometry.bytes());
+    let buffers = inputs
+        .iter()
+        .chain(outputs)
+        .map(|tensor| tensor.handle.clone().binding())
+        .chain(std::iter::once(params.binding()))
+        .collect();
+    client.launch(
+        Box::new(WgslKernel { shader, tile }),
+        count,
+        KernelArguments::new().with_buffers(buffers),
+    );
+}
+
+/// Allocate an f32 output, launch `shader` over `[inputs.., output, params]`, return output.
 fn launch(
     shader: Shader,
     tile: Tile,
     count: CubeCount,
-    inputs: [&CubeTensor; 3],
+    inputs: &[&CubeTensor],
     output_shape: Shape,
     geometry: &Geometry,
 ) -> CubeTensor {
-    let [a, b, experts] = inputs;
-    let client = a.client.clone();
+    let first = inputs[0];
     if geometry.batch == 0 {
         // Nothing to bind (an empty batch has no expert indices); an empty batch adds nothing
         // to any expert's weight gradient.
-        return CubeBackend::float_zeros(output_shape, &a.device, FloatDType::F32);
+        return CubeBackend::float_zeros(output_shape, &first.device, FloatDType::F32);
     }
-    let output = CubeTensor::new_contiguous(
-        client.clone(),
-        a.device.clone(),
-        output_shape.clone(),
-        client.empty(output_shape.num_elements() * DType::F32.size()),
-        DType::F32,
-    );
-    let params = client.create_from_slice(&geometry.bytes());
-    client.launch(
-        Box::new(WgslKernel { shader, tile }),
-        count,
-        KernelArguments::new().with_buffers(vec![
-            a.handle.clone().binding(),
-            b.handle.clone().binding(),
-            experts.handle.clone().binding(),
-            output.handle.clone().binding(),
-            params.binding(),
-        ]),
-    );
+    let output = empty_f32(first, output_shape);
+    launch_into(shader, tile, count, inputs, &[&output], geometry);
     output
 }
 
@@ -255,27 +278,54 @@ impl SparseMoeOps for CubeBackend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        crate::autodiff::gated::<Self>(input, weight, gate, experts, stride, padding).0
+        Self::sparse_moe_conv_forward(input, weight, gate, experts, stride, padding, false).0
     }
 
     fn sparse_moe_conv_forward(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
-    ) -> FloatTensor<Self> {
-        let (input, weight, experts) = (
+        keep_ungated: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
+        let (input, weight, gate, experts) = (
             f32_contiguous(input),
             f32_contiguous(weight),
+            f32_contiguous(gate),
             i32_contiguous(experts),
         );
-        let geometry = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
+        let [_, num_experts] = gate.shape().dims::<2>();
+        let mut geometry =
+            Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
+        let shape = Shape::from([
+            geometry.batch,
+            geometry.c_out,
+            geometry.h_out,
+            geometry.w_out,
+        ]);
+        if geometry.batch == 0 {
+            let empty = || CubeBackend::float_zeros(shape.clone(), &input.device, FloatDType::F32);
+            return (empty(), keep_ungated.then(empty));
+        }
         let pixels = geometry.h_out * geometry.w_out;
         let variant = variant_for(&input);
         let tile = Tile::for_product(variant, geometry.c_out, pixels);
-        launch(
+        let output = empty_f32(&input, shape.clone());
+        // Without `z` the kernel leaves its binding alone: a one-value stand-in fills it (the
+        // output itself may not be bound twice: browsers refuse aliased writable bindings).
+        let z = keep_ungated.then(|| empty_f32(&input, shape));
+        let stand_in;
+        let z_binding = match &z {
+            Some(z) => z,
+            None => {
+                stand_in = empty_f32(&input, Shape::from([1]));
+                &stand_in
+            }
+        };
+        geometry.write_z = usize::from(keep_ungated);
+        launch_into(
             Shader::Forward(variant),
             tile,
             grid(
@@ -283,34 +333,32 @@ impl SparseMoeOps for CubeBackend {
                 geometry.c_out.div_ceil(tile.tile_m as usize),
                 geometry.batch,
             ),
-            [&input, &weight, &experts],
-            Shape::from([
-                geometry.batch,
-                geometry.c_out,
-                geometry.h_out,
-                geometry.w_out,
-            ]),
+            &[&input, &weight, &experts, &gate],
+            &[&output, z_binding],
             &geometry,
-        )
+        );
+        (output, z)
     }
 
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        height: usize,
-        width: usize,
+        input_size: [usize; 2],
     ) -> FloatTensor<Self> {
-        let (grad_output, weight, experts) = (
+        let (grad_output, weight, gate, experts) = (
             f32_contiguous(grad_output),
             f32_contiguous(weight),
+            f32_contiguous(gate),
             i32_contiguous(experts),
         );
-        let [batch, c_out, h_out, w_out] = dims4(&grad_output);
+        let [height, width] = input_size;
+        let [batch, _, h_out, w_out] = dims4(&grad_output);
         let weight_dims = dims4(&weight);
-        let num_experts = weight_dims[0] / c_out.max(1);
+        let [_, num_experts] = gate.shape().dims::<2>();
         let geometry = Geometry::new(
             [batch, weight_dims[1], height, width],
             weight_dims,
@@ -337,7 +385,7 @@ impl SparseMoeOps for CubeBackend {
                 geometry.c_in.div_ceil(tile.tile_m as usize),
                 batch * phases,
             ),
-            [&grad_output, &weight, &experts],
+            &[&grad_output, &weight, &experts, &gate],
             Shape::from([batch, geometry.c_in, height, width]),
             &geometry,
         )
@@ -346,17 +394,19 @@ impl SparseMoeOps for CubeBackend {
     fn sparse_moe_conv_weight_grad(
         grad_output: FloatTensor<Self>,
         input: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
         kernel: usize,
     ) -> FloatTensor<Self> {
-        let (grad_output, input, experts) = (
+        let (grad_output, input, gate, experts) = (
             f32_contiguous(grad_output),
             f32_contiguous(input),
+            f32_contiguous(gate),
             i32_contiguous(experts),
         );
+        let [_, num_experts] = gate.shape().dims::<2>();
         let input_dims = dims4(&input);
         let [_, c_out, ..] = dims4(&grad_output);
         let weight_dims = [num_experts * c_out, input_dims[1], kernel, kernel];
@@ -378,7 +428,7 @@ impl SparseMoeOps for CubeBackend {
                 c_out.div_ceil(tile.tile_m as usize),
                 num_experts * splits,
             ),
-            [&grad_output, &input, &experts],
+            &[&grad_output, &input, &experts, &gate],
             Shape::from([splits, num_experts * c_out * filter]),
             &geometry,
         );
@@ -415,12 +465,13 @@ impl SparseMoeOps for CubeBackend {
             padding: 0,
             num_experts,
             splits: 1,
+            write_z: 0,
         };
         launch(
             Shader::GateGrad,
             Tile::CHOICES[0],
             grid(batch, 1, 1),
-            [&grad_output, &z, &experts],
+            &[&grad_output, &z, &experts],
             Shape::from([batch, num_experts]),
             &geometry,
         )

@@ -30,36 +30,43 @@ pub trait SparseMoeOps: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
-    /// The ungated expert convolution `conv(input[b], weight of expert experts[b])`.
+    /// The gated expert convolution without a backward: `output[b] = gate[b, experts[b]] *
+    /// z[b]` with `z[b] = conv(input[b], weight of expert experts[b])`, in one pass (the gate is
+    /// read where the output is written). `z` is returned too when `keep_ungated` (the gate's
+    /// gradient needs it), else `None`. The number of experts is the gate's columns.
     fn sparse_moe_conv_forward(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
-    ) -> FloatTensor<Self>;
+        keep_ungated: bool,
+    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
 
-    /// Gradient of the ungated convolution with respect to its input,
-    /// `[batch, c_in, height, width]` (the number of experts is the weight's rows over the
-    /// output gradient's channels).
+    /// Gradient of the gated convolution with respect to its input,
+    /// `[batch, c_in, height, width]` for `input_size = [height, width]`: each sample's output
+    /// gradient through its expert's filters, times `gate[b, experts[b]]` (the number of experts
+    /// is the gate's columns).
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        height: usize,
-        width: usize,
+        input_size: [usize; 2],
     ) -> FloatTensor<Self>;
 
-    /// Gradient of the ungated convolution with respect to the weight,
-    /// `[num_experts * c_out, c_in, kernel, kernel]`: each sample adds into its own expert's rows.
+    /// Gradient of the gated convolution with respect to the weight,
+    /// `[num_experts * c_out, c_in, kernel, kernel]`: each sample adds its share, times
+    /// `gate[b, experts[b]]`, into its own expert's rows (the number of experts is the gate's
+    /// columns).
     fn sparse_moe_conv_weight_grad(
         grad_output: FloatTensor<Self>,
         input: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
-        num_experts: usize,
         stride: usize,
         padding: usize,
         kernel: usize,
