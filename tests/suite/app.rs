@@ -565,6 +565,19 @@ fn the_report_shows_recorded_comparisons() {
     };
     assert!(first_layer("moe-at").iter().any(|&share| share > 0.99));
     assert!(first_layer("advmoe").iter().all(|&share| share > 0.2));
+    // The 6,000-step run: AdvMoE and vanilla MoE AT, the same collapse, AdvMoE's router live.
+    let twice = RecordedComparison::parse("6000", BUNDLED_COMPARISONS[3].1.as_bytes())
+        .expect("the 6,000-step comparison parses");
+    let rows6000 = &twice.comparison.rows;
+    let names: Vec<&str> = rows6000.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["advmoe", "moe-at"]);
+    assert!(rows6000.iter().all(|r| r.steps == 6000));
+    assert!(twice.comparison.budget().contains("6000 steps"));
+    for row in rows6000 {
+        let load = &row.report.expert_load[0];
+        let collapsed = load.iter().any(|&share| share > 0.99);
+        assert_eq!(collapsed, row.name == "moe-at", "{}: {load:?}", row.name);
+    }
     harness.get_by_label("Report").click();
     harness.run_steps(2);
     choose(&mut harness, "Show", BUNDLED_COMPARISONS[0].0);
@@ -607,6 +620,9 @@ fn the_report_shows_recorded_comparisons() {
     harness.get_by_label("forced to class mod N: SA % / worst-case RA %");
     harness.get_by_label("48.5 / 22.2");
     harness.get_by_label("24.2 / 7.0");
+    choose(&mut harness, "Show", BUNDLED_COMPARISONS[3].0);
+    harness.get_by_label_contains("batch 64, 6000 steps");
+    harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
 
     // Bytes, as the browser hands them over: two of the bundled rows.
     for (name, kind) in [

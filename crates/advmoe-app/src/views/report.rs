@@ -31,7 +31,7 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 3] = [
+pub const BUNDLED_COMPARISONS: [(&str, &str); 4] = [
     (
         "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
@@ -43,6 +43,10 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 3] = [
     (
         "CIFAR-10 on the CPU: AdvMoE again, 3,000 steps, accuracy by route (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-3000-steps-advmoe-routes.json"),
+    ),
+    (
+        "CIFAR-10 on the CPU: 6,000 steps, AdvMoE and vanilla MoE AT (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-6000-steps.json"),
     ),
 ];
 
