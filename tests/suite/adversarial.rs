@@ -2,16 +2,18 @@
 
 use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
 use advmoe_engine::compare::{
-    CHECKPOINT_DIR, CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves,
-    markdown_routes, markdown_table, run_comparison,
+    CHECKPOINT_DIR, CompareEntry, CompareEvent, CompareRow, Comparison, compare_entries,
+    markdown_curves, markdown_routes, markdown_table, run_comparison,
 };
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
 use advmoe_engine::optim::Optimizer;
-use advmoe_engine::robust::{NamedAttack, RobustOptions};
+use advmoe_engine::robust::{
+    NamedAttack, RobustOptions, RobustReport, evaluate_robust, released_attack, released_robust_acc,
+};
 use advmoe_engine::tensors::to_device;
 use advmoe_engine::{EngineError, Run, RunState};
-use advmoe_model::checkpoint::host_tensors;
+use advmoe_model::checkpoint::{host_tensors, load_model};
 use advmoe_model::{MoeNet, is_router_path};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -415,6 +417,97 @@ fn the_comparison_trains_and_measures_every_model() {
             assert_eq!(a.robust_history, b.robust_history, "{}", a.name);
         }
     }
+    released_eval_joins_saved_rows(&entries, &fewer, &dir);
+}
+
+/// The released evaluation's RA, asked for after the rows were measured, is added to them
+/// without training or measuring them again; on a model without a router its attack is the RA
+/// attack itself.
+fn released_eval_joins_saved_rows(entries: &[CompareEntry], eval: &RobustOptions, dir: &Scratch) {
+    let released = RobustOptions {
+        released_eval: true,
+        ..eval.clone()
+    };
+    let compare = |eval: &RobustOptions| {
+        let (mut steps, mut evaluated) = (0, 0);
+        let rows = run_comparison(
+            entries,
+            synthetic(64, 16),
+            &cpu(),
+            eval,
+            Some(dir),
+            &mut |event| match event {
+                CompareEvent::Step { .. } => steps += 1,
+                CompareEvent::Evaluating { done, .. } => evaluated = evaluated.max(done),
+                _ => {}
+            },
+            &|| false,
+        )
+        .wait()
+        .unwrap();
+        (rows, steps, evaluated)
+    };
+    let (before, ..) = compare(eval);
+    assert!(
+        before
+            .iter()
+            .all(|r| r.report.released_robust_acc.is_none())
+    );
+    // Only the released attack runs, on every row's 6 images; the rest is as saved (the same
+    // report, to its wall-clock seconds).
+    let (rows, steps, evaluated) = compare(&released);
+    assert_eq!((steps, evaluated), (0, 6));
+    for (a, b) in rows.iter().zip(&before) {
+        let acc = a.report.released_robust_acc.expect("measured");
+        assert!((0.0..=1.0).contains(&acc), "{}: {acc}", a.name);
+        let without = RobustReport {
+            released_robust_acc: None,
+            ..a.report.clone()
+        };
+        assert_eq!(without, b.report, "{}", a.name);
+    }
+    let table = markdown_table(&rows);
+    assert!(table.contains("RA, paper code's eval %"), "{table}");
+    assert!(
+        table.contains("PGD-2 through the gates + 6 × router CE at the same ε"),
+        "{table}"
+    );
+    // Saved with it: nothing runs the third time.
+    let (again, _, evaluated) = compare(&released);
+    assert_eq!(evaluated, 0);
+    let figures = |rows: &[CompareRow]| -> Vec<_> {
+        rows.iter().map(|r| r.report.released_robust_acc).collect()
+    };
+    assert_eq!(figures(&again), figures(&rows));
+
+    // Without a router nothing passes through gates and there is no router term: with a
+    // deterministic start the released attack gives the RA attack's figure exactly.
+    let entry = &entries[1];
+    assert_eq!(entry.name, "dense-same-cost-trades");
+    let model = load_model(
+        &dir.join(&entry.name).join("model.safetensors"),
+        &entry.config.model,
+        &cpu().autodiff(),
+    )
+    .unwrap();
+    let fixed = RobustOptions {
+        attack: AttackSpec {
+            random_start: false,
+            ..eval.attack.clone()
+        },
+        ..eval.clone()
+    };
+    let test = &synthetic(64, 16).test;
+    let ra = evaluate_robust(&model, test, &fixed, &cpu(), &mut |_, _| {})
+        .wait()
+        .unwrap()
+        .robust_acc;
+    let released = released_robust_acc(&model, test, &fixed, &cpu(), &mut |_, _| true)
+        .wait()
+        .unwrap();
+    assert_eq!(released, Some(ra));
+    assert_eq!(released_attack(&fixed.attack).router_term, 6.0);
+    assert!(released_attack(&fixed.attack).through_gates);
 }
 
 #[test]

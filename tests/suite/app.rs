@@ -573,6 +573,11 @@ fn the_report_shows_recorded_comparisons() {
     assert_eq!(names, ["advmoe", "moe-at"]);
     assert!(rows6000.iter().all(|r| r.steps == 6000));
     assert!(twice.comparison.budget().contains("6000 steps"));
+    let released: Vec<_> = rows6000
+        .iter()
+        .map(|r| r.report.released_robust_acc)
+        .collect();
+    assert_eq!(released, [Some(0.374), Some(0.312)]);
     for row in rows6000 {
         let load = &row.report.expert_load[0];
         let collapsed = load.iter().any(|&share| share > 0.99);
@@ -622,6 +627,11 @@ fn the_report_shows_recorded_comparisons() {
     harness.get_by_label("24.2 / 7.0");
     choose(&mut harness, "Show", BUNDLED_COMPARISONS[3].0);
     harness.get_by_label_contains("batch 64, 6000 steps");
+    // The released evaluation's column: AdvMoE ahead under it, behind under the exact attack.
+    harness.get_by_label("RA, paper code's eval %");
+    harness.get_by_label("37.4");
+    harness.get_by_label("31.2");
+    harness.get_by_label_contains("PGD-10 through the gates + 6 × router CE at the same ε");
     harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
 
     // Bytes, as the browser hands them over: two of the bundled rows.

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::images_to_evaluate;
 pub use crate::robust::Counted;
 use crate::robust::{EvalProgress, Evaluation, RobustOptions, RobustReport, evaluate_robust_from};
-use crate::robust::{PartitionRoutes, headline_label};
+use crate::robust::{PartitionRoutes, headline_label, released_attack, released_robust_acc};
 use crate::run::{CheckpointSource, EngineError, Run, RunConfig, RunState, now_secs, write_files};
 
 /// One model of the comparison.
@@ -243,6 +243,13 @@ pub fn evaluation_note(rows: &[CompareRow]) -> String {
             names.join(", ")
         ));
     }
+    if rows.iter().any(|r| r.report.released_robust_acc.is_some()) {
+        s.push_str(&format!(
+            "; {RELEASED_LABEL}: {} at the same ε on the same images, as the AdvMoE paper's \
+             released code evaluates (weaker on a live router: not a robustness figure)",
+            crate::robust::attack_name(&released_attack(a))
+        ));
+    }
     if let Some(router) = rows.iter().find_map(|r| r.report.router_attack.as_ref()) {
         s.push_str(&format!(
             "; router robustness: routes kept under {}",
@@ -325,7 +332,12 @@ pub async fn run_comparison(
     stop: &dyn Fn() -> bool,
 ) -> Result<Vec<CompareRow>, EngineError> {
     let mut rows = Vec::new();
-    let eval_key = serde_json::to_value(eval).unwrap_or_default();
+    // The released evaluation's figure is added to a row without measuring the rest again, so
+    // asking for it does not change the key saved rows are matched by.
+    let mut eval_key = serde_json::to_value(eval).unwrap_or_default();
+    if let Some(key) = eval_key.as_object_mut() {
+        key.remove("released_eval");
+    }
     let measurer = Measurer {
         test: &dataset.test,
         eval,
@@ -345,7 +357,7 @@ pub async fn run_comparison(
             .and_then(|d| Some((d, saved_row(d, &entry.config)?)));
         let checkpoint = dir.as_ref().map(|d| d.join(CHECKPOINT_DIR));
         if let Some((dir, saved)) = saved {
-            let row = if saved.eval == eval_key {
+            let mut row = if saved.eval == eval_key {
                 saved.row
             } else {
                 // Trained with this configuration, measured with another evaluation: measure
@@ -369,6 +381,17 @@ pub async fn run_comparison(
                 remove_checkpoint(checkpoint.as_deref());
                 row
             };
+            if row.report.released_robust_acc.is_none() && eval.released_eval {
+                let model = load_model(
+                    &dir.join(MODEL_FILE),
+                    &entry.config.model,
+                    &device.clone().autodiff(),
+                )?;
+                if !measurer.add_released(&model, &mut row, on_event).await? {
+                    return Ok(rows);
+                }
+                save_row(dir, &entry.config, &eval_key, &row)?;
+            }
             on_event(CompareEvent::Done(&row));
             rows.push(row);
             continue;
@@ -433,7 +456,7 @@ pub async fn run_comparison(
         else {
             return Ok(rows);
         };
-        let row = CompareRow {
+        let mut row = CompareRow {
             robust_history,
             ..compare_row(entry, &run, report)
         };
@@ -441,6 +464,18 @@ pub async fn run_comparison(
             save_row(dir, &entry.config, &eval_key, &row)?;
         }
         remove_checkpoint(checkpoint.as_deref());
+        if eval.released_eval {
+            // Stopped here, the row is saved without it, and the next call adds it.
+            if !measurer
+                .add_released(run.model(), &mut row, on_event)
+                .await?
+            {
+                return Ok(rows);
+            }
+            if let Some(dir) = &dir {
+                save_row(dir, &entry.config, &eval_key, &row)?;
+            }
+        }
         on_event(CompareEvent::Done(&row));
         rows.push(row);
     }
@@ -527,6 +562,22 @@ impl Measurer<'_> {
             Evaluation::Done(report) => Some(*report),
             Evaluation::Stopped(_) => None,
         })
+    }
+
+    /// Measure `model` under the released evaluation's attack into `row`; false: stopped.
+    async fn add_released(
+        &self,
+        model: &MoeNet,
+        row: &mut CompareRow,
+        on_event: &mut dyn FnMut(CompareEvent<'_>),
+    ) -> Result<bool, EngineError> {
+        let on_batch = &mut |done: usize, of: usize| {
+            on_event(CompareEvent::Evaluating { done, of });
+            !(self.stop)()
+        };
+        let acc = released_robust_acc(model, self.test, self.eval, self.device, on_batch).await?;
+        row.report.released_robust_acc = acc;
+        Ok(acc.is_some())
     }
 
     /// The progress of an evaluation of this model (trained with `config`) and this evaluation
@@ -816,17 +867,35 @@ fn percent(v: Option<f64>) -> String {
     v.map_or_else(|| "–".to_string(), |v| format!("{:.1}", 100.0 * v))
 }
 
+/// What the released evaluation's RA is called in tables and notes.
+pub const RELEASED_LABEL: &str = "RA, paper code's eval";
+
 /// The comparison as a markdown table.
-/// A column of worst-case RA is added when some row measured it.
+/// Columns of worst-case RA and of the released evaluation's RA are added when some row
+/// measured them.
 pub fn markdown_table(rows: &[CompareRow]) -> String {
     let worst = rows.iter().any(|r| r.report.worst_case.is_some());
-    let mut s = String::from(if worst {
-        "| model | method | N | r | SA % | RA % | worst-case RA % | router rob. % | expert rob. % | route flips % | MMACs (+router) | train s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n"
-    } else {
-        "| model | method | N | r | SA % | RA % | router rob. % | expert rob. % | route flips % | MMACs (+router) | train s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n"
-    });
+    let released = rows.iter().any(|r| r.report.released_robust_acc.is_some());
+    let mut header = vec!["model", "method", "N", "r", "SA %", "RA %"];
+    if worst {
+        header.push("worst-case RA %");
+    }
+    let released_header = format!("{RELEASED_LABEL} %");
+    if released {
+        header.push(&released_header);
+    }
+    header.extend([
+        "router rob. %",
+        "expert rob. %",
+        "route flips %",
+        "MMACs (+router)",
+        "train s",
+    ]);
+    let mut s = format!(
+        "| {} |\n|{}\n",
+        header.join(" | "),
+        "---|".repeat(header.len())
+    );
     for r in rows {
         let macs = if r.macs_pathway_with_router != r.macs_pathway {
             format!(
@@ -837,16 +906,17 @@ pub fn markdown_table(rows: &[CompareRow]) -> String {
         } else {
             format!("{:.2}", r.macs_pathway as f64 / 1e6)
         };
-        let worst_cell = if worst {
-            format!(
-                " {} |",
-                percent(r.report.worst_case.as_ref().map(|w| w.robust_acc))
-            )
-        } else {
-            String::new()
-        };
+        let mut extra_cells = String::new();
+        if worst {
+            let acc = r.report.worst_case.as_ref().map(|w| w.robust_acc);
+            extra_cells.push_str(&format!(" {} |", percent(acc)));
+        }
+        if released {
+            let acc = r.report.released_robust_acc;
+            extra_cells.push_str(&format!(" {} |", percent(acc)));
+        }
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |{worst_cell} {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {} | {} |{extra_cells} {} | {} | {} | {} | {:.0} |\n",
             r.name,
             r.method,
             r.experts,

@@ -59,6 +59,13 @@ pub struct RobustOptions {
     /// so a comparison saved before it existed still resumes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partition_routes: bool,
+    /// Also measure accuracy under the AdvMoE paper code's evaluation attack
+    /// ([`released_attack`] of `attack`), into [`RobustReport::released_robust_acc`]. Not part
+    /// of [`evaluate_robust_from`]: callers run [`released_robust_acc`] after it (a comparison
+    /// adds it to rows measured without it, without measuring them again). Left out of the JSON
+    /// when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released_eval: bool,
 }
 
 impl Default for RobustOptions {
@@ -72,6 +79,7 @@ impl Default for RobustOptions {
             seed: 0,
             worst_case: Vec::new(),
             partition_routes: false,
+            released_eval: false,
         }
     }
 }
@@ -304,6 +312,11 @@ pub struct RobustReport {
     /// [`RobustOptions::partition_routes`] asked for it (MoE only).
     #[serde(default)]
     pub partition_routes: Option<PartitionRoutes>,
+    /// Accuracy under the AdvMoE paper code's evaluation attack ([`released_attack`] of
+    /// `attack`), when [`RobustOptions::released_eval`] asked for it: to set beside figures
+    /// measured that way, not a robustness figure (it is a weaker attack on a live router).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_robust_acc: Option<f64>,
     /// The attack measured.
     pub attack: AttackSpec,
     /// Wall-clock seconds of the whole evaluation.
@@ -662,8 +675,64 @@ fn report(p: EvalProgress, model: &MoeNet, options: &RobustOptions, total: usize
                 .collect(),
         }),
         partition_routes: (moe && options.partition_routes).then_some(p.partition),
+        released_robust_acc: None,
         secs: p.secs,
     }
+}
+
+/// The weight of the routers' partition cross-entropy in the released AdvMoE evaluation's
+/// attack loss (its TRADES β).
+pub const RELEASED_ROUTER_TERM: f32 = 6.0;
+
+/// The AdvMoE paper code's evaluation attack made from `attack` (the RA attack): the same
+/// algorithm, radius, steps and starts, untargeted on the `full` target, differentiated
+/// through the straight-through gates and with [`RELEASED_ROUTER_TERM`] times the routers'
+/// cross-entropy against the class partition added to its loss (the released `adv_val`).
+pub fn released_attack(attack: &AttackSpec) -> AttackSpec {
+    AttackSpec {
+        target: AttackTarget::Full,
+        targeted: None,
+        through_gates: true,
+        router_term: RELEASED_ROUTER_TERM,
+        ..attack.clone()
+    }
+}
+
+/// Accuracy of `model` on the images [`RobustOptions::limit`] selects of `set` under
+/// [`released_attack`] of `options.attack`, its random starts from their own stream (seeded by
+/// `options.seed`). `on_batch(done, total)` after each batch says whether to go on; `None`:
+/// stopped.
+///
+/// # Errors
+/// As [`evaluate_robust_from`].
+pub async fn released_robust_acc(
+    model: &MoeNet,
+    set: &ImageSet,
+    options: &RobustOptions,
+    device: &Device,
+    on_batch: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Option<f64>, EvalError> {
+    let device = device.clone().autodiff();
+    let total = images_to_evaluate(options.limit, set.len());
+    let spec = released_attack(&options.attack);
+    let mut rng = Rng::stream(options.seed, 0x7265_6c65_6173_6564);
+    let mut correct = 0;
+    let mut done = 0;
+    while done < total {
+        let end = (done + options.batch_size.max(1)).min(total);
+        let host = set.batch(done, end);
+        let batch = to_device(&host, model.num_classes, &device);
+        let out = model.forward(batch.images.clone(), Mode::Eval);
+        check_routes(&out.routes).await?;
+        let objective = LogitObjective::with_clean(model, &out, batch.labels.clone(), &spec);
+        let adv = attack(&objective, batch.images, &spec, &mut rng);
+        correct += count_correct(model.forward(adv, Mode::Eval).logits, &host.labels).await?;
+        done = end;
+        if !on_batch(done, total) && done < total {
+            return Ok(None);
+        }
+    }
+    Ok(Some(fraction(correct, total)))
 }
 
 /// Per image of `batch` (images, labels on the device, labels on the host), whether `model` run

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use advmoe_core::AttackSpec;
-use advmoe_engine::compare::{CompareRow, Comparison, evaluation_note, robust_label, route_splits};
+use advmoe_engine::compare::{
+    CompareRow, Comparison, RELEASED_LABEL, evaluation_note, robust_label, route_splits,
+};
+use advmoe_engine::robust::released_attack;
 use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
@@ -249,13 +252,13 @@ impl ReportState {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut csv = String::from(
-            "model,method,experts,ratio,images,clean_acc,robust_acc,worst_case_robust_acc,router_robustness,expert_robustness,route_flip_rate,macs_pathway,macs_pathway_with_router,train_secs,attack,eps,steps\n",
+            "model,method,experts,ratio,images,clean_acc,robust_acc,worst_case_robust_acc,router_robustness,expert_robustness,route_flip_rate,macs_pathway,macs_pathway_with_router,train_secs,attack,eps,steps,released_eval_robust_acc\n",
         );
         let opt = |v: Option<f64>| v.map_or_else(String::new, |v| format!("{v:.6}"));
         for r in &rows {
             let p = &r.report;
             csv.push_str(&format!(
-                "\"{}\",{},{},{},{},{:.6},{:.6},{},{},{},{},{},{},{},{},{:.6},{}\n",
+                "\"{}\",{},{},{},{},{:.6},{:.6},{},{},{},{},{},{},{},{},{:.6},{},{}\n",
                 r.name.replace('"', "\"\""),
                 r.method,
                 r.experts,
@@ -276,7 +279,8 @@ impl ReportState {
                 },
                 p.attack.kind,
                 p.attack.eps,
-                p.attack.steps
+                p.attack.steps,
+                opt(p.released_robust_acc)
             ));
         }
         let csv_path = dir.join("report.csv");
@@ -423,10 +427,11 @@ fn grid_ui(
         .response
 }
 
-/// The eight measured cells of a row (dashes when there is none).
-fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
+/// The eight measured cells of a row (dashes when there is none), nine with `released` (the
+/// paper code's evaluation after the worst case).
+fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>, released: bool) {
     let Some(r) = row else {
-        for _ in 0..8 {
+        for _ in 0..8 + usize::from(released) {
             ui.label("–");
         }
         return;
@@ -447,6 +452,13 @@ fn measurement_cells(ui: &mut egui::Ui, row: Option<&CompareRow>) {
         None => {
             ui.label("–");
         }
+    }
+    if released {
+        ui.label(pct(p.released_robust_acc)).on_hover_text(format!(
+            "{}: the AdvMoE paper's released evaluation (weaker on a live router: not a \
+             robustness figure)",
+            advmoe_engine::robust::attack_name(&released_attack(&p.attack))
+        ));
     }
     let router_attack = p.router_attack.as_ref().map_or_else(
         || {
@@ -621,13 +633,20 @@ fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut 
 /// A recorded comparison: its rows as measured, and what they were measured with.
 fn recorded_ui(ui: &mut egui::Ui, recorded: &RecordedComparison) {
     let rows = &recorded.comparison.rows;
-    table_ui(ui, "recorded table", &COLUMNS, |ui| {
+    // The paper code's evaluation, after the worst case, when the comparison measured it.
+    let released = rows.iter().any(|r| r.report.released_robust_acc.is_some());
+    let released_header = format!("{RELEASED_LABEL} %");
+    let mut header = COLUMNS.to_vec();
+    if released {
+        header.insert(7, &released_header);
+    }
+    table_ui(ui, "recorded table", &header, |ui| {
         for row in rows {
             ui.label(&row.name);
             ui.label(row.method.to_string());
             ui.label(row.experts.to_string());
             ui.label(format!("{}", row.ratio));
-            measurement_cells(ui, Some(row));
+            measurement_cells(ui, Some(row), released);
             ui.end_row();
         }
     });
@@ -694,7 +713,7 @@ fn library_ui(
             ui.label(model.config.train.method.to_string());
             ui.label(model.config.model.num_experts.to_string());
             ui.label(format!("{}", model.config.model.ratio));
-            measurement_cells(ui, row);
+            measurement_cells(ui, row, false);
             let label = if row.is_some() {
                 "Re-measure"
             } else {

@@ -71,6 +71,12 @@ pub(crate) struct CompareArgs {
     /// paper's released training does (image router only; default: the exact gradient).
     #[arg(long)]
     train_attack_through_gates: bool,
+    /// Also measure every model under the AdvMoE paper code's evaluation attack (the RA attack
+    /// through the straight-through gates, plus 6 × the routers' cross-entropy against the class
+    /// partition), in a column of its own: to set beside figures measured that way, not a
+    /// robustness figure. Models already measured get it without being measured again.
+    #[arg(long)]
+    released_eval: bool,
     /// Record clean accuracy and expert load on the evaluation subset every this many steps
     /// (the training curves in compare.json; default: only at the end).
     #[arg(long)]
@@ -166,6 +172,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             .worst
             .attacks(args.attack, args.flags.eps, base.model.num_classes)?,
         partition_routes: args.worst.partition_routes,
+        released_eval: args.released_eval,
         ..args.flags.robust_options(args.attack, &args.router)?
     };
     let mut entries = compare_entries(&base);
@@ -264,9 +271,12 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
                 if let Err(e) = write_results(&done_rows) {
                     eprintln!("could not write the results so far: {e:#}");
                 }
-                let worst = row.report.worst_case.as_ref().map_or(String::new(), |w| {
+                let mut worst = row.report.worst_case.as_ref().map_or(String::new(), |w| {
                     format!(" (worst case {:.1}%)", 100.0 * w.robust_acc)
                 });
+                if let Some(acc) = row.report.released_robust_acc {
+                    worst.push_str(&format!(" (paper code's eval {:.1}%)", 100.0 * acc));
+                }
                 eprintln!(
                     "    SA {:.1}%  RA {:.1}%{worst}  router robustness {}  expert robustness {}  load {}  ({:.0} s training)",
                     100.0 * row.report.clean_acc,
