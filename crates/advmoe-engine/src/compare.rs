@@ -357,16 +357,20 @@ pub async fn run_comparison(
             .and_then(|d| Some((d, saved_row(d, &entry.config)?)));
         let checkpoint = dir.as_ref().map(|d| d.join(CHECKPOINT_DIR));
         if let Some((dir, saved)) = saved {
-            let mut row = if saved.eval == eval_key {
-                saved.row
-            } else {
-                // Trained with this configuration, measured with another evaluation: measure
-                // the saved model again instead of training it again.
-                let model = load_model(
+            let load = || {
+                load_model(
                     &dir.join(MODEL_FILE),
                     &entry.config.model,
                     &device.clone().autodiff(),
-                )?;
+                )
+            };
+            // The saved weights, once loaded (for a new evaluation or the released figure).
+            let (mut row, loaded) = if saved.eval == eval_key {
+                (saved.row, None)
+            } else {
+                // Trained with this configuration, measured with another evaluation: measure
+                // the saved model again instead of training it again.
+                let model = load()?;
                 let Some(report) = measurer
                     .measure(&model, &entry.config, checkpoint.as_deref(), on_event)
                     .await?
@@ -379,14 +383,13 @@ pub async fn run_comparison(
                 };
                 save_row(dir, &entry.config, &eval_key, &row)?;
                 remove_checkpoint(checkpoint.as_deref());
-                row
+                (row, Some(model))
             };
             if row.report.released_robust_acc.is_none() && eval.released_eval {
-                let model = load_model(
-                    &dir.join(MODEL_FILE),
-                    &entry.config.model,
-                    &device.clone().autodiff(),
-                )?;
+                let model = match loaded {
+                    Some(model) => model,
+                    None => load()?,
+                };
                 if !measurer.add_released(&model, &mut row, on_event).await? {
                     return Ok(rows);
                 }
