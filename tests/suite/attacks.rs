@@ -9,11 +9,13 @@ use advmoe_engine::attack::{
     run_attack, square_fraction, square_side,
 };
 use advmoe_engine::eval::count_correct;
+use advmoe_engine::loss::cross_entropy_each;
 use advmoe_engine::robust::{
     LadderOptions, NamedAttack, RobustOptions, evaluate_robust, router_ladder,
 };
 use advmoe_engine::tensors::{DeviceBatch, to_device};
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::common::Wait as _;
@@ -756,6 +758,85 @@ fn through_gates_changes_the_gradient_only_through_an_image_router() {
         ..gates
     };
     assert!(on_experts.validate().is_err());
+}
+
+/// Every objective attacks a copy of the model whose parameters take no gradient, so an attack's
+/// backward pass computes the images' gradient and no weight's (the weight gradients are a third
+/// of a convolution's backward work, and an attack throws them away). The images' gradient is the
+/// one the tracked model gives: the cross-entropy's, through the exact routes, agrees with a
+/// backward pass through the model itself, which does produce weight gradients.
+#[test]
+fn attacks_differentiate_the_images_and_no_weight() {
+    let device = cpu().autodiff();
+    let data = synthetic(4000, 500);
+    let batch = to_device(&data.test.batch(0, 8), 10, &device);
+    for router in [RouterKind::Image, RouterKind::PerLayer] {
+        let model = &trained(router).model();
+        let images = || batch.images.clone();
+        let labels = || batch.labels.clone();
+        let exact = AttackSpec::paper_eval();
+        let objectives: Vec<(&str, Box<dyn Objective>)> = vec![
+            (
+                "full",
+                Box::new(LogitObjective::from_spec(model, images(), labels(), &exact)),
+            ),
+            (
+                "through the gates, with the router term",
+                Box::new(LogitObjective::from_spec(
+                    model,
+                    images(),
+                    labels(),
+                    &AttackSpec {
+                        through_gates: router == RouterKind::Image,
+                        router_term: 6.0,
+                        ..exact.clone()
+                    },
+                )),
+            ),
+            (
+                "expert, kl",
+                Box::new(LogitObjective::new(
+                    model,
+                    images(),
+                    labels(),
+                    AttackLoss::Kl,
+                    AttackTarget::Expert,
+                    None,
+                )),
+            ),
+            (
+                "router, cw",
+                Box::new(RouterObjective::new(model, images(), AttackLoss::Cw)),
+            ),
+        ];
+        let x = images().detach().require_grad();
+        let mut full_grad = Vec::new();
+        for (name, objective) in objectives {
+            let value = objective.evaluate(x.clone()).value;
+            let mut grads = value.sum().backward();
+            let grad: Tensor<4> = Tensor::from_inner(x.grad_remove(&mut grads).unwrap());
+            let grad = read(grad);
+            assert!(grad.iter().any(|g| *g != 0.0), "{router:?}, {name}");
+            let weights = GradientsParams::from_grads(grads, model);
+            assert!(
+                weights.is_empty(),
+                "{router:?}, {name}: {} weight gradients",
+                weights.len()
+            );
+            if full_grad.is_empty() {
+                full_grad = grad;
+            }
+        }
+        // The same cross-entropy through the tracked model itself.
+        let logits = model
+            .forward_with(x.clone(), Mode::Eval, &Routing::Exact)
+            .logits;
+        let hot = advmoe_model::one_hot_rows(labels(), model.num_classes);
+        let mut grads = cross_entropy_each(logits, hot).sum().backward();
+        let grad = read(Tensor::from_inner(x.grad_remove(&mut grads).unwrap()));
+        assert!(max_abs_diff(&grad, &full_grad) <= 1e-6, "{router:?}");
+        assert!(!GradientsParams::from_grads(grads, model).is_empty());
+    }
 }
 
 /// The released evaluation's router term: with β the objective's value is the loss plus β times

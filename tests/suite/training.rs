@@ -2,12 +2,18 @@
 
 use std::sync::Arc;
 
-use advmoe_core::{MethodKind, RouterKind, RouterObjective};
+use advmoe_core::{MethodKind, OptimizerKind, RouterKind, RouterObjective};
 use advmoe_data::DataFiles;
 use advmoe_engine::eval::{EvalOptions, evaluate};
+use advmoe_engine::loss::cross_entropy;
+use advmoe_engine::optim::{Optimizer, freeze_where};
 use advmoe_engine::run::load_model_dir;
+use advmoe_engine::tensors::to_device;
 use advmoe_engine::{CheckpointSource, EngineError, Run, RunState};
+use advmoe_model::checkpoint::device_tensors;
+use advmoe_model::{Mode, MoeNet, is_router_path, one_hot_rows};
 use burn::module::Module;
+use burn::optim::GradientsParams;
 
 use crate::common::Wait as _;
 use crate::common::{Poison, Scratch, cpu, finish, gpu, small_config, synthetic, trained};
@@ -225,4 +231,54 @@ fn the_class_partition_router_learns_its_partition() {
         "{:.1}% of test images follow y mod {experts}; class × expert counts {matrix:?}",
         100.0 * agreement
     );
+}
+
+/// AdvMoE's two steps each take their gradient through a copy of the model whose other
+/// parameters are frozen (`freeze_where`): the expert step's through frozen routers, the router
+/// step's through frozen experts, so neither backward pass computes gradients it throws away.
+/// Through the copy, the parameters a step owns get exactly the update the whole model's
+/// gradient gives them, and the frozen ones get no gradient at all (a step over every parameter
+/// leaves them as they were).
+#[test]
+fn a_step_through_frozen_parameters_updates_the_rest_as_before() {
+    let device = cpu().autodiff();
+    let data = synthetic(4000, 500);
+    let batch = to_device(&data.test.batch(0, 16), 10, &device);
+    let model = trained(RouterKind::Image).model();
+    let hot = one_hot_rows(batch.labels.clone(), 10);
+    let host = |m: &MoeNet| -> Vec<(String, Vec<f32>)> {
+        device_tensors(m)
+            .into_iter()
+            .map(|(name, t, _)| (name, t.into_data().try_into_vec_as::<f32>().unwrap()))
+            .collect()
+    };
+    let experts = |p: &str| !is_router_path(p);
+    type Owns<'a> = &'a dyn Fn(&str) -> bool;
+    let parts: [(&str, Owns); 2] = [("experts", &experts), ("routers", &is_router_path)];
+    for (part, owns) in parts {
+        let grads = |through: &MoeNet| {
+            let logits = through.forward(batch.images.clone(), Mode::Train).logits;
+            GradientsParams::from_grads(cross_entropy(logits, hot.clone()).backward(), through)
+        };
+        let step = |grads, owns: &dyn Fn(&str) -> bool| {
+            let mut sgd = Optimizer::new(OptimizerKind::Sgd, 0.9, 5e-4);
+            host(&sgd.step_where(model.clone(), grads, 0.1, owns))
+        };
+        let whole = grads(&model);
+        let frozen = grads(&freeze_where(model.clone(), &|p| !owns(p)));
+        assert!(
+            !frozen.is_empty() && frozen.len() < whole.len(),
+            "{part}: {} of {} gradients",
+            frozen.len(),
+            whole.len()
+        );
+        assert_eq!(step(frozen, owns), step(whole, owns), "{part}");
+        let frozen = grads(&freeze_where(model.clone(), &|p| !owns(p)));
+        let before = host(&model);
+        for ((name, after), (_, before)) in step(frozen, &|_| true).iter().zip(&before) {
+            if !owns(name) {
+                assert_eq!(after, before, "{part}: {name} has a gradient");
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::attack::{LogitObjective, RouterObjective, attack};
+use crate::attack::{LogitObjective, RouterObjective, attack, frozen};
 use crate::eval::EvalError;
 use crate::tensors::read_f32;
 
@@ -48,7 +48,7 @@ pub async fn predict(
     routing: &Routing,
     label: usize,
 ) -> Result<Prediction, EvalError> {
-    let out = model.forward_with(image, Mode::Eval, routing);
+    let out = frozen(model).forward_with(image, Mode::Eval, routing);
     let routes: Vec<usize> = check_routes(&out.routes)
         .await?
         .into_iter()
@@ -148,18 +148,20 @@ pub async fn attack_image(
     if spec.target.needs_moe() && model.moe_convs().is_empty() {
         return Err(EvalError::NeedsMoe(spec.target));
     }
+    let model = &frozen(model);
     let [_, c, h, w] = image.dims();
     let device = image.device();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![label as i64], [1]), &device);
     let mut rng = Rng::stream(seed, 0x6174_7461_636b);
-    let (adv, frozen) = if spec.target == AttackTarget::Router {
+    let (adv, clean_routes) = if spec.target == AttackTarget::Router {
         let objective = RouterObjective::new(model, image.clone(), spec.loss);
         (attack(&objective, image.clone(), spec, &mut rng), None)
     } else {
         let objective = LogitObjective::from_spec(model, image.clone(), labels, spec);
         let adv = attack(&objective, image.clone(), spec, &mut rng);
-        let frozen = (spec.target == AttackTarget::Expert).then(|| objective.routing().clone());
-        (adv, frozen)
+        let clean_routes =
+            (spec.target == AttackTarget::Expert).then(|| objective.routing().clone());
+        (adv, clean_routes)
     };
     let clean_pixels = read_f32(image.clone(), "clean image").await?;
     let adversarial_pixels = read_f32(adv.clone(), "adversarial image").await?;
@@ -173,7 +175,7 @@ pub async fn attack_image(
             });
     let clean = predict(model, image, &Routing::Free, label).await?;
     let adversarial = predict(model, adv.clone(), &Routing::Free, label).await?;
-    let adversarial_with_clean_routes = match &frozen {
+    let adversarial_with_clean_routes = match &clean_routes {
         Some(routing) => Some(predict(model, adv, routing, label).await?),
         None => None,
     };

@@ -198,6 +198,41 @@ impl Optimizer {
     }
 }
 
+/// `model` with the parameters whose module path satisfies `frozen` untracked (values shared,
+/// not copied; parameter ids kept, so gradients taken through the copy still find the others in
+/// `model`). A backward pass through the copy then takes no gradient of those parameters, nor
+/// of anything only they depend on: AdvMoE's expert step, which updates no router, takes none
+/// through its routers.
+pub fn freeze_where<M: Module>(model: M, frozen: &dyn Fn(&str) -> bool) -> M {
+    model.map(&mut Freezer {
+        path: Vec::new(),
+        frozen,
+    })
+}
+
+struct Freezer<'a> {
+    path: Vec<String>,
+    frozen: &'a dyn Fn(&str) -> bool,
+}
+
+impl ModuleMapper for Freezer<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !(self.frozen)(&self.path.join(".")) {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.set_require_grad(false), mapper)
+    }
+}
+
 struct Stepper<'a> {
     path: Vec<String>,
     grads: GradientsParams,

@@ -27,7 +27,7 @@ use advmoe_model::{LayerRoute, Mode, MoeNet, Routing, check_routes};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::attack::{LogitObjective, RouterObjective, attack};
+use crate::attack::{LogitObjective, RouterObjective, attack, frozen};
 use crate::eval::{EvalError, correct_each, count_correct, images_to_evaluate};
 use crate::loss::distinct_routes;
 use crate::tensors::to_device;
@@ -475,6 +475,8 @@ pub async fn evaluate_robust_from(
     on_batch: &mut dyn FnMut(&EvalProgress) -> bool,
 ) -> Result<Evaluation, EvalError> {
     let started = web_time::Instant::now();
+    // Forward passes that nothing differentiates, and attacks, need no parameter's gradient.
+    let model = &frozen(model);
     let device = device.clone().autodiff();
     let total = images_to_evaluate(options.limit, set.len());
     let moe = !model.moe_convs().is_empty();
@@ -712,6 +714,7 @@ pub async fn released_robust_acc(
     device: &Device,
     on_batch: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<Option<f64>, EvalError> {
+    let model = &frozen(model);
     let device = device.clone().autodiff();
     let total = images_to_evaluate(options.limit, set.len());
     let spec = released_attack(&options.attack);
@@ -884,6 +887,7 @@ pub async fn router_ladder(
     if model.moe_convs().is_empty() {
         return Ok(Vec::new());
     }
+    let model = &frozen(model);
     let device = device.clone().autodiff();
     let total = images_to_evaluate(options.limit, set.len());
     let rungs: Vec<AttackSpec> = options

@@ -24,7 +24,7 @@ use burn::tensor::{Bool, Tensor, TensorData};
 
 use apgd::apgd;
 pub use apgd::apgd_checkpoints;
-pub use objective::{Evaluation, LogitObjective, Objective, RouterObjective, SumObjective};
+pub use objective::{Evaluation, LogitObjective, Objective, RouterObjective, SumObjective, frozen};
 use pgd::{fgsm, pgd};
 pub use square::{square_fraction, square_side};
 

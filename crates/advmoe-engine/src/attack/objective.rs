@@ -6,12 +6,14 @@
 //! the iterate that succeeded, or else the one with the highest value.
 //!
 //! Objectives run the model in [`Mode::Eval`] (running batch-norm statistics, as in the TRADES
-//! and AdvMoE reference code), on an autodiff device.
+//! and AdvMoE reference code), on an autodiff device, and on a copy of it whose parameters take
+//! no gradient ([`frozen`]): an attack differentiates with respect to the images only.
 
 use std::cell::RefCell;
 
 use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, TargetClass};
 use advmoe_model::{LayerRoute, Mode, MoeNet, Output, Routing};
+use burn::module::Module;
 use burn::tensor::{Bool, Int, Tensor, activation::log_softmax};
 
 use crate::loss::{cross_entropy_each, distinct_routes, kl_each_from_log};
@@ -25,6 +27,14 @@ pub struct Evaluation {
     pub success: Tensor<1, burn::tensor::Bool>,
 }
 
+/// `model` with every parameter untracked (the weights are shared, not copied). Burn's autodiff
+/// skips the weight gradient of an op whose weights are untracked, so an attack's backward pass
+/// computes the images' gradient alone: two of a convolution's three products instead of three,
+/// as `torch.autograd.grad(loss, x)` does.
+pub fn frozen(model: &MoeNet) -> MoeNet {
+    model.clone().no_grad()
+}
+
 /// A per-image quantity an attack maximises.
 pub trait Objective {
     /// Evaluate on `images` `[batch, channels, h, w]`.
@@ -34,8 +44,9 @@ pub trait Objective {
 /// Attacks on the logits: the `full` target (routing recomputed on every iterate, the gradient
 /// that of the pathway chosen there: [`Routing::Exact`]) and the `expert` target (routes fixed
 /// to the clean image's).
-pub struct LogitObjective<'a> {
-    model: &'a MoeNet,
+pub struct LogitObjective {
+    /// The attacked model, [`frozen`].
+    model: MoeNet,
     routing: Routing,
     loss: AttackLoss,
     /// `[batch]` labels.
@@ -52,11 +63,11 @@ pub struct LogitObjective<'a> {
     router_term: f32,
 }
 
-impl<'a> LogitObjective<'a> {
+impl LogitObjective {
     /// Build for `images` with `labels` `[batch]`. Computes the clean quantities it needs (the
     /// clean routes for the `expert` target, clean log-probabilities for `kl`) once, detached.
     pub fn new(
-        model: &'a MoeNet,
+        model: &MoeNet,
         images: Tensor<4>,
         labels: Tensor<1, Int>,
         loss: AttackLoss,
@@ -66,6 +77,7 @@ impl<'a> LogitObjective<'a> {
         let needs_clean = loss == AttackLoss::Kl
             || target == AttackTarget::Expert
             || matches!(targeted, Some(TargetClass::Ranked(_)));
+        let model = frozen(model);
         let clean = needs_clean.then(|| model.forward(images.detach(), Mode::Eval));
         Self::build(model, clean.as_ref(), labels, loss, target, targeted)
     }
@@ -73,13 +85,13 @@ impl<'a> LogitObjective<'a> {
     /// Build from an attack spec with the clean images' eval-mode output already computed
     /// (`model.forward(images, Mode::Eval)`), so that several attacks on one batch share it.
     pub fn with_clean(
-        model: &'a MoeNet,
+        model: &MoeNet,
         clean: &Output,
         labels: Tensor<1, Int>,
         spec: &AttackSpec,
     ) -> Self {
         Self::build(
-            model,
+            frozen(model),
             Some(clean),
             labels,
             spec.loss,
@@ -108,7 +120,7 @@ impl<'a> LogitObjective<'a> {
     }
 
     fn build(
-        model: &'a MoeNet,
+        model: MoeNet,
         clean: Option<&Output>,
         labels: Tensor<1, Int>,
         loss: AttackLoss,
@@ -164,7 +176,7 @@ impl<'a> LogitObjective<'a> {
 
     /// Build from an attack spec (`target` must be `full` or `expert`).
     pub fn from_spec(
-        model: &'a MoeNet,
+        model: &MoeNet,
         images: Tensor<4>,
         labels: Tensor<1, Int>,
         spec: &AttackSpec,
@@ -185,7 +197,7 @@ impl<'a> LogitObjective<'a> {
     }
 }
 
-impl Objective for LogitObjective<'_> {
+impl Objective for LogitObjective {
     fn evaluate(&self, images: Tensor<4>) -> Evaluation {
         let out = self.model.forward_with(images, Mode::Eval, &self.routing);
         let router_term = self.router_term_of(&out.routes);
@@ -244,7 +256,7 @@ impl Objective for LogitObjective<'_> {
     }
 }
 
-impl LogitObjective<'_> {
+impl LogitObjective {
     /// β times the cross-entropy of the routers' scores against the class partition (label mod
     /// the number of experts), per image, averaged over the distinct decisions; `None` when β
     /// is 0 or the model has no router.
@@ -314,8 +326,9 @@ pub fn top_logits(logits: Tensor<2>, count: usize) -> Vec<(Tensor<1>, Tensor<1, 
 /// every iterate and start of an attack (router robustness counts a route as flipped when some
 /// perturbation in the ball flipped it, as robust accuracy counts an image as broken when some
 /// attack broke it).
-pub struct RouterObjective<'a> {
-    model: &'a MoeNet,
+pub struct RouterObjective {
+    /// The attacked model, [`frozen`].
+    model: MoeNet,
     loss: AttackLoss,
     clean_log_probs: Vec<Tensor<2>>,
     clean_routes: Vec<Tensor<1, Int>>,
@@ -325,15 +338,21 @@ pub struct RouterObjective<'a> {
     focus: Option<usize>,
 }
 
-impl<'a> RouterObjective<'a> {
+impl RouterObjective {
     /// Build for clean `images`; `loss` is `kl`, `cw` or `ce`.
-    pub fn new(model: &'a MoeNet, images: Tensor<4>, loss: AttackLoss) -> Self {
-        Self::from_clean_scores(model, model.route_scores(images.detach()), loss)
+    pub fn new(model: &MoeNet, images: Tensor<4>, loss: AttackLoss) -> Self {
+        let model = frozen(model);
+        let scores = model.route_scores(images.detach());
+        Self::with_frozen(model, scores, loss)
     }
 
     /// Build from the clean images' router scores, one per distinct routing decision (as
     /// [`MoeNet::route_scores`] returns them), so that several attacks on one batch share them.
-    pub fn from_clean_scores(model: &'a MoeNet, scores: Vec<Tensor<2>>, loss: AttackLoss) -> Self {
+    pub fn from_clean_scores(model: &MoeNet, scores: Vec<Tensor<2>>, loss: AttackLoss) -> Self {
+        Self::with_frozen(frozen(model), scores, loss)
+    }
+
+    fn with_frozen(model: MoeNet, scores: Vec<Tensor<2>>, loss: AttackLoss) -> Self {
         let clean_routes = scores
             .iter()
             .map(|s| {
@@ -377,7 +396,7 @@ impl<'a> RouterObjective<'a> {
     }
 }
 
-impl Objective for RouterObjective<'_> {
+impl Objective for RouterObjective {
     fn evaluate(&self, images: Tensor<4>) -> Evaluation {
         let [b, ..] = images.dims();
         let device = images.device();

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, activation::log_softmax};
 use super::trades::{apply_bn, trades_examples, trades_loss};
 use super::{Method, MethodConfig, StepInput, stack, zero};
 use crate::loss::{cross_entropy, kl_each_from_log};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, freeze_where};
 use crate::tensors::DeviceBatch;
 
 /// AdvMoE (Zhang et al. 2023): per mini-batch, (A) adversarial examples against the MoE (TRADES
@@ -37,8 +37,10 @@ impl AdvMoe {
     ) -> (MoeNet, [Tensor<1>; 3]) {
         let expert = |p: &str| !is_router_path(p);
         let adv = trades_examples(&self.config, &model, batch, true, rng);
-        let loss = trades_loss(&self.config, &model, adv, batch, false);
-        let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+        // This step updates no router, so its backward pass takes no gradient through them.
+        let experts_only = freeze_where(model.clone(), &is_router_path);
+        let loss = trades_loss(&self.config, &experts_only, adv, batch, false);
+        let grads = GradientsParams::from_grads(loss.total.backward(), &experts_only);
         let model = optimizer.step_where(model, grads, lr, &expert);
         let model = apply_bn(model, loss.bn_updates, &expert);
         (model, [loss.total, loss.ce, loss.kl])
@@ -56,9 +58,11 @@ impl AdvMoe {
         rng: &mut Rng,
     ) -> (MoeNet, [Tensor<1>; 2]) {
         let adv = trades_examples(&self.config, &model, batch, true, rng);
+        // This step updates the routers alone: no gradient of an expert's weights.
+        let routers_only = freeze_where(model.clone(), &|p| !is_router_path(p));
         let (total, terms, bn_updates) = match self.config.router_objective {
             RouterObjective::Robust => {
-                let loss = trades_loss(&self.config, &model, adv, batch, true);
+                let loss = trades_loss(&self.config, &routers_only, adv, batch, true);
                 let balance = loss.balance.unwrap_or_else(|| zero(&loss.ce));
                 (loss.total.clone(), [loss.total, balance], loss.bn_updates)
             }
@@ -66,8 +70,8 @@ impl AdvMoe {
                 // Only the routers' decisions enter this objective: for the image router only
                 // the router runs.
                 let (clean, mut updates) =
-                    model.router_decisions(batch.images.clone(), Mode::Train);
-                let (perturbed, adv_updates) = model.router_decisions(adv, Mode::Train);
+                    routers_only.router_decisions(batch.images.clone(), Mode::Train);
+                let (perturbed, adv_updates) = routers_only.router_decisions(adv, Mode::Train);
                 updates.extend(adv_updates);
                 let n = self.config.num_experts;
                 let partition =
@@ -94,7 +98,7 @@ impl AdvMoe {
                 (total, [ce, kl], updates)
             }
         };
-        let grads = GradientsParams::from_grads(total.backward(), &model);
+        let grads = GradientsParams::from_grads(total.backward(), &routers_only);
         let model = optimizer.step_where(model, grads, lr, &is_router_path);
         let model = apply_bn(model, bn_updates, &is_router_path);
         (model, terms)

@@ -16,7 +16,7 @@ use advmoe_core::{
     AttackKind, AttackSpec, AttackTarget, DatasetSpec, MethodKind, ModelSpec, OptimizerKind, Rng,
     TrainSpec,
 };
-use advmoe_engine::attack::{LogitObjective, Start, run_attack};
+use advmoe_engine::attack::{LogitObjective, Start, frozen, run_attack};
 use advmoe_engine::loss::{cross_entropy, kl_div, load_balance};
 use advmoe_engine::optim::Optimizer;
 use advmoe_engine::tensors::{DeviceBatch, to_device};
@@ -167,7 +167,8 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
                 Ok(())
             })?
         } else if kind == StepKind::Pgd10Eval {
-            let model = run.model().clone();
+            // As `advmoe eval` holds it: parameters that take no gradient.
+            let model = frozen(run.model());
             let batch = test_batch(&run, args.batch, &device);
             let spec = AttackSpec::paper_eval();
             let mut rng = Rng::seed(0);
