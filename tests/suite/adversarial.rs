@@ -379,15 +379,26 @@ fn the_comparison_trains_and_measures_every_model() {
 
     // Run again with another evaluation: nothing is trained, every saved model is measured
     // again and keeps its training record; run once more with it: nothing is measured either.
+    // The CLI's `--eval-size` also sets the training curves' subset (`train.eval_size`), which
+    // does not change the weights: asking for another subset does not train them again.
     let fewer = RobustOptions {
         limit: 6,
         partition_routes: false,
         ..eval.clone()
     };
+    let resized: Vec<CompareEntry> = entries
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.config.train.eval_size = 6;
+            e
+        })
+        .collect();
+    assert_ne!(resized[0].config, entries[0].config);
     for measured in [true, false] {
         let (mut steps, mut evaluated) = (0, 0);
         let again = run_comparison(
-            &entries,
+            &resized,
             synthetic(64, 16),
             &cpu(),
             &fewer,

@@ -264,7 +264,18 @@ pub fn evaluation_note(rows: &[CompareRow]) -> String {
 fn saved_row(dir: &Path, config: &RunConfig) -> Option<SavedRow> {
     let bytes = std::fs::read(dir.join(ROW_FILE)).ok()?;
     let saved: SavedRow = serde_json::from_slice(&bytes).ok()?;
-    (saved.config == *config).then_some(saved)
+    same_training(&saved.config, config).then_some(saved)
+}
+
+/// Whether `config` trains the model `saved` trained: the two agree but perhaps for
+/// `train.eval_size`, which only sets how many test images the training curves' clean points
+/// use (the weights do not depend on it; the CLI's `--eval-size` sets it with the evaluation's
+/// subset). So a comparison asked for on another test subset measures the saved models again
+/// instead of training them again; their curves keep the subset they were measured on.
+fn same_training(saved: &RunConfig, config: &RunConfig) -> bool {
+    let mut saved = saved.clone();
+    saved.train.eval_size = config.train.eval_size;
+    saved == *config
 }
 
 /// Write `row.json` into `dir`: `row`, made with `config` and measured with `eval`.
@@ -381,7 +392,8 @@ pub async fn run_comparison(
                     report,
                     ..saved.row
                 };
-                save_row(dir, &entry.config, &eval_key, &row)?;
+                // The configuration it was trained with, curves' subset included.
+                save_row(dir, &saved.config, &eval_key, &row)?;
                 remove_checkpoint(checkpoint.as_deref());
                 (row, Some(model))
             };
@@ -393,7 +405,7 @@ pub async fn run_comparison(
                 if !measurer.add_released(&model, &mut row, on_event).await? {
                     return Ok(rows);
                 }
-                save_row(dir, &entry.config, &eval_key, &row)?;
+                save_row(dir, &saved.config, &eval_key, &row)?;
             }
             on_event(CompareEvent::Done(&row));
             rows.push(row);

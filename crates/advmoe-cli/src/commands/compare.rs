@@ -94,7 +94,8 @@ pub(crate) struct CompareArgs {
     worst: WorstCaseFlags,
     #[command(flatten)]
     router: RouterAttackFlags,
-    /// Test images evaluated per model (0: all).
+    /// Test images evaluated per model (0: all), and the training curves' clean points. Models
+    /// already trained in `--out` are measured again on another subset, not trained again.
     #[arg(long, default_value_t = 500)]
     eval_size: usize,
     /// Extra radii for the ε-curves of every model, comma separated (fractions work).
