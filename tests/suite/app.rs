@@ -135,6 +135,14 @@ fn presets_fill_the_setup() {
         harness.state().state.setup.config.train.method,
         MethodKind::Advmoe
     );
+    // Vanilla MoE AT as the paper's baseline: no balance term, which would hide the collapse.
+    harness
+        .get_by_label("Dense vs MoE: MoE under vanilla AT")
+        .click();
+    harness.run_steps(2);
+    let config = &harness.state().state.setup.config;
+    assert_eq!(config.train.method, MethodKind::MoeAt);
+    assert_eq!(config.balance_weight, 0.0);
     harness
         .get_by_label("Dense TRADES baseline (same cost)")
         .click();

@@ -17,7 +17,8 @@ use crate::worker::RunOptions;
 pub enum Preset {
     /// The quick start: a 2-expert ResNet-10, standard training.
     QuickStart,
-    /// The same MoE under vanilla adversarial training (`moe-at`): watch the router collapse.
+    /// The same MoE under vanilla adversarial training (`moe-at`, no balance term): watch the
+    /// router collapse.
     VanillaAt,
     /// AdvMoE: routers and experts trained in turn, adversarially (ours: the routers minimise
     /// the TRADES loss).
@@ -64,7 +65,14 @@ impl Preset {
         config.train.batch_size = 32;
         match self {
             Preset::QuickStart => config.train.method = MethodKind::Standard,
-            Preset::VanillaAt => config.train.method = MethodKind::MoeAt,
+            Preset::VanillaAt => {
+                // The paper's baseline has no balance term (as `compare`'s `moe-at` and the demo
+                // model): the term would hide the collapse this preset shows, and with TRADES's
+                // β = 6 it held the MoE near chance for its first 100 steps on `synthetic`
+                // (docs/results/synthetic-balance-term.md).
+                config.train.method = MethodKind::MoeAt;
+                config.balance_weight = 0.0;
+            }
             Preset::AdvMoe => config.train.method = MethodKind::Advmoe,
             Preset::Paper => {
                 config.train = TrainSpec {
