@@ -82,8 +82,10 @@ pub(crate) struct TrainArgs {
     schedule: ScheduleKind,
     /// Weight of the MoE load-balancing term (0: off). Measured on `synthetic`: 0.01 lets the
     /// image router collapse onto one expert; 1.0 keeps both experts in use. With per-layer
-    /// routers 1.0 stalls training (docs/results/synthetic-balance-term.md): use 0. AdvMoE with
-    /// the class-partition router objective has no such term.
+    /// routers 1.0 stalls training (docs/results/synthetic-balance-term.md): use 0. With the
+    /// image router and `moe-at` (β = 6) it held the model near chance for its first 100 steps
+    /// there, and the paper's vanilla baseline has no such term. AdvMoE with the class-partition
+    /// router objective has none either.
     #[arg(long, default_value_t = 1.0)]
     balance_weight: f64,
     /// Training-attack radius of the adversarial methods (L∞, pixels in [0, 1]; fractions like
