@@ -573,20 +573,22 @@ fn the_report_shows_recorded_comparisons() {
     };
     assert!(first_layer("moe-at").iter().any(|&share| share > 0.99));
     assert!(first_layer("advmoe").iter().all(|&share| share > 0.2));
-    // The 6,000-step run: AdvMoE and vanilla MoE AT, the same collapse, AdvMoE's router live.
+    // The 6,000-step run on 2,000 test images: AdvMoE, vanilla MoE AT and the same-cost dense
+    // model, the same collapse, AdvMoE's router live, PGD-20 and the worst case named.
     let twice = RecordedComparison::parse("6000", BUNDLED_COMPARISONS[3].1.as_bytes())
         .expect("the 6,000-step comparison parses");
     let rows6000 = &twice.comparison.rows;
     let names: Vec<&str> = rows6000.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["advmoe", "moe-at"]);
+    assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
     assert!(rows6000.iter().all(|r| r.steps == 6000));
+    assert!(rows6000.iter().all(|r| r.report.images == 2000));
     assert!(twice.comparison.budget().contains("6000 steps"));
     let released: Vec<_> = rows6000
         .iter()
         .map(|r| r.report.released_robust_acc)
         .collect();
-    assert_eq!(released, [Some(0.374), Some(0.312)]);
-    for row in rows6000 {
+    assert_eq!(released, [Some(0.374), Some(0.2995), Some(0.2945)]);
+    for row in rows6000.iter().filter(|r| r.experts > 1) {
         let load = &row.report.expert_load[0];
         let collapsed = load.iter().any(|&share| share > 0.99);
         assert_eq!(collapsed, row.name == "moe-at", "{}: {load:?}", row.name);
@@ -638,8 +640,10 @@ fn the_report_shows_recorded_comparisons() {
     // The released evaluation's column: AdvMoE ahead under it, behind under the exact attack.
     harness.get_by_label("RA, paper code's eval %");
     harness.get_by_label("37.4");
-    harness.get_by_label("31.2");
-    harness.get_by_label_contains("PGD-10 through the gates + 6 × router CE at the same ε");
+    harness.get_by_label("29.9");
+    harness.get_by_label("29.4");
+    harness.get_by_label_contains("RA: PGD-20 at ε = 8.0/255 on 2000 test images");
+    harness.get_by_label_contains("PGD-20 through the gates + 6 × router CE at the same ε");
     harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
 
     // Bytes, as the browser hands them over: two of the bundled rows.

@@ -48,8 +48,8 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 4] = [
         include_str!("../../../../docs/results/cifar10-cpu-3000-steps-advmoe-routes.json"),
     ),
     (
-        "CIFAR-10 on the CPU: 6,000 steps, AdvMoE and vanilla MoE AT (recorded)",
-        include_str!("../../../../docs/results/cifar10-cpu-6000-steps.json"),
+        "CIFAR-10 on the CPU: 6,000 steps, 2,000 test images, PGD-20 and the worst case (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-6000-steps-2000-images.json"),
     ),
 ];
 
