@@ -143,6 +143,12 @@ fn presets_fill_the_setup() {
     let config = &harness.state().state.setup.config;
     assert_eq!(config.train.method, MethodKind::MoeAt);
     assert_eq!(config.balance_weight, 0.0);
+    // Given the term anyway, the setup says what it does to vanilla MoE AT.
+    let slows = "Vanilla MoE AT with the balance term is not the paper's baseline";
+    assert!(harness.query_by_label_contains(slows).is_none());
+    harness.state_mut().state.setup.config.balance_weight = 0.1;
+    harness.run_steps(2);
+    harness.get_by_label_contains(slows);
     harness
         .get_by_label("Dense TRADES baseline (same cost)")
         .click();
