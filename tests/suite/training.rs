@@ -57,7 +57,12 @@ fn standard_training_beats_chance_and_per_layer_routers_use_every_expert() {
         "per-layer clean accuracy {}",
         report.clean_acc
     );
-    assert_routes_spread(&report.expert_load, "per-layer router", 6);
+    // How many of the 8 layers stay split depends on the CPU's floating-point path (gemm's and
+    // Burn's SIMD kernels sum in another order without AVX-512): at this weight, 8 on the CPU the
+    // test was written on, 5 (65.6% clean accuracy) on an AMD EPYC without AVX-512 (2026-12-02),
+    // where the same run without the term keeps 2 split (96.6%). Half the layers tells the
+    // balanced routers from the collapsing ones on both.
+    assert_routes_spread(&report.expert_load, "per-layer router", 4);
     // Per-layer routing really differs between layers for some images.
     let load = &report.expert_load;
     assert!(load.windows(2).any(|w| w[0] != w[1]), "{load:?}");
