@@ -562,15 +562,13 @@ fn the_report_shows_recorded_comparisons() {
         .expect("the 3,000-step comparison parses");
     let rows = &longer.comparison.rows;
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "advmoe",
-            "moe-at",
-            "dense-same-cost-trades",
-            "moe-at-balanced"
-        ]
-    );
+    let four = [
+        "advmoe",
+        "moe-at",
+        "dense-same-cost-trades",
+        "moe-at-balanced",
+    ];
+    assert_eq!(names, four);
     assert!(rows.iter().all(|r| r.steps == 3000));
     assert!(longer.comparison.budget().contains("3000 steps"));
     let first_layer = |name: &str| {
@@ -579,22 +577,20 @@ fn the_report_shows_recorded_comparisons() {
     };
     assert!(first_layer("moe-at").iter().any(|&share| share > 0.99));
     assert!(first_layer("advmoe").iter().all(|&share| share > 0.2));
-    // The 6,000-step run on 2,000 test images: AdvMoE, vanilla MoE AT without and with the
-    // balance term and the same-cost dense model; both vanilla routers collapsed, AdvMoE's live,
-    // PGD-20 and the worst case named.
+    // The 6,000-step run on 2,000 test images: the same four models and the full-width dense
+    // one; both vanilla routers collapsed, AdvMoE's live, PGD-20 and the worst case named.
     let twice = RecordedComparison::parse("6000", BUNDLED_COMPARISONS[3].1.as_bytes())
         .expect("the 6,000-step comparison parses");
     let rows6000 = &twice.comparison.rows;
     let names: Vec<&str> = rows6000.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "advmoe",
-            "moe-at",
-            "dense-same-cost-trades",
-            "moe-at-balanced"
-        ]
-    );
+    assert_eq!(names[..4], four);
+    assert_eq!(names[4..], ["dense-full-trades"]);
+    // AdvMoE's pathway, its router included, costs under half the full-width dense model.
+    let macs = |name: &str| {
+        let row = rows6000.iter().find(|r| r.name == name).expect(name);
+        row.macs_pathway_with_router
+    };
+    assert!(2 * macs("advmoe") < macs("dense-full-trades"));
     assert!(rows6000.iter().all(|r| r.steps == 6000));
     assert!(rows6000.iter().all(|r| r.report.images == 2000));
     assert!(twice.comparison.budget().contains("6000 steps"));
@@ -604,7 +600,13 @@ fn the_report_shows_recorded_comparisons() {
         .collect();
     assert_eq!(
         released,
-        [Some(0.374), Some(0.2995), Some(0.2945), Some(0.289)]
+        [
+            Some(0.374),
+            Some(0.2995),
+            Some(0.2945),
+            Some(0.289),
+            Some(0.3275)
+        ]
     );
     for row in rows6000.iter().filter(|r| r.experts > 1) {
         let load = &row.report.expert_load[0];
