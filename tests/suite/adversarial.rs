@@ -29,6 +29,7 @@ fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig
         beta: 6.0,
         alpha: 6.0,
         router_kl_warmup: 0.0,
+        router_lr_scale: 1.0,
         router_objective: objective,
         image_router: router == RouterKind::Image,
         num_experts: 2,
@@ -119,6 +120,69 @@ fn advmoe_optimisers_change_only_their_own_parameters() {
     optimisers_own_their_parameters(&cpu(), RouterKind::Image, RouterObjective::ClassPartition);
     optimisers_own_their_parameters(&cpu(), RouterKind::PerLayer, RouterObjective::Robust);
     optimisers_own_their_parameters(&gpu(), RouterKind::Image, RouterObjective::Robust);
+}
+
+/// Every trained router weight's change over a run's first step (not the batch norms' running
+/// statistics, which no optimiser moves), and every expert tensor after it.
+fn first_step(router_lr_scale: f64) -> (Vec<f32>, Vec<f32>) {
+    let mut config = small_config(4, 2, 5);
+    config.train.method = MethodKind::Advmoe;
+    config.train.router_objective = RouterObjective::ClassPartition;
+    config.train.batch_size = 8;
+    config.train.router_lr_scale = router_lr_scale;
+    let mut run = Run::new(config, synthetic(64, 16), &cpu()).unwrap();
+    let before = host_tensors(run.model()).wait().unwrap();
+    run.advance(1, &mut |_| true).wait().unwrap();
+    let after = host_tensors(run.model()).wait().unwrap();
+    let (mut router_delta, mut experts) = (Vec::new(), Vec::new());
+    for (b, a) in before.iter().zip(&after) {
+        if is_router_path(&a.name) {
+            if a.name.contains("running_") {
+                continue;
+            }
+            router_delta.extend(a.values.iter().zip(&b.values).map(|(a, b)| a - b));
+        } else {
+            experts.extend(&a.values);
+        }
+    }
+    (router_delta, experts)
+}
+
+#[test]
+fn the_router_learning_rate_scale_moves_the_routers_alone() {
+    // SGD's first step moves each weight by lr × (gradient + decay × weight): at three times
+    // the router's rate the routers move three times as far, and the experts, stepped first,
+    // end where they did.
+    let (delta1, experts1) = first_step(1.0);
+    let (delta3, experts3) = first_step(3.0);
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(
+        norm(&delta1) > 1e-4,
+        "the router did not move: {}",
+        norm(&delta1)
+    );
+    let off: Vec<f32> = delta3
+        .iter()
+        .zip(&delta1)
+        .map(|(d3, d1)| d3 - 3.0 * d1)
+        .collect();
+    let ratio = norm(&delta3) / norm(&delta1);
+    assert!((ratio - 3.0).abs() < 0.03, "router step ratio {ratio}");
+    assert!(
+        norm(&off) < 0.01 * norm(&delta3),
+        "not the same direction: {} of {}",
+        norm(&off),
+        norm(&delta3)
+    );
+    let drift = experts1
+        .iter()
+        .zip(&experts3)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        drift < 1e-6,
+        "the experts moved with the router's rate: {drift}"
+    );
 }
 
 #[test]

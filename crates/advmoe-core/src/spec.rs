@@ -759,6 +759,10 @@ fn six() -> f64 {
     6.0
 }
 
+fn one_f64() -> f64 {
+    1.0
+}
+
 fn robust() -> RouterObjective {
     RouterObjective::Robust
 }
@@ -811,6 +815,11 @@ pub struct TrainSpec {
     /// same for every image.
     #[serde(default)]
     pub router_kl_warmup: f64,
+    /// AdvMoE's router optimiser steps at this multiple of the experts' learning rate, on the
+    /// same schedule. 1 (the default, and what older configs read as) is the paper's released
+    /// code, which gives both optimisers the same rate.
+    #[serde(default = "one_f64")]
+    pub router_lr_scale: f64,
     /// Opt-in recovery from a NaN or infinite loss: this many times, the run rolls back to its
     /// last checked state (weights, optimiser state, RNG), halves its learning rate, skips the
     /// batches that diverged, logs it and continues. 0 (the default, and what older configs
@@ -839,6 +848,7 @@ impl Default for TrainSpec {
             alpha: 6.0,
             router_objective: RouterObjective::Robust,
             router_kl_warmup: 0.5,
+            router_lr_scale: 1.0,
             nan_recoveries: 0,
         }
     }
@@ -903,6 +913,15 @@ impl TrainSpec {
             return Err(bad(
                 "nan_recoveries",
                 format!("{} > 100", self.nan_recoveries),
+            ));
+        }
+        if !(self.router_lr_scale.is_finite()
+            && self.router_lr_scale > 0.0
+            && self.router_lr_scale <= 100.0)
+        {
+            return Err(bad(
+                "router_lr_scale",
+                format!("{} not in (0, 100]", self.router_lr_scale),
             ));
         }
         if !(0.0..=1.0).contains(&self.router_kl_warmup) {
@@ -1026,13 +1045,25 @@ mod tests {
         // A config written before the warm-up existed trains as it did: without it.
         let mut json = serde_json::to_value(&t).unwrap();
         json.as_object_mut().unwrap().remove("router_kl_warmup");
-        let old: TrainSpec = serde_json::from_value(json).unwrap();
+        let old: TrainSpec = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(old.router_kl_warmup, 0.0);
         let bad = TrainSpec {
             router_kl_warmup: 1.5,
-            ..t
+            ..t.clone()
         };
         assert!(bad.validate().is_err());
+        // The router's learning-rate multiple: older configs read 1 (the released code's), and
+        // a multiple that is not a positive finite number up to 100 is refused by name.
+        json.as_object_mut().unwrap().remove("router_lr_scale");
+        let old: TrainSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.router_lr_scale, 1.0);
+        for scale in [0.0, -1.0, f64::NAN, 101.0] {
+            let bad = TrainSpec {
+                router_lr_scale: scale,
+                ..t.clone()
+            };
+            assert_eq!(bad.validate().unwrap_err().field, "router_lr_scale");
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Comparison {
             "data {data}; {} depth {}, base width {}, N = {}, r = {}, {} router; {} at lr {} \
              ({}), batch {}, {} steps; training attack {} × {:.1}/255 within ε = {:.1}/255{}, \
              β = {}; AdvMoE's router objective \
-             {} (α = {}, warm-up {}), balance weight {}; seed {}",
+             {} (α = {}, warm-up {}{}), balance weight {}; seed {}",
             m.arch,
             m.depth,
             m.width,
@@ -217,6 +217,12 @@ impl Comparison {
             t.router_objective,
             t.alpha,
             t.router_kl_warmup,
+            // Named only when it is not the released code's (the experts' rate).
+            if t.router_lr_scale == 1.0 {
+                String::new()
+            } else {
+                format!(", router lr × {}", t.router_lr_scale)
+            },
             self.base.balance_weight,
             t.seed
         )

@@ -282,6 +282,17 @@ pub fn setup_ui(
                         )
                     });
                 }
+                row(ui, "Router learning rate × experts'", |ui| {
+                    ui.add(
+                        egui::DragValue::new(&mut config.train.router_lr_scale)
+                            .range(0.01..=100.0)
+                            .speed(0.05),
+                    )
+                    .on_hover_text(
+                        "The router optimiser's rate as a multiple of the experts' (same \
+                         schedule); 1 is the paper's released code",
+                    )
+                });
             }
             if config.model.is_moe() {
                 let used = balance_applies(config);

@@ -64,6 +64,10 @@ pub(crate) struct CompareArgs {
     /// 0: α from the first step).
     #[arg(long, default_value_t = TrainSpec::default().router_kl_warmup)]
     router_kl_warmup: f64,
+    /// AdvMoE's router learning rate as a multiple of the experts' (same schedule; 1, the
+    /// released code's: both optimisers at the same rate).
+    #[arg(long, default_value_t = 1.0)]
+    router_lr_scale: f64,
     /// Training-attack steps (of 5/255 each, ε = 8/255).
     #[arg(long, default_value_t = 2)]
     train_attack_steps: usize,
@@ -156,6 +160,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             beta: args.beta,
             alpha: args.alpha,
             router_kl_warmup: args.router_kl_warmup,
+            router_lr_scale: args.router_lr_scale,
             router_objective: args.router_objective.unwrap_or(start.router_objective),
             ..start
         },

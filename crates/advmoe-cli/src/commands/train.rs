@@ -48,6 +48,10 @@ pub(crate) struct TrainArgs {
     /// 0: α from the first step).
     #[arg(long, default_value_t = TrainSpec::default().router_kl_warmup)]
     router_kl_warmup: f64,
+    /// AdvMoE's router learning rate as a multiple of the experts' (same schedule; 1, the
+    /// released code's: both optimisers at the same rate).
+    #[arg(long, default_value_t = 1.0)]
+    router_lr_scale: f64,
     /// Recover from a NaN or infinite loss this many times: roll back to the last checked
     /// state, halve the learning rate, skip the batches that diverged, log it, continue (0: stop
     /// at the first, keeping the last checked state).
@@ -184,6 +188,7 @@ impl TrainArgs {
                 beta: self.beta,
                 alpha: self.alpha,
                 router_kl_warmup: self.router_kl_warmup,
+                router_lr_scale: self.router_lr_scale,
                 router_objective: self.router_objective.unwrap_or(start.router_objective),
                 nan_recoveries: self.nan_recoveries,
             },

@@ -140,7 +140,7 @@ impl Method for AdvMoe {
         let (model, [r1, r2]) = self.router_step(
             model,
             &input.batch,
-            input.lr,
+            input.lr * self.config.router_lr_scale,
             input.progress,
             &mut input.optimizers.router,
             input.rng,

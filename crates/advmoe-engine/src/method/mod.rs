@@ -87,6 +87,8 @@ pub struct MethodConfig {
     pub alpha: f64,
     /// Fraction of the run over which `alpha` rises from 0 ([`advmoe_core::warmed_up`]).
     pub router_kl_warmup: f64,
+    /// AdvMoE's router learning rate as a multiple of the step's (the experts') rate.
+    pub router_lr_scale: f64,
     /// AdvMoE's router objective.
     pub router_objective: RouterObjective,
     /// Whether one image router drives every MoE layer.

@@ -328,6 +328,7 @@ impl Run {
             beta: train.beta,
             alpha: train.alpha,
             router_kl_warmup: train.router_kl_warmup,
+            router_lr_scale: train.router_lr_scale,
             router_objective: train.router_objective,
             image_router: m.router == RouterKind::Image,
             num_experts: m.num_experts,
