@@ -66,7 +66,7 @@ pub(crate) struct CompareArgs {
     router_kl_warmup: f64,
     /// AdvMoE's router learning rate as a multiple of the experts' (same schedule; 1, the
     /// released code's: both optimisers at the same rate).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainSpec::default().router_lr_scale)]
     router_lr_scale: f64,
     /// Training-attack steps (of 5/255 each, ε = 8/255).
     #[arg(long, default_value_t = 2)]

@@ -50,7 +50,7 @@ pub(crate) struct TrainArgs {
     router_kl_warmup: f64,
     /// AdvMoE's router learning rate as a multiple of the experts' (same schedule; 1, the
     /// released code's: both optimisers at the same rate).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainSpec::default().router_lr_scale)]
     router_lr_scale: f64,
     /// Recover from a NaN or infinite loss this many times: roll back to the last checked
     /// state, halve the learning rate, skip the batches that diverged, log it, continue (0: stop
