@@ -287,3 +287,72 @@ fn a_step_through_frozen_parameters_updates_the_rest_as_before() {
         }
     }
 }
+
+/// Every train-mode pass of a step is folded into the running statistics, in order, as
+/// PyTorch's train mode does: a TRADES step's clean and adversarial passes give
+/// `0.81·r + 0.09·clean + 0.1·adversarial`. (The product once kept only the last pass's
+/// statistics of a batch norm that several passes had seen.)
+#[test]
+fn the_running_statistics_fold_every_pass_in_order() {
+    let device = cpu();
+    let model = MoeNet::new(&advmoe_core::ModelSpec::resnet(8, 1, 2, 0.5), 5, &device).unwrap();
+    let mut rng = advmoe_core::Rng::seed(3);
+    let mut batch = |scale: f32| {
+        crate::common::tensor4(
+            (0..6 * 3 * 32 * 32)
+                .map(|_| scale * rng.uniform())
+                .collect(),
+            [6, 3, 32, 32],
+            &device,
+        )
+    };
+    let (first, second) = (batch(1.0), batch(0.5));
+    let a = model.forward(first, Mode::Train).bn_updates;
+    let b = model.forward(second, Mode::Train).bn_updates;
+    let vec1 = |t: burn::tensor::Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let stats = |updates: &[advmoe_model::BnUpdate], path: &str| {
+        let u = updates.iter().find(|u| u.path == path).unwrap();
+        (vec1(u.mean.clone()), vec1(u.var.clone()))
+    };
+    let mut both = a.clone();
+    both.extend(b.clone());
+    let folded = model.clone().apply_bn_updates(both);
+    let reversed = {
+        let mut both = b.clone();
+        both.extend(a.clone());
+        model.clone().apply_bn_updates(both)
+    };
+    let running = |m: &MoeNet, path: &str| {
+        let bn = match path {
+            "resnet.stem_bn" => &m.resnet.as_ref().unwrap().stem_bn,
+            _ => &m.router.as_ref().unwrap().bns[0],
+        };
+        (vec1(bn.running_mean.val()), vec1(bn.running_var.val()))
+    };
+    for path in ["resnet.stem_bn", "router.bns.0"] {
+        let ((mean_a, var_a), (mean_b, var_b)) = (stats(&a, path), stats(&b, path));
+        // Initial statistics: mean 0, variance 1.
+        let expected_mean: Vec<f32> = mean_a
+            .iter()
+            .zip(&mean_b)
+            .map(|(a, b)| 0.09 * a + 0.1 * b)
+            .collect();
+        let expected_var: Vec<f32> = var_a
+            .iter()
+            .zip(&var_b)
+            .map(|(a, b)| 0.81 + 0.09 * a + 0.1 * b)
+            .collect();
+        let (mean, var) = running(&folded, path);
+        assert!(
+            crate::common::max_abs_diff(&mean, &expected_mean) < 1e-6,
+            "{path}: {mean:?} vs {expected_mean:?}"
+        );
+        assert!(
+            crate::common::max_abs_diff(&var, &expected_var) < 1e-5,
+            "{path}: {var:?} vs {expected_var:?}"
+        );
+        // The order matters, and the two batches differ enough to show it.
+        let (mean_r, _) = running(&reversed, path);
+        assert!(crate::common::max_abs_diff(&mean, &mean_r) > 1e-3, "{path}");
+    }
+}

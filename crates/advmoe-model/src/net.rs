@@ -384,12 +384,15 @@ impl MoeNet {
         convs
     }
 
-    /// Fold the batch statistics of a [`Mode::Train`] pass into the running statistics
-    /// (`running = (1 - m) * running + m * batch`, `m = 0.1`).
+    /// Fold the batch statistics of [`Mode::Train`] passes into the running statistics
+    /// (`running = (1 - m) * running + m * batch`, `m = 0.1`), one fold per pass in the order
+    /// given: a step with a clean and an adversarial pass (TRADES) folds both, clean first, as
+    /// PyTorch's train mode does in the TRADES and AdvMoE reference code. (Until 2026-12-03 a
+    /// batch norm seen by several passes kept only the last one's statistics.)
     pub fn apply_bn_updates(self, updates: Vec<BnUpdate>) -> Self {
-        let mut by_path: HashMap<String, BnUpdate> = HashMap::new();
+        let mut by_path: HashMap<String, Vec<BnUpdate>> = HashMap::new();
         for u in updates {
-            by_path.insert(u.path.clone(), u);
+            by_path.entry(u.path.clone()).or_default().push(u);
         }
         let mut mapper = BnMapper {
             path: Vec::new(),
@@ -413,7 +416,8 @@ pub fn is_router_path(path: &str) -> bool {
 
 struct BnMapper {
     path: Vec<String>,
-    updates: HashMap<String, BnUpdate>,
+    /// Per batch norm, the passes' statistics in the order they are folded.
+    updates: HashMap<String, Vec<BnUpdate>>,
 }
 
 impl ModuleMapper for BnMapper {
@@ -433,19 +437,23 @@ impl ModuleMapper for BnMapper {
             return param;
         }
         let key = module.join(".");
-        let Some(update) = self.updates.get(&key) else {
+        let Some(passes) = self.updates.get(&key) else {
             return param;
-        };
-        let batch = if field == "running_mean" {
-            update.mean.clone()
-        } else {
-            update.var.clone()
         };
         let last_field = field == "running_var";
         let param = param.map(|running| {
-            let batch: Tensor<D> = batch.reshape(running.shape());
             let device = running.device();
-            running.mul_scalar(1.0 - BN_MOMENTUM) + batch.to_device(&device).mul_scalar(BN_MOMENTUM)
+            let shape = running.shape();
+            passes.iter().fold(running, |running, update| {
+                let batch = if last_field {
+                    update.var.clone()
+                } else {
+                    update.mean.clone()
+                };
+                let batch: Tensor<D> = batch.reshape(shape.clone());
+                running.mul_scalar(1.0 - BN_MOMENTUM)
+                    + batch.to_device(&device).mul_scalar(BN_MOMENTUM)
+            })
         });
         if last_field {
             self.updates.remove(&key);
