@@ -1,6 +1,8 @@
 //! Adversarial training: AdvMoE's two optimisers, NaN naming, log-space KL, and the comparison.
 
-use advmoe_core::{AttackSpec, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective};
+use advmoe_core::{
+    AttackSpec, BnPasses, MethodKind, OptimizerKind, Rng, RouterKind, RouterObjective,
+};
 use advmoe_engine::compare::{
     CHECKPOINT_DIR, CompareEntry, CompareEvent, CompareRow, Comparison, compare_entries,
     markdown_curves, markdown_routes, markdown_table, run_comparison,
@@ -30,6 +32,7 @@ fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig
         alpha: 6.0,
         router_kl_warmup: 0.0,
         router_lr_scale: 1.0,
+        bn_passes: BnPasses::Own,
         router_objective: objective,
         image_router: router == RouterKind::Image,
         num_experts: 2,
@@ -183,6 +186,80 @@ fn the_router_learning_rate_scale_moves_the_routers_alone() {
         drift < 1e-6,
         "the experts moved with the router's rate: {drift}"
     );
+}
+
+/// Every batch norm's running statistics after one step of `method` at ε = 0 (the adversarial
+/// examples are the clean images) and a learning rate too small to move the weights: every
+/// train-mode pass then has the same batch statistics `s`, and a batch norm folded k times holds
+/// `0.9^k · initial + (1 - 0.9^k) · s`.
+fn running_after_one_step(method: MethodKind, passes: BnPasses) -> Vec<(String, Vec<f32>)> {
+    let mut config = small_config(4, 2, 5);
+    config.train.method = method;
+    config.train.router_objective = RouterObjective::ClassPartition;
+    config.train.batch_size = 8;
+    config.train.lr = 1e-9;
+    config.train.attack.eps = 0.0;
+    config.train.bn_passes = passes;
+    let mut run = Run::new(config, synthetic(64, 16), &cpu()).unwrap();
+    run.advance(1, &mut |_| true).wait().unwrap();
+    host_tensors(run.model())
+        .wait()
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name.contains("running_"))
+        // Running variance starts at 1, running mean at 0: keep what the folds added.
+        .map(|t| {
+            let start = if t.name.ends_with("running_var") {
+                1.0
+            } else {
+                0.0
+            };
+            let values = t.values.iter().map(|v| v - start).collect();
+            (t.name, values)
+        })
+        .collect()
+}
+
+#[test]
+fn advmoe_folds_the_batch_norm_passes_its_setting_names() {
+    // Vanilla MoE AT folds its clean and adversarial passes into every batch norm: 1 - 0.9² of
+    // the way to the batch statistics. AdvMoE's own passes: the experts' step folds its two
+    // into the experts' batch norms, the router step its two into the routers'. The released
+    // script's: the experts' batch norms 4 (a clean pass before the attacks, the experts'
+    // step's two, the router step's clean pass), the routers' 6 (the router alone and the
+    // whole model before the attacks, then both steps' two).
+    let reference = running_after_one_step(MethodKind::MoeAt, BnPasses::Own);
+    let own = running_after_one_step(MethodKind::Advmoe, BnPasses::Own);
+    let released = running_after_one_step(MethodKind::Advmoe, BnPasses::Released);
+    let folded = |k: i32| 1.0 - 0.9f64.powi(k);
+    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let (mut routers, mut experts) = (0, 0);
+    for ((r, o), x) in reference.iter().zip(&own).zip(&released) {
+        assert_eq!((&r.0, &r.0), (&o.0, &x.0));
+        let router = is_router_path(&r.0);
+        let (k_own, k_released) = if router { (2, 6) } else { (2, 4) };
+        for (label, values, k) in [("own", &o.1, k_own), ("released", &x.1, k_released)] {
+            let scale = (folded(k) / folded(2)) as f32;
+            let off: Vec<f32> = values
+                .iter()
+                .zip(&r.1)
+                .map(|(v, r)| v - scale * r)
+                .collect();
+            assert!(
+                norm(&r.1) > 1e-3 && norm(&off) < 1e-4 * norm(values).max(1e-3),
+                "{label}, {}: not {k} folds ({} off of {})",
+                r.0,
+                norm(&off),
+                norm(values)
+            );
+        }
+        if router {
+            routers += 1;
+        } else {
+            experts += 1;
+        }
+    }
+    assert!(routers >= 4 && experts >= 4, "{routers} / {experts}");
 }
 
 #[test]

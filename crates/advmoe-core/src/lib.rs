@@ -13,7 +13,7 @@ pub use macs::{MacReport, count_macs};
 pub use metrics::{EvalReport, StepMetrics};
 pub use rng::Rng;
 pub use spec::{
-    Arch, AttackKind, AttackLoss, AttackSpec, AttackTarget, DatasetKind, DatasetSpec, MethodKind,
-    ModelSpec, Named, OptimizerKind, RouterKind, RouterObjective, ScheduleKind, SpecError,
-    TargetClass, TrainSpec, warmed_up,
+    Arch, AttackKind, AttackLoss, AttackSpec, AttackTarget, BnPasses, DatasetKind, DatasetSpec,
+    MethodKind, ModelSpec, Named, OptimizerKind, RouterKind, RouterObjective, ScheduleKind,
+    SpecError, TargetClass, TrainSpec, warmed_up,
 };

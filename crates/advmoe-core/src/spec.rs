@@ -160,6 +160,22 @@ named_enum!(
 );
 
 named_enum!(
+    /// Which train-mode passes of an AdvMoE step fold their batch statistics into the running
+    /// statistics (which attacks and evaluations use).
+    BnPasses {
+        /// Each of the two steps folds its own passes, clean then adversarial, into its own
+        /// batch norms only: the experts' step into the experts', the router step into the
+        /// routers'.
+        Own => "own",
+        /// As the paper's released training script: every pass folds into every batch norm it
+        /// runs through, and each batch adds its three clean passes that train nothing (the
+        /// router alone and the whole model before the attacks, the whole model in the router
+        /// step). The running statistics lean more to clean images.
+        Released => "released",
+    }
+);
+
+named_enum!(
     /// Attack algorithm (DESIGN §5).
     AttackKind {
         /// One signed-gradient step of size ε.
@@ -763,6 +779,10 @@ fn one_f64() -> f64 {
     1.0
 }
 
+fn own_passes() -> BnPasses {
+    BnPasses::Own
+}
+
 fn robust() -> RouterObjective {
     RouterObjective::Robust
 }
@@ -820,6 +840,10 @@ pub struct TrainSpec {
     /// code, which gives both optimisers the same rate.
     #[serde(default = "one_f64")]
     pub router_lr_scale: f64,
+    /// Which passes of an AdvMoE step fold their batch statistics ([`BnPasses`]; `own`, the
+    /// default and what older configs read as, or the released script's).
+    #[serde(default = "own_passes")]
+    pub bn_passes: BnPasses,
     /// Opt-in recovery from a NaN or infinite loss: this many times, the run rolls back to its
     /// last checked state (weights, optimiser state, RNG), halves its learning rate, skips the
     /// batches that diverged, logs it and continues. 0 (the default, and what older configs
@@ -849,6 +873,7 @@ impl Default for TrainSpec {
             router_objective: RouterObjective::Robust,
             router_kl_warmup: 0.5,
             router_lr_scale: 1.0,
+            bn_passes: BnPasses::Own,
             nan_recoveries: 0,
         }
     }
@@ -1055,8 +1080,18 @@ mod tests {
         // The router's learning-rate multiple: older configs read 1 (the released code's), and
         // a multiple that is not a positive finite number up to 100 is refused by name.
         json.as_object_mut().unwrap().remove("router_lr_scale");
+        // Which passes fold their batch statistics: older configs read `own`; the names are
+        // those of the command line.
+        json.as_object_mut().unwrap().remove("bn_passes");
         let old: TrainSpec = serde_json::from_value(json).unwrap();
         assert_eq!(old.router_lr_scale, 1.0);
+        assert_eq!(old.bn_passes, BnPasses::Own);
+        let released = TrainSpec {
+            bn_passes: BnPasses::Released,
+            ..t.clone()
+        };
+        let json = serde_json::to_value(&released).unwrap();
+        assert_eq!(json["bn_passes"], "released");
         for scale in [0.0, -1.0, f64::NAN, 101.0] {
             let bad = TrainSpec {
                 router_lr_scale: scale,

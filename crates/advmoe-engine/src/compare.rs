@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use advmoe_core::{EvalReport, MethodKind, count_macs};
+use advmoe_core::{BnPasses, EvalReport, MethodKind, count_macs};
 use advmoe_data::{Dataset, ImageSet};
 use advmoe_model::MoeNet;
 use advmoe_model::checkpoint::{CheckpointError, load_model};
@@ -193,7 +193,7 @@ impl Comparison {
             "data {data}; {} depth {}, base width {}, N = {}, r = {}, {} router; {} at lr {} \
              ({}), batch {}, {} steps; training attack {} × {:.1}/255 within ε = {:.1}/255{}, \
              β = {}; AdvMoE's router objective \
-             {} (α = {}, warm-up {}{}), balance weight {}; seed {}",
+             {} (α = {}, warm-up {}{}{}), balance weight {}; seed {}",
             m.arch,
             m.depth,
             m.width,
@@ -222,6 +222,11 @@ impl Comparison {
                 String::new()
             } else {
                 format!(", router lr × {}", t.router_lr_scale)
+            },
+            if t.bn_passes == BnPasses::Own {
+                String::new()
+            } else {
+                format!(", batch-norm passes {}", t.bn_passes)
             },
             self.base.balance_weight,
             t.seed

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use advmoe_core::{
-    AttackKind, AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec,
+    AttackKind, AttackSpec, BnPasses, MethodKind, OptimizerKind, RouterObjective, ScheduleKind,
+    TrainSpec,
 };
 use advmoe_engine::compare::{
     CHECKPOINT_DIR, CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves,
@@ -68,6 +69,12 @@ pub(crate) struct CompareArgs {
     /// released code's: both optimisers at the same rate).
     #[arg(long, default_value_t = TrainSpec::default().router_lr_scale)]
     router_lr_scale: f64,
+    /// Which train-mode passes of an AdvMoE step fold their batch statistics into the running
+    /// statistics: own (each step its own passes, into its own batch norms) or released (as the
+    /// paper's released script: every pass into every batch norm it runs through, plus three
+    /// clean passes per batch).
+    #[arg(long, value_parser = choice::<BnPasses>(), default_value = TrainSpec::default().bn_passes.as_str())]
+    bn_passes: BnPasses,
     /// Training-attack steps (of 5/255 each, ε = 8/255).
     #[arg(long, default_value_t = 2)]
     train_attack_steps: usize,
@@ -161,6 +168,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             alpha: args.alpha,
             router_kl_warmup: args.router_kl_warmup,
             router_lr_scale: args.router_lr_scale,
+            bn_passes: args.bn_passes,
             router_objective: args.router_objective.unwrap_or(start.router_objective),
             ..start
         },

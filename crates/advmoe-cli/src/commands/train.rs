@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use advmoe_core::{
-    AttackSpec, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec, count_macs,
+    AttackSpec, BnPasses, MethodKind, OptimizerKind, RouterObjective, ScheduleKind, TrainSpec,
+    count_macs,
 };
 use advmoe_data::DataFiles;
 use advmoe_engine::{
@@ -52,6 +53,12 @@ pub(crate) struct TrainArgs {
     /// released code's: both optimisers at the same rate).
     #[arg(long, default_value_t = TrainSpec::default().router_lr_scale)]
     router_lr_scale: f64,
+    /// Which train-mode passes of an AdvMoE step fold their batch statistics into the running
+    /// statistics: own (each step its own passes, into its own batch norms) or released (as the
+    /// paper's released script: every pass into every batch norm it runs through, plus three
+    /// clean passes per batch).
+    #[arg(long, value_parser = choice::<BnPasses>(), default_value = TrainSpec::default().bn_passes.as_str())]
+    bn_passes: BnPasses,
     /// Recover from a NaN or infinite loss this many times: roll back to the last checked
     /// state, halve the learning rate, skip the batches that diverged, log it, continue (0: stop
     /// at the first, keeping the last checked state).
@@ -189,6 +196,7 @@ impl TrainArgs {
                 alpha: self.alpha,
                 router_kl_warmup: self.router_kl_warmup,
                 router_lr_scale: self.router_lr_scale,
+                bn_passes: self.bn_passes,
                 router_objective: self.router_objective.unwrap_or(start.router_objective),
                 nan_recoveries: self.nan_recoveries,
             },

@@ -1,12 +1,13 @@
 //! `advmoe` (Zhang et al. 2023): alternating expert and router steps with two optimisers.
 
-use advmoe_core::{MethodKind, Rng, RouterObjective, warmed_up};
+use advmoe_core::{BnPasses, MethodKind, Rng, RouterObjective, warmed_up};
 use advmoe_model::{Mode, MoeNet, is_router_path};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, activation::log_softmax};
 
-use super::trades::{apply_bn, trades_examples, trades_loss};
+use super::trades::{RouterKl, apply_bn, trades_examples, trades_loss};
 use super::{Method, MethodConfig, StepInput, stack, zero};
+use crate::attack::frozen;
 use crate::loss::{cross_entropy, kl_each_from_log};
 use crate::optim::{Optimizer, freeze_where};
 use crate::tensors::DeviceBatch;
@@ -14,7 +15,8 @@ use crate::tensors::DeviceBatch;
 /// AdvMoE (Zhang et al. 2023): per mini-batch, (A) adversarial examples against the MoE (TRADES
 /// KL of the output plus KL of the routers), one step of the expert optimiser on the TRADES loss;
 /// (B) fresh adversarial examples against the updated experts, one step of the router optimiser
-/// on the router objective. Each step folds only its own batch norms' statistics.
+/// on the router objective. Each step folds only its own batch norms' statistics, every
+/// train-mode pass in order; [`BnPasses::Released`] folds as the released script does.
 pub struct AdvMoe {
     pub(super) config: MethodConfig,
 }
@@ -23,6 +25,15 @@ impl AdvMoe {
     /// AdvMoE with `config` (whose `kind` should be `advmoe`).
     pub fn new(config: MethodConfig) -> Self {
         Self { config }
+    }
+
+    /// The routers' clean scores in the attacks' router KL: eval-mode ones, or the train-mode
+    /// ones the released script's attacks start from.
+    fn router_kl(&self, released: &Option<Vec<Tensor<2>>>) -> RouterKl {
+        match released {
+            Some(scores) => RouterKl::From(scores.clone()),
+            None => RouterKl::Eval,
+        }
     }
 
     /// Step (A): update the experts (every parameter outside the routers). Returns the model and
@@ -35,14 +46,31 @@ impl AdvMoe {
         optimizer: &mut Optimizer,
         rng: &mut Rng,
     ) -> (MoeNet, [Tensor<1>; 3]) {
+        self.expert_step_with(model, batch, lr, optimizer, rng, &None)
+    }
+
+    fn expert_step_with(
+        &self,
+        model: MoeNet,
+        batch: &DeviceBatch,
+        lr: f64,
+        optimizer: &mut Optimizer,
+        rng: &mut Rng,
+        released: &Option<Vec<Tensor<2>>>,
+    ) -> (MoeNet, [Tensor<1>; 3]) {
         let expert = |p: &str| !is_router_path(p);
-        let adv = trades_examples(&self.config, &model, batch, true, rng);
+        let adv = trades_examples(&self.config, &model, batch, self.router_kl(released), rng);
         // This step updates no router, so its backward pass takes no gradient through them.
         let experts_only = freeze_where(model.clone(), &is_router_path);
         let loss = trades_loss(&self.config, &experts_only, adv, batch, false);
         let grads = GradientsParams::from_grads(loss.total.backward(), &experts_only);
         let model = optimizer.step_where(model, grads, lr, &expert);
-        let model = apply_bn(model, loss.bn_updates, &expert);
+        // The released script's passes fold into the routers' batch norms too.
+        let model = if released.is_some() {
+            model.apply_bn_updates(loss.bn_updates)
+        } else {
+            apply_bn(model, loss.bn_updates, &expert)
+        };
         (model, [loss.total, loss.ce, loss.kl])
     }
 
@@ -57,7 +85,21 @@ impl AdvMoe {
         optimizer: &mut Optimizer,
         rng: &mut Rng,
     ) -> (MoeNet, [Tensor<1>; 2]) {
-        let adv = trades_examples(&self.config, &model, batch, true, rng);
+        self.router_step_with(model, batch, lr, progress, optimizer, rng, &None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn router_step_with(
+        &self,
+        model: MoeNet,
+        batch: &DeviceBatch,
+        lr: f64,
+        progress: f64,
+        optimizer: &mut Optimizer,
+        rng: &mut Rng,
+        released: &Option<Vec<Tensor<2>>>,
+    ) -> (MoeNet, [Tensor<1>; 2]) {
+        let adv = trades_examples(&self.config, &model, batch, self.router_kl(released), rng);
         // This step updates the routers alone: no gradient of an expert's weights.
         let routers_only = freeze_where(model.clone(), &|p| !is_router_path(p));
         let (total, terms, bn_updates) = match self.config.router_objective {
@@ -130,21 +172,50 @@ impl Method for AdvMoe {
     }
 
     fn step(&mut self, input: StepInput<'_>) -> (MoeNet, Tensor<1>) {
-        let (model, [total, ce, kl]) = self.expert_step(
-            input.model,
+        let images = &input.batch.images;
+        let mut model = input.model;
+        // The released script's two clean train-mode passes before its attacks, which train
+        // nothing: the router alone (its scores are where the attacks' router KL starts) and
+        // the whole model. (With per-layer routers the first is the whole model too.)
+        let released = (self.config.bn_passes == BnPasses::Released).then(|| {
+            let plain = frozen(&model);
+            let (scores, mut updates) = plain.router_decisions(images.clone(), Mode::Train);
+            updates.extend(plain.forward(images.clone(), Mode::Train).bn_updates);
+            model = model.clone().apply_bn_updates(updates);
+            scores.into_iter().map(|s| s.detach()).collect::<Vec<_>>()
+        });
+        let (model, [total, ce, kl]) = self.expert_step_with(
+            model,
             &input.batch,
             input.lr,
             &mut input.optimizers.main,
             input.rng,
+            &released,
         );
-        let (model, [r1, r2]) = self.router_step(
+        // And its clean pass of the whole model in the router step, taken before the routers
+        // change, folded after that step's attack: the experts' batch norms (its routers'
+        // statistics are those of the router step's own clean pass).
+        let later = released.as_ref().map(|_| {
+            frozen(&model)
+                .forward(images.clone(), Mode::Train)
+                .bn_updates
+                .into_iter()
+                .filter(|u| !is_router_path(&u.path))
+                .collect::<Vec<_>>()
+        });
+        let (model, [r1, r2]) = self.router_step_with(
             model,
             &input.batch,
             input.lr * self.config.router_lr_scale,
             input.progress,
             &mut input.optimizers.router,
             input.rng,
+            &released,
         );
+        let model = match later {
+            Some(updates) => model.apply_bn_updates(updates),
+            None => model,
+        };
         (model, stack(vec![total, ce, kl, r1, r2]))
     }
 }

@@ -24,7 +24,9 @@ use pgd_at::PgdAt;
 use standard::Standard;
 use trades::Trades;
 
-use advmoe_core::{AttackLoss, AttackSpec, AttackTarget, MethodKind, Rng, RouterObjective};
+use advmoe_core::{
+    AttackLoss, AttackSpec, AttackTarget, BnPasses, MethodKind, Rng, RouterObjective,
+};
 use advmoe_model::{Mode, MoeNet};
 use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
@@ -89,6 +91,8 @@ pub struct MethodConfig {
     pub router_kl_warmup: f64,
     /// AdvMoE's router learning rate as a multiple of the step's (the experts') rate.
     pub router_lr_scale: f64,
+    /// Which passes of an AdvMoE step fold their batch statistics.
+    pub bn_passes: BnPasses,
     /// AdvMoE's router objective.
     pub router_objective: RouterObjective,
     /// Whether one image router drives every MoE layer.

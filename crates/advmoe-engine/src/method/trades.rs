@@ -58,24 +58,42 @@ pub(super) fn trades_loss(
     }
 }
 
+/// Whether the inner attack also raises the routers' KL, and from which clean scores.
+pub(super) enum RouterKl {
+    /// The output's KL alone (TRADES, vanilla MoE AT).
+    Off,
+    /// Plus the routers' KL from their clean scores in eval mode (AdvMoE).
+    Eval,
+    /// Plus the routers' KL from these clean scores, one per distinct decision (AdvMoE as the
+    /// released script attacks: from its train-mode scores).
+    From(Vec<Tensor<2>>),
+}
+
 /// x_adv for TRADES: K steps on KL(f(x) ‖ f(x')) from x + N(0, 0.001²).
 pub(super) fn trades_examples(
     config: &MethodConfig,
     model: &MoeNet,
     batch: &DeviceBatch,
-    router_kl: bool,
+    router_kl: RouterKl,
     rng: &mut Rng,
 ) -> Tensor<4> {
     let spec = config.inner_attack(AttackLoss::Kl);
     let output =
         LogitObjective::from_spec(model, batch.images.clone(), batch.labels.clone(), &spec);
     let mut parts: Vec<Box<dyn Objective + '_>> = vec![Box::new(output)];
-    if router_kl && config.num_experts > 1 {
-        parts.push(Box::new(RouterAttack::new(
-            model,
-            batch.images.clone(),
-            AttackLoss::Kl,
-        )));
+    if config.num_experts > 1 {
+        let images = batch.images.clone();
+        match router_kl {
+            RouterKl::Off => {}
+            RouterKl::Eval => {
+                parts.push(Box::new(RouterAttack::new(model, images, AttackLoss::Kl)));
+            }
+            RouterKl::From(scores) => parts.push(Box::new(RouterAttack::from_clean_scores(
+                model,
+                scores,
+                AttackLoss::Kl,
+            ))),
+        }
     }
     let objective = SumObjective { parts };
     run_attack_last(
@@ -117,7 +135,13 @@ impl Method for Trades {
     }
 
     fn step(&mut self, input: StepInput<'_>) -> (MoeNet, Tensor<1>) {
-        let adv = trades_examples(&self.config, &input.model, &input.batch, false, input.rng);
+        let adv = trades_examples(
+            &self.config,
+            &input.model,
+            &input.batch,
+            RouterKl::Off,
+            input.rng,
+        );
         let loss = trades_loss(&self.config, &input.model, adv, &input.batch, true);
         let grads = GradientsParams::from_grads(loss.total.backward(), &input.model);
         let model = input

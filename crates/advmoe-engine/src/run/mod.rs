@@ -329,6 +329,7 @@ impl Run {
             alpha: train.alpha,
             router_kl_warmup: train.router_kl_warmup,
             router_lr_scale: train.router_lr_scale,
+            bn_passes: train.bn_passes,
             router_objective: train.router_objective,
             image_router: m.router == RouterKind::Image,
             num_experts: m.num_experts,
