@@ -84,7 +84,14 @@ fn optimisers_own_their_parameters(
     let mut experts_opt = Optimizer::new(OptimizerKind::Sgd, 0.9, 5e-4);
     let mut routers_opt = Optimizer::new(OptimizerKind::Sgd, 0.9, 5e-4);
 
-    let (after_a, _) = method.expert_step(model.clone(), &batch, 0.05, &mut experts_opt, &mut rng);
+    let (after_a, _) = method.expert_step(
+        model.clone(),
+        &batch,
+        0.05,
+        &mut experts_opt,
+        &mut rng,
+        None,
+    );
     let (r, e, routers, experts) = changed(&model, &after_a);
     let label = format!("{router} / {objective}");
     assert!(
@@ -104,6 +111,7 @@ fn optimisers_own_their_parameters(
         0.0,
         &mut routers_opt,
         &mut rng,
+        None,
     );
     let (r, e, _, _) = changed(&after_a, &after_b);
     assert!(

@@ -27,17 +27,11 @@ impl AdvMoe {
         Self { config }
     }
 
-    /// The routers' clean scores in the attacks' router KL: eval-mode ones, or the train-mode
-    /// ones the released script's attacks start from.
-    fn router_kl(&self, released: &Option<Vec<Tensor<2>>>) -> RouterKl {
-        match released {
-            Some(scores) => RouterKl::From(scores.clone()),
-            None => RouterKl::Eval,
-        }
-    }
-
     /// Step (A): update the experts (every parameter outside the routers). Returns the model and
-    /// the terms (TRADES loss, clean cross-entropy, KL).
+    /// the terms (TRADES loss, clean cross-entropy, KL). `released`: under
+    /// [`BnPasses::Released`], the routers' train-mode clean scores, where the released script's
+    /// attacks start the router KL (and its passes then fold into every batch norm); `None`:
+    /// this project's own passes.
     pub fn expert_step(
         &self,
         model: MoeNet,
@@ -45,21 +39,10 @@ impl AdvMoe {
         lr: f64,
         optimizer: &mut Optimizer,
         rng: &mut Rng,
-    ) -> (MoeNet, [Tensor<1>; 3]) {
-        self.expert_step_with(model, batch, lr, optimizer, rng, &None)
-    }
-
-    fn expert_step_with(
-        &self,
-        model: MoeNet,
-        batch: &DeviceBatch,
-        lr: f64,
-        optimizer: &mut Optimizer,
-        rng: &mut Rng,
-        released: &Option<Vec<Tensor<2>>>,
+        released: Option<&[Tensor<2>]>,
     ) -> (MoeNet, [Tensor<1>; 3]) {
         let expert = |p: &str| !is_router_path(p);
-        let adv = trades_examples(&self.config, &model, batch, self.router_kl(released), rng);
+        let adv = trades_examples(&self.config, &model, batch, router_kl(released), rng);
         // This step updates no router, so its backward pass takes no gradient through them.
         let experts_only = freeze_where(model.clone(), &is_router_path);
         let loss = trades_loss(&self.config, &experts_only, adv, batch, false);
@@ -75,7 +58,9 @@ impl AdvMoe {
     }
 
     /// Step (B): update the routers only. Returns the model and the terms (robust: TRADES loss and
-    /// balance term; class-partition: class cross-entropy and router KL).
+    /// balance term; class-partition: class cross-entropy and router KL). `released` as in
+    /// [`AdvMoe::expert_step`].
+    #[allow(clippy::too_many_arguments)]
     pub fn router_step(
         &self,
         model: MoeNet,
@@ -84,22 +69,9 @@ impl AdvMoe {
         progress: f64,
         optimizer: &mut Optimizer,
         rng: &mut Rng,
+        released: Option<&[Tensor<2>]>,
     ) -> (MoeNet, [Tensor<1>; 2]) {
-        self.router_step_with(model, batch, lr, progress, optimizer, rng, &None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn router_step_with(
-        &self,
-        model: MoeNet,
-        batch: &DeviceBatch,
-        lr: f64,
-        progress: f64,
-        optimizer: &mut Optimizer,
-        rng: &mut Rng,
-        released: &Option<Vec<Tensor<2>>>,
-    ) -> (MoeNet, [Tensor<1>; 2]) {
-        let adv = trades_examples(&self.config, &model, batch, self.router_kl(released), rng);
+        let adv = trades_examples(&self.config, &model, batch, router_kl(released), rng);
         // This step updates the routers alone: no gradient of an expert's weights.
         let routers_only = freeze_where(model.clone(), &|p| !is_router_path(p));
         let (total, terms, bn_updates) = match self.config.router_objective {
@@ -147,6 +119,15 @@ impl AdvMoe {
     }
 }
 
+/// The routers' clean scores in the attacks' router KL: eval-mode ones, or the train-mode ones
+/// the released script's attacks start from.
+fn router_kl(released: Option<&[Tensor<2>]>) -> RouterKl {
+    match released {
+        Some(scores) => RouterKl::From(scores.to_vec()),
+        None => RouterKl::Eval,
+    }
+}
+
 impl Method for AdvMoe {
     fn kind(&self) -> MethodKind {
         MethodKind::Advmoe
@@ -184,13 +165,13 @@ impl Method for AdvMoe {
             model = model.clone().apply_bn_updates(updates);
             scores.into_iter().map(|s| s.detach()).collect::<Vec<_>>()
         });
-        let (model, [total, ce, kl]) = self.expert_step_with(
+        let (model, [total, ce, kl]) = self.expert_step(
             model,
             &input.batch,
             input.lr,
             &mut input.optimizers.main,
             input.rng,
-            &released,
+            released.as_deref(),
         );
         // And its clean pass of the whole model in the router step, taken before the routers
         // change, folded after that step's attack: the experts' batch norms (its routers'
@@ -203,14 +184,14 @@ impl Method for AdvMoe {
                 .filter(|u| !is_router_path(&u.path))
                 .collect::<Vec<_>>()
         });
-        let (model, [r1, r2]) = self.router_step_with(
+        let (model, [r1, r2]) = self.router_step(
             model,
             &input.batch,
             input.lr * self.config.router_lr_scale,
             input.progress,
             &mut input.optimizers.router,
             input.rng,
-            &released,
+            released.as_deref(),
         );
         let model = match later {
             Some(updates) => model.apply_bn_updates(updates),
