@@ -154,17 +154,19 @@ impl Method for AdvMoe {
 
     fn step(&mut self, input: StepInput<'_>) -> (MoeNet, Tensor<1>) {
         let images = &input.batch.images;
-        let mut model = input.model;
         // The released script's two clean train-mode passes before its attacks, which train
         // nothing: the router alone (its scores are where the attacks' router KL starts) and
         // the whole model. (With per-layer routers the first is the whole model too.)
-        let released = (self.config.bn_passes == BnPasses::Released).then(|| {
-            let plain = frozen(&model);
-            let (scores, mut updates) = plain.router_decisions(images.clone(), Mode::Train);
-            updates.extend(plain.forward(images.clone(), Mode::Train).bn_updates);
-            model = model.clone().apply_bn_updates(updates);
-            scores.into_iter().map(|s| s.detach()).collect::<Vec<_>>()
-        });
+        let (model, released) = match self.config.bn_passes {
+            BnPasses::Own => (input.model, None),
+            BnPasses::Released => {
+                let plain = frozen(&input.model);
+                let (scores, mut updates) = plain.router_decisions(images.clone(), Mode::Train);
+                updates.extend(plain.forward(images.clone(), Mode::Train).bn_updates);
+                let scores: Vec<_> = scores.into_iter().map(|s| s.detach()).collect();
+                (input.model.apply_bn_updates(updates), Some(scores))
+            }
+        };
         let (model, [total, ce, kl]) = self.expert_step(
             model,
             &input.batch,
@@ -176,7 +178,7 @@ impl Method for AdvMoe {
         // And its clean pass of the whole model in the router step, taken before the routers
         // change, folded after that step's attack: the experts' batch norms (its routers'
         // statistics are those of the router step's own clean pass).
-        let later = released.as_ref().map(|_| {
+        let later = released.is_some().then(|| {
             frozen(&model)
                 .forward(images.clone(), Mode::Train)
                 .bn_updates
