@@ -5,7 +5,7 @@ use advmoe_core::{
 };
 use advmoe_engine::compare::{
     CHECKPOINT_DIR, CompareEntry, CompareEvent, CompareRow, Comparison, compare_entries,
-    markdown_curves, markdown_routes, markdown_table, run_comparison,
+    markdown_curves, markdown_paired, markdown_routes, markdown_table, run_comparison,
 };
 use advmoe_engine::loss::kl_div;
 use advmoe_engine::method::{AdvMoe, MethodConfig};
@@ -528,11 +528,13 @@ fn the_comparison_trains_and_measures_every_model() {
 
     // Run again with another evaluation: nothing is trained, every saved model is measured
     // again and keeps its training record; run once more with it: nothing is measured either.
+    // This one also records each image's outcomes, so the rows can be compared image by image.
     // The CLI's `--eval-size` also sets the training curves' subset (`train.eval_size`), which
     // does not change the weights: asking for another subset does not train them again.
     let fewer = RobustOptions {
         limit: 6,
         partition_routes: false,
+        per_image: true,
         ..eval.clone()
     };
     let resized: Vec<CompareEntry> = entries
@@ -575,7 +577,24 @@ fn the_comparison_trains_and_measures_every_model() {
             );
             assert_eq!(a.history.len(), b.history.len(), "{}", a.name);
             assert_eq!(a.robust_history, b.robust_history, "{}", a.name);
+            let outcomes = a.report.per_image.as_ref().expect("per-image outcomes");
+            let ones = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 6.0;
+            assert_eq!(outcomes.len(), 6, "{}", a.name);
+            assert_eq!(ones(&outcomes.clean), a.report.clean_acc, "{}", a.name);
+            assert_eq!(ones(&outcomes.robust), a.report.robust_acc, "{}", a.name);
+            assert!(outcomes.worst_case.is_empty(), "no worst case measured");
         }
+        // AdvMoE against each other model, on SA and the RA attack, and the differences are
+        // those of the recorded accuracies.
+        let paired = markdown_paired(&again);
+        assert_eq!(paired.lines().count(), 2 + 4 * 2, "{paired}");
+        let advmoe = again.iter().find(|r| r.name == "advmoe").unwrap();
+        let moe_at = again.iter().find(|r| r.name == "moe-at").unwrap();
+        let gap = 100.0 * (advmoe.report.robust_acc - moe_at.report.robust_acc);
+        assert!(
+            paired.contains(&format!("| advmoe − moe-at | RA (PGD-2) | {gap:+.1} |")),
+            "{paired}"
+        );
     }
     released_eval_joins_saved_rows(&entries, &fewer, &dir);
 }
@@ -682,7 +701,8 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
         .into_iter()
         .filter(|e| e.name == "advmoe")
         .collect();
-    // Two batches of 4 images, the worst case too: a cut between them must not change a count.
+    // Two batches of 4 images, the worst case and each image's outcomes too: a cut between them
+    // must not change a count.
     let eval = RobustOptions {
         attack: AttackSpec {
             steps: 2,
@@ -692,6 +712,7 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
         batch_size: 4,
         worst_case: NamedAttack::auto_attack(8.0 / 255.0, 2, 2),
         partition_routes: true,
+        per_image: true,
         ..RobustOptions::default()
     };
     // Runs the comparison in `dir`, stopped after the event named `stop_after`.
@@ -756,6 +777,8 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
     report.secs = b.report.secs;
     assert_eq!(report, b.report);
     assert!(b.report.worst_case.is_some() && b.report.partition_routes.is_some());
+    let outcomes = b.report.per_image.as_ref().expect("per-image outcomes");
+    assert_eq!((outcomes.len(), outcomes.worst_case.len()), (8, 8));
     // The row holds it all now: the checkpoint is gone.
     assert!(!checkpoint.exists());
     assert!(cut.join("advmoe").join("row.json").exists());

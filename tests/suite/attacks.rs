@@ -10,8 +10,9 @@ use advmoe_engine::attack::{
 };
 use advmoe_engine::eval::count_correct;
 use advmoe_engine::loss::cross_entropy_each;
+use advmoe_engine::paired::mcnemar_exact;
 use advmoe_engine::robust::{
-    LadderOptions, NamedAttack, RobustOptions, evaluate_robust, router_ladder,
+    LadderOptions, NamedAttack, Paired, RobustOptions, evaluate_robust, router_ladder,
 };
 use advmoe_engine::tensors::{DeviceBatch, to_device};
 use advmoe_model::{Mode, MoeNet, Routing, check_routes};
@@ -329,6 +330,7 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
             ]
             .concat(),
             partition_routes: true,
+            per_image: true,
             ..RobustOptions::default()
         },
         &device,
@@ -378,6 +380,51 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
         );
     }
     assert!(worst.robust_acc < report.clean_acc, "{worst:?}");
+
+    // Each image's outcomes add up to the accuracies, and the worst case keeps an image only
+    // where the RA attack did: image by image, the RA attack is never behind it.
+    let each = report.per_image.expect("per-image outcomes asked for");
+    let share = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 40.0;
+    assert_eq!(each.len(), 40);
+    assert_eq!(share(&each.clean), report.clean_acc);
+    assert_eq!(share(&each.robust), report.robust_acc);
+    assert_eq!(share(&each.worst_case), worst.robust_acc);
+    assert_eq!(each.headline(), each.worst_case);
+    let paired = Paired::of(&each.robust, &each.worst_case).unwrap();
+    assert_eq!(paired.only_b, 0, "{paired:?}");
+    assert!(
+        (paired.difference - (report.robust_acc - worst.robust_acc)).abs() < 1e-12,
+        "{paired:?}"
+    );
+}
+
+/// The paired difference of two models on the same images: its standard error from the
+/// per-image differences, and McNemar's exact test, against values worked out by hand.
+#[test]
+fn paired_differences_match_their_definitions() {
+    // One image each way out of four: no difference, and a p-value of 1.
+    let p = Paired::of("1100", "1010").unwrap();
+    assert_eq!((p.images, p.only_a, p.only_b), (4, 1, 1));
+    assert_eq!(p.difference, 0.0);
+    // Per-image differences +1, −1, 0, 0: variance of their mean (0.5 − 0) / 4.
+    assert!((p.std_error - 0.125f64.sqrt()).abs() < 1e-12);
+    assert_eq!(p.p_value, 1.0);
+    // Three of ten images only the first got right: 0.3 ± √((0.3 − 0.09) / 10).
+    let p = Paired::of("1111111111", "1110101011").unwrap();
+    assert_eq!((p.only_a, p.only_b), (3, 0));
+    assert!((p.difference - 0.3).abs() < 1e-12);
+    assert!((p.std_error - 0.021f64.sqrt()).abs() < 1e-12);
+    // Exact binomial tails: 2 × 1/2⁵, and 2 × (1 + 10 + 45) / 2¹⁰.
+    assert!((mcnemar_exact(0, 5) - 0.0625).abs() < 1e-12);
+    assert!((mcnemar_exact(8, 2) - 0.109_375).abs() < 1e-12);
+    assert_eq!(mcnemar_exact(0, 0), 1.0);
+    // Thousands of disagreements: finite, and near the normal approximation with continuity
+    // correction (z = 99 / √8100 = 1.1, two-sided p = 0.271).
+    let p = mcnemar_exact(4000, 4100);
+    assert!((p - 0.271).abs() < 0.003, "{p}");
+    // Outcomes of different images, or of none, are not compared.
+    assert!(Paired::of("101", "10").is_none());
+    assert!(Paired::of("", "").is_none());
 }
 
 #[test]

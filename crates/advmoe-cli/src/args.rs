@@ -282,13 +282,19 @@ pub(crate) struct WorstCaseFlags {
     /// classifier.
     #[arg(long)]
     pub(crate) partition_routes: bool,
+    /// Also record whether each test image was right clean, under the RA attack and under the
+    /// worst case (`per_image` in the JSON, a '1' or '0' per image), so that two models measured
+    /// on the same images can be compared image by image: `compare` then adds their paired
+    /// differences, with standard errors and McNemar's exact test, to `compare.md`.
+    #[arg(long)]
+    pub(crate) per_image: bool,
 }
 
 impl WorstCaseFlags {
     /// Whether a flag that measures under attack was given (`eval` needs --attack for them;
     /// `compare` always has one).
     pub(crate) fn needs_attack(&self) -> bool {
-        self.worst_case || self.partition_routes
+        self.worst_case || self.partition_routes || self.per_image
     }
 
     /// The further attacks asked for, beside `kind` at `eps` on a model of `classes` classes.

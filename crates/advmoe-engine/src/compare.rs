@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::eval::images_to_evaluate;
 pub use crate::robust::Counted;
 use crate::robust::{EvalProgress, Evaluation, RobustOptions, RobustReport, evaluate_robust_from};
+use crate::robust::{Paired, PerImage, attack_name};
 use crate::robust::{PartitionRoutes, headline_label, released_attack, released_robust_acc};
 use crate::run::{CheckpointSource, EngineError, Run, RunConfig, RunState, now_secs, write_files};
 
@@ -884,6 +885,87 @@ pub fn markdown_routes(rows: &[CompareRow]) -> String {
     if forced {
         s.push_str(&format!(
             "\nForced routes: every MoE layer's route set to y mod N and every attack aimed at the experts through it, the {robust} of a router that always followed the partition and that no attack could turn. The route is chosen from the label, so it tells the model which group of classes (a half, for N = 2) an image is in: a bound, not a classifier. \"On the rest\" is the images the model's own router sends elsewhere, on their partition's expert: against the same images on their own route, whether the route or the images make them hard. Shifted: every route set to the next expert instead (clean only), what the partition's expert adds.\n"
+        ));
+    }
+    s
+}
+
+/// One paired difference of a comparison: `a − b` on one accuracy, image by image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairedRow {
+    /// The first model's name.
+    pub a: String,
+    /// The second model's name.
+    pub b: String,
+    /// The accuracy compared: `SA`, `RA (<attack>)` or `worst-case RA`.
+    pub what: String,
+    /// The difference, its standard error and McNemar's test.
+    pub paired: Paired,
+}
+
+/// The paired differences of the rows that recorded per-image outcomes
+/// ([`RobustOptions::per_image`]) on the same images: AdvMoE against each other such row when
+/// an `advmoe` row is there, else every pair; SA, the RA attack and, when both measured it,
+/// the worst case. Empty when fewer than two rows recorded them.
+pub fn paired_rows<'a>(rows: impl IntoIterator<Item = &'a CompareRow>) -> Vec<PairedRow> {
+    let with: Vec<(&CompareRow, &PerImage)> = rows
+        .into_iter()
+        .filter_map(|r| Some((r, r.report.per_image.as_ref()?)))
+        .collect();
+    let mut pairs = Vec::new();
+    match with.iter().position(|(r, _)| r.name == "advmoe") {
+        Some(a) => pairs.extend((0..with.len()).filter(|&b| b != a).map(|b| (a, b))),
+        None => {
+            for a in 0..with.len() {
+                pairs.extend((a + 1..with.len()).map(|b| (a, b)));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (a, b) in pairs {
+        let ((ra, pa), (rb, pb)) = (with[a], with[b]);
+        let mut measured = vec![
+            ("SA".to_string(), &pa.clean, &pb.clean),
+            (
+                format!("RA ({})", attack_name(&ra.report.attack)),
+                &pa.robust,
+                &pb.robust,
+            ),
+        ];
+        if !pa.worst_case.is_empty() && !pb.worst_case.is_empty() {
+            measured.push(("worst-case RA".into(), &pa.worst_case, &pb.worst_case));
+        }
+        out.extend(measured.into_iter().filter_map(|(what, x, y)| {
+            Some(PairedRow {
+                a: ra.name.clone(),
+                b: rb.name.clone(),
+                what,
+                paired: Paired::of(x, y)?,
+            })
+        }));
+    }
+    out
+}
+
+/// The [`paired_rows`] as a markdown table; empty when there are none.
+pub fn markdown_paired(rows: &[CompareRow]) -> String {
+    let paired = paired_rows(rows);
+    if paired.is_empty() {
+        return String::new();
+    }
+    let mut s = "| models | accuracy | difference, points | standard error | images only the first / only the second got right | McNemar p |\n|---|---|---|---|---|---|\n".to_string();
+    for r in paired {
+        let d = r.paired;
+        s.push_str(&format!(
+            "| {} − {} | {} | {:+.1} | {:.1} | {} / {} | {:.3} |\n",
+            r.a,
+            r.b,
+            r.what,
+            100.0 * d.difference,
+            100.0 * d.std_error,
+            d.only_a,
+            d.only_b,
+            d.p_value
         ));
     }
     s

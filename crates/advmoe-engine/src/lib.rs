@@ -16,6 +16,7 @@ pub mod inspect;
 pub mod loss;
 pub mod method;
 pub mod optim;
+pub mod paired;
 pub mod robust;
 pub mod run;
 pub mod tensors;

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::attack::{LogitObjective, RouterObjective, attack, frozen};
 use crate::eval::{EvalError, correct_each, count_correct, images_to_evaluate};
 use crate::loss::distinct_routes;
+pub use crate::paired::{Paired, PerImage};
 use crate::tensors::to_device;
 
 /// What to measure.
@@ -66,6 +67,11 @@ pub struct RobustOptions {
     /// when off.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released_eval: bool,
+    /// Also record each image's outcomes ([`RobustReport::per_image`]), so that two models
+    /// measured on the same images can be compared image by image ([`Paired`]). Left out of
+    /// the JSON when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_image: bool,
 }
 
 impl Default for RobustOptions {
@@ -80,6 +86,7 @@ impl Default for RobustOptions {
             worst_case: Vec::new(),
             partition_routes: false,
             released_eval: false,
+            per_image: false,
         }
     }
 }
@@ -317,6 +324,9 @@ pub struct RobustReport {
     /// measured that way, not a robustness figure (it is a weaker attack on a live router).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_robust_acc: Option<f64>,
+    /// Each image's outcomes, when [`RobustOptions::per_image`] asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_image: Option<PerImage>,
     /// The attack measured.
     pub attack: AttackSpec,
     /// Wall-clock seconds of the whole evaluation.
@@ -368,6 +378,9 @@ pub struct EvalProgress {
     class_expert_correct: Vec<Vec<Vec<usize>>>,
     class_expert_robust: Vec<Vec<Vec<usize>>>,
     partition: PartitionRoutes,
+    /// Each image's outcomes so far, when [`RobustOptions::per_image`] asks for them.
+    #[serde(default)]
+    per_image: PerImage,
 }
 
 impl EvalProgress {
@@ -395,6 +408,7 @@ impl EvalProgress {
             class_expert_correct: per_class.clone(),
             class_expert_robust: per_class,
             partition: PartitionRoutes::default(),
+            per_image: PerImage::default(),
         }
     }
 
@@ -408,6 +422,7 @@ impl EvalProgress {
                 .collect::<Vec<_>>()
         };
         self.done <= total
+            && (!options.per_image || self.per_image.len() == self.done)
             && self.sweep_full.len() == fresh.sweep_full.len()
             && self.sweep_router.len() == fresh.sweep_router.len()
             && self.resisted.len() == fresh.resisted.len()
@@ -557,6 +572,7 @@ pub async fn evaluate_robust_from(
                 p.sweep_router[i].add(router_at(eps, &mut p.rng).await?);
             }
         }
+        let main_correct = options.per_image.then(|| robust_here.clone());
         // The further attacks come last, so the measurements above draw the same random
         // starts with or without them.
         for (named, resisted) in options.worst_case.iter().zip(&mut p.resisted) {
@@ -580,6 +596,10 @@ pub async fn evaluate_robust_from(
             }
         }
         p.resisted_all += robust_here.iter().filter(|r| **r).count();
+        if let Some(main) = &main_correct {
+            let worst = (!options.worst_case.is_empty()).then_some(robust_here.as_slice());
+            p.per_image.push(&clean_each, main, worst);
+        }
         for (layer, experts) in clean_routes.iter().enumerate() {
             for (i, (&e, &y)) in experts.iter().zip(&host.labels).enumerate() {
                 let y = usize::from(y);
@@ -678,6 +698,7 @@ fn report(p: EvalProgress, model: &MoeNet, options: &RobustOptions, total: usize
         }),
         partition_routes: (moe && options.partition_routes).then_some(p.partition),
         released_robust_acc: None,
+        per_image: options.per_image.then_some(p.per_image),
         secs: p.secs,
     }
 }

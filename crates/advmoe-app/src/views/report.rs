@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use advmoe_core::AttackSpec;
 use advmoe_engine::compare::{
-    CompareRow, Comparison, RELEASED_LABEL, evaluation_note, robust_label, route_splits,
+    CompareRow, Comparison, RELEASED_LABEL, evaluation_note, paired_rows, robust_label,
+    route_splits,
 };
 use advmoe_engine::robust::released_attack;
 use advmoe_engine::{NamedAttack, RobustOptions};
@@ -376,6 +377,7 @@ fn report_body(
         library_ui(ui, state, models, &mut actions, &mut error);
     }
     routes_ui(ui, &state.rows(models));
+    paired_ui(ui, &state.rows(models));
     export_ui(ui, state, models, &mut error);
     // The plots record where they were drawn (for the PNG export) while reading the rows.
     let mut plot_rects = std::mem::take(&mut state.plot_rects);
@@ -560,6 +562,45 @@ fn routes_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
              images make them hard.",
         );
     }
+}
+
+/// The paired differences of the rows that recorded each image's outcomes (`compare
+/// --per-image`): whether a gap between two models on the same images is more than noise.
+fn paired_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
+    let paired = paired_rows(rows.iter().copied());
+    if paired.is_empty() {
+        return;
+    }
+    ui.add_space(6.0);
+    ui.label(
+        egui::RichText::new("Paired differences (the same test images, image by image)").strong(),
+    );
+    let header = [
+        "models",
+        "accuracy",
+        "difference, points",
+        "standard error",
+        "only the first / only the second right",
+        "McNemar p",
+    ];
+    grid_ui(ui, "paired table", &header, |ui| {
+        for r in &paired {
+            let d = r.paired;
+            ui.label(format!("{} − {}", r.a, r.b));
+            ui.label(&r.what);
+            ui.label(format!("{:+.1}", 100.0 * d.difference));
+            ui.label(format!("{:.1}", 100.0 * d.std_error));
+            ui.label(format!("{} / {}", d.only_a, d.only_b));
+            ui.label(format!("{:.3}", d.p_value));
+            ui.end_row();
+        }
+    });
+    ui.label(
+        "Most images are easy, or hard, for both models, so the error of a difference comes \
+         from the images they disagree on. McNemar's p: how often a split of those images at \
+         least this uneven would arise by chance; a gap of two standard errors or p under 0.05 \
+         is more than noise.",
+    );
 }
 
 /// Where each plot was drawn, by name.

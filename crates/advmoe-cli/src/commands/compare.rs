@@ -11,7 +11,7 @@ use advmoe_core::{
 };
 use advmoe_engine::compare::{
     CHECKPOINT_DIR, CompareEvent, CompareRow, Comparison, compare_entries, markdown_curves,
-    markdown_routes, markdown_table, run_comparison,
+    markdown_paired, markdown_routes, markdown_table, run_comparison,
 };
 use advmoe_engine::robust::RobustOptions;
 use advmoe_engine::{DeviceChoice, RunConfig, block_on, make_device};
@@ -186,6 +186,7 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
             .worst
             .attacks(args.attack, args.flags.eps, base.model.num_classes)?,
         partition_routes: args.worst.partition_routes,
+        per_image: args.worst.per_image,
         released_eval: args.released_eval,
         ..args.flags.robust_options(args.attack, &args.router)?
     };
@@ -227,6 +228,12 @@ pub(crate) fn run(args: CompareArgs) -> anyhow::Result<()> {
         if !routes.is_empty() {
             md.push_str(&format!(
                 "\nRoutes and classes (first MoE layer, by the clean route):\n\n{routes}"
+            ));
+        }
+        let paired = markdown_paired(rows);
+        if !paired.is_empty() {
+            md.push_str(&format!(
+                "\nPaired differences (the same test images, image by image):\n\n{paired}"
             ));
         }
         let curves = markdown_curves(rows);

@@ -65,7 +65,7 @@ pub(crate) struct EvalArgs {
 pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.attack.is_none() && args.worst.needs_attack() {
         anyhow::bail!(
-            "--worst-case and --partition-routes measure under attack: add --attack (e.g. --attack pgd)"
+            "--worst-case, --partition-routes and --per-image measure under attack: add --attack (e.g. --attack pgd)"
         );
     }
     let device = make_device(args.device);
@@ -116,6 +116,7 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                     .worst
                     .attacks(kind, args.flags.eps, config.model.num_classes)?,
                 partition_routes: args.worst.partition_routes,
+                per_image: args.worst.per_image,
                 ..args.flags.robust_options(kind, &args.router)?
             };
             let bar = progress_bar(result.images, "images attacked");
