@@ -10,7 +10,7 @@ use advmoe_engine::attack::{
 };
 use advmoe_engine::eval::count_correct;
 use advmoe_engine::loss::cross_entropy_each;
-use advmoe_engine::paired::mcnemar_exact;
+use advmoe_engine::paired::{format_p, mcnemar_exact};
 use advmoe_engine::robust::{
     LadderOptions, NamedAttack, Paired, RobustOptions, evaluate_robust, router_ladder,
 };
@@ -418,6 +418,8 @@ fn paired_differences_match_their_definitions() {
     assert!((mcnemar_exact(0, 5) - 0.0625).abs() < 1e-12);
     assert!((mcnemar_exact(8, 2) - 0.109_375).abs() < 1e-12);
     assert_eq!(mcnemar_exact(0, 0), 1.0);
+    assert_eq!(format_p(0.0629), "0.063");
+    assert_eq!(format_p(0.0004), "< 0.001");
     // Thousands of disagreements: finite, and near the normal approximation with continuity
     // correction (z = 99 / √8100 = 1.1, two-sided p = 0.271).
     let p = mcnemar_exact(4000, 4100);

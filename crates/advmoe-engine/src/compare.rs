@@ -22,6 +22,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::images_to_evaluate;
+use crate::paired::format_p;
 pub use crate::robust::Counted;
 use crate::robust::{EvalProgress, Evaluation, RobustOptions, RobustReport, evaluate_robust_from};
 use crate::robust::{Paired, PerImage, attack_name};
@@ -957,7 +958,7 @@ pub fn markdown_paired(rows: &[CompareRow]) -> String {
     for r in paired {
         let d = r.paired;
         s.push_str(&format!(
-            "| {} − {} | {} | {:+.1} | {:.1} | {} / {} | {:.3} |\n",
+            "| {} − {} | {} | {:+.1} | {:.1} | {} / {} | {} |\n",
             r.a,
             r.b,
             r.what,
@@ -965,7 +966,7 @@ pub fn markdown_paired(rows: &[CompareRow]) -> String {
             100.0 * d.std_error,
             d.only_a,
             d.only_b,
-            d.p_value
+            format_p(d.p_value)
         ));
     }
     s

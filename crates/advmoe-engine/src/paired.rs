@@ -111,6 +111,15 @@ impl Paired {
     }
 }
 
+/// A p-value to three decimals, or `< 0.001` below that.
+pub fn format_p(p: f64) -> String {
+    if p < 0.001 {
+        "< 0.001".into()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 /// Two-sided exact McNemar p-value for `b` and `c` discordant pairs: twice the binomial tail
 /// P(X ≤ min(b, c)) for X ~ Binomial(b + c, 1/2), at most 1.
 pub fn mcnemar_exact(b: usize, c: usize) -> f64 {

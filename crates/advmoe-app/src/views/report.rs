@@ -35,7 +35,7 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 4] = [
+pub const BUNDLED_COMPARISONS: [(&str, &str); 5] = [
     (
         "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
@@ -51,6 +51,10 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 4] = [
     (
         "CIFAR-10 on the CPU: 6,000 steps, 2,000 test images, PGD-20 and the worst case (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-6000-steps-2000-images.json"),
+    ),
+    (
+        "CIFAR-10 on the CPU: 3,000 steps, every batch-norm pass folded, paired (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-3000-steps-bn/paired.json"),
     ),
 ];
 
@@ -591,7 +595,7 @@ fn paired_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
             ui.label(format!("{:+.1}", 100.0 * d.difference));
             ui.label(format!("{:.1}", 100.0 * d.std_error));
             ui.label(format!("{} / {}", d.only_a, d.only_b));
-            ui.label(format!("{:.3}", d.p_value));
+            ui.label(advmoe_engine::paired::format_p(d.p_value));
             ui.end_row();
         }
     });
