@@ -7,6 +7,6 @@ out=crates/advmoe-app/demo
 cargo run --release -p advmoe-cli -- compare \
   --models dense-full-trades,moe-at,advmoe --router per-layer --balance-weight 0 \
   --train-steps 800 --eval-size 300 --eps-sweep 2/255,4/255,8/255,16/255 \
-  --seed 0 --device cpu --out "$out"
+  --worst-case --per-image --seed 0 --device cpu --out "$out"
 # Keep only what the app embeds.
 rm -f "$out/compare.md" "$out"/*/row.json

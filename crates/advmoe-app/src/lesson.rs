@@ -91,6 +91,8 @@ pub enum FigureKind {
     RobustAcc(Option<f32>),
     /// Router robustness, or at ε = x/255.
     RouterRobustness(Option<f32>),
+    /// The per-image worst case over the recorded attacks (when the report measured it).
+    WorstCaseAcc,
     /// Expert robustness.
     ExpertRobustness,
     /// Route-flip rate, or at ε = x/255.
@@ -134,6 +136,7 @@ impl Figure {
             "clean_acc" => none(FigureKind::CleanAcc)?,
             "robust_acc" => FigureKind::RobustAcc(at),
             "router_robustness" => FigureKind::RouterRobustness(at),
+            "worst_case_acc" => none(FigureKind::WorstCaseAcc)?,
             "expert_robustness" => none(FigureKind::ExpertRobustness)?,
             "route_flip_rate" => FigureKind::RouteFlipRate(at),
             "max_load" => FigureKind::MaxLoad(layer()?),
@@ -159,6 +162,7 @@ impl Figure {
             FigureKind::RobustAcc(eps) => at(eps?).map(|p| p.robust_acc),
             FigureKind::RouterRobustness(eps) if main(eps) => r.router_robustness,
             FigureKind::RouterRobustness(eps) => at(eps?).and_then(|p| p.router_robustness),
+            FigureKind::WorstCaseAcc => r.worst_case.as_ref().map(|w| w.robust_acc),
             FigureKind::ExpertRobustness => r.expert_robustness,
             FigureKind::RouteFlipRate(eps) if main(eps) => r.route_flip_rate,
             FigureKind::RouteFlipRate(eps) => at(eps?).and_then(|p| p.route_flip_rate),
