@@ -22,10 +22,10 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::images_to_evaluate;
-use crate::paired::format_p;
+use crate::paired::{Paired, PerImage, format_p};
 pub use crate::robust::Counted;
+use crate::robust::attack_name;
 use crate::robust::{EvalProgress, Evaluation, RobustOptions, RobustReport, evaluate_robust_from};
-use crate::robust::{Paired, PerImage, attack_name};
 use crate::robust::{PartitionRoutes, headline_label, released_attack, released_robust_acc};
 use crate::run::{CheckpointSource, EngineError, Run, RunConfig, RunState, now_secs, write_files};
 
@@ -904,6 +904,22 @@ pub struct PairedRow {
     pub paired: Paired,
 }
 
+impl PairedRow {
+    /// Its cells as tables show them: the models, the accuracy, the difference and its standard
+    /// error in points, the images only each model got right, and McNemar's p.
+    pub fn cells(&self) -> [String; 6] {
+        let d = self.paired;
+        [
+            format!("{} − {}", self.a, self.b),
+            self.what.clone(),
+            format!("{:+.1}", 100.0 * d.difference),
+            format!("{:.1}", 100.0 * d.std_error),
+            format!("{} / {}", d.only_a, d.only_b),
+            format_p(d.p_value),
+        ]
+    }
+}
+
 /// The paired differences of the rows that recorded per-image outcomes
 /// ([`RobustOptions::per_image`]) on the same images: AdvMoE against each other such row when
 /// an `advmoe` row is there, else every pair; SA, the RA attack and, when both measured it,
@@ -956,18 +972,7 @@ pub fn markdown_paired(rows: &[CompareRow]) -> String {
     }
     let mut s = "| models | accuracy | difference, points | standard error | images only the first / only the second got right | McNemar p |\n|---|---|---|---|---|---|\n".to_string();
     for r in paired {
-        let d = r.paired;
-        s.push_str(&format!(
-            "| {} − {} | {} | {:+.1} | {:.1} | {} / {} | {} |\n",
-            r.a,
-            r.b,
-            r.what,
-            100.0 * d.difference,
-            100.0 * d.std_error,
-            d.only_a,
-            d.only_b,
-            format_p(d.p_value)
-        ));
+        s.push_str(&format!("| {} |\n", r.cells().join(" | ")));
     }
     s
 }

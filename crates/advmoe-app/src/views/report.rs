@@ -589,13 +589,9 @@ fn paired_ui(ui: &mut egui::Ui, rows: &[&CompareRow]) {
     ];
     grid_ui(ui, "paired table", &header, |ui| {
         for r in &paired {
-            let d = r.paired;
-            ui.label(format!("{} − {}", r.a, r.b));
-            ui.label(&r.what);
-            ui.label(format!("{:+.1}", 100.0 * d.difference));
-            ui.label(format!("{:.1}", 100.0 * d.std_error));
-            ui.label(format!("{} / {}", d.only_a, d.only_b));
-            ui.label(advmoe_engine::paired::format_p(d.p_value));
+            for cell in r.cells() {
+                ui.label(cell);
+            }
             ui.end_row();
         }
     });
