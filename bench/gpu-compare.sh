@@ -19,7 +19,8 @@
 #     robust training curves: RA and expert load over steps; 0 leaves them out);
 #     Every model is also measured under the paper's released evaluation attack (PGD-EVAL_STEPS
 #     through the gates plus 6 times the router's partition cross-entropy: `--released-eval`),
-#     its own column in compare.md, never the headline RA.
+#     its own column in compare.md, never the headline RA. Each image's outcomes are kept
+#     (--per-image), so compare.md tests AdvMoE's gaps to the other models image by image.
 # Resumable: models already finished in OUT with the same settings are not trained again and
 # the model in progress continues from its checkpoint (written every 5 minutes of training and
 # of evaluation, and between the two), so a cut call loses at most 5 minutes; rerun to finish (the chosen
@@ -42,6 +43,7 @@ CURVE_ROBUST=${CURVE_ROBUST:-200} # test images attacked at each curve point (0:
 PROBE_SHORT=${PROBE_SHORT:-5}
 PROBE_LONG=${PROBE_LONG:-25}
 MODELS=${MODELS:-advmoe,moe-at,dense-same-cost-trades,moe-at-balanced,dense-full-trades}
+SEED=${SEED:-0}                # training and evaluation seed: a second seed measures training noise
 
 mkdir -p "$OUT"
 t0=$(date +%s)
@@ -96,6 +98,6 @@ worst_flags=()
 say "compare: $steps steps per model, evaluation on $EVAL_SIZE test images"
 "$ADVMOE" compare --preset paper --data "$DATA" "${model_flags[@]}" \
   --train-steps "$steps" --eval-every "$every" --eval-size "$EVAL_SIZE" --curve-robust "$CURVE_ROBUST" \
-  --attack pgd --steps "$EVAL_STEPS" "${worst_flags[@]}" --released-eval --models "$MODELS" --seed 0 \
+  --attack pgd --steps "$EVAL_STEPS" "${worst_flags[@]}" --released-eval --per-image --models "$MODELS" --seed "$SEED" \
   --device "$DEVICE" --out "$OUT"
 say "done: $OUT/compare.md, $OUT/compare.json and one folder per model"
