@@ -671,34 +671,44 @@ fn the_report_shows_recorded_comparisons() {
     harness.get_by_label_contains("PGD-20 through the gates + 6 × router CE at the same ε");
     harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
 
-    // The 3,000-step models with every batch-norm pass folded, measured image by image: the
-    // paired differences of AdvMoE against vanilla MoE AT and the same-cost dense model, on SA,
-    // PGD-10 and the worst case, from outcomes that add up to the recorded accuracies.
-    let paired = RecordedComparison::parse("paired", BUNDLED_COMPARISONS[4].1.as_bytes())
-        .expect("the paired comparison parses");
-    let rows = &paired.comparison.rows;
-    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
-    for row in rows {
-        let each = row.report.per_image.as_ref().expect(&row.name);
-        let share = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 1000.0;
-        assert_eq!(each.len(), 1000, "{}", row.name);
-        assert_eq!(share(&each.clean), row.report.clean_acc, "{}", row.name);
-        let worst = row.report.worst_case.as_ref().expect(&row.name);
-        assert_eq!(share(&each.worst_case), worst.robust_acc, "{}", row.name);
+    // The 3,000-step models with every batch-norm pass folded, measured image by image with two
+    // seeds: the paired differences of AdvMoE against vanilla MoE AT and the same-cost dense
+    // model, on SA, PGD-10 and the worst case, from outcomes that add up to the recorded
+    // accuracies. AdvMoE's worst-case gap to vanilla MoE AT changes sign between the seeds
+    // (40 / 22 images with seed 0, 32 / 64 with seed 1: docs/results/cifar10-cpu-3000-steps.md).
+    for (index, seed, only) in [(4, 0, (40, 22)), (5, 1, (32, 64))] {
+        let paired = RecordedComparison::parse("paired", BUNDLED_COMPARISONS[index].1.as_bytes())
+            .expect("the paired comparison parses");
+        assert_eq!(paired.comparison.base.train.seed, seed);
+        let rows = &paired.comparison.rows;
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
+        for row in rows {
+            let each = row.report.per_image.as_ref().expect(&row.name);
+            let share = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 1000.0;
+            assert_eq!(each.len(), 1000, "{}", row.name);
+            assert_eq!(share(&each.clean), row.report.clean_acc, "{}", row.name);
+            let worst = row.report.worst_case.as_ref().expect(&row.name);
+            assert_eq!(share(&each.worst_case), worst.robust_acc, "{}", row.name);
+        }
+        let differences = advmoe_engine::compare::paired_rows(rows);
+        assert_eq!(differences.len(), 2 * 3);
+        assert!(differences.iter().all(|d| d.a == "advmoe"));
+        choose(&mut harness, "Show", BUNDLED_COMPARISONS[index].0);
+        harness.get_by_label("Paired differences (the same test images, image by image)");
+        harness.get_by_label("McNemar p");
+        let worst = &differences[2];
+        assert_eq!(
+            (worst.b.as_str(), worst.what.as_str()),
+            ("moe-at", "worst-case RA")
+        );
+        assert_eq!(
+            (worst.paired.only_a, worst.paired.only_b),
+            only,
+            "seed {seed}"
+        );
+        harness.get_by_label(&advmoe_engine::paired::format_p(worst.paired.p_value));
     }
-    let differences = advmoe_engine::compare::paired_rows(rows);
-    assert_eq!(differences.len(), 2 * 3);
-    assert!(differences.iter().all(|d| d.a == "advmoe"));
-    choose(&mut harness, "Show", BUNDLED_COMPARISONS[4].0);
-    harness.get_by_label("Paired differences (the same test images, image by image)");
-    harness.get_by_label("McNemar p");
-    let worst = &differences[2];
-    assert_eq!(
-        (worst.b.as_str(), worst.what.as_str()),
-        ("moe-at", "worst-case RA")
-    );
-    harness.get_by_label(&advmoe_engine::paired::format_p(worst.paired.p_value));
 
     // Bytes, as the browser hands them over: two of the bundled rows.
     for (name, kind) in [

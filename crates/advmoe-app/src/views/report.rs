@@ -35,7 +35,7 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 5] = [
+pub const BUNDLED_COMPARISONS: [(&str, &str); 6] = [
     (
         "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
@@ -53,8 +53,12 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 5] = [
         include_str!("../../../../docs/results/cifar10-cpu-6000-steps-2000-images.json"),
     ),
     (
-        "CIFAR-10 on the CPU: 3,000 steps, every batch-norm pass folded, paired (recorded)",
+        "CIFAR-10 on the CPU: 3,000 steps, every batch-norm pass folded, paired, seed 0 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-3000-steps-bn/paired.json"),
+    ),
+    (
+        "CIFAR-10 on the CPU: the same, seed 1 (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-3000-steps-bn/paired-seed-1.json"),
     ),
 ];
 
