@@ -21,7 +21,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::common::Wait as _;
-use crate::common::{Poison, Scratch, cpu, gpu, small_config, synthetic};
+use crate::common::{Poison, Scratch, cpu, gpu, share_correct, small_config, synthetic};
 
 fn advmoe_config(objective: RouterObjective, router: RouterKind) -> MethodConfig {
     MethodConfig {
@@ -578,10 +578,19 @@ fn the_comparison_trains_and_measures_every_model() {
             assert_eq!(a.history.len(), b.history.len(), "{}", a.name);
             assert_eq!(a.robust_history, b.robust_history, "{}", a.name);
             let outcomes = a.report.per_image.as_ref().expect("per-image outcomes");
-            let ones = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 6.0;
             assert_eq!(outcomes.len(), 6, "{}", a.name);
-            assert_eq!(ones(&outcomes.clean), a.report.clean_acc, "{}", a.name);
-            assert_eq!(ones(&outcomes.robust), a.report.robust_acc, "{}", a.name);
+            assert_eq!(
+                share_correct(&outcomes.clean),
+                a.report.clean_acc,
+                "{}",
+                a.name
+            );
+            assert_eq!(
+                share_correct(&outcomes.robust),
+                a.report.robust_acc,
+                "{}",
+                a.name
+            );
             assert!(outcomes.worst_case.is_empty(), "no worst case measured");
         }
         // AdvMoE against each other model, on SA and the RA attack, and the differences are

@@ -17,7 +17,7 @@ use egui_kittest::kittest::Queryable as _;
 use egui_kittest::{Harness, SnapshotOptions};
 
 use crate::common::Wait as _;
-use crate::common::{Scratch, cpu};
+use crate::common::{Scratch, cpu, share_correct};
 
 /// Step the app until `done` holds, failing after `secs` with `what`.
 fn wait_for(
@@ -685,11 +685,20 @@ fn the_report_shows_recorded_comparisons() {
         assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
         for row in rows {
             let each = row.report.per_image.as_ref().expect(&row.name);
-            let share = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 1000.0;
             assert_eq!(each.len(), 1000, "{}", row.name);
-            assert_eq!(share(&each.clean), row.report.clean_acc, "{}", row.name);
+            assert_eq!(
+                share_correct(&each.clean),
+                row.report.clean_acc,
+                "{}",
+                row.name
+            );
             let worst = row.report.worst_case.as_ref().expect(&row.name);
-            assert_eq!(share(&each.worst_case), worst.robust_acc, "{}", row.name);
+            assert_eq!(
+                share_correct(&each.worst_case),
+                worst.robust_acc,
+                "{}",
+                row.name
+            );
         }
         let differences = advmoe_engine::compare::paired_rows(rows);
         assert_eq!(differences.len(), 2 * 3);

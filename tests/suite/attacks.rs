@@ -20,7 +20,9 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::common::Wait as _;
-use crate::common::{cpu, gpu, max_abs_diff, read, read2, synthetic, tensor4, trained};
+use crate::common::{
+    cpu, gpu, max_abs_diff, read, read2, share_correct, synthetic, tensor4, trained,
+};
 
 /// `value = -w·x` per image: the L∞ worst case is `x - ε·sign(w)`, the L2 one `x - ε·w/‖w‖`.
 struct Linear {
@@ -384,11 +386,10 @@ fn dlr_matches_its_definition_and_the_worst_case_is_below_every_attack() {
     // Each image's outcomes add up to the accuracies, and the worst case keeps an image only
     // where the RA attack did: image by image, the RA attack is never behind it.
     let each = report.per_image.expect("per-image outcomes asked for");
-    let share = |s: &str| s.bytes().filter(|&c| c == b'1').count() as f64 / 40.0;
     assert_eq!(each.len(), 40);
-    assert_eq!(share(&each.clean), report.clean_acc);
-    assert_eq!(share(&each.robust), report.robust_acc);
-    assert_eq!(share(&each.worst_case), worst.robust_acc);
+    assert_eq!(share_correct(&each.clean), report.clean_acc);
+    assert_eq!(share_correct(&each.robust), report.robust_acc);
+    assert_eq!(share_correct(&each.worst_case), worst.robust_acc);
     assert_eq!(each.headline(), each.worst_case);
     let paired = Paired::of(&each.robust, &each.worst_case).unwrap();
     assert_eq!(paired.only_b, 0, "{paired:?}");

@@ -82,6 +82,12 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The share of images that a per-image outcome string ([`advmoe_engine::paired::PerImage`])
+/// marks correct (`'1'`), counted here from the bytes rather than by the engine.
+pub fn share_correct(outcomes: &str) -> f64 {
+    outcomes.bytes().filter(|&c| c == b'1').count() as f64 / outcomes.len() as f64
+}
+
 /// A small synthetic dataset shared by the tests (generated once).
 pub fn synthetic(train: usize, test: usize) -> Arc<Dataset> {
     type Cache = std::sync::Mutex<Vec<((usize, usize), Arc<Dataset>)>>;
