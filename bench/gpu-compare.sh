@@ -21,6 +21,8 @@
 #     through the gates plus 6 times the router's partition cross-entropy: `--released-eval`),
 #     its own column in compare.md, never the headline RA. Each image's outcomes are kept
 #     (--per-image), so compare.md tests AdvMoE's gaps to the other models image by image.
+# Another seed: SEED=1 OUT=runs/gpu-compare-seed1 SAME_AS=runs/gpu-compare takes the first call's
+# step count and ends with `advmoe seeds` over both (OUT/seeds/seeds.md).
 # Resumable: models already finished in OUT with the same settings are not trained again and
 # the model in progress continues from its checkpoint (written every 5 minutes of training and
 # of evaluation, and between the two), so a cut call loses at most 5 minutes; rerun to finish (the chosen
@@ -44,6 +46,7 @@ PROBE_SHORT=${PROBE_SHORT:-5}
 PROBE_LONG=${PROBE_LONG:-25}
 MODELS=${MODELS:-advmoe,moe-at,dense-same-cost-trades,moe-at-balanced,dense-full-trades}
 SEED=${SEED:-0}                # training and evaluation seed: a second seed measures training noise
+SAME_AS=${SAME_AS:-}           # OUT of an earlier seed: take its steps, then summarise both seeds
 
 mkdir -p "$OUT"
 t0=$(date +%s)
@@ -53,6 +56,11 @@ say "device check: sparse kernels against the reference"
 "$ADVMOE" bench sparse-conv --scale classroom --experts 2 --batch 32 --reps 3 --no-step
 
 model_flags=(--width "$WIDTH" --depth 1 --experts 2 --ratio 0.5 --router image)
+if [ -n "$SAME_AS" ] && [ ! -f "$OUT/steps" ]; then
+  # Another seed of an earlier call: the same steps, so that `advmoe seeds` can compare them.
+  [ -f "$SAME_AS/steps" ] || { echo "SAME_AS=$SAME_AS has no steps file: run that seed first" >&2; exit 1; }
+  cp "$SAME_AS/steps" "$OUT/steps"
+fi
 if [ -f "$OUT/steps" ]; then
   steps=$(cat "$OUT/steps")
   say "resuming with $steps steps per model (from $OUT/steps)"
@@ -101,3 +109,7 @@ say "compare: $steps steps per model, evaluation on $EVAL_SIZE test images"
   --attack pgd --steps "$EVAL_STEPS" "${worst_flags[@]}" --released-eval --per-image --models "$MODELS" --seed "$SEED" \
   --device "$DEVICE" --out "$OUT"
 say "done: $OUT/compare.md, $OUT/compare.json and one folder per model"
+if [ -n "$SAME_AS" ]; then
+  "$ADVMOE" seeds "$SAME_AS" "$OUT" --out "$OUT/seeds" > /dev/null
+  say "over the seeds: $OUT/seeds/seeds.md"
+fi

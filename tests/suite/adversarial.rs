@@ -792,3 +792,116 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
     assert!(!checkpoint.exists());
     assert!(cut.join("advmoe").join("row.json").exists());
 }
+
+/// The recorded 3,000-step CIFAR-10 comparison of seed `seed` (0 or 1; docs/results).
+fn recorded_seed(seed: u64) -> Comparison {
+    let name = match seed {
+        0 => "paired.json".to_string(),
+        s => format!("paired-seed-{s}.json"),
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/results/cifar10-cpu-3000-steps-bn")
+        .join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Comparison::from_json(&bytes).unwrap()
+}
+
+/// The summary over seeds of the two recorded CIFAR-10 seeds: each model's mean and spread are
+/// those of its recorded figures, AdvMoE's worst-case gap to vanilla MoE AT is each seed's paired
+/// difference (+1.8 and −3.2 points, both significant on their images) with a standard error
+/// over the seeds that dwarfs either seed's own, and comparisons that differ in more than their
+/// seed are refused with the setting named.
+#[test]
+fn a_summary_over_seeds_holds_the_training_noise() {
+    use advmoe_engine::seeds::{SeedSummary, student_t_975, summaries_over_seeds};
+
+    let (zero, one) = (recorded_seed(0), recorded_seed(1));
+    let summary = SeedSummary::of(&[&zero, &one]).unwrap();
+    assert_eq!(summary.seeds, [0, 1]);
+    assert!(summary.left_out.is_empty(), "{:?}", summary.left_out);
+    assert!(!summary.budget.contains("seed"), "{}", summary.budget);
+    let names: Vec<&str> = summary.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
+    for m in &summary.models {
+        for (i, c) in [&zero, &one].iter().enumerate() {
+            let row = c.rows.iter().find(|r| r.name == m.name).unwrap();
+            assert_eq!(m.clean_acc.values[i], row.report.clean_acc);
+            assert_eq!(
+                m.worst_case.as_ref().unwrap().values[i],
+                row.report.worst_case.as_ref().unwrap().robust_acc
+            );
+        }
+    }
+    let advmoe = &summary.models[0];
+    let worst = advmoe.worst_case.as_ref().unwrap();
+    assert!((100.0 * worst.mean - 21.5).abs() < 0.05, "{worst:?}");
+    // Vanilla MoE AT's router collapsed with both seeds (onto expert 1, then expert 0);
+    // AdvMoE's busiest expert took 58-59% of the images.
+    let busiest = |i: usize| summary.models[i].busiest_expert.clone().unwrap();
+    assert_eq!(busiest(1).values, [1.0, 1.0]);
+    assert!(
+        busiest(0).values.iter().all(|&v| (0.55..0.62).contains(&v)),
+        "{:?}",
+        busiest(0)
+    );
+    assert!(summary.models[2].busiest_expert.is_none());
+
+    let gap = summary
+        .gaps
+        .iter()
+        .find(|g| g.b == "moe-at" && g.what == "worst-case RA")
+        .unwrap();
+    let each: Vec<f64> = gap.per_seed.iter().map(|p| 100.0 * p.difference).collect();
+    assert!(
+        (each[0] - 1.8).abs() < 0.05 && (each[1] + 3.2).abs() < 0.05,
+        "{each:?}"
+    );
+    assert_eq!(gap.significant(), (1, 1));
+    // Two seeds: the standard error is half their distance, and t(0.975, 1) = 12.706 widens it.
+    let se = (gap.per_seed[0].difference - gap.per_seed[1].difference).abs() / 2.0;
+    assert!((gap.std_error - se).abs() < 1e-12);
+    assert!(gap.std_error > 2.0 * gap.per_seed[0].std_error.max(gap.per_seed[1].std_error));
+    let (lo, hi) = gap.interval.unwrap();
+    assert!((hi - lo - 2.0 * 12.706 * se).abs() < 1e-9 && lo < 0.0 && hi > 0.0);
+    assert_eq!(
+        summary.gaps.len(),
+        2 * 3,
+        "SA, PGD-10 and the worst case against 2 models"
+    );
+
+    let md = summary.markdown();
+    assert!(
+        md.contains("| moe-at |") && md.contains("100.0 ± 0.0 (100.0, 100.0)"),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "| advmoe − moe-at | worst-case RA | +1.8 (0.030), -3.2 (0.001) | -0.7 ± 2.5 |"
+        ),
+        "{md}"
+    );
+
+    // Refused: a seed twice, and another budget.
+    let twice = SeedSummary::of(&[&zero, &zero]).unwrap_err();
+    assert!(twice.contains("both trained with seed 0"), "{twice}");
+    let mut longer = one.clone();
+    longer.base.train.total_steps = 6000;
+    let other = SeedSummary::of(&[&zero, &longer]).unwrap_err();
+    assert!(other.contains("base.train.total_steps"), "{other}");
+    // Grouped as the app's report groups what it holds: the other budget stands alone.
+    let groups = summaries_over_seeds(&[&zero, &longer, &one]);
+    assert_eq!(
+        groups[0].as_ref().map(|g| g.seeds.clone()),
+        Some(vec![0, 1])
+    );
+    assert!(groups[1].is_none());
+    assert_eq!(groups[2], groups[0]);
+    let mut attacked = one;
+    attacked.eval.attack.steps = 20;
+    let other = SeedSummary::of(&[&zero, &attacked]).unwrap_err();
+    assert!(other.contains("eval.attack.steps"), "{other}");
+
+    // Student's t: tabulated t(0.975, 30) = 2.042, t(0.975, 120) = 1.980.
+    assert!((student_t_975(30) - 2.042).abs() < 1e-3);
+    assert!((student_t_975(120) - 1.980).abs() < 1e-3);
+}

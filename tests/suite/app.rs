@@ -717,7 +717,19 @@ fn the_report_shows_recorded_comparisons() {
             "seed {seed}"
         );
         harness.get_by_label(&advmoe_engine::paired::format_p(worst.paired.p_value));
+        // Both seeds are in the report, so each shows the summary over them: AdvMoE's
+        // worst-case gap to vanilla MoE AT per seed, and its mean ± SE over the seeds.
+        harness.get_by_label("Over seeds 0, 1: the same comparison trained 2 times");
+        harness.get_by_label("+1.8, -3.2");
+        harness.get_by_label("-0.7 ± 2.5");
     }
+    // The comparisons of another budget have no other seed beside them.
+    choose(&mut harness, "Show", BUNDLED_COMPARISONS[3].0);
+    assert!(
+        harness
+            .query_by_label_contains("the same comparison trained")
+            .is_none()
+    );
 
     // Bytes, as the browser hands them over: two of the bundled rows.
     for (name, kind) in [

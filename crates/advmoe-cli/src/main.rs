@@ -6,7 +6,7 @@ mod commands;
 
 use clap::{Parser, Subcommand};
 
-use commands::{attack, bench, compare, eval, macs, train};
+use commands::{attack, bench, compare, eval, macs, seeds, train};
 
 /// mimalloc as the allocator: Burn's CPU backend and the CPU kernels allocate a fresh buffer for
 /// every tensor operation, and mimalloc reuses freed pages where glibc's malloc hands large
@@ -58,6 +58,10 @@ enum Command {
     /// vanilla MoE AT (without and with the balance term) and an MoE with AdvMoE, evaluate all
     /// with the same attacks, print a markdown table and write compare.json.
     Compare(Box<compare::CompareArgs>),
+    /// Summarise the same comparison trained with several seeds: each model's mean and spread,
+    /// and AdvMoE's paired gaps seed by seed with a standard error over the seeds (print the
+    /// tables; with `--out`, also write seeds.json and seeds.md).
+    Seeds(seeds::SeedsArgs),
     /// Print the analytic inference cost (MACs) of an architecture.
     Macs(args::ModelArgs),
     /// Benchmarks, timed side by side in one run (`bench sparse-conv`).
@@ -75,6 +79,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Attack(args) => attack::run(args),
         Command::Compare(args) => compare::run(*args),
+        Command::Seeds(args) => seeds::run(args),
         Command::Macs(args) => macs::run(&args),
         Command::Bench { command } => bench::run(command),
     };

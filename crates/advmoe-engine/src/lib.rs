@@ -19,6 +19,7 @@ pub mod optim;
 pub mod paired;
 pub mod robust;
 pub mod run;
+pub mod seeds;
 pub mod tensors;
 
 /// Drive one of the engine's async functions to completion on this thread (native only).

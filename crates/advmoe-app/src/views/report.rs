@@ -14,6 +14,7 @@ use advmoe_engine::compare::{
     route_splits,
 };
 use advmoe_engine::robust::released_attack;
+use advmoe_engine::seeds::{SeedSummary, Spread, summaries_over_seeds};
 use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
@@ -69,6 +70,18 @@ pub struct RecordedComparison {
     pub title: String,
     /// Its base configuration, evaluation and rows.
     pub comparison: Comparison,
+    /// The summary over the seeds of it and of the comparisons beside it that differ from it
+    /// only in their seed ([`group_seeds`]); `None` when there are none.
+    pub over_seeds: Option<SeedSummary>,
+}
+
+/// Fill each comparison's [`RecordedComparison::over_seeds`] from those beside it.
+pub fn group_seeds(comparisons: &mut [RecordedComparison]) {
+    let all: Vec<&Comparison> = comparisons.iter().map(|c| &c.comparison).collect();
+    let summaries = summaries_over_seeds(&all);
+    for (c, summary) in comparisons.iter_mut().zip(summaries) {
+        c.over_seeds = summary;
+    }
 }
 
 impl RecordedComparison {
@@ -90,16 +103,19 @@ impl RecordedComparison {
         Ok(Self {
             title: title.to_owned(),
             comparison,
+            over_seeds: None,
         })
     }
 
-    /// The bundled comparisons ([`BUNDLED_COMPARISONS`]); one that does not parse (a packaging
-    /// mistake, which the tests catch) is left out.
+    /// The bundled comparisons ([`BUNDLED_COMPARISONS`]), grouped by seed ([`group_seeds`]);
+    /// one that does not parse (a packaging mistake, which the tests catch) is left out.
     pub fn bundled() -> Vec<Self> {
-        BUNDLED_COMPARISONS
+        let mut all: Vec<Self> = BUNDLED_COMPARISONS
             .iter()
             .filter_map(|(title, json)| Self::parse(title, json.as_bytes()).ok())
-            .collect()
+            .collect();
+        group_seeds(&mut all);
+        all
     }
 }
 
@@ -233,6 +249,7 @@ impl ReportState {
                 self.comparisons.len() - 1
             }
         };
+        group_seeds(&mut self.comparisons);
         self.shown = Some(index);
         Ok(())
     }
@@ -700,6 +717,86 @@ fn recorded_ui(ui: &mut egui::Ui, recorded: &RecordedComparison) {
         recorded.comparison.budget()
     ));
     ui.label(evaluation_note(rows));
+    if let Some(summary) = &recorded.over_seeds {
+        seeds_ui(ui, summary);
+    }
+}
+
+/// The comparison over every seed the report holds of it (`advmoe seeds`): each model's mean
+/// and spread, and AdvMoE's gaps seed by seed against their spread over the seeds.
+fn seeds_ui(ui: &mut egui::Ui, summary: &SeedSummary) {
+    let seeds: Vec<String> = summary.seeds.iter().map(u64::to_string).collect();
+    ui.add_space(6.0);
+    ui.label(
+        egui::RichText::new(format!(
+            "Over seeds {}: the same comparison trained {} times",
+            seeds.join(", "),
+            seeds.len()
+        ))
+        .strong(),
+    );
+    let cell = |v: Option<&Spread>| {
+        v.map_or("–".to_string(), |v| {
+            format!("{:.1} ± {:.1}", 100.0 * v.mean, 100.0 * v.sd)
+        })
+    };
+    let header = [
+        "model",
+        "SA %",
+        "RA %",
+        "worst-case RA %",
+        "router rob. %",
+        "busiest expert, layer 1 %",
+    ];
+    grid_ui(ui, "seeds table", &header, |ui| {
+        for m in &summary.models {
+            ui.label(&m.name);
+            ui.label(cell(Some(&m.clean_acc)));
+            ui.label(cell(Some(&m.robust_acc)));
+            ui.label(cell(m.worst_case.as_ref()));
+            ui.label(cell(m.router_robustness.as_ref()));
+            ui.label(cell(m.busiest_expert.as_ref()));
+            ui.end_row();
+        }
+    });
+    if !summary.gaps.is_empty() {
+        let header = [
+            "models",
+            "accuracy",
+            "each seed, points",
+            "mean ± SE over seeds",
+            "95% interval",
+            "seeds ahead / behind (p < 0.05)",
+        ];
+        grid_ui(ui, "seed gaps table", &header, |ui| {
+            for g in &summary.gaps {
+                let each: Vec<String> = g
+                    .per_seed
+                    .iter()
+                    .map(|p| format!("{:+.1}", 100.0 * p.difference))
+                    .collect();
+                let (ahead, behind) = g.significant();
+                ui.label(format!("{} − {}", g.a, g.b));
+                ui.label(&g.what);
+                ui.label(each.join(", "));
+                ui.label(format!(
+                    "{:+.1} ± {:.1}",
+                    100.0 * g.difference.mean,
+                    100.0 * g.std_error
+                ));
+                ui.label(g.interval.map_or("–".into(), |(lo, hi)| {
+                    format!("{:+.1} to {:+.1}", 100.0 * lo, 100.0 * hi)
+                }));
+                ui.label(format!("{ahead} / {behind}"));
+                ui.end_row();
+            }
+        });
+    }
+    ui.label(
+        "Mean ± standard deviation over the seeds. A seed's paired test measures how its test \
+         images could have fallen; the spread of a gap over the seeds holds the training noise \
+         too, and a claim that one method beats another must clear it.",
+    );
 }
 
 /// The library's models: open one, measure them here.

@@ -5,4 +5,5 @@ pub(crate) mod bench;
 pub(crate) mod compare;
 pub(crate) mod eval;
 pub(crate) mod macs;
+pub(crate) mod seeds;
 pub(crate) mod train;
