@@ -723,7 +723,7 @@ fn the_report_shows_recorded_comparisons() {
         // Every seed is in the report, so each shows the summary over them: AdvMoE's
         // worst-case gap to vanilla MoE AT per seed, and its mean ± SE over the seeds.
         harness.get_by_label("Over seeds 0, 1, 2: the same comparison trained 3 times");
-        harness.get_by_label("+1.8, -3.2, -3.5");
+        harness.get_by_label("+1.8 (0.030), -3.2 (0.001), -3.5 (< 0.001)");
         harness.get_by_label("-1.6 ± 1.7");
     }
     // The comparisons of another budget have no other seed beside them.

@@ -99,7 +99,44 @@ pub struct SeedGap {
     pub interval: Option<(f64, f64)>,
 }
 
+/// The header of a table of [`SeedGap::cells`].
+pub const GAP_COLUMNS: [&str; 6] = [
+    "models",
+    "accuracy",
+    "each seed: points (McNemar p)",
+    "mean over seeds ± SE",
+    "95% interval",
+    "seeds the first is ahead / behind at p < 0.05",
+];
+
 impl SeedGap {
+    /// Its cells as tables show them ([`GAP_COLUMNS`]): the models, the accuracy, each seed's
+    /// difference in points with its McNemar p, the mean and its standard error over the seeds,
+    /// the interval, and the seeds each side won.
+    pub fn cells(&self) -> [String; 6] {
+        let each: Vec<String> = self
+            .per_seed
+            .iter()
+            .map(|p| format!("{:+.1} ({})", 100.0 * p.difference, format_p(p.p_value)))
+            .collect();
+        let interval = self.interval.map_or("–".into(), |(lo, hi)| {
+            format!("{:+.1} to {:+.1}", 100.0 * lo, 100.0 * hi)
+        });
+        let (ahead, behind) = self.significant();
+        [
+            format!("{} − {}", self.a, self.b),
+            self.what.clone(),
+            each.join(", "),
+            format!(
+                "{:+.1} ± {:.1}",
+                100.0 * self.difference.mean,
+                100.0 * self.std_error
+            ),
+            interval,
+            format!("{ahead} / {behind}"),
+        ]
+    }
+
     /// Seeds in which `a` was ahead, and in which it was behind, at McNemar p < 0.05.
     pub fn significant(&self) -> (usize, usize) {
         let sig = |p: &&Paired| p.p_value < 0.05;
@@ -280,28 +317,13 @@ impl SeedSummary {
         if self.gaps.is_empty() {
             return s;
         }
-        s.push_str(
-            "\n| models | accuracy | each seed: points (McNemar p) | mean over seeds ± SE | 95% interval | seeds the first is ahead / behind at p < 0.05 |\n|---|---|---|---|---|---|\n",
-        );
+        s.push_str(&format!(
+            "\n| {} |\n{}\n",
+            GAP_COLUMNS.join(" | "),
+            "|---".repeat(GAP_COLUMNS.len()) + "|"
+        ));
         for g in &self.gaps {
-            let each: Vec<String> = g
-                .per_seed
-                .iter()
-                .map(|p| format!("{:+.1} ({})", 100.0 * p.difference, format_p(p.p_value)))
-                .collect();
-            let interval = g.interval.map_or("–".into(), |(lo, hi)| {
-                format!("{:+.1} to {:+.1}", 100.0 * lo, 100.0 * hi)
-            });
-            let (ahead, behind) = g.significant();
-            s.push_str(&format!(
-                "| {} − {} | {} | {} | {:+.1} ± {:.1} | {interval} | {ahead} / {behind} |\n",
-                g.a,
-                g.b,
-                g.what,
-                each.join(", "),
-                100.0 * g.difference.mean,
-                100.0 * g.std_error
-            ));
+            s.push_str(&format!("| {} |\n", g.cells().join(" | ")));
         }
         s.push_str(
             "\nEach seed's difference is paired on its test images, and its McNemar p measures \

@@ -14,7 +14,7 @@ use advmoe_engine::compare::{
     route_splits,
 };
 use advmoe_engine::robust::released_attack;
-use advmoe_engine::seeds::{SeedSummary, Spread, summaries_over_seeds};
+use advmoe_engine::seeds::{GAP_COLUMNS, SeedSummary, Spread, summaries_over_seeds};
 use advmoe_engine::{NamedAttack, RobustOptions};
 use eframe::egui::{self, ColorImage, Rect};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points};
@@ -764,34 +764,11 @@ fn seeds_ui(ui: &mut egui::Ui, summary: &SeedSummary) {
         }
     });
     if !summary.gaps.is_empty() {
-        let header = [
-            "models",
-            "accuracy",
-            "each seed, points",
-            "mean ± SE over seeds",
-            "95% interval",
-            "seeds ahead / behind (p < 0.05)",
-        ];
-        grid_ui(ui, "seed gaps table", &header, |ui| {
+        grid_ui(ui, "seed gaps table", &GAP_COLUMNS, |ui| {
             for g in &summary.gaps {
-                let each: Vec<String> = g
-                    .per_seed
-                    .iter()
-                    .map(|p| format!("{:+.1}", 100.0 * p.difference))
-                    .collect();
-                let (ahead, behind) = g.significant();
-                ui.label(format!("{} − {}", g.a, g.b));
-                ui.label(&g.what);
-                ui.label(each.join(", "));
-                ui.label(format!(
-                    "{:+.1} ± {:.1}",
-                    100.0 * g.difference.mean,
-                    100.0 * g.std_error
-                ));
-                ui.label(g.interval.map_or("–".into(), |(lo, hi)| {
-                    format!("{:+.1} to {:+.1}", 100.0 * lo, 100.0 * hi)
-                }));
-                ui.label(format!("{ahead} / {behind}"));
+                for cell in g.cells() {
+                    ui.label(cell);
+                }
                 ui.end_row();
             }
         });
