@@ -176,7 +176,7 @@ impl SeedSummary {
     /// Summarise `comparisons`, the same comparison trained with different seeds.
     ///
     /// # Errors
-    /// Fewer than one comparison, a seed given twice, or two comparisons that differ in
+    /// No comparison, a seed given twice, or two comparisons that differ in
     /// anything but their seeds (data, model, training, evaluation), named by the first setting
     /// that differs.
     pub fn of(comparisons: &[&Comparison]) -> Result<Self, String> {
