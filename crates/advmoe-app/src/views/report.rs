@@ -2,7 +2,8 @@
 //! route flips, MACs, training time), RA / route-flip / router-robustness curves against ε,
 //! accuracy against cost, training curves, export as CSV and JSON and the plots as PNG. Or, in
 //! place of the library, a comparison `advmoe compare` recorded (its `compare.json`: the bundled
-//! CIFAR-10 runs, or one the user opens), shown as it was measured with its budget and attacks.
+//! CIFAR-10 runs, or one the user opens), shown as it was measured with its budget and attacks,
+//! and with the summary over its seeds when the report holds other seeds of it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
