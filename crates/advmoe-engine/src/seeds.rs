@@ -340,35 +340,44 @@ impl SeedSummary {
 /// from `a` other than the seed of its training and of its attacks; `None` when they are the
 /// same comparison trained with another seed (or the same one).
 pub fn difference_beyond_seed(a: &Comparison, b: &Comparison) -> Option<String> {
-    let settings = |c: &Comparison| {
-        let (mut base, mut eval) = (c.base.clone(), c.eval.clone());
-        base.train.seed = 0;
-        eval.seed = 0;
-        serde_json::json!({ "base": base, "eval": eval })
-    };
     first_difference(&settings(a), &settings(b), "")
+}
+
+/// A comparison's base configuration and evaluation with their seeds set to 0: what two seeds
+/// of the same comparison share.
+fn settings(c: &Comparison) -> Value {
+    let (mut base, mut eval) = (c.base.clone(), c.eval.clone());
+    base.train.seed = 0;
+    eval.seed = 0;
+    serde_json::json!({ "base": base, "eval": eval })
 }
 
 /// For each of `comparisons`, the summary over seeds of those that differ from it only in
 /// their seed (the first of each seed, in the order given), when they hold two seeds or more;
-/// `None` for a comparison with no other seed beside it.
+/// `None` for a comparison with no other seed beside it. Each group is summarised once, and
+/// its members share the summary.
 pub fn summaries_over_seeds(comparisons: &[&Comparison]) -> Vec<Option<SeedSummary>> {
-    comparisons
-        .iter()
-        .map(|&c| {
-            let mut group: Vec<&Comparison> = Vec::new();
-            for &other in comparisons {
-                let seed = other.base.train.seed;
-                if !group.iter().any(|g| g.base.train.seed == seed)
-                    && difference_beyond_seed(c, other).is_none()
-                {
-                    group.push(other);
+    let all: Vec<Value> = comparisons.iter().map(|&c| settings(c)).collect();
+    let seed = |i: usize| comparisons[i].base.train.seed;
+    let mut summarised: Vec<(Vec<usize>, Option<SeedSummary>)> = Vec::new();
+    (0..comparisons.len())
+        .map(|i| {
+            let mut group: Vec<usize> = Vec::new();
+            for j in 0..comparisons.len() {
+                if all[j] == all[i] && !group.iter().any(|&g| seed(g) == seed(j)) {
+                    group.push(j);
                 }
             }
             if group.len() < 2 {
                 return None;
             }
-            SeedSummary::of(&group).ok()
+            if let Some((_, summary)) = summarised.iter().find(|(g, _)| *g == group) {
+                return summary.clone();
+            }
+            let members: Vec<&Comparison> = group.iter().map(|&j| comparisons[j]).collect();
+            let summary = SeedSummary::of(&members).ok();
+            summarised.push((group, summary.clone()));
+            summary
         })
         .collect()
 }
