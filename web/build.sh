@@ -5,7 +5,9 @@
 # (crates/advmoe-app/demo/) and the service worker (web/sw.js, given the site's file list and a
 # version made from the files' contents). Prints the wasm's size, raw and gzipped. Extra arguments go to cargo.
 # WEB_WASM_OPT=0 skips wasm-opt (3 to 13 minutes of binaryen.js on one thread) for a quick look:
-# the gzipped wasm is only 0.3% larger, but the page trains 2.7 times slower on WebGPU.
+# the gzipped wasm is only 0.3% larger, and the page trains about as fast on WebGPU (1.32 against
+# 1.34 steps/s, bench/README.md; 2.7 times slower before the page stopped re-running its static
+# constructors on every call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 web/setup.sh
@@ -29,6 +31,11 @@ if [ "${WEB_WASM_OPT:-1}" != 0 ]; then
   mv "$stage/advmoe-lab_bg.opt.wasm" "$stage/advmoe-lab_bg.wasm"
 else
   echo "web build: wasm-opt skipped (WEB_WASM_OPT=0)"
+fi
+# Every call from JavaScript into the module must not re-run the static constructors
+# (web/check-exports.mjs); it reads the module with binaryen.js, installed with wasm-opt.
+if [ -f web/tools/node_modules/binaryen/index.js ]; then
+  node web/check-exports.mjs "$stage/advmoe-lab_bg.wasm"
 fi
 cp web/index.html web/style.css web/checks.js "$stage/"
 mkdir -p "$stage/demo"

@@ -18,8 +18,8 @@
 // Usage: bench/browser.sh (it builds nothing: web/build.sh and the release CLI first).
 // Settings (environment): ADVMOE (the CLI), STEPS (40 on WebGPU), CPU_STEPS (200: a CPU step takes
 // milliseconds, and the timed window should last seconds), BATCH (16), METHODS
-// (standard,advmoe), KINDS (webgpu,cpu), OUT (runs/bench-browser). Writes OUT/browser.json and
-// prints a table.
+// (standard,advmoe), KINDS (webgpu,cpu), OUT (runs/bench-browser), EXTRA_FLAGS (more Chromium
+// flags, space-separated). Writes OUT/browser.json and prints a table.
 
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { execFile } from "node:child_process";
@@ -91,7 +91,7 @@ async function browser(session, method, kind) {
   let finished = null;
   const done = await until(`the ${method} run on ${kind}`, (s) => {
     const t = s.train;
-    if (!warm && t.timed_steps >= WARM) warm = { steps: t.timed_steps, secs: t.timed_secs, at: Date.now() };
+    if (!warm && t.timed_steps >= WARM) warm = { steps: t.timed_steps, secs: t.timed_secs, at: Date.now(), frames: s.frames };
     if (t.state !== "Finished" || s.models.length <= before) return null;
     finished = Date.now();
     return s;
@@ -115,6 +115,8 @@ async function browser(session, method, kind) {
     // (from the poll that saw the warm-up end to the one that saw the run finish; evaluation
     // included, a few tens of test images).
     wall_steps_per_sec: steps / ((finished - warm.at) / 1000),
+    // The frames the page drew in that window (each one on the same CPU as SwiftShader).
+    frames: done.frames - warm.frames,
     config,
   };
 }
@@ -123,7 +125,10 @@ async function main() {
   await mkdir(OUT, { recursive: true });
   const server = await serve(dist);
   const url = `http://127.0.0.1:${server.address().port}/`;
-  const b = await launch(FLAGS);
+  // EXTRA_FLAGS (space-separated) are added to Chromium's: for experiments such as Dawn's
+  // toggles, or `--js-flags=--perf-basic-prof` to name the module's functions in `perf`.
+  const extra = (process.env.EXTRA_FLAGS ?? "").split(" ").filter((f) => f);
+  const b = await launch([...FLAGS, ...extra]);
   const rows = [];
   try {
     const session = await openPage(b);
@@ -149,6 +154,7 @@ async function main() {
           native_steps_per_sec: cliRun.steps_per_sec,
           ratio: page.steps_per_sec / cliRun.steps_per_sec,
           browser_wall_steps_per_sec: page.wall_steps_per_sec,
+          browser_frames: page.frames,
           timed_steps: { browser: page.steps, native: cliRun.steps },
         };
         console.error(`bench browser: ${JSON.stringify(row)}`);

@@ -36,7 +36,33 @@ fn main() -> eframe::Result {
     )
 }
 
+/// The page's one call of the static constructors (cubecl registers its IR's 4,900 operation
+/// kinds through `inventory`). A binary that never calls them is linked "command-style":
+/// wasm-ld then calls them at the top of every exported function, and the page calls into the
+/// module thousands of times per training step (every object WebGPU hands back goes through an
+/// export), so each call re-ran all the registrations. That was most of the page's CPU time in
+/// a step (bench/README.md, "The browser against native"). With this call in the module,
+/// wasm-ld wraps no export.
+#[cfg(target_arch = "wasm32")]
+#[expect(
+    unsafe_code,
+    reason = "the constructors wasm-ld synthesises are reached through an extern function"
+)]
+mod constructors {
+    unsafe extern "C" {
+        fn __wasm_call_ctors();
+    }
+
+    /// Run every static constructor; once, first thing in `main`.
+    pub fn run() {
+        // SAFETY: called once, before anything reads what the constructors register; nothing
+        // runs before `main` that needs them.
+        unsafe { __wasm_call_ctors() };
+    }
+}
+
 #[cfg(target_arch = "wasm32")]
 fn main() {
+    constructors::run();
     advmoe_app::platform::start();
 }
