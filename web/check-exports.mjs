@@ -1,10 +1,10 @@
 // Fails when several of the web build's exported functions begin by calling one function that
 // takes and returns nothing: the sign that wasm-ld linked the module "command-style" and wraps
 // its exports with the static constructors (cubecl's 4,900 `inventory` registrations), so they
-// run again on every call from JavaScript into the module. The page makes thousands of such
+// run again on every call from JavaScript into the module. The page makes many such
 // calls per training step (wasm-bindgen's allocation and externref-table exports, for every
 // object WebGPU hands back), and the rerun was most of the page's CPU time in a step
-// (bench/README.md, "The browser against native"). The app's `main` calls the constructors
+// (bench/README.md, `browser.sh`). The app's `main` calls the constructors
 // itself (crates/advmoe-app/src/main.rs), which stops wasm-ld from wrapping the exports; this
 // check keeps it so. (In the wrapped build, 8 of the 19 exported functions began with the call,
 // `main` and wasm-bindgen's seven helpers; in the fixed one, none.)

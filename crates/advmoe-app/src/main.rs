@@ -36,12 +36,12 @@ fn main() -> eframe::Result {
     )
 }
 
-/// The page's one call of the static constructors (cubecl registers its IR's 4,900 operation
-/// kinds through `inventory`). A binary that never calls them is linked "command-style":
+/// The page's one call of the static constructors (CubeCL registers about 4,900 pieces of its
+/// IR through `inventory`). A binary that never calls them is linked "command-style":
 /// wasm-ld then calls them at the top of every exported function, and the page calls into the
-/// module thousands of times per training step (every object WebGPU hands back goes through an
+/// module many times per training step (every object WebGPU hands back goes through an
 /// export), so each call re-ran all the registrations. That was most of the page's CPU time in
-/// a step (bench/README.md, "The browser against native"). With this call in the module,
+/// a step (bench/README.md, `browser.sh`). With this call in the module,
 /// wasm-ld wraps no export.
 #[cfg(target_arch = "wasm32")]
 #[expect(
