@@ -36,6 +36,8 @@ fi
 # (web/check-exports.mjs); it reads the module with binaryen.js, installed with wasm-opt.
 if [ -f web/tools/node_modules/binaryen/index.js ]; then
   node web/check-exports.mjs "$stage/advmoe-lab_bg.wasm"
+else
+  echo "web build: export check skipped (no binaryen.js in web/tools: WEB_WASM_OPT=0 installs none)"
 fi
 cp web/index.html web/style.css web/checks.js "$stage/"
 mkdir -p "$stage/demo"
