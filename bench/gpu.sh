@@ -7,6 +7,9 @@
 #   steps/gpu/         the training steps and evaluation attacks against PyTorch + cuDNN, fp32
 #                      and TF32 (bench/compare.sh with DEVICE=gpu): product.json, reference.json,
 #                      reference-tf32.json, compare.json
+#   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
+#                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
+#                      on, and autotune.md, each step kind's time without it against with it
 # Sized to end well inside 9 minutes on an H200; on a software adapter (lavapipe) use tiny
 # settings, e.g. WIDTH=8 BATCH=8 REPS=1 SCALE=classroom REF_DEVICE=cpu.
 set -euo pipefail
@@ -23,3 +26,15 @@ echo "== sparse conv kernels" >&2
   > "$OUT/sparse-conv.jsonl"
 echo "== training steps against PyTorch" >&2
 DEVICE=gpu OUT="$OUT/steps" bench/compare.sh
+if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
+  # The same binary built with Burn's autotune (off in the product: on lavapipe it gained
+  # nothing and cost seconds of tuning at each new shape; bench/README.md).
+  echo "== the same steps with Burn's autotune" >&2
+  mkdir -p "$OUT/autotune"
+  "$ADVMOE_AUTOTUNE" bench sparse-conv --scale "$SCALE" --experts 1 --batch "$BATCH" --reps "$REPS" \
+    --no-step --json > "$OUT/autotune/sparse-conv.jsonl"
+  "$ADVMOE_AUTOTUNE" bench steps --out "$OUT/autotune/steps" --batch "$BATCH" --reps "$REPS" \
+    --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null
+  python3 bench/autotune.py "$OUT/steps/gpu/product.json" "$OUT/autotune/steps/product.json" \
+    "$OUT/sparse-conv.jsonl" "$OUT/autotune/sparse-conv.jsonl" | tee "$OUT/autotune/autotune.md"
+fi

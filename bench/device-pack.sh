@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Packs into .device/ what bench/device.sh needs on a GPU machine lent by the workplace's
+# `device` tool, which builds nothing there and reaches no network (bench/README.md, "A lent GPU
+# machine"):
+#   advmoe.xz           the release CLI, stripped and xz-compressed (x86-64)
+#   advmoe-autotune.xz  the same built with `--features autotune` (AUTOTUNE=0 leaves it out)
+#   cifar10-jpg.tar.gz  the data (DATA), for bench/gpu-compare.sh
+#   gl/*.deb            the Vulkan loader (libvulkan1), unpacked there when it has none
+# .device/ is ignored by git; the call carries it (`carry: [".device"]`) with the working tree,
+# 64 MiB in all, which this script checks. It rebuilds target/release/advmoe as it was last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACK=.device
+DATA=${DATA:-../shared/data/cifar10-jpg.tar.gz}
+AUTOTUNE=${AUTOTUNE:-1}
+mkdir -p "$PACK/gl"
+
+[ "$(uname -m)" = x86_64 ] || { echo "the lent machine is x86-64: build there-compatible binaries elsewhere" >&2; exit 2; }
+[ -f "$DATA" ] || { echo "no $DATA: set DATA to CIFAR-10's image-folder archive" >&2; exit 2; }
+
+binary() { # name, cargo flags…
+  local name=$1; shift
+  cargo build --release -p advmoe-cli "$@"
+  strip -o "$PACK/$name" target/release/advmoe
+  xz -T0 -6 -f "$PACK/$name"
+  echo "$PACK/$name.xz: $(stat -c %s "$PACK/$name.xz") bytes"
+}
+if [ "$AUTOTUNE" = 1 ]; then
+  binary advmoe-autotune --features autotune
+else
+  rm -f "$PACK/advmoe-autotune.xz"
+fi
+binary advmoe   # last, so that target/release/advmoe is the product's again
+
+cp "$DATA" "$PACK/cifar10-jpg.tar.gz"
+rm -f "$PACK"/gl/*.deb
+(cd "$PACK/gl" && apt-get download libvulkan1 > /dev/null 2>&1) || { echo "apt-get download libvulkan1 failed" >&2; exit 1; }
+
+size=$(du -sb "$PACK" --exclude=resume | cut -f1)
+tree=$(git ls-files -z | xargs -0 du -cb 2> /dev/null | tail -n 1 | cut -f1)
+echo "$PACK: $size bytes; tracked files: $tree bytes"
+if [ $(( size + tree )) -gt $(( 60 * 1024 * 1024 )) ]; then
+  echo "over the 64 MiB a call may carry: AUTOTUNE=0 leaves the second binary out" >&2
+  exit 1
+fi
+cat <<'EOF'
+Then, with the device tool (timeout_s 600; bench/device.sh stops itself at DEADLINE=570 s):
+  run  command: bash bench/device.sh perf       carry: [".device"]
+  run  command: bash bench/device.sh compare    carry: [".device"]
+A cut comparison continues when its returned compare.tar.gz.* parts are copied into
+.device/resume/ and the same command runs again.
+EOF
