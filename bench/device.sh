@@ -5,14 +5,14 @@
 # which the call carries. On the lent machine, from the repository root:
 #
 #   bash bench/device.sh perf       # bench/gpu.sh: sparse kernels, steps against PyTorch + cuDNN,
-#                                   # and the same with Burn's autotune
+#                                   # and the same on our conv kernels and with Burn's autotune
 #   bash bench/device.sh compare    # bench/gpu-compare.sh: the paper's comparison on CIFAR-10
 #   bash bench/device.sh both       # perf (at most PERF_LIMIT seconds), then compare
 #
 # Everything it writes goes to $OUT (the tool's folder that comes back, at most 8 files):
 # device.log; perf.tar.gz.NN and compare.tar.gz.NN (the scripts' whole output folders, split
-# into 15 MB parts: `cat compare.tar.gz.* | tar xz` unpacks them); autotune.md and compare.md,
-# to read at once. Each script runs under a deadline (DEADLINE seconds for the whole call) and
+# into 15 MB parts: `cat compare.tar.gz.* | tar xz` unpacks them); own-conv.md, autotune.md
+# and compare.md, to read at once. Each script runs under a deadline (DEADLINE seconds for the whole call) and
 # is stopped with SIGTERM before it, which `advmoe compare` answers by checkpointing the model in
 # training, so a cut comparison is finished by a second call that carries the returned parts
 # back in .device/resume/ (compare.tar.gz.NN): they are unpacked before gpu-compare.sh runs
@@ -65,7 +65,9 @@ esac
 pack() {
   [ -d "$WORK/$1" ] || return 0
   rm -f "$RESULTS/$1".tar.gz.*
-  tar czf - -C "$WORK" "$1" | split -b 15M -d - "$RESULTS/$1.tar.gz."
+  # Without the benchmarks' initial checkpoints (model-*/: random weights for the reference's
+  # parity check), which would take most of the parts.
+  tar czf - -C "$WORK" --exclude='model-*' "$1" | split -b 15M -d - "$RESULTS/$1.tar.gz."
 }
 # Run a script with the time left, less a margin for packing. GNU timeout stops it with SIGTERM
 # to its whole process group, which `advmoe` answers by checkpointing; then wait for that.
@@ -88,7 +90,7 @@ if [ "$MODE" != compare ]; then
   rm -rf "$WORK/perf"
   OUT=$WORK/perf bounded "$limit" bash bench/gpu.sh || status=$?
   pack perf
-  [ -f "$WORK/perf/autotune/autotune.md" ] && cp "$WORK/perf/autotune/autotune.md" "$RESULTS/"
+  for f in "$WORK"/perf/{own-conv/own-conv.md,autotune/autotune.md}; do [ -f "$f" ] && cp "$f" "$RESULTS/"; done
   say "perf ended ($status)"
 fi
 if [ "$MODE" != perf ]; then

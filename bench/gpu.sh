@@ -7,6 +7,9 @@
 #   steps/gpu/         the training steps and evaluation attacks against PyTorch + cuDNN, fp32
 #                      and TF32 (bench/compare.sh with DEVICE=gpu): product.json, reference.json,
 #                      reference-tf32.json, compare.json
+#   own-conv/          the same steps with the models' plain convolutions on the sparse kernels
+#                      with one expert (`bench steps --gpu-conv own`), and own-conv.md, each step
+#                      kind's time on Burn's conv2d against on those kernels
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
 #                      on, and autotune.md, each step kind's time without it against with it
@@ -26,6 +29,11 @@ echo "== sparse conv kernels" >&2
   > "$OUT/sparse-conv.jsonl"
 echo "== training steps against PyTorch" >&2
 DEVICE=gpu OUT="$OUT/steps" bench/compare.sh
+echo "== the same steps with the plain convolutions on the sparse kernels" >&2
+"$ADVMOE" bench steps --gpu-conv own --out "$OUT/own-conv/steps" --batch "$BATCH" --reps "$REPS" \
+  --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null
+python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/own-conv/steps/product.json" \
+  --labels "Burn's conv2d" "own kernels" | tee "$OUT/own-conv/own-conv.md"
 if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
   # The same binary built with Burn's autotune (off in the product: on lavapipe it gained
   # nothing and cost seconds of tuning at each new shape; bench/README.md).
@@ -35,6 +43,7 @@ if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
     --no-step --json > "$OUT/autotune/sparse-conv.jsonl"
   "$ADVMOE_AUTOTUNE" bench steps --out "$OUT/autotune/steps" --batch "$BATCH" --reps "$REPS" \
     --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null
-  python3 bench/autotune.py "$OUT/steps/gpu/product.json" "$OUT/autotune/steps/product.json" \
-    "$OUT/sparse-conv.jsonl" "$OUT/autotune/sparse-conv.jsonl" | tee "$OUT/autotune/autotune.md"
+  python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/autotune/steps/product.json" \
+    "$OUT/sparse-conv.jsonl" "$OUT/autotune/sparse-conv.jsonl" --labels release autotune \
+    | tee "$OUT/autotune/autotune.md"
 fi

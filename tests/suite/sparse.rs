@@ -1,7 +1,8 @@
 //! The sparse kernels: every WGSL shader validates with naga, and on the wgpu device (WGSL) and on
 //! Burn's CPU backend (`advmoe_kernels::cpu`) the sparse MoE conv agrees with the reference (all
 //! experts, then select) in its output and in all three gradients (input, weight, router scores)
-//! over a grid of shapes and edge cases; on the CPU the plain convolution agrees with Burn's.
+//! over a grid of shapes and edge cases; the plain convolution on our kernels (on the CPU, and on
+//! wgpu when asked for) agrees with Burn's.
 
 use advmoe_core::{MethodKind, Rng};
 use advmoe_engine::Run;
@@ -223,7 +224,20 @@ fn cpu_kernels_match_the_reference_in_output_and_all_gradients() {
 /// the 1×1 stride-1 path that skips im2col) and a non-contiguous input.
 #[test]
 fn cpu_plain_conv_matches_burns_conv2d_in_output_and_gradients() {
-    let device = cpu().autodiff();
+    plain_conv_matches_burns_conv2d(&cpu().autodiff(), 2e-5);
+}
+
+/// The same on `wgpu` with `set_own_gpu_conv`: the WGSL kernels with one expert and a gate of 1
+/// (the benchmark's `--gpu-conv own`) against Burn's conv2d.
+#[test]
+fn own_gpu_plain_conv_matches_burns_conv2d_in_output_and_gradients() {
+    let previous = advmoe_kernels::set_own_gpu_conv(true);
+    plain_conv_matches_burns_conv2d(&gpu().autodiff(), 1e-4);
+    advmoe_kernels::set_own_gpu_conv(previous);
+}
+
+fn plain_conv_matches_burns_conv2d(device: &Device, tolerance: f64) {
+    let device = device.clone();
     // (batch, c_in, c_out, size, kernel, stride)
     let cases = [
         (3, 3, 8, 9, 3, 1),
@@ -272,7 +286,7 @@ fn cpu_plain_conv_matches_burns_conv2d_in_output_and_gradients() {
         {
             let diff = parity::relative_difference(o, b);
             assert!(
-                diff <= 2e-5,
+                diff <= tolerance,
                 "case {i} (b={batch} c_in={c_in} c_out={c_out} size={size} k={kernel} s={stride}): {name} differs by {diff}"
             );
         }

@@ -5,7 +5,7 @@
 //! first, because the shaders index flat row-major arrays.
 
 use burn::backend::TensorMetadata;
-use burn::backend::ops::{ConvOptions, FloatTensorOps, IntTensorOps, ModuleOps};
+use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::{CubeBackend, CubeTensor, into_contiguous};
 use burn::cubecl::ir::UIntKind;
@@ -483,11 +483,12 @@ impl SparseMoeOps for CubeBackend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        CubeBackend::conv2d(
-            input,
-            weight,
-            None,
-            ConvOptions::new([stride, stride], [padding, padding], [1, 1], 1),
-        )
+        // One expert that every sample takes, with a gate of 1: the backward
+        // (`ExpertConvBackward`) runs the gradient kernels the same way.
+        let [batch, ..] = dims4(&input);
+        let device = input.device.clone();
+        let experts = CubeBackend::int_zeros(Shape::from([batch]), &device, IntDType::I32);
+        let gate = CubeBackend::float_ones(Shape::from([batch, 1]), &device, FloatDType::F32);
+        Self::sparse_moe_conv_forward(input, weight, gate, experts, stride, padding, false).0
     }
 }

@@ -39,6 +39,21 @@ pub use shaders::Variant;
 thread_local! {
     static SPARSE_ENABLED: Cell<bool> = const { Cell::new(true) };
     static VARIANT: Cell<Option<Variant>> = const { Cell::new(None) };
+    static OWN_GPU_CONV: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run the plain convolutions ([`conv2d`]) built on this thread on `wgpu` devices through the
+/// sparse kernels with one expert instead of Burn's conv2d (off by default); returns the previous
+/// setting. Off, because no real GPU has yet measured which is faster (on lavapipe they are
+/// level, `bench sparse-conv --experts 1`); the benchmark's `bench steps --gpu-conv own` turns
+/// it on so that `bench/gpu.sh` can time both.
+pub fn set_own_gpu_conv(enabled: bool) -> bool {
+    OWN_GPU_CONV.with(|cell| cell.replace(enabled))
+}
+
+/// Whether this thread's plain convolutions on `wgpu` run through the sparse kernels.
+pub fn own_gpu_conv() -> bool {
+    OWN_GPU_CONV.with(Cell::get)
 }
 
 /// Force the kernel variant for launches from this thread (`None`: by adapter, the default);
@@ -112,13 +127,15 @@ pub fn moe_conv(
 }
 
 /// A plain convolution (no bias, equal padding on every side): [`cpu`]'s kernels on Burn's CPU
-/// backend (unless sparse execution is turned off), Burn's conv2d elsewhere.
+/// backend (unless sparse execution is turned off), the WGSL kernels with one expert on `wgpu`
+/// where [`set_own_gpu_conv`] asked for them, Burn's conv2d elsewhere.
 ///
 /// # Shapes
 /// - input `[batch, c_in, h, w]`, weight `[c_out, c_in, k, k]`
 /// - output `[batch, c_out, h_out, w_out]`
 pub fn conv2d(input: Tensor<4>, weight: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
-    if sparse_execution_enabled() && on_cpu(&input.device()) {
+    let device = input.device();
+    if sparse_execution_enabled() && (on_cpu(&device) || (own_gpu_conv() && on_wgpu(&device))) {
         Tensor::from_dispatch(Dispatch::expert_conv(
             input.into_dispatch(),
             weight.into_dispatch(),

@@ -82,9 +82,9 @@ pub trait SparseMoeOps: Backend {
     ) -> FloatTensor<Self>;
 
     /// `conv(input[b], weight)` for every sample: a plain convolution (one expert, no gate, no
-    /// bias), differentiable in `input` and `weight` on autodiff devices. On the CPU it runs the
-    /// same kernels as the MoE convolution; on `wgpu` its forward is Burn's conv2d (the model
-    /// calls it only on the CPU, see [`crate::conv2d`]).
+    /// bias), differentiable in `input` and `weight` on autodiff devices: the MoE convolution's
+    /// kernels with one expert and a gate of 1 (on `wgpu` the model calls it only where
+    /// [`crate::set_own_gpu_conv`] asked for it, see [`crate::conv2d`]).
     fn expert_conv(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,

@@ -74,10 +74,24 @@ pub(crate) struct StepsArgs {
     /// Device: cpu or gpu.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// The plain convolutions on `--device gpu`: Burn's conv2d (as the product runs them) or the
+    /// sparse kernels with one expert (`bench/gpu.sh` times both).
+    #[arg(long, value_enum, default_value = "burn")]
+    gpu_conv: GpuConv,
     /// Output folder: `product.json`, and per model `model-<name>/` (its initial checkpoint and
     /// `parity.safetensors`).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// Which kernels run the models' plain convolutions on `wgpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum GpuConv {
+    /// Burn's conv2d.
+    Burn,
+    /// The sparse MoE conv kernels with one expert (`advmoe_kernels::set_own_gpu_conv`).
+    Own,
 }
 
 /// One timed step kind.
@@ -105,6 +119,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
         other => bail!("--device {other}: cpu or gpu"),
     };
     let device = make_device(choice);
+    advmoe_kernels::set_own_gpu_conv(args.gpu_conv == GpuConv::Own);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let moe = args.model.spec();
@@ -226,6 +241,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
     let report = serde_json::json!({
         "batch": args.batch,
         "device": device_label(&device),
+        "gpu_conv": args.gpu_conv,
         "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         "model": moe,
