@@ -56,7 +56,8 @@ say "the product's GPU adapter: ${adapter:-none}"
 case ${adapter,,} in
   ""|*llvmpipe*|*swiftshader*|*lavapipe*)
     if [ "${ALLOW_SOFTWARE:-0}" != 1 ]; then
-      echo "no hardware adapter (ALLOW_SOFTWARE=1 runs anyway, for a test of this script)" >&2
+      echo "no hardware adapter: check VK_DRIVER_FILES (NVIDIA's ICD file) or pick one with" \
+        "CUBECL_WGPU_DEFAULT_DEVICE='DiscreteGpu(0)'; ALLOW_SOFTWARE=1 runs anyway, to test this script" >&2
       exit 1
     fi ;;
 esac
