@@ -7,7 +7,7 @@
 #   cifar10-jpg.tar.gz  the data (DATA), for bench/gpu-compare.sh
 #   gl/*.deb            the Vulkan loader (libvulkan1), unpacked there when it has none
 # .device/ is ignored by git; the call carries it (`carry: [".device"]`) with the working tree,
-# 64 MiB in all, which this script checks. It rebuilds target/release/advmoe as it was last.
+# 64 MiB in all, which this script checks. It leaves target/release/advmoe built without autotune.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,7 +16,7 @@ DATA=${DATA:-../shared/data/cifar10-jpg.tar.gz}
 AUTOTUNE=${AUTOTUNE:-1}
 mkdir -p "$PACK/gl"
 
-[ "$(uname -m)" = x86_64 ] || { echo "the lent machine is x86-64: build there-compatible binaries elsewhere" >&2; exit 2; }
+[ "$(uname -m)" = x86_64 ] || { echo "the lent machine is x86-64: pack on an x86-64 machine" >&2; exit 2; }
 [ -f "$DATA" ] || { echo "no $DATA: set DATA to CIFAR-10's image-folder archive" >&2; exit 2; }
 
 binary() { # name, cargo flags…

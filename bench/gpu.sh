@@ -13,7 +13,7 @@
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
 #                      on, and autotune.md, each step kind's time without it against with it
-# Sized to end well inside 9 minutes on an H200; on a software adapter (lavapipe) use tiny
+# Meant to end inside 9 minutes on an H200 (not yet run on one); on a software adapter (lavapipe) use tiny
 # settings, e.g. WIDTH=8 BATCH=8 REPS=1 SCALE=classroom REF_DEVICE=cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
