@@ -33,6 +33,9 @@ left() { echo $(( DEADLINE - ($(date +%s) - t0) )); }
 say() { echo "== $* ($(( $(date +%s) - t0 )) s)"; }
 mkdir -p "$RESULTS" "$WORK"
 exec > >(tee -a "$RESULTS/device.log") 2>&1
+tee_pid=$!
+# On any exit, let the log's writer finish before the tool collects RESULTS.
+trap 'exec >&- 2>&-; wait "$tee_pid"' EXIT
 
 case $MODE in perf|compare|both) ;; *) echo "usage: bench/device.sh perf|compare|both" >&2; exit 2 ;; esac
 [ -f "$PACK/advmoe.xz" ] || { echo "no $PACK/advmoe.xz: run bench/device-pack.sh here and carry $PACK" >&2; exit 2; }
