@@ -29,9 +29,14 @@ echo "== sparse conv kernels" >&2
   > "$OUT/sparse-conv.jsonl"
 echo "== training steps against PyTorch" >&2
 DEVICE=gpu OUT="$OUT/steps" bench/compare.sh
+# The step kinds again, as compare.sh times them on the product's side: binary, folder, flags.
+steps() {
+  local binary=$1 out=$2; shift 2
+  "$binary" bench steps --out "$out" --batch "$BATCH" --reps "$REPS" --width "$WIDTH" \
+    --router "${ROUTER:-image}" --device gpu "$@" > /dev/null
+}
 echo "== the same steps with the plain convolutions on the sparse kernels" >&2
-"$ADVMOE" bench steps --gpu-conv own --out "$OUT/own-conv/steps" --batch "$BATCH" --reps "$REPS" \
-  --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null
+steps "$ADVMOE" "$OUT/own-conv/steps" --gpu-conv own
 python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/own-conv/steps/product.json" \
   --labels "Burn's conv2d" "own kernels" | tee "$OUT/own-conv/own-conv.md"
 if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
@@ -41,8 +46,7 @@ if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
   mkdir -p "$OUT/autotune"
   "$ADVMOE_AUTOTUNE" bench sparse-conv --scale "$SCALE" --experts 1 --batch "$BATCH" --reps "$REPS" \
     --no-step --json > "$OUT/autotune/sparse-conv.jsonl"
-  "$ADVMOE_AUTOTUNE" bench steps --out "$OUT/autotune/steps" --batch "$BATCH" --reps "$REPS" \
-    --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null
+  steps "$ADVMOE_AUTOTUNE" "$OUT/autotune/steps"
   python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/autotune/steps/product.json" \
     "$OUT/sparse-conv.jsonl" "$OUT/autotune/sparse-conv.jsonl" --labels release autotune \
     | tee "$OUT/autotune/autotune.md"
