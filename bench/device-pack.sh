@@ -4,16 +4,19 @@
 # machine"):
 #   advmoe.xz           the release CLI, stripped and xz-compressed (x86-64)
 #   advmoe-autotune.xz  the same built with `--features autotune` (AUTOTUNE=0 leaves it out)
+#   advmoe-fusion.xz    the same built with `--features fusion` (FUSION=0 leaves it out)
 #   cifar10-jpg.tar.gz  the data (DATA), for bench/gpu-compare.sh
 #   gl/*.deb            the Vulkan loader (libvulkan1), unpacked there when it has none
 # .device/ is ignored by git; the call carries it (`carry: [".device"]`) with the working tree,
-# 64 MiB in all, which this script checks. It leaves target/release/advmoe built without autotune.
+# 64 MiB in all, which this script checks. It leaves target/release/advmoe built without either
+# feature.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACK=.device
 DATA=${DATA:-../shared/data/cifar10-jpg.tar.gz}
 AUTOTUNE=${AUTOTUNE:-1}
+FUSION=${FUSION:-1}
 mkdir -p "$PACK/gl"
 
 [ "$(uname -m)" = x86_64 ] || { echo "the lent machine is x86-64: pack on an x86-64 machine" >&2; exit 2; }
@@ -26,11 +29,14 @@ binary() { # name, cargo flags…
   xz -T0 -6 -f "$PACK/$name"
   echo "$PACK/$name.xz: $(stat -c %s "$PACK/$name.xz") bytes"
 }
-if [ "$AUTOTUNE" = 1 ]; then
-  binary advmoe-autotune --features autotune
-else
-  rm -f "$PACK/advmoe-autotune.xz"
-fi
+for feature in autotune fusion; do
+  flag=${feature^^}
+  if [ "${!flag}" = 1 ]; then
+    binary "advmoe-$feature" --features "$feature"
+  else
+    rm -f "$PACK/advmoe-$feature.xz"
+  fi
+done
 binary advmoe   # last, so that target/release/advmoe is the product's again
 
 cp "$DATA" "$PACK/cifar10-jpg.tar.gz"
@@ -41,7 +47,7 @@ size=$(du -sb "$PACK" --exclude=resume | cut -f1)
 tree=$(git ls-files -z | xargs -0 du -cb 2> /dev/null | tail -n 1 | cut -f1)
 echo "$PACK: $size bytes; tracked files: $tree bytes"
 if [ $(( size + tree )) -gt $(( 60 * 1024 * 1024 )) ]; then
-  echo "over the 64 MiB a call may carry: AUTOTUNE=0 leaves the second binary out" >&2
+  echo "over the 64 MiB a call may carry: AUTOTUNE=0 or FUSION=0 leaves a binary out" >&2
   exit 1
 fi
 cat <<'EOF'

@@ -5,14 +5,15 @@
 # which the call carries. On the lent machine, from the repository root:
 #
 #   bash bench/device.sh perf       # bench/gpu.sh: sparse kernels, steps against PyTorch + cuDNN,
-#                                   # and the same on our conv kernels and with Burn's autotune
+#                                   # and the same on our conv kernels, with Burn's autotune and
+#                                   # with Burn's kernel fusion
 #   bash bench/device.sh compare    # bench/gpu-compare.sh: the paper's comparison on CIFAR-10
 #   bash bench/device.sh both       # perf (at most PERF_LIMIT seconds), then compare
 #
 # Everything it writes goes to $OUT (the tool's folder that comes back, at most 8 files):
 # device.log; perf.tar.gz.NN and compare.tar.gz.NN (the scripts' whole output folders, split
-# into 15 MB parts: `cat compare.tar.gz.* | tar xz` unpacks them); own-conv.md, autotune.md
-# and compare.md, to read at once. Each script runs under a deadline (DEADLINE seconds for the whole call) and
+# into 15 MB parts: `cat compare.tar.gz.* | tar xz` unpacks them); own-conv.md, autotune.md,
+# fusion.md and compare.md, to read at once. Each script runs under a deadline (DEADLINE seconds for the whole call) and
 # is stopped with SIGTERM before it, which `advmoe compare` answers by checkpointing the model in
 # training, so a cut comparison is finished by a second call that carries the returned parts
 # back in .device/resume/ (compare.tar.gz.NN): they are unpacked before gpu-compare.sh runs
@@ -50,7 +51,9 @@ if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ]; then export VK_DRIVER_
 command -v nvidia-smi > /dev/null && nvidia-smi -L
 unxz() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 unxz "$PACK/advmoe.xz" "$WORK/advmoe" || exit 1
-[ -f "$PACK/advmoe-autotune.xz" ] && { unxz "$PACK/advmoe-autotune.xz" "$WORK/advmoe-autotune" || exit 1; }
+for feature in autotune fusion; do
+  if [ -f "$PACK/advmoe-$feature.xz" ]; then unxz "$PACK/advmoe-$feature.xz" "$WORK/advmoe-$feature" || exit 1; fi
+done
 # The adapter the product's `--device gpu` picks: a software one would spend the lease on
 # figures that mean nothing.
 adapter=$("$WORK/advmoe" bench sparse-conv --scale classroom --experts 1 --batch 4 --reps 1 --no-step --json |
@@ -91,10 +94,11 @@ if [ "$MODE" != compare ]; then
   [ "$MODE" = both ] && [ "$limit" -gt "$PERF_LIMIT" ] && limit=$PERF_LIMIT
   say "perf: bench/gpu.sh, at most $limit s"
   [ -x "$WORK/advmoe-autotune" ] && export ADVMOE_AUTOTUNE=$WORK/advmoe-autotune
+  [ -x "$WORK/advmoe-fusion" ] && export ADVMOE_FUSION=$WORK/advmoe-fusion
   rm -rf "$WORK/perf"
   OUT=$WORK/perf bounded "$limit" bash bench/gpu.sh || status=$?
   pack perf
-  for f in "$WORK"/perf/{own-conv/own-conv.md,autotune/autotune.md}; do [ -f "$f" ] && cp "$f" "$RESULTS/"; done
+  for f in "$WORK"/perf/{own-conv/own-conv.md,autotune/autotune.md,fusion/fusion.md}; do [ -f "$f" ] && cp "$f" "$RESULTS/"; done
   say "perf ended ($status)"
 fi
 if [ "$MODE" != perf ]; then

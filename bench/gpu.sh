@@ -13,6 +13,9 @@
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
 #                      on, and autotune.md, each step kind's time without it against with it
+#   fusion/            with ADVMOE_FUSION (a binary built with `--features fusion`): the same steps
+#                      with Burn's kernel fusion, and fusion.md: first whether both builds compute
+#                      the same (their parity records), then each step kind's time
 # Meant to end inside 9 minutes on an H200 (not yet run on one); on a software adapter (lavapipe) use tiny
 # settings, e.g. WIDTH=8 BATCH=8 REPS=1 SCALE=classroom REF_DEVICE=cpu.
 set -euo pipefail
@@ -50,4 +53,13 @@ if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
   python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/autotune/steps/product.json" \
     "$OUT/sparse-conv.jsonl" "$OUT/autotune/sparse-conv.jsonl" --labels release autotune \
     | tee "$OUT/autotune/autotune.md"
+fi
+if [ -n "${ADVMOE_FUSION:-}" ]; then
+  # The same binary built with Burn's kernel fusion (off in the product; bench/README.md). Its
+  # times are compared only if its parity records match the release binary's.
+  echo "== the same steps with Burn's kernel fusion" >&2
+  mkdir -p "$OUT/fusion"
+  steps "$ADVMOE_FUSION" "$OUT/fusion/steps"
+  python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/fusion/steps/product.json" \
+    --labels release fusion --parity | tee "$OUT/fusion/fusion.md"
 fi

@@ -166,15 +166,13 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
             gate.into_primitive(),
         );
         let experts = i32_experts::<B>(experts);
-        let (output, z) = B::sparse_moe_conv_forward(
-            input.clone(),
-            weight.clone(),
-            gate.clone(),
-            experts.clone(),
-            stride,
-            padding,
-            keep_ungated,
-        );
+        let (i, w, g, e) = (input.clone(), weight.clone(), gate.clone(), experts.clone());
+        let (output, z) = if keep_ungated {
+            let (output, z) = B::sparse_moe_conv_with_ungated(i, w, g, e, stride, padding);
+            (output, Some(z))
+        } else {
+            (B::sparse_moe_conv(i, w, g, e, stride, padding), None)
+        };
         match SparseMoeConvBackward
             .prepare::<C>(nodes)
             .compute_bound()
@@ -196,25 +194,23 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
         }
     }
 
-    fn sparse_moe_conv_forward(
+    fn sparse_moe_conv_with_ungated(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        keep_ungated: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let (output, z) = B::sparse_moe_conv_forward(
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (output, z) = B::sparse_moe_conv_with_ungated(
             input.into_primitive(),
             weight.into_primitive(),
             gate.into_primitive(),
             experts,
             stride,
             padding,
-            keep_ungated,
         );
-        (Self::from_inner(output), z.map(Self::from_inner))
+        (Self::from_inner(output), Self::from_inner(z))
     }
 
     fn sparse_moe_conv_input_grad(

@@ -689,6 +689,44 @@ fn gate_scales(gate: FlexTensor, experts: &[usize]) -> Vec<f32> {
         .collect()
 }
 
+/// A forward's operands on the host: the input and weights made contiguous, the geometry, each
+/// sample's expert and its gate value.
+struct ForwardInputs {
+    input: FlexTensor,
+    weight: FlexTensor,
+    g: Geometry,
+    experts: Vec<usize>,
+    scales: Vec<f32>,
+}
+
+impl ForwardInputs {
+    fn new(
+        input: FlexTensor,
+        weight: FlexTensor,
+        gate: FlexTensor,
+        experts: FlexTensor,
+        stride: usize,
+        padding: usize,
+    ) -> Self {
+        let (input, weight) = (f32_contiguous(input), f32_contiguous(weight));
+        let [_, num_experts] = gate.shape().dims::<2>();
+        let g = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
+        let experts = host_experts(experts);
+        let scales = gate_scales(gate, &experts);
+        Self {
+            input,
+            weight,
+            g,
+            experts,
+            scales,
+        }
+    }
+
+    fn output_shape(&self) -> [usize; 4] {
+        [self.g.batch, self.g.c_out, self.g.h_out, self.g.w_out]
+    }
+}
+
 impl SparseMoeOps for Flex {
     fn sparse_moe_conv(
         input: FloatTensor<Self>,
@@ -698,36 +736,34 @@ impl SparseMoeOps for Flex {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        Self::sparse_moe_conv_forward(input, weight, gate, experts, stride, padding, false).0
+        let f = ForwardInputs::new(input, weight, gate, experts, stride, padding);
+        let out = forward(
+            values(&f.input),
+            values(&f.weight),
+            &f.experts,
+            Some(&f.scales),
+            &f.g,
+        );
+        tensor(out, f.output_shape())
     }
 
-    fn sparse_moe_conv_forward(
+    fn sparse_moe_conv_with_ungated(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        keep_ungated: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let (input, weight) = (f32_contiguous(input), f32_contiguous(weight));
-        let [_, num_experts] = gate.shape().dims::<2>();
-        let g = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
-        let shape = [g.batch, g.c_out, g.h_out, g.w_out];
-        let experts = host_experts(experts);
-        let scales = gate_scales(gate, &experts);
-        if !keep_ungated {
-            let out = forward(values(&input), values(&weight), &experts, Some(&scales), &g);
-            return (tensor(out, shape), None);
-        }
-        let z = forward(values(&input), values(&weight), &experts, None, &g);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let f = ForwardInputs::new(input, weight, gate, experts, stride, padding);
+        let z = forward(values(&f.input), values(&f.weight), &f.experts, None, &f.g);
         let mut out = z.clone();
-        if g.output_len() > 0 {
-            for (out_b, scale) in out.chunks_mut(g.output_len()).zip(&scales) {
+        if f.g.output_len() > 0 {
+            for (out_b, scale) in out.chunks_mut(f.g.output_len()).zip(&f.scales) {
                 out_b.iter_mut().for_each(|v| *v *= scale);
             }
         }
-        (tensor(out, shape), Some(tensor(z, shape)))
+        (tensor(out, f.output_shape()), tensor(z, f.output_shape()))
     }
 
     fn sparse_moe_conv_input_grad(

@@ -269,6 +269,62 @@ fn launch(
     output
 }
 
+/// The forward kernel: the gated output and, when `keep_ungated`, the ungated one (else a
+/// one-value stand-in for its binding, which the kernel leaves alone).
+fn forward(
+    input: CubeTensor,
+    weight: CubeTensor,
+    gate: CubeTensor,
+    experts: CubeTensor,
+    stride: usize,
+    padding: usize,
+    keep_ungated: bool,
+) -> (CubeTensor, CubeTensor) {
+    let (input, weight, gate, experts) = (
+        f32_contiguous(input),
+        f32_contiguous(weight),
+        f32_contiguous(gate),
+        i32_contiguous(experts),
+    );
+    let [_, num_experts] = gate.shape().dims::<2>();
+    let mut geometry = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
+    let shape = Shape::from([
+        geometry.batch,
+        geometry.c_out,
+        geometry.h_out,
+        geometry.w_out,
+    ]);
+    if geometry.batch == 0 {
+        let empty = || CubeBackend::float_zeros(shape.clone(), &input.device, FloatDType::F32);
+        return (empty(), empty());
+    }
+    let pixels = geometry.h_out * geometry.w_out;
+    let variant = variant_for(&input);
+    let tile = Tile::for_product(variant, geometry.c_out, pixels);
+    let output = empty_f32(&input, shape.clone());
+    // Without `z` the kernel leaves its binding alone: a one-value stand-in fills it (the
+    // output itself may not be bound twice: browsers refuse aliased writable bindings).
+    let z = if keep_ungated {
+        empty_f32(&input, shape)
+    } else {
+        empty_f32(&input, Shape::from([1]))
+    };
+    geometry.write_z = usize::from(keep_ungated);
+    launch_into(
+        Shader::Forward(variant),
+        tile,
+        grid(
+            pixels.div_ceil(tile.tile_n as usize),
+            geometry.c_out.div_ceil(tile.tile_m as usize),
+            geometry.batch,
+        ),
+        &[&input, &weight, &experts, &gate],
+        &[&output, &z],
+        &geometry,
+    );
+    (output, z)
+}
+
 impl SparseMoeOps for CubeBackend {
     fn sparse_moe_conv(
         input: FloatTensor<Self>,
@@ -278,66 +334,18 @@ impl SparseMoeOps for CubeBackend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        Self::sparse_moe_conv_forward(input, weight, gate, experts, stride, padding, false).0
+        forward(input, weight, gate, experts, stride, padding, false).0
     }
 
-    fn sparse_moe_conv_forward(
+    fn sparse_moe_conv_with_ungated(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        keep_ungated: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>) {
-        let (input, weight, gate, experts) = (
-            f32_contiguous(input),
-            f32_contiguous(weight),
-            f32_contiguous(gate),
-            i32_contiguous(experts),
-        );
-        let [_, num_experts] = gate.shape().dims::<2>();
-        let mut geometry =
-            Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
-        let shape = Shape::from([
-            geometry.batch,
-            geometry.c_out,
-            geometry.h_out,
-            geometry.w_out,
-        ]);
-        if geometry.batch == 0 {
-            let empty = || CubeBackend::float_zeros(shape.clone(), &input.device, FloatDType::F32);
-            return (empty(), keep_ungated.then(empty));
-        }
-        let pixels = geometry.h_out * geometry.w_out;
-        let variant = variant_for(&input);
-        let tile = Tile::for_product(variant, geometry.c_out, pixels);
-        let output = empty_f32(&input, shape.clone());
-        // Without `z` the kernel leaves its binding alone: a one-value stand-in fills it (the
-        // output itself may not be bound twice: browsers refuse aliased writable bindings).
-        let z = keep_ungated.then(|| empty_f32(&input, shape));
-        let stand_in;
-        let z_binding = match &z {
-            Some(z) => z,
-            None => {
-                stand_in = empty_f32(&input, Shape::from([1]));
-                &stand_in
-            }
-        };
-        geometry.write_z = usize::from(keep_ungated);
-        launch_into(
-            Shader::Forward(variant),
-            tile,
-            grid(
-                pixels.div_ceil(tile.tile_n as usize),
-                geometry.c_out.div_ceil(tile.tile_m as usize),
-                geometry.batch,
-            ),
-            &[&input, &weight, &experts, &gate],
-            &[&output, z_binding],
-            &geometry,
-        );
-        (output, z)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        forward(input, weight, gate, experts, stride, padding, true)
     }
 
     fn sparse_moe_conv_input_grad(
@@ -489,6 +497,6 @@ impl SparseMoeOps for CubeBackend {
         let device = input.device.clone();
         let experts = CubeBackend::int_zeros(Shape::from([batch]), &device, IntDType::I32);
         let gate = CubeBackend::float_ones(Shape::from([batch, 1]), &device, FloatDType::F32);
-        Self::sparse_moe_conv_forward(input, weight, gate, experts, stride, padding, false).0
+        Self::sparse_moe_conv(input, weight, gate, experts, stride, padding)
     }
 }

@@ -3,11 +3,19 @@
 //! Implemented for the CubeCL backend (Burn's `wgpu` devices; [`crate::cube`]), for Burn's CPU
 //! backend (`flex`; [`crate::cpu`]) and for `Autodiff` over either ([`crate::autodiff`]). Other
 //! backends are not listed: callers check [`crate::sparse_supported`] first and use
-//! [`crate::reference`] there.
+//! [`crate::reference`] there. With this crate's `fusion` feature (Burn's kernel fusion, which
+//! wraps the CubeCL backend in `Fusion`), each operation is also registered with the fusion
+//! stream as an opaque custom operation: its output shapes (the `#[fusion]` lines) are known
+//! without running it, the element-wise work around it fuses, and the kernel runs when the
+//! stream reaches it.
 
 use burn::backend::Backend;
 use burn::backend::backend_extension;
+#[cfg(feature = "fusion")]
+use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::{FloatTensor, IntTensor};
+#[cfg(feature = "fusion")]
+use burn::tensor::Shape;
 
 /// Sparse MoE convolution with top-1 routing. Shapes:
 /// - `input [batch, c_in, h_in, w_in]`
@@ -16,11 +24,12 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 /// - `gate [batch, num_experts]`, `experts [batch]` (the selected expert of each sample)
 /// - output `[batch, c_out, h_out, w_out]` with
 ///   `h_out = (h_in + 2 * padding - kernel) / stride + 1`
-#[backend_extension(Cube, Flex, Autodiff)]
+#[backend_extension(Cube, Flex, Autodiff, Fusion: cfg(feature = "fusion"))]
 pub trait SparseMoeOps: Backend {
     /// `output[b] = gate[b, experts[b]] * conv(input[b], weight of expert experts[b])`.
     /// Differentiable (on autodiff devices) in `input`, `weight` and `gate`; the gate's gradient
     /// is zero off the selected expert.
+    #[fusion(dtype = input, shape = conv_output(input, weight, weight[0] / gate[1], *stride, *padding))]
     fn sparse_moe_conv(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -30,24 +39,26 @@ pub trait SparseMoeOps: Backend {
         padding: usize,
     ) -> FloatTensor<Self>;
 
-    /// The gated expert convolution without a backward: `output[b] = gate[b, experts[b]] *
-    /// z[b]` with `z[b] = conv(input[b], weight of expert experts[b])`, in one pass (the gate is
-    /// read where the output is written). `z` is returned too when `keep_ungated` (the gate's
-    /// gradient needs it), else `None`. The number of experts is the gate's columns.
-    fn sparse_moe_conv_forward(
+    /// The gated expert convolution without a backward, with its ungated output beside it:
+    /// `(output, z)`, `output[b] = gate[b, experts[b]] * z[b]` with `z[b] = conv(input[b],
+    /// weight of expert experts[b])`, in one pass (the gate is read where the output is
+    /// written). The gate's gradient needs `z`; without it, [`Self::sparse_moe_conv`] of a
+    /// backend without autodiff is the same pass. The number of experts is the gate's columns.
+    #[fusion(meta = with_ungated_meta)]
+    fn sparse_moe_conv_with_ungated(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         gate: FloatTensor<Self>,
         experts: IntTensor<Self>,
         stride: usize,
         padding: usize,
-        keep_ungated: bool,
-    ) -> (FloatTensor<Self>, Option<FloatTensor<Self>>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Gradient of the gated convolution with respect to its input,
     /// `[batch, c_in, height, width]` for `input_size = [height, width]`: each sample's output
     /// gradient through its expert's filters, times `gate[b, experts[b]]` (the number of experts
     /// is the gate's columns).
+    #[fusion(dtype = grad_output, shape = Shape::from([grad_output[0], weight[1], input_size[0], input_size[1]]))]
     fn sparse_moe_conv_input_grad(
         grad_output: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -62,6 +73,7 @@ pub trait SparseMoeOps: Backend {
     /// `[num_experts * c_out, c_in, kernel, kernel]`: each sample adds its share, times
     /// `gate[b, experts[b]]`, into its own expert's rows (the number of experts is the gate's
     /// columns).
+    #[fusion(dtype = grad_output, shape = Shape::from([gate[1] * grad_output[1], input[1], *kernel, *kernel]))]
     fn sparse_moe_conv_weight_grad(
         grad_output: FloatTensor<Self>,
         input: FloatTensor<Self>,
@@ -74,6 +86,7 @@ pub trait SparseMoeOps: Backend {
 
     /// Straight-through gate gradient `[batch, num_experts]`: `sum(grad_output[b] * z[b])` at the
     /// selected expert, zero elsewhere (`z` is the ungated output).
+    #[fusion(dtype = grad_output, shape = Shape::from([grad_output[0], *num_experts]))]
     fn sparse_moe_gate_grad(
         grad_output: FloatTensor<Self>,
         z: FloatTensor<Self>,
@@ -85,10 +98,46 @@ pub trait SparseMoeOps: Backend {
     /// bias), differentiable in `input` and `weight` on autodiff devices: the MoE convolution's
     /// kernels with one expert and a gate of 1 (on `wgpu` the model calls it only where
     /// [`crate::set_own_gpu_conv`] asked for it, see [`crate::conv2d`]).
+    #[fusion(dtype = input, shape = conv_output(input, weight, weight[0], *stride, *padding))]
     fn expert_conv(
         input: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self>;
+}
+
+/// The output shape of a convolution of `input` (`[batch, c_in, height, width]`) by `c_out`
+/// filters of `weight`'s kernel size.
+#[cfg(feature = "fusion")]
+fn conv_output(
+    input: &Shape,
+    weight: &Shape,
+    c_out: usize,
+    stride: usize,
+    padding: usize,
+) -> Shape {
+    let out = |size: usize| (size + 2 * padding - weight[2]) / stride + 1;
+    Shape::from([input[0], c_out, out(input[2]), out(input[3])])
+}
+
+/// [`SparseMoeOps::sparse_moe_conv_with_ungated`]'s two outputs, both of the gated output's shape.
+#[cfg(feature = "fusion")]
+fn with_ungated_meta(
+    input: &TensorSpec,
+    weight: &TensorSpec,
+    gate: &TensorSpec,
+    _experts: &TensorSpec,
+    stride: &usize,
+    padding: &usize,
+) -> (TensorSpec, TensorSpec) {
+    let shape = conv_output(
+        &input.shape,
+        &weight.shape,
+        weight.shape[0] / gate.shape[1],
+        *stride,
+        *padding,
+    );
+    let spec = TensorSpec::new(shape, input.dtype);
+    (spec.clone(), spec)
 }
