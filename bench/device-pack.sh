@@ -6,7 +6,7 @@
 #   advmoe-autotune.xz  the same built with `--features autotune` (AUTOTUNE=0 leaves it out)
 #   advmoe-fusion.xz    the same built with `--features fusion` (FUSION=0 leaves it out)
 #   cifar10-jpg.tar.gz  the data (DATA), for bench/gpu-compare.sh
-#   gl/*.deb            the Vulkan loader (libvulkan1), unpacked there when it has none
+#   gl/*.deb            the Vulkan loader (libvulkan1) and libglvnd, unpacked there when it lacks either
 # .device/ is ignored by git; the call carries it (`carry: [".device"]`) with the working tree,
 # 64 MiB in all, which this script checks. It leaves target/release/advmoe built without either
 # feature.
@@ -41,7 +41,9 @@ binary advmoe   # last, so that target/release/advmoe is the product's again
 
 cp "$DATA" "$PACK/cifar10-jpg.tar.gz"
 rm -f "$PACK"/gl/*.deb
-(cd "$PACK/gl" && apt-get download libvulkan1 > /dev/null 2>&1) || { echo "apt-get download libvulkan1 failed" >&2; exit 1; }
+# libglvnd's libraries too: NVIDIA's Vulkan driver library links against libGLdispatch.
+(cd "$PACK/gl" && apt-get download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libopengl0 libgles2 > /dev/null 2>&1) ||
+  { echo "apt-get download of the Vulkan loader and libglvnd failed" >&2; exit 1; }
 
 size=$(du -sb "$PACK" --exclude=resume | cut -f1)
 tree=$(git ls-files -z | xargs -0 du -cb 2> /dev/null | tail -n 1 | cut -f1)

@@ -42,12 +42,21 @@ case $MODE in perf|compare|both) ;; *) echo "usage: bench/device.sh perf|compare
 [ -f "$PACK/advmoe.xz" ] || { echo "no $PACK/advmoe.xz: run bench/device-pack.sh here and carry $PACK" >&2; exit 2; }
 
 say "setup"
-if ! ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+# The Vulkan loader, and the GL vendor-neutral dispatch (libglvnd) that NVIDIA's Vulkan driver
+# library (libGLX_nvidia) links against: the H200 lent on 2026-12-04 showed the product no
+# adapter until both were unpacked.
+if ! ldconfig -p | grep -q 'libvulkan\.so\.1' || ! ldconfig -p | grep -q 'libGLdispatch\.so\.0'; then
   for f in "$PACK"/gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
 fi
-nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia_icd" ]; then export VK_DRIVER_FILES=$nvidia_icd; fi
+nvidia=/usr/local/nvidia/share
+if [ -z "${VK_DRIVER_FILES:-}" ] && [ -f "$nvidia/vulkan/icd.d/nvidia_icd.json" ]; then
+  export VK_DRIVER_FILES=$nvidia/vulkan/icd.d/nvidia_icd.json
+fi
+if [ -z "${__EGL_VENDOR_LIBRARY_FILENAMES:-}" ] && [ -f "$nvidia/glvnd/egl_vendor.d/10_nvidia.json" ]; then
+  export __EGL_VENDOR_LIBRARY_FILENAMES=$nvidia/glvnd/egl_vendor.d/10_nvidia.json
+fi
+echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}; $(ldconfig -p | grep -c -E 'libvulkan|libGLdispatch|libGLX_nvidia') of the loader's libraries found"
 command -v nvidia-smi > /dev/null && nvidia-smi -L
 unxz() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2" && chmod +x "$2"; }
 unxz "$PACK/advmoe.xz" "$WORK/advmoe" || exit 1
@@ -56,12 +65,14 @@ for feature in autotune fusion; do
 done
 # The adapter the product's `--device gpu` picks: a software one would spend the lease on
 # figures that mean nothing.
-adapter=$("$WORK/advmoe" bench sparse-conv --scale classroom --experts 1 --batch 4 --reps 1 --no-step --json |
+adapter=$(VK_LOADER_DEBUG=error,warn "$WORK/advmoe" bench sparse-conv --scale classroom --experts 1 --batch 4 --reps 1 --no-step --json |
   python3 -c 'import json, sys; print(json.loads(sys.stdin.read().splitlines()[0])["device"])')
 say "the product's GPU adapter: ${adapter:-none}"
 case ${adapter,,} in
   ""|*llvmpipe*|*swiftshader*|*lavapipe*)
     if [ "${ALLOW_SOFTWARE:-0}" != 1 ]; then
+      [ -f "${VK_DRIVER_FILES:-}" ] && cat "$VK_DRIVER_FILES" &&
+        ldd "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ICD"]["library_path"])' "$VK_DRIVER_FILES")" 2>&1 | grep -i -E "not found|nvidia"
       echo "no hardware adapter: check VK_DRIVER_FILES (NVIDIA's ICD file) or pick one with" \
         "CUBECL_WGPU_DEFAULT_DEVICE='DiscreteGpu(0)'; ALLOW_SOFTWARE=1 runs anyway, to test this script" >&2
       exit 1
@@ -106,11 +117,16 @@ if [ "$MODE" != perf ]; then
     cat "$PACK"/resume/compare.tar.gz.* | tar xzf - -C "$WORK"
     say "resuming the comparison from $PACK/resume"
   fi
+  # The comparison trains with the autotune binary where it was packed: on an H200 it made the
+  # training steps 4-8 times faster (bench/README.md); COMPARE_AUTOTUNE=0 uses the release one.
+  if [ -x "$WORK/advmoe-autotune" ] && [ "${COMPARE_AUTOTUNE:-1}" = 1 ]; then
+    export ADVMOE=$WORK/advmoe-autotune
+  fi
   limit=$(( $(left) - 45 ))
   # The comparison's own budget (training and evaluation) leaves room for its kernel check,
   # its probe (two short AdvMoE runs) and three reads of the data.
   budget=${BUDGET:-$(( limit - 150 ))}
-  say "compare: bench/gpu-compare.sh, at most $limit s (BUDGET $budget s)"
+  say "compare: bench/gpu-compare.sh with ${ADVMOE##*/}, at most $limit s (BUDGET $budget s)"
   s=0
   OUT=$WORK/compare DATA=$PACK/cifar10-jpg.tar.gz BUDGET=$budget \
     bounded "$limit" bash bench/gpu-compare.sh || s=$?

@@ -380,7 +380,7 @@ def load(model_dir, device):
     return Net(spec, tensors, device), config, spec
 
 
-def parity(model_dir, device):
+def parity(model_dir, device, step_tolerance=1e-2):
     """Recompute what `advmoe bench steps` recorded in MODEL_DIR/parity.safetensors; returns the
     largest relative differences, or exits when one is beyond its tolerance."""
     record, _ = read_safetensors(f"{model_dir}/parity.safetensors")
@@ -407,14 +407,16 @@ def parity(model_dir, device):
     # the other side in one implementation, and its gradient flips. Measured on the dense
     # ResNet-10 (batch 16): one of 262,144 pre-activations in block 0 (-9e-8 in float64,
     # positive in the product's float32) moved that block's gradients by up to 0.25% and the
-    # logits after two steps by 4.2e-3.
+    # logits after two steps by 4.2e-3. On an NVIDIA H200 (PyTorch 2.11, cuDNN's deterministic
+    # fp32 algorithms) the dense ResNet-10 at width 32, batch 128, read 1.9e-2 while every
+    # quantity of one pass agreed within 6e-5: `--step-tolerance` widens this check alone.
     for g in steps.main.param_groups:
         g["lr"] = record["lr"].item()
     for k in range(2):
         steps.standard(images, labels)
         with torch.no_grad():
             after = net.forward(images, False)[0]
-        compare(f"eval logits after SGD step {k + 1}", after, record[f"logits_after_step.{k}"], 1e-2, failures, report)
+        compare(f"eval logits after SGD step {k + 1}", after, record[f"logits_after_step.{k}"], step_tolerance, failures, report)
     if failures:
         raise SystemExit(f"{model_dir}: the reference does not compute what the product computes:\n  " + "\n  ".join(failures))
     return report
@@ -517,21 +519,30 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions (GPU)")
+    parser.add_argument("--step-tolerance", type=float, default=1e-2,
+                        help="relative tolerance of the logits after two SGD steps (the parity check's widest)")
     parser.add_argument("--report", action="store_true", help="print the side-by-side table of DIR's results")
     args = parser.parse_args()
     if args.report:
         report(args.dir)
         return
     torch.set_num_threads(args.threads)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    torch.backends.cudnn.benchmark = True
+    # The parity check runs in plain fp32 with cuDNN's deterministic algorithms (no TF32, no
+    # Winograd or FFT picked by its benchmark mode), whatever the timing below uses.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
     product = json.load(open(f"{args.dir}/product.json"))
     checked = {}
     for model in dict.fromkeys(r["model"] for r in product["rows"]):
-        checked[model] = parity(f"{args.dir}/{model}", args.device)
+        checked[model] = parity(f"{args.dir}/{model}", args.device, args.step_tolerance)
         worst = max(checked[model].values())
         print(f"{model}: the reference computes what the product computes (largest relative difference {worst:.1e})", file=sys.stderr)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cudnn.deterministic = False
+    torch.backends.cudnn.benchmark = True
     rows, peak = benchmark(args.dir, args.device, args.reps)
     out = {
         "torch": torch.__version__,
