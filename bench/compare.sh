@@ -17,7 +17,9 @@ BATCH=${BATCH:-64}
 REPS=${REPS:-5}
 WIDTH=${WIDTH:-16}
 ROUTER=${ROUTER:-image}
-STEP_TOLERANCE=${STEP_TOLERANCE:-1e-2} # the parity check's tolerance on the logits after two SGD steps
+# STEP_TOLERANCE, when set, widens the parity check on the logits after two SGD steps
+# (advmoe_ref.py --step-tolerance; its default is 1e-2).
+step_tolerance=(${STEP_TOLERANCE:+--step-tolerance "$STEP_TOLERANCE"})
 
 [ -x "$ADVMOE" ] || { echo "no $ADVMOE: run cargo build --release -p advmoe-cli, or set ADVMOE" >&2; exit 2; }
 "$PYTHON" -c "import torch" 2>/dev/null || { echo "$PYTHON cannot import torch: pip install torch, or set PYTHON" >&2; exit 2; }
@@ -28,12 +30,12 @@ compare() { # folder, threads
   RAYON_NUM_THREADS=$threads "$ADVMOE" bench steps --out "$dir" --batch "$BATCH" --reps "$REPS" \
     --width "$WIDTH" --router "$ROUTER" --device "$DEVICE" > /dev/null
   if [ "$DEVICE" = gpu ]; then
-    "$PYTHON" bench/reference/advmoe_ref.py "$dir" --device "$REF_DEVICE" --threads "$threads" --reps "$REPS" --step-tolerance "$STEP_TOLERANCE" > "$dir/reference.json"
+    "$PYTHON" bench/reference/advmoe_ref.py "$dir" --device "$REF_DEVICE" --threads "$threads" --reps "$REPS" "${step_tolerance[@]}" > "$dir/reference.json"
     if [ "$REF_DEVICE" = cuda ]; then
-      "$PYTHON" bench/reference/advmoe_ref.py "$dir" --device cuda --reps "$REPS" --tf32 --step-tolerance "$STEP_TOLERANCE" > "$dir/reference-tf32.json"
+      "$PYTHON" bench/reference/advmoe_ref.py "$dir" --device cuda --reps "$REPS" --tf32 "${step_tolerance[@]}" > "$dir/reference-tf32.json"
     fi
   else
-    "$PYTHON" bench/reference/advmoe_ref.py "$dir" --threads "$threads" --reps "$REPS" --step-tolerance "$STEP_TOLERANCE" > "$dir/reference.json"
+    "$PYTHON" bench/reference/advmoe_ref.py "$dir" --threads "$threads" --reps "$REPS" "${step_tolerance[@]}" > "$dir/reference.json"
   fi
   "$PYTHON" bench/reference/advmoe_ref.py "$dir" --report
 }

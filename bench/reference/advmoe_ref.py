@@ -380,7 +380,7 @@ def load(model_dir, device):
     return Net(spec, tensors, device), config, spec
 
 
-def parity(model_dir, device, step_tolerance=1e-2):
+def parity(model_dir, device, step_tolerance):
     """Recompute what `advmoe bench steps` recorded in MODEL_DIR/parity.safetensors; returns the
     largest relative differences, or exits when one is beyond its tolerance."""
     record, _ = read_safetensors(f"{model_dir}/parity.safetensors")
