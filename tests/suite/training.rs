@@ -356,3 +356,78 @@ fn the_running_statistics_fold_every_pass_in_order() {
         assert!(crate::common::max_abs_diff(&mean, &mean_r) > 1e-3, "{path}");
     }
 }
+
+/// The train-mode batch norm the models use on `wgpu` (its statistics reduced batch, rows and
+/// columns in turn, so that a GPU reduces them in parallel) computes what Burn's
+/// `batch_norm_train` computes: the output, the batch mean and biased variance, and the
+/// gradients of input, scale and shift, on lavapipe. Odd sizes, a channel mean far from zero
+/// (so that centring matters) and a spatial size of 1 (the router's last layers) included.
+#[test]
+fn batch_norm_with_wide_reductions_matches_burns_on_wgpu() {
+    use burn::tensor::Tensor;
+    let device = gpu().autodiff();
+    let mut rng = advmoe_core::Rng::seed(11);
+    for shape in [[5, 6, 7, 9], [16, 4, 32, 32], [3, 8, 1, 1]] {
+        let [b, c, h, w] = shape;
+        let n = b * c * h * w;
+        let mut values = |count: usize, offset: f32| -> Vec<f32> {
+            (0..count).map(|_| offset + 2.0 * rng.normal()).collect()
+        };
+        let x_values = values(n, 3.0);
+        let upstream = crate::common::tensor4(values(n, 0.0), shape, &device);
+        let (gamma_values, beta_values) = (values(c, 1.0), values(c, 0.0));
+        let vec1 = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let run = |wide: bool| {
+            let x = crate::common::tensor4(x_values.clone(), shape, &device).require_grad();
+            let param = |v: &Vec<f32>| {
+                Tensor::<1>::from_data(burn::tensor::TensorData::new(v.clone(), [c]), &device)
+                    .require_grad()
+            };
+            let (gamma, beta) = (param(&gamma_values), param(&beta_values));
+            let (out, mean, var) = if wide {
+                advmoe_model::layers::batch_norm_train_wide(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-5,
+                )
+            } else {
+                let o = burn::tensor::module::batch_norm_train(
+                    x.clone(),
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-5,
+                );
+                (o.output, o.mean, o.variance)
+            };
+            let grads = (out.clone() * upstream.clone()).sum().backward();
+            let g4 = |t: &Tensor<4>| Tensor::<4>::from_inner(t.grad(&grads).unwrap());
+            let g1 = |t: &Tensor<1>| vec1(Tensor::<1>::from_inner(t.grad(&grads).unwrap()));
+            [
+                crate::common::read(out),
+                vec1(mean),
+                vec1(var),
+                crate::common::read(g4(&x)),
+                g1(&gamma),
+                g1(&beta),
+            ]
+        };
+        let (wide, burns) = (run(true), run(false));
+        let names = [
+            "output",
+            "mean",
+            "variance",
+            "x grad",
+            "gamma grad",
+            "beta grad",
+        ];
+        for ((name, a), r) in names.iter().zip(&wide).zip(&burns) {
+            let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let diff = crate::common::max_abs_diff(a, r) / scale;
+            assert!(
+                diff < 1e-4,
+                "{shape:?} {name}: relative difference {diff:e}"
+            );
+        }
+    }
+}

@@ -160,19 +160,24 @@ impl Bn {
         if train {
             let [b, _, h, w] = x.dims();
             let n = (b * h * w) as f64;
-            let out = burn::tensor::module::batch_norm_train(
-                x,
-                self.gamma.val(),
-                self.beta.val(),
-                BN_EPS,
-            );
+            let (output, mean, variance) = if advmoe_kernels::on_wgpu(&x.device()) {
+                batch_norm_train_wide(x, self.gamma.val(), self.beta.val(), BN_EPS)
+            } else {
+                let out = burn::tensor::module::batch_norm_train(
+                    x,
+                    self.gamma.val(),
+                    self.beta.val(),
+                    BN_EPS,
+                );
+                (out.output, out.mean, out.variance)
+            };
             let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
             updates.push(crate::BnUpdate {
                 path: self.path.clone(),
-                mean: out.mean.detach(),
-                var: out.variance.detach().mul_scalar(unbiased),
+                mean: mean.detach(),
+                var: variance.detach().mul_scalar(unbiased),
             });
-            out.output
+            output
         } else {
             burn::tensor::module::batch_norm(
                 x,
@@ -184,4 +189,36 @@ impl Bn {
             )
         }
     }
+}
+
+/// Train-mode batch norm out of tensor operations whose reductions keep a GPU busy: returns the
+/// output, the batch mean and the biased batch variance (`[channels]` each).
+///
+/// Burn's `batch_norm_train` gathers each channel into one row of `batch * h * w` values and
+/// reduces the rows. Without Burn's autotune a `wgpu` device reduces a row in one invocation, so a
+/// channel's whole sum (131,072 values for 32×32 images at batch 128) runs serially in one thread
+/// while the rest of the GPU idles, six times per layer and step with the backward. Here
+/// each statistic is a sum over the batch, then over the rows and then the columns of the image,
+/// each reduction with at least `channels * w` outputs and at most `max(batch, h, w)` values
+/// per output; the autodiff backward of the broadcasts reduces the same way. Used on `wgpu` only:
+/// Burn's CPU backend reduces long rows well, and its own operation keeps the CPU's figures as
+/// they were.
+///
+/// # Shapes
+/// - input and output `[batch, channels, h, w]`; gamma and beta `[channels]`
+pub fn batch_norm_train_wide(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let [b, c, h, w] = x.dims();
+    let n = (b * h * w) as f64;
+    let per_channel_sum = |t: Tensor<4>| t.sum_dim(0).sum_dim(2).sum_dim(3);
+    let mean = per_channel_sum(x.clone()).div_scalar(n);
+    let centered = x - mean.clone();
+    let variance = per_channel_sum(centered.clone().square()).div_scalar(n);
+    let scale = gamma.reshape([1, c, 1, 1]) * variance.clone().add_scalar(epsilon).sqrt().recip();
+    let output = centered * scale + beta.reshape([1, c, 1, 1]);
+    (output, mean.reshape([c]), variance.reshape([c]))
 }
