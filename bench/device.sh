@@ -5,14 +5,14 @@
 # which the call carries. On the lent machine, from the repository root:
 #
 #   bash bench/device.sh perf       # bench/gpu.sh: sparse kernels, steps against PyTorch + cuDNN,
-#                                   # and the same on our conv kernels, with Burn's autotune and
+#                                   # and the same on Burn's conv2d, with Burn's autotune and
 #                                   # with Burn's kernel fusion
 #   bash bench/device.sh compare    # bench/gpu-compare.sh: the paper's comparison on CIFAR-10
 #   bash bench/device.sh both       # perf (at most PERF_LIMIT seconds), then compare
 #
 # Everything it writes goes to $OUT (the tool's folder that comes back, at most 8 files):
 # device.log; perf.tar.gz.NN and compare.tar.gz.NN (the scripts' whole output folders, split
-# into 15 MB parts: `cat compare.tar.gz.* | tar xz` unpacks them); own-conv.md, autotune.md,
+# into 15 MB parts: `cat compare.tar.gz.* | tar xz` unpacks them); burn-conv.md, autotune.md,
 # fusion.md and compare.md, to read at once. Each script runs under a deadline (DEADLINE seconds for the whole call) and
 # is stopped with SIGTERM before it, which `advmoe compare` answers by checkpointing the model in
 # training, so a cut comparison is finished by a second call that carries the returned parts
@@ -109,7 +109,7 @@ if [ "$MODE" != compare ]; then
   rm -rf "$WORK/perf"
   OUT=$WORK/perf bounded "$limit" bash bench/gpu.sh || status=$?
   pack perf
-  for f in "$WORK"/perf/{own-conv/own-conv.md,autotune/autotune.md,fusion/fusion.md}; do [ -f "$f" ] && cp "$f" "$RESULTS/"; done
+  for f in "$WORK"/perf/{burn-conv/burn-conv.md,autotune/autotune.md,fusion/fusion.md}; do [ -f "$f" ] && cp "$f" "$RESULTS/"; done
   say "perf ended ($status)"
 fi
 if [ "$MODE" != perf ]; then

@@ -7,9 +7,9 @@
 #   steps/gpu/         the training steps and evaluation attacks against PyTorch + cuDNN, fp32
 #                      and TF32 (bench/compare.sh with DEVICE=gpu): product.json, reference.json,
 #                      reference-tf32.json, compare.json
-#   own-conv/          the same steps with the models' plain convolutions on the sparse kernels
-#                      with one expert (`bench steps --gpu-conv own`), and own-conv.md, each step
-#                      kind's time on Burn's conv2d against on those kernels
+#   burn-conv/         the same steps with the models' plain convolutions on Burn's conv2d
+#                      (`bench steps --gpu-conv burn`) instead of the sparse kernels with one
+#                      expert, and burn-conv.md, each step kind's time on ours against on Burn's
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
 #                      on, and autotune.md, each step kind's time without it against with it
@@ -40,10 +40,10 @@ steps() {
   "$binary" bench steps --out "$out" --batch "$BATCH" --reps "$REPS" --width "$WIDTH" \
     --router "${ROUTER:-image}" --device gpu "$@" > /dev/null
 }
-echo "== the same steps with the plain convolutions on the sparse kernels" >&2
-steps "$ADVMOE" "$OUT/own-conv/steps" --gpu-conv own
-python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/own-conv/steps/product.json" \
-  --labels "Burn's conv2d" "own kernels" | tee "$OUT/own-conv/own-conv.md"
+echo "== the same steps with the plain convolutions on Burn's conv2d" >&2
+steps "$ADVMOE" "$OUT/burn-conv/steps" --gpu-conv burn
+python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-conv/steps/product.json" \
+  --labels "own kernels" "Burn's conv2d" | tee "$OUT/burn-conv/burn-conv.md"
 if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
   # The same binary built with Burn's autotune (off in the product: on lavapipe it gained
   # nothing and cost seconds of tuning at each new shape; bench/README.md).

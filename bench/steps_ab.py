@@ -2,8 +2,8 @@
 table of each step kind's time in run A and in run B, and B's speed-up (A's time ÷ B's; above 1:
 B is faster).
 bench/gpu.sh uses it for the release binary against the same built with Burn's autotune
-(`--features autotune`), and for Burn's conv2d against the sparse kernels with one expert
-(`--gpu-conv own`). Given the two runs' `bench sparse-conv --json` records too, it adds the
+(`--features autotune`), and for the sparse kernels with one expert against Burn's conv2d
+(`--gpu-conv burn`). Given the two runs' `bench sparse-conv --json` records too, it adds the
 geometric mean of the N = 1 sparse kernel's time over Burn's conv2d in each. With `--parity`
 it first checks that the two builds compute the same thing: each model's parity record
 (`parity.safetensors`: logits, router scores and the TRADES loss of the initial model, the

@@ -227,8 +227,9 @@ fn cpu_plain_conv_matches_burns_conv2d_in_output_and_gradients() {
     plain_conv_matches_burns_conv2d(&cpu().autodiff(), 2e-5);
 }
 
-/// The same on `wgpu` with `set_own_gpu_conv`: the WGSL kernels with one expert and a gate of 1
-/// (the benchmark's `--gpu-conv own`) against Burn's conv2d.
+/// The same on `wgpu`: the WGSL kernels with one expert and a gate of 1 (the models' plain
+/// convolutions there, unless `set_own_gpu_conv(false)` or the benchmark's `--gpu-conv burn`)
+/// against Burn's conv2d.
 #[test]
 fn own_gpu_plain_conv_matches_burns_conv2d_in_output_and_gradients() {
     let previous = advmoe_kernels::set_own_gpu_conv(true);

@@ -269,22 +269,24 @@ async function lesson({ page, send, until }, url) {
   );
   if (!opened.lesson_hidden) fail("the card shows its result before the class has guessed");
   if (opened.attack) fail(`the card ran its attack before the guess: ${JSON.stringify(opened.attack)}`);
-  if (!/image=18&attack=pgd&target=router&eps=8/.test(opened.link)) fail(`the card did not set up its attack: ${opened.link}`);
+  if (!/image=27&attack=pgd&target=router&eps=8/.test(opened.link)) fail(`the card did not set up its attack: ${opened.link}`);
   await send({ action: "predict", choice: 1 });
   const shown = await until("the card's attack and verdict", (s) => (s.lesson_revealed && s.attack && !s.analysis_busy ? s : null));
   const verdict = shown.lesson_revealed;
   if (verdict.expected !== true || verdict.right[1] !== true || verdict.right[0] !== false)
     fail(`the verdict is not the lesson's: ${JSON.stringify(verdict)}`);
   const dir = path.join(out, "lesson");
-  const native = nativeAttack(18, "router", dir);
+  const native = nativeAttack(27, "router", dir);
   // The router attack's KL gradient has many entries near zero, whose signs wasm's and native
   // float rounding can set differently (natively the CPU kernels' matrix products use FMA and
   // another summation order than wasm's), and from there the two attacks take different paths
   // to the routers' margins: which layer's route flips can differ. So the clean result must
   // agree exactly (routes) and to 1e-4 (confidence); the adversarial one in its prediction, its
-  // confidence to 1e-2 and the number of routes it flipped, give or take one. (Measured on the
-  // demo models of 2026-12-01: one route flipped on each side, layer 6 in the page and layer 7
-  // natively; confidence 0.97282 against 0.96853.)
+  // confidence to 1e-2 and the number of routes it flipped, give or take one. (On the demo
+  // models of 2026-12-01 and test image 18: one route flipped on each side, layer 6 in the page
+  // and layer 7 natively. The lesson uses test image 27 since 2026-12-04, where image 18's one
+  // flip came and went with the GPU kernels' rounding: 3 of 8 routes flipped in the page and
+  // natively that day, the prediction held at 86% and 85%.)
   const clean = shown.attack.clean;
   const flips = (result) => result.routes.filter((r, i) => r !== clean.routes[i]).length;
   for (const [which, tolerance] of [["clean", 1e-4], ["adversarial", 1e-2]]) {

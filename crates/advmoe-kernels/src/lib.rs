@@ -12,7 +12,8 @@
 //! the same extension runs [`cpu`]: im2col and one matrix product per image through its own
 //! expert, the images spread over the cores; [`conv2d`] runs the model's plain convolutions
 //! through those kernels too, because Burn's own CPU conv2d is several times slower at these
-//! shapes. Everywhere else, and as the oracle of the parity tests, [`reference::moe_conv`] runs
+//! shapes, and on `wgpu` through the WGSL kernels with one expert, for the same reason there
+//! ([`set_own_gpu_conv`]). Everywhere else, and as the oracle of the parity tests, [`reference::moe_conv`] runs
 //! all experts and selects.
 //!
 //! This crate must not read GPU data back, nor loop over experts on the host for a GPU.
@@ -39,14 +40,16 @@ pub use shaders::Variant;
 thread_local! {
     static SPARSE_ENABLED: Cell<bool> = const { Cell::new(true) };
     static VARIANT: Cell<Option<Variant>> = const { Cell::new(None) };
-    static OWN_GPU_CONV: Cell<bool> = const { Cell::new(false) };
+    static OWN_GPU_CONV: Cell<bool> = const { Cell::new(true) };
 }
 
 /// Run the plain convolutions ([`conv2d`]) built on this thread on `wgpu` devices through the
-/// sparse kernels with one expert instead of Burn's conv2d (off by default); returns the previous
-/// setting. Off, because no real GPU has yet measured which is faster (on lavapipe they are
-/// level, `bench sparse-conv --experts 1`); the benchmark's `bench steps --gpu-conv own` turns
-/// it on so that `bench/gpu.sh` can time both.
+/// sparse kernels with one expert (on by default) or, turned off, through Burn's conv2d; returns
+/// the previous setting. On by default because on an NVIDIA H200 ours took 0.26 of the time of
+/// Burn's default conv2d (forward and backward, geometric mean over 16 shapes) and 0.66 of its
+/// autotuned one, and on lavapipe the two are level; Burn's direct weight gradient sums a whole
+/// batch's planes in each GPU thread. The benchmark's `bench steps --gpu-conv burn` turns it off
+/// so that `bench/gpu.sh` can time both.
 pub fn set_own_gpu_conv(enabled: bool) -> bool {
     OWN_GPU_CONV.with(|cell| cell.replace(enabled))
 }
@@ -127,8 +130,8 @@ pub fn moe_conv(
 }
 
 /// A plain convolution (no bias, equal padding on every side): [`cpu`]'s kernels on Burn's CPU
-/// backend (unless sparse execution is turned off), the WGSL kernels with one expert on `wgpu`
-/// where [`set_own_gpu_conv`] asked for them, Burn's conv2d elsewhere.
+/// backend and the WGSL kernels with one expert on `wgpu` (unless sparse execution is turned
+/// off, or on `wgpu` [`set_own_gpu_conv`]), Burn's conv2d elsewhere.
 ///
 /// # Shapes
 /// - input `[batch, c_in, h, w]`, weight `[c_out, c_in, k, k]`

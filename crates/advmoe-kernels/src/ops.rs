@@ -96,8 +96,8 @@ pub trait SparseMoeOps: Backend {
 
     /// `conv(input[b], weight)` for every sample: a plain convolution (one expert, no gate, no
     /// bias), differentiable in `input` and `weight` on autodiff devices: the MoE convolution's
-    /// kernels with one expert and a gate of 1 (on `wgpu` the model calls it only where
-    /// [`crate::set_own_gpu_conv`] asked for it, see [`crate::conv2d`]).
+    /// kernels with one expert and a gate of 1 (on `wgpu` the model calls it unless
+    /// [`crate::set_own_gpu_conv`] turned it off, see [`crate::conv2d`]).
     #[fusion(dtype = input, shape = conv_output(input, weight, weight[0], *stride, *padding))]
     fn expert_conv(
         input: FloatTensor<Self>,

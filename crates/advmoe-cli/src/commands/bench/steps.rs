@@ -74,9 +74,9 @@ pub(crate) struct StepsArgs {
     /// Device: cpu or gpu.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// The plain convolutions on `--device gpu`: Burn's conv2d (as the product runs them) or the
-    /// sparse kernels with one expert (`bench/gpu.sh` times both).
-    #[arg(long, value_enum, default_value = "burn")]
+    /// The plain convolutions on `--device gpu`: the sparse kernels with one expert (as the
+    /// product runs them) or Burn's conv2d (`bench/gpu.sh` times both).
+    #[arg(long, value_enum, default_value = "own")]
     gpu_conv: GpuConv,
     /// Output folder: `product.json`, and per model `model-<name>/` (its initial checkpoint and
     /// `parity.safetensors`).
