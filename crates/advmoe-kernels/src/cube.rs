@@ -197,6 +197,26 @@ fn i32_contiguous(tensor: CubeTensor) -> CubeTensor {
     into_contiguous(tensor)
 }
 
+/// The operands of a kernel that reads two float tensors, the gate and the expert indices, as
+/// the shaders bind them (f32 and i32, contiguous), and the number of experts (the gate's
+/// columns).
+fn operands(
+    a: CubeTensor,
+    b: CubeTensor,
+    gate: CubeTensor,
+    experts: CubeTensor,
+) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor, usize) {
+    let gate = f32_contiguous(gate);
+    let [_, num_experts] = gate.shape().dims::<2>();
+    (
+        f32_contiguous(a),
+        f32_contiguous(b),
+        gate,
+        i32_contiguous(experts),
+        num_experts,
+    )
+}
+
 fn dims4(tensor: &CubeTensor) -> [usize; 4] {
     tensor.shape().dims::<4>()
 }
@@ -280,13 +300,7 @@ fn forward(
     padding: usize,
     keep_ungated: bool,
 ) -> (CubeTensor, CubeTensor) {
-    let (input, weight, gate, experts) = (
-        f32_contiguous(input),
-        f32_contiguous(weight),
-        f32_contiguous(gate),
-        i32_contiguous(experts),
-    );
-    let [_, num_experts] = gate.shape().dims::<2>();
+    let (input, weight, gate, experts, num_experts) = operands(input, weight, gate, experts);
     let mut geometry = Geometry::new(dims4(&input), dims4(&weight), num_experts, stride, padding);
     let shape = Shape::from([
         geometry.batch,
@@ -357,16 +371,11 @@ impl SparseMoeOps for CubeBackend {
         padding: usize,
         input_size: [usize; 2],
     ) -> FloatTensor<Self> {
-        let (grad_output, weight, gate, experts) = (
-            f32_contiguous(grad_output),
-            f32_contiguous(weight),
-            f32_contiguous(gate),
-            i32_contiguous(experts),
-        );
+        let (grad_output, weight, gate, experts, num_experts) =
+            operands(grad_output, weight, gate, experts);
         let [height, width] = input_size;
         let [batch, _, h_out, w_out] = dims4(&grad_output);
         let weight_dims = dims4(&weight);
-        let [_, num_experts] = gate.shape().dims::<2>();
         let geometry = Geometry::new(
             [batch, weight_dims[1], height, width],
             weight_dims,
@@ -408,13 +417,8 @@ impl SparseMoeOps for CubeBackend {
         padding: usize,
         kernel: usize,
     ) -> FloatTensor<Self> {
-        let (grad_output, input, gate, experts) = (
-            f32_contiguous(grad_output),
-            f32_contiguous(input),
-            f32_contiguous(gate),
-            i32_contiguous(experts),
-        );
-        let [_, num_experts] = gate.shape().dims::<2>();
+        let (grad_output, input, gate, experts, num_experts) =
+            operands(grad_output, input, gate, experts);
         let input_dims = dims4(&input);
         let [_, c_out, ..] = dims4(&grad_output);
         let weight_dims = [num_experts * c_out, input_dims[1], kernel, kernel];
