@@ -10,6 +10,9 @@
 #   burn-conv/         the same steps with the models' plain convolutions on Burn's conv2d
 #                      (`bench steps --gpu-conv burn`) instead of the sparse kernels with one
 #                      expert, and burn-conv.md, each step kind's time on ours against on Burn's
+#   burn-bn/           the same steps with the train-mode batch norms on Burn's batch_norm_train
+#                      (`bench steps --batch-norm burn`), and burn-bn.md, each step kind's time
+#                      with the product's batch norm against with Burn's
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
 #                      on, and autotune.md, each step kind's time without it against with it
@@ -44,6 +47,10 @@ echo "== the same steps with the plain convolutions on Burn's conv2d" >&2
 steps "$ADVMOE" "$OUT/burn-conv/steps" --gpu-conv burn
 python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-conv/steps/product.json" \
   --labels "own kernels" "Burn's conv2d" | tee "$OUT/burn-conv/burn-conv.md"
+echo "== the same steps with Burn's batch_norm_train" >&2
+steps "$ADVMOE" "$OUT/burn-bn/steps" --batch-norm burn
+python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-bn/steps/product.json" \
+  --labels "wide reductions" "Burn's batch_norm_train" | tee "$OUT/burn-bn/burn-bn.md"
 if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
   # The same binary built with Burn's autotune (off in the product: on lavapipe it gained
   # nothing and cost seconds of tuning at each new shape; bench/README.md).

@@ -1,9 +1,23 @@
 //! Plain layers with the project's own initialisation (host-side, seeded by [`Rng`], so a seed
 //! gives the same initial weights on every device) and explicit train/eval batch norm.
 
+use std::cell::Cell;
+
 use advmoe_core::Rng;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor, TensorData, ops::ConvOptions};
+
+thread_local! {
+    static WIDE_BATCH_NORM: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Compute train-mode batch norms run on this thread on `wgpu` devices with
+/// [`batch_norm_train_wide`] (on by default) or, turned off, with Burn's `batch_norm_train`;
+/// returns the previous setting. The benchmark's `bench steps --batch-norm burn` turns it off
+/// so that `bench/gpu.sh` can time both.
+pub fn set_wide_batch_norm(enabled: bool) -> bool {
+    WIDE_BATCH_NORM.with(|cell| cell.replace(enabled))
+}
 
 /// A `[shape]` tensor of normal samples with standard deviation `std`.
 pub fn normal_tensor<const D: usize>(
@@ -160,7 +174,8 @@ impl Bn {
         if train {
             let [b, _, h, w] = x.dims();
             let n = (b * h * w) as f64;
-            let (output, mean, variance) = if advmoe_kernels::on_wgpu(&x.device()) {
+            let wide = WIDE_BATCH_NORM.with(Cell::get);
+            let (output, mean, variance) = if wide && advmoe_kernels::on_wgpu(&x.device()) {
                 batch_norm_train_wide(x, self.gamma.val(), self.beta.val(), BN_EPS)
             } else {
                 let out = burn::tensor::module::batch_norm_train(

@@ -78,6 +78,11 @@ pub(crate) struct StepsArgs {
     /// product runs them) or Burn's conv2d (`bench/gpu.sh` times both).
     #[arg(long, value_enum, default_value = "own")]
     gpu_conv: GpuConv,
+    /// Train-mode batch norms on `--device gpu`: statistics reduced batch, rows and columns in
+    /// turn (as the product computes them) or by Burn's `batch_norm_train` (`bench/gpu.sh`
+    /// times both).
+    #[arg(long, value_enum, default_value = "wide")]
+    batch_norm: BatchNormPath,
     /// Output folder: `product.json`, and per model `model-<name>/` (its initial checkpoint and
     /// `parity.safetensors`).
     #[arg(long)]
@@ -92,6 +97,16 @@ pub(crate) enum GpuConv {
     Burn,
     /// The sparse MoE conv kernels with one expert (`advmoe_kernels::set_own_gpu_conv`).
     Own,
+}
+
+/// How train-mode batch norms compute their statistics on `wgpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum BatchNormPath {
+    /// `advmoe_model::layers::batch_norm_train_wide`.
+    Wide,
+    /// Burn's `batch_norm_train`.
+    Burn,
 }
 
 /// One timed step kind.
@@ -120,6 +135,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
     };
     let device = make_device(choice);
     advmoe_kernels::set_own_gpu_conv(args.gpu_conv == GpuConv::Own);
+    advmoe_model::layers::set_wide_batch_norm(args.batch_norm == BatchNormPath::Wide);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let moe = args.model.spec();
@@ -242,6 +258,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
         "batch": args.batch,
         "device": device_label(&device),
         "gpu_conv": args.gpu_conv,
+        "batch_norm": args.batch_norm,
         "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         "model": moe,
