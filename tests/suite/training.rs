@@ -361,7 +361,7 @@ fn the_running_statistics_fold_every_pass_in_order() {
 /// columns in turn, so that a GPU reduces them in parallel) computes what Burn's
 /// `batch_norm_train` computes: the output, the batch mean and biased variance, and the
 /// gradients of input, scale and shift, on lavapipe. Odd sizes, a channel mean far from zero
-/// (so that centring matters) and a spatial size of 1 (the router's last layers) included.
+/// (so that centring matters) and 1×1 images included.
 #[test]
 fn batch_norm_with_wide_reductions_matches_burns_on_wgpu() {
     use burn::tensor::Tensor;

@@ -13,8 +13,8 @@
 //! expert, the images spread over the cores; [`conv2d`] runs the model's plain convolutions
 //! through those kernels too, because Burn's own CPU conv2d is several times slower at these
 //! shapes, and on `wgpu` through the WGSL kernels with one expert, for the same reason there
-//! ([`set_own_gpu_conv`]). Everywhere else, and as the oracle of the parity tests, [`reference::moe_conv`] runs
-//! all experts and selects.
+//! ([`set_own_gpu_conv`]). Everywhere else, and as the oracle of the parity tests,
+//! [`reference::moe_conv`] runs all experts and selects.
 //!
 //! This crate must not read GPU data back, nor loop over experts on the host for a GPU.
 

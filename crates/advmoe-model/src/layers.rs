@@ -213,9 +213,10 @@ impl Bn {
 /// reduces the rows. Without Burn's autotune a `wgpu` device reduces a row in one invocation, so a
 /// channel's whole sum (131,072 values for 32×32 images at batch 128) runs serially in one thread
 /// while the rest of the GPU idles, six times per layer and step with the backward. Here
-/// each statistic is a sum over the batch, then over the rows and then the columns of the image,
-/// each reduction with at least `channels * w` outputs and at most `max(batch, h, w)` values
-/// per output; the autodiff backward of the broadcasts reduces the same way. Used on `wgpu` only:
+/// each statistic is a sum over the batch, then over the rows and then the columns of the image:
+/// `channels * h * w`, then `channels * w`, then `channels` outputs, none summing more than
+/// `max(batch, h, w)` values; the autodiff backward of the broadcasts sums each sample's image
+/// per channel, then the batch (`batch * channels`, then `channels` outputs). Used on `wgpu` only:
 /// Burn's CPU backend reduces long rows well, and its own operation keeps the CPU's figures as
 /// they were.
 ///
