@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 ADVMOE=${ADVMOE:-target/release/advmoe}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-runs/bench-compare}
-DEVICE=${DEVICE:-cpu}             # cpu; or gpu: the reference runs on REF_DEVICE, fp32 and then TF32
+DEVICE=${DEVICE:-cpu}             # cpu; or gpu: the reference runs on REF_DEVICE, fp32, TF32, then
+                                  # fp32 with every expert on every sample (--moe-conv dense)
 REF_DEVICE=${REF_DEVICE:-cuda}    # with DEVICE=gpu: cuda (or cpu, to try the script without CUDA)
 THREADS=${THREADS:-"1 $(nproc)"}  # CPU thread counts, the same on both sides
 BATCH=${BATCH:-64}
@@ -34,6 +35,9 @@ compare() { # folder, threads
     if [ "$REF_DEVICE" = cuda ]; then
       "$PYTHON" bench/reference/advmoe_ref.py "$dir" --device cuda --reps "$REPS" --tf32 "${step_tolerance[@]}" > "$dir/reference-tf32.json"
     fi
+    "$PYTHON" bench/reference/advmoe_ref.py "$dir" --device "$REF_DEVICE" --threads "$threads" --reps "$REPS" --moe-conv dense \
+      "${step_tolerance[@]}" > "$dir/reference-dense.json" \
+      || { echo "== the reference with --moe-conv dense failed (above)" >&2; rm -f "$dir/reference-dense.json"; }
   else
     "$PYTHON" bench/reference/advmoe_ref.py "$dir" --threads "$threads" --reps "$REPS" "${step_tolerance[@]}" > "$dir/reference.json"
   fi

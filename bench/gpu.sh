@@ -4,9 +4,10 @@
 # (CUDA) for the reference. It writes into OUT:
 #   sparse-conv.jsonl  the sparse MoE conv kernels against the all-experts reference and Burn's
 #                      conv2d, forward and forward+backward, N = 1, 2, 4 (`advmoe bench sparse-conv`)
-#   steps/gpu/         the training steps and evaluation attacks against PyTorch + cuDNN, fp32
-#                      and TF32 (bench/compare.sh with DEVICE=gpu): product.json, reference.json,
-#                      reference-tf32.json, compare.json
+#   steps/gpu/         the training steps and evaluation attacks against PyTorch + cuDNN, fp32,
+#                      TF32, and fp32 with every expert on every sample (bench/compare.sh with
+#                      DEVICE=gpu): product.json, reference.json, reference-tf32.json,
+#                      reference-dense.json, compare.json
 #   burn-conv/         the same steps with the models' plain convolutions on Burn's conv2d
 #                      (`bench steps --gpu-conv burn`) instead of the sparse kernels with one
 #                      expert, and burn-conv.md, each step kind's time on ours against on Burn's

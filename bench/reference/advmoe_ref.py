@@ -24,6 +24,13 @@ the product's definitions (crates/advmoe-model, crates/advmoe-engine; DESIGN.md)
 Only `torch` is needed (`pip install torch`). Usage (bench/README.md):
 
     python3 bench/reference/advmoe_ref.py DIR [--threads N] [--reps 5] [--device cpu|cuda] [--tf32]
+        [--moe-conv split|dense]
+
+The MoE conv comes in two forms a PyTorch user might write: the batch split by expert, one
+convolution per expert (`split`, the default: only the selected experts' arithmetic, but
+`nonzero` makes the host wait for the GPU at every MoE conv), or every expert on every sample
+in one convolution, each sample then keeping its own (`dense`: N times the arithmetic, no
+waiting). Both compute the same and pass the same checks; `bench/compare.sh` times both on a GPU.
 """
 
 import argparse
@@ -40,6 +47,9 @@ import torch.nn.functional as F
 MEAN, STD = 0.5, 0.25
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 TRADES_START_STD = 1e-3
+# How the MoE conv runs (--moe-conv): "split" (the batch split by expert, one conv per expert)
+# or "dense" (every expert on every sample, then each sample's own).
+MOE_CONV = "split"
 
 
 def read_safetensors(path):
@@ -151,8 +161,17 @@ class Net:
             scores = F.linear(pooled_in.mean((2, 3)), self.p[f"{path}.router.fc.weight"], self.p[f"{path}.router.fc.bias"])
             route = hard_route(scores) if exact else gate_from_scores(scores)
         routes.append(route)
-        # Only the selected expert runs: the batch is split by expert, one conv per expert.
         width = w.shape[0] // self.n
+        if MOE_CONV == "dense":
+            # Every expert runs in one convolution, then each sample keeps its own expert's
+            # channels: N times the split's arithmetic, but one cuDNN call and no host
+            # synchronisation (the split's `nonzero` waits for the GPU at every MoE conv).
+            y = F.conv2d(x, w, None, stride, w.shape[2] // 2)
+            y = y.view(y.shape[0], self.n, width, *y.shape[2:])
+            rows = torch.arange(y.shape[0], device=y.device)
+            gate = route.gate.gather(1, route.experts[:, None])
+            return y[rows, route.experts] * gate[:, :, None, None]
+        # Only the selected expert runs: the batch is split by expert, one conv per expert.
         out = None
         for e in range(self.n):
             idx = (route.experts == e).nonzero(as_tuple=True)[0]
@@ -474,7 +493,7 @@ def report(directory):
     images per second, product / PyTorch (above 1: the product is faster)."""
     product = json.load(open(f"{directory}/product.json"))
     references = []
-    for name, tag in (("reference.json", "fp32"), ("reference-tf32.json", "tf32")):
+    for name, tag in (("reference.json", "fp32"), ("reference-tf32.json", "tf32"), ("reference-dense.json", "dense")):
         try:
             references.append((tag, json.load(open(f"{directory}/{name}"))))
         except FileNotFoundError:
@@ -519,6 +538,8 @@ def main():
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matmuls and convolutions (GPU)")
+    parser.add_argument("--moe-conv", default="split", choices=["split", "dense"],
+                        help="the MoE conv: split the batch by expert, or every expert on every sample")
     parser.add_argument("--step-tolerance", type=float, default=1e-2,
                         help="relative tolerance of the logits after two SGD steps (the parity check's widest)")
     parser.add_argument("--report", action="store_true", help="print the side-by-side table of DIR's results")
@@ -527,6 +548,8 @@ def main():
         report(args.dir)
         return
     torch.set_num_threads(args.threads)
+    global MOE_CONV
+    MOE_CONV = args.moe_conv
     # The parity check runs in plain fp32 with cuDNN's deterministic algorithms (no TF32, no
     # Winograd or FFT picked by its benchmark mode), whatever the timing below uses.
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -549,6 +572,7 @@ def main():
         "device": "cpu" if args.device == "cpu" else torch.cuda.get_device_name(),
         "threads": args.threads,
         "tf32": args.tf32,
+        "moe_conv": args.moe_conv,
         "parity": checked,
         "rows": rows,
         "peak_rss_mib": peak,
