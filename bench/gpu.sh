@@ -14,6 +14,9 @@
 #   burn-bn/           the same steps with the train-mode batch norms on Burn's batch_norm_train
 #                      (`bench steps --batch-norm burn`), and burn-bn.md, each step kind's time
 #                      with the product's batch norm against with Burn's
+#   profile/           CubeCL's kernel profile of one step of each of PROFILE_KINDS (advmoe,trades)
+#                      and a PGD-10 batch: <kind>/profile.log (every launch timed) and
+#                      profile.md (bench/profile.py: the time by kernel family and the top kernels)
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
 #                      on, and autotune.md, each step kind's time without it against with it
@@ -52,6 +55,21 @@ echo "== the same steps with Burn's batch_norm_train" >&2
 steps "$ADVMOE" "$OUT/burn-bn/steps" --batch-norm burn
 python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-bn/steps/product.json" \
   --labels "wide reductions" "Burn's batch_norm_train" | tee "$OUT/burn-bn/burn-bn.md"
+echo "== CubeCL's kernel profile of the steps" >&2
+# CubeCL reads its configuration from a cubecl.toml in the working directory: each kind runs in
+# a folder of its own that holds one asking for every launch to be timed (which slows the run
+# down, so the times above come from runs without it).
+binary=$(realpath "$ADVMOE")
+rm -f "$OUT/profile/profile.md"
+for kind in $(echo "${PROFILE_KINDS:-advmoe,trades,pgd10-eval}" | tr , ' '); do
+  mkdir -p "$OUT/profile/$kind"
+  printf '[profiling.logger]\nlevel = "basic"\nfile = "profile.log"\n' > "$OUT/profile/$kind/cubecl.toml"
+  (cd "$OUT/profile/$kind" && rm -f profile.log && "$binary" bench steps --out steps --kinds "$kind" --batch "$BATCH" \
+    --reps 1 --no-parity --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null)
+  python3 bench/profile.py "$OUT/profile/$kind/profile.log" --title "$kind: two calls (the first and one more)" \
+    | tee -a "$OUT/profile/profile.md"
+  echo >> "$OUT/profile/profile.md"
+done
 if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
   # The same binary built with Burn's autotune (off in the product: on lavapipe it gained
   # nothing and cost seconds of tuning at each new shape; bench/README.md).

@@ -87,6 +87,10 @@ pub(crate) struct StepsArgs {
     /// `parity.safetensors`).
     #[arg(long)]
     out: PathBuf,
+    /// Write no checkpoints or parity records, so that the process runs the timed steps alone
+    /// (`bench/gpu.sh` profiles its kernels so).
+    #[arg(long)]
+    no_parity: bool,
 }
 
 /// Which kernels run the models' plain convolutions on `wgpu`.
@@ -177,7 +181,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
         let dataset = Arc::new(advmoe_data::load(&config.data).context("the synthetic set")?);
         let mut run = Run::new(config, dataset.clone(), &device).context("building the run")?;
         let dir = args.out.join(&folder);
-        if recorded.insert(folder.clone()) {
+        if !args.no_parity && recorded.insert(folder.clone()) {
             block_on(run.save_checkpoint(&dir))
                 .with_context(|| format!("saving {}", dir.display()))?;
             let record = parity_record(&run, &device)?;
