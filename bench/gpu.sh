@@ -14,8 +14,8 @@
 #   burn-bn/           the same steps with the train-mode batch norms on Burn's batch_norm_train
 #                      (`bench steps --batch-norm burn`), and burn-bn.md, each step kind's time
 #                      with the product's batch norm against with Burn's
-#   profile/           CubeCL's kernel profile of one step of each of PROFILE_KINDS (advmoe,trades)
-#                      and a PGD-10 batch: <kind>/profile.log (every launch timed) and
+#   profile/           CubeCL's kernel profile of two calls of each of PROFILE_KINDS (default
+#                      advmoe,trades,pgd10-eval): <kind>/profile.log (every launch timed) and
 #                      profile.md (bench/profile.py: the time by kernel family and the top kernels)
 #   autotune/          with ADVMOE_AUTOTUNE (a binary built with `--features autotune`): the same
 #                      steps and the N = 1 sparse conv against Burn's conv2d with Burn's autotune
@@ -23,8 +23,9 @@
 #   fusion/            with ADVMOE_FUSION (a binary built with `--features fusion`): the same steps
 #                      with Burn's kernel fusion, and fusion.md: first whether both builds compute
 #                      the same (their parity records), then each step kind's time
-# Ends inside 9 minutes on an H200 (191 s there, 2026-12-04); on a software adapter (lavapipe) use tiny
-# settings, e.g. WIDTH=8 BATCH=8 REPS=1 SCALE=classroom REF_DEVICE=cpu.
+# Ended inside 9 minutes on an H200 (191 s there, 2026-12-04, before the dense reference, burn-bn/
+# and profile/ were added: a few more runs of seconds each there); on a software adapter
+# (lavapipe) use tiny settings, e.g. WIDTH=8 BATCH=8 REPS=1 SCALE=classroom REF_DEVICE=cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
