@@ -213,10 +213,9 @@ impl Bn {
 /// reduces the rows. Without Burn's autotune a `wgpu` device reduces a row in one invocation, so a
 /// channel's whole sum (131,072 values for 32×32 images at batch 128) runs serially in one thread
 /// while the rest of the GPU idles, six times per layer and step with the backward. Here
-/// each statistic is a sum over the batch, then over the rows and then the columns of the image:
-/// `channels * h * w`, then `channels * w`, then `channels` outputs, none summing more than
-/// `max(batch, h, w)` values; the autodiff backward of the broadcasts sums each sample's image
-/// per channel, then the batch (`batch * channels`, then `channels` outputs). Used on `wgpu` only:
+/// each statistic, and the autodiff backward of each broadcast, sums each sample's image per
+/// channel, then the batch: `batch * channels` outputs of `h * w` values, then `channels` of
+/// `batch`, two launches (Burn folds the image's two dimensions into one). Used on `wgpu` only:
 /// Burn's CPU backend reduces long rows well, and its own operation keeps the CPU's figures as
 /// they were.
 ///
@@ -230,11 +229,12 @@ pub fn batch_norm_train_wide(
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     let [b, c, h, w] = x.dims();
     let n = (b * h * w) as f64;
-    let per_channel_sum = |t: Tensor<4>| t.sum_dim(0).sum_dim(2).sum_dim(3);
-    let mean = per_channel_sum(x.clone()).div_scalar(n);
+    let per_channel_mean = |t: Tensor<4>| t.sum_dims(&[0, 2, 3]).mul_scalar(1.0 / n);
+    let mean = per_channel_mean(x.clone());
     let centered = x - mean.clone();
-    let variance = per_channel_sum(centered.clone().square()).div_scalar(n);
-    let scale = gamma.reshape([1, c, 1, 1]) * variance.clone().add_scalar(epsilon).sqrt().recip();
+    let variance = per_channel_mean(centered.clone().square());
+    let scale =
+        gamma.reshape([1, c, 1, 1]) * variance.clone().add_scalar(epsilon).powf_scalar(-0.5);
     let output = centered * scale + beta.reshape([1, c, 1, 1]);
     (output, mean.reshape([c]), variance.reshape([c]))
 }
