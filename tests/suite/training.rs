@@ -357,8 +357,8 @@ fn the_running_statistics_fold_every_pass_in_order() {
     }
 }
 
-/// The train-mode batch norm the models use on `wgpu` (its statistics reduced batch, rows and
-/// columns in turn, so that a GPU reduces them in parallel) computes what Burn's
+/// The train-mode batch norm the models use on `wgpu` (its statistics summed per image, then over
+/// the batch, so that a GPU sums them in parallel) computes what Burn's
 /// `batch_norm_train` computes: the output, the batch mean and biased variance, and the
 /// gradients of input, scale and shift, on lavapipe. Odd sizes, a channel mean far from zero
 /// (so that centring matters) and 1×1 images included.

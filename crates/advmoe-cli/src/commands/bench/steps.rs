@@ -78,8 +78,8 @@ pub(crate) struct StepsArgs {
     /// product runs them) or Burn's conv2d (`bench/gpu.sh` times both).
     #[arg(long, value_enum, default_value = "own")]
     gpu_conv: GpuConv,
-    /// Train-mode batch norms on `--device gpu`: statistics reduced batch, rows and columns in
-    /// turn (as the product computes them) or by Burn's `batch_norm_train` (`bench/gpu.sh`
+    /// Train-mode batch norms on `--device gpu`: statistics summed per image, then over the
+    /// batch (as the product computes them), or by Burn's `batch_norm_train` (`bench/gpu.sh`
     /// times both).
     #[arg(long, value_enum, default_value = "wide")]
     batch_norm: BatchNormPath,
