@@ -57,18 +57,12 @@ steps "$ADVMOE" "$OUT/burn-bn/steps" --batch-norm burn
 python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-bn/steps/product.json" \
   --labels "wide reductions" "Burn's batch_norm_train" | tee "$OUT/burn-bn/burn-bn.md"
 echo "== CubeCL's kernel profile of the steps" >&2
-# CubeCL reads its configuration from a cubecl.toml in the working directory: each kind runs in
-# a folder of its own that holds one asking for every launch to be timed (which slows the run
-# down, so the times above come from runs without it).
-binary=$(realpath "$ADVMOE")
+# Timing every launch slows a run down, so the times above come from runs without it.
+mkdir -p "$OUT/profile"
 rm -f "$OUT/profile/profile.md"
 for kind in $(echo "${PROFILE_KINDS:-advmoe,trades,pgd10-eval}" | tr , ' '); do
-  mkdir -p "$OUT/profile/$kind"
-  printf '[profiling.logger]\nlevel = "basic"\nfile = "profile.log"\n' > "$OUT/profile/$kind/cubecl.toml"
-  (cd "$OUT/profile/$kind" && rm -f profile.log && "$binary" bench steps --out steps --kinds "$kind" --batch "$BATCH" \
-    --reps 1 --no-parity --width "$WIDTH" --router "${ROUTER:-image}" --device gpu > /dev/null)
-  python3 bench/profile.py "$OUT/profile/$kind/profile.log" --title "$kind: two calls (the first and one more)" \
-    | tee -a "$OUT/profile/profile.md"
+  bench/profile-steps.sh "$ADVMOE" "$OUT/profile/$kind" --kinds "$kind" --batch "$BATCH" --width "$WIDTH" \
+    --router "${ROUTER:-image}" -- --title "$kind: two calls (the first and one more)" | tee -a "$OUT/profile/profile.md"
   echo >> "$OUT/profile/profile.md"
 done
 if [ -n "${ADVMOE_AUTOTUNE:-}" ]; then
