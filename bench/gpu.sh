@@ -11,9 +11,12 @@
 #   burn-conv/         the same steps with the models' plain convolutions on Burn's conv2d
 #                      (`bench steps --gpu-conv burn`) instead of the sparse kernels with one
 #                      expert, and burn-conv.md, each step kind's time on ours against on Burn's
-#   burn-bn/           the same steps with the train-mode batch norms on Burn's batch_norm_train
-#                      (`bench steps --batch-norm burn`), and burn-bn.md, each step kind's time
-#                      with the product's batch norm against with Burn's
+#   burn-bn/           the same steps with the batch norms on Burn's batch_norm_train and
+#                      batch_norm (`bench steps --batch-norm burn`), and burn-bn.md, each step
+#                      kind's time with the product's fused batch-norm kernels against with Burn's
+#   wide-bn/           the same with the train-mode statistics out of tensor operations summed per
+#                      image, then over the batch (`--batch-norm wide`, the default before the
+#                      fused kernels), and wide-bn.md
 #   profile/           CubeCL's kernel profile of two calls of each of PROFILE_KINDS (default
 #                      advmoe,trades,pgd10-eval): <kind>/profile.log (every launch timed) and
 #                      profile.md (bench/profile.py: the time by kernel family and the top kernels)
@@ -52,10 +55,14 @@ echo "== the same steps with the plain convolutions on Burn's conv2d" >&2
 steps "$ADVMOE" "$OUT/burn-conv/steps" --gpu-conv burn
 python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-conv/steps/product.json" \
   --labels "own kernels" "Burn's conv2d" | tee "$OUT/burn-conv/burn-conv.md"
-echo "== the same steps with Burn's batch_norm_train" >&2
+echo "== the same steps with Burn's batch norm" >&2
 steps "$ADVMOE" "$OUT/burn-bn/steps" --batch-norm burn
 python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-bn/steps/product.json" \
-  --labels "wide reductions" "Burn's batch_norm_train" | tee "$OUT/burn-bn/burn-bn.md"
+  --labels "fused kernels" "Burn's batch norm" | tee "$OUT/burn-bn/burn-bn.md"
+echo "== the same steps with the wide batch-norm reductions" >&2
+steps "$ADVMOE" "$OUT/wide-bn/steps" --batch-norm wide
+python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/wide-bn/steps/product.json" \
+  --labels "fused kernels" "wide reductions" | tee "$OUT/wide-bn/wide-bn.md"
 echo "== CubeCL's kernel profile of the steps" >&2
 # Timing every launch slows a run down, so the times above come from runs without it.
 mkdir -p "$OUT/profile"

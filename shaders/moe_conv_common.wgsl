@@ -1,6 +1,6 @@
-// Shared by every MoE conv shader: the launcher prepends this file to each of them
-// (crates/advmoe-kernels/src/shaders.rs, `render`), so the geometry struct and the tile shape
-// are written once.
+// Shared by every shader, the MoE conv's and batch norm's: the launcher prepends this file to
+// each of them (crates/advmoe-kernels/src/shaders.rs, `render`), so the parameter structs and
+// the tile shape are written once.
 
 // The convolution's geometry: thirteen u32 in this order, 52 bytes with no padding, mirrored by
 // `Geometry` in crates/advmoe-kernels/src/cube.rs (WGSL storage layout of a struct of scalars).
@@ -20,6 +20,29 @@ struct MoeConvParams {
     // The forward kernels also write the ungated output z (1) or leave its binding alone (0).
     write_z: u32,
 }
+
+// The batch-norm kernels' shape (batch_norm_*.wgsl): six 4-byte scalars, 24 bytes, mirrored
+// by `NormShape` in crates/advmoe-kernels/src/cube.rs.
+struct BatchNormParams {
+    batch: u32,
+    channels: u32,
+    // Pixels per channel plane (h * w).
+    pixels: u32,
+    // 1: a ReLU follows the normalisation (the forward applies it, the backward masks with it).
+    relu: u32,
+    // 1: batch statistics, whose gradient reaches the input through the mean and variance too;
+    // 0: running statistics (constants).
+    train: u32,
+    epsilon: f32,
+}
+
+// The batch-norm kernels' per-channel table, rows of `channels` values each: the mean, the
+// inverse standard deviation 1 / sqrt(var + eps), the scale gamma / sqrt(var + eps) and the
+// shift beta. The normalised value is (x - mean) * scale + beta.
+const ROW_MEAN: u32 = 0u;
+const ROW_INV_STD: u32 = 1u;
+const ROW_SCALE: u32 = 2u;
+const ROW_BETA: u32 = 3u;
 
 // Tile shape of the matrix-product shaders: the launcher rewrites these two lines. Each thread
 // computes 4 x 4 outputs; the direct variants ignore TILE_K and the tiles below.

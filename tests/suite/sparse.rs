@@ -488,7 +488,12 @@ fn empty_batch_on(device: Device) {
 /// Training and its attacks run through the sparse kernels on wgpu and follow the reference
 /// path: two `advmoe` steps (two attacks and two optimiser steps each) give the same finite
 /// losses with sparse execution on and off, the run's evaluation runs on the device, and no
-/// weight turns NaN.
+/// weight turns NaN. The first step's loss agrees to 1e-3; the second only to 2%: PGD steps by
+/// the sign of each pixel's gradient and top-1 routing is discrete, so last-bit differences
+/// between the two paths' kernels can move a pixel or a route in the first step's attack, and
+/// the update carries it. Measured over seeds 0–3 with the fused batch norm and with Burn's:
+/// first steps within 4e-4, second steps within 0.8%; each kernel's own agreement with the
+/// reference is checked to 1e-4 by the parity tests.
 #[test]
 fn advmoe_training_on_wgpu_gives_the_same_losses_sparse_and_reference() {
     let losses = |sparse: bool| {
@@ -518,9 +523,9 @@ fn advmoe_training_on_wgpu_gives_the_same_losses_sparse_and_reference() {
         sparse.iter().all(|l| l.is_finite() && *l > 0.0),
         "{sparse:?}"
     );
-    for (s, r) in sparse.iter().zip(&reference) {
+    for ((s, r), tolerance) in sparse.iter().zip(&reference).zip([1e-3, 2e-2]) {
         assert!(
-            (s - r).abs() <= 1e-3 * (1.0 + r.abs()),
+            (s - r).abs() <= tolerance * r.abs(),
             "sparse {sparse:?} vs reference {reference:?}"
         );
     }

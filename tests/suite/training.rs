@@ -357,77 +357,144 @@ fn the_running_statistics_fold_every_pass_in_order() {
     }
 }
 
-/// The train-mode batch norm the models use on `wgpu` (its statistics summed per image, then over
-/// the batch, so that a GPU sums them in parallel) computes what Burn's
-/// `batch_norm_train` computes: the output, the batch mean and biased variance, and the
-/// gradients of input, scale and shift, on lavapipe. Odd sizes, a channel mean far from zero
-/// (so that centring matters) and 1×1 images included.
+/// How a batch norm under test computes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NormUnderTest {
+    /// Burn's `batch_norm_train` / `batch_norm`, then its ReLU: the reference.
+    Burns,
+    /// `advmoe_model::layers::batch_norm_train_wide` (train mode only).
+    Wide,
+    /// `advmoe_kernels::fused_batch_norm_train` / `_eval`.
+    Fused,
+}
+
+/// The batch norms the models can use compute what Burn's `batch_norm_train` and `batch_norm`
+/// (then `relu`) compute, to 1e-4 of the largest value: the output, the batch mean and biased
+/// variance, and the gradients of input, scale and shift. On lavapipe: the fused WGSL kernels
+/// (the default on `wgpu`), in train and eval mode, with and without the ReLU, and the
+/// per-image-then-batch reductions (train mode); on the CPU: the fused operation's parts and
+/// backward out of tensor operations (`flex`). Odd sizes, a channel mean far from zero (so that
+/// centring matters), 1×1 images, and running statistics unlike the batch's included.
 #[test]
-fn batch_norm_with_wide_reductions_matches_burns_on_wgpu() {
+fn batch_norms_on_our_kernels_match_burns() {
     use burn::tensor::Tensor;
-    let device = gpu().autodiff();
     let mut rng = advmoe_core::Rng::seed(11);
-    for shape in [[5, 6, 7, 9], [16, 4, 32, 32], [3, 8, 1, 1]] {
-        let [b, c, h, w] = shape;
-        let n = b * c * h * w;
-        let mut values = |count: usize, offset: f32| -> Vec<f32> {
-            (0..count).map(|_| offset + 2.0 * rng.normal()).collect()
-        };
-        let x_values = values(n, 3.0);
-        let upstream = crate::common::tensor4(values(n, 0.0), shape, &device);
-        let (gamma_values, beta_values) = (values(c, 1.0), values(c, 0.0));
-        let vec1 = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
-        let run = |wide: bool| {
-            let x = crate::common::tensor4(x_values.clone(), shape, &device).require_grad();
-            let param = |v: &Vec<f32>| {
+    let cases = [
+        (gpu().autodiff(), NormUnderTest::Fused),
+        (gpu().autodiff(), NormUnderTest::Wide),
+        (cpu().autodiff(), NormUnderTest::Fused),
+    ];
+    let mut checked = 0;
+    for (device, under_test) in cases {
+        for shape in [[5, 6, 7, 9], [16, 4, 32, 32], [3, 8, 1, 1]] {
+            let [b, c, h, w] = shape;
+            let n = b * c * h * w;
+            let mut values = |count: usize, offset: f32| -> Vec<f32> {
+                (0..count).map(|_| offset + 2.0 * rng.normal()).collect()
+            };
+            let x_values = values(n, 3.0);
+            let upstream = crate::common::tensor4(values(n, 0.0), shape, &device);
+            let (gamma_values, beta_values) = (values(c, 1.0), values(c, 0.0));
+            let running_mean = values(c, 2.5);
+            let running_var: Vec<f32> = values(c, 0.0).iter().map(|v| 0.5 + v * v).collect();
+            let vec1 = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+            let constant = |v: &Vec<f32>| {
                 Tensor::<1>::from_data(burn::tensor::TensorData::new(v.clone(), [c]), &device)
-                    .require_grad()
             };
-            let (gamma, beta) = (param(&gamma_values), param(&beta_values));
-            let (out, mean, var) = if wide {
-                advmoe_model::layers::batch_norm_train_wide(
-                    x.clone(),
-                    gamma.clone(),
-                    beta.clone(),
-                    1e-5,
-                )
-            } else {
-                let o = burn::tensor::module::batch_norm_train(
-                    x.clone(),
-                    gamma.clone(),
-                    beta.clone(),
-                    1e-5,
+            let run = |how: NormUnderTest, train: bool, relu: bool| {
+                let x = crate::common::tensor4(x_values.clone(), shape, &device).require_grad();
+                let (gamma, beta) = (
+                    constant(&gamma_values).require_grad(),
+                    constant(&beta_values).require_grad(),
                 );
-                (o.output, o.mean, o.variance)
+                let (x_in, g, bt) = (x.clone(), gamma.clone(), beta.clone());
+                let (mean, var) = (constant(&running_mean), constant(&running_var));
+                let (out, mean, var) = match (how, train) {
+                    (NormUnderTest::Fused, true) => {
+                        advmoe_kernels::fused_batch_norm_train(x_in, g, bt, 1e-5, relu)
+                    }
+                    (NormUnderTest::Fused, false) => {
+                        let out = advmoe_kernels::fused_batch_norm_eval(
+                            x_in,
+                            g,
+                            bt,
+                            mean.clone(),
+                            var.clone(),
+                            1e-5,
+                            relu,
+                        );
+                        (out, mean, var)
+                    }
+                    (NormUnderTest::Wide, _) => {
+                        let (out, m, v) =
+                            advmoe_model::layers::batch_norm_train_wide(x_in, g, bt, 1e-5);
+                        (maybe_relu(out, relu), m, v)
+                    }
+                    (NormUnderTest::Burns, true) => {
+                        let o = burn::tensor::module::batch_norm_train(x_in, g, bt, 1e-5);
+                        (maybe_relu(o.output, relu), o.mean, o.variance)
+                    }
+                    (NormUnderTest::Burns, false) => {
+                        let out = burn::tensor::module::batch_norm(
+                            x_in,
+                            g,
+                            bt,
+                            mean.clone(),
+                            var.clone(),
+                            1e-5,
+                        );
+                        (maybe_relu(out, relu), mean, var)
+                    }
+                };
+                let grads = (out.clone() * upstream.clone()).sum().backward();
+                let g4 = |t: &Tensor<4>| Tensor::<4>::from_inner(t.grad(&grads).unwrap());
+                let g1 = |t: &Tensor<1>| vec1(Tensor::<1>::from_inner(t.grad(&grads).unwrap()));
+                [
+                    crate::common::read(out),
+                    vec1(mean),
+                    vec1(var),
+                    crate::common::read(g4(&x)),
+                    g1(&gamma),
+                    g1(&beta),
+                ]
             };
-            let grads = (out.clone() * upstream.clone()).sum().backward();
-            let g4 = |t: &Tensor<4>| Tensor::<4>::from_inner(t.grad(&grads).unwrap());
-            let g1 = |t: &Tensor<1>| vec1(Tensor::<1>::from_inner(t.grad(&grads).unwrap()));
-            [
-                crate::common::read(out),
-                vec1(mean),
-                vec1(var),
-                crate::common::read(g4(&x)),
-                g1(&gamma),
-                g1(&beta),
-            ]
-        };
-        let (wide, burns) = (run(true), run(false));
-        let names = [
-            "output",
-            "mean",
-            "variance",
-            "x grad",
-            "gamma grad",
-            "beta grad",
-        ];
-        for ((name, a), r) in names.iter().zip(&wide).zip(&burns) {
-            let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-            let diff = crate::common::max_abs_diff(a, r) / scale;
-            assert!(
-                diff < 1e-4,
-                "{shape:?} {name}: relative difference {diff:e}"
-            );
+            let names = [
+                "output",
+                "mean",
+                "variance",
+                "x grad",
+                "gamma grad",
+                "beta grad",
+            ];
+            let modes: &[(bool, bool)] = match under_test {
+                NormUnderTest::Wide => &[(true, false)],
+                _ => &[(true, false), (true, true), (false, false), (false, true)],
+            };
+            for &(train, relu) in modes {
+                let (ours, burns) = (
+                    run(under_test, train, relu),
+                    run(NormUnderTest::Burns, train, relu),
+                );
+                for ((name, a), r) in names.iter().zip(&ours).zip(&burns) {
+                    let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                    let diff = crate::common::max_abs_diff(a, r) / scale;
+                    assert!(
+                        diff < 1e-4,
+                        "{under_test:?} on {device:?} {shape:?} train {train} relu {relu} {name}: \
+                         relative difference {diff:e}"
+                    );
+                }
+                checked += 1;
+            }
         }
+    }
+    assert_eq!(checked, 3 * 4 + 3 + 3 * 4);
+}
+
+fn maybe_relu(x: burn::tensor::Tensor<4>, relu: bool) -> burn::tensor::Tensor<4> {
+    if relu {
+        burn::tensor::activation::relu(x)
+    } else {
+        x
     }
 }

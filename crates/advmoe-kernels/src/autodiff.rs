@@ -1,17 +1,18 @@
 //! The autodiff backward of the sparse MoE convolution (input, weight and gate gradients from
-//! the sparse kernels, registered on the three parents) and of the one-expert convolution
-//! (input and weight gradients from the same kernels, every sample on expert 0).
+//! the sparse kernels, registered on the three parents), of the one-expert convolution (input
+//! and weight gradients from the same kernels, every sample on expert 0) and of the fused batch
+//! norm (the per-channel sums, then the input's gradient).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
 use burn::tensor::{DType, FloatDType, IntDType, Shape};
 
-use crate::ops::SparseMoeOps;
+use crate::ops::{BatchNormOps, SparseMoeOps};
 
 /// The expert indices as the kernels read them (i32), converted once so the backward's launches
 /// reuse them.
@@ -292,5 +293,233 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
             ),
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
+    }
+}
+
+/// What the fused batch norm's backward needs: the input, the table of the statistics it was
+/// normalised with, and whether those were the batch's own.
+#[derive(Debug, Clone)]
+struct NormState<B: Backend> {
+    x: FloatTensor<B>,
+    table: FloatTensor<B>,
+    relu: bool,
+    train: bool,
+}
+
+/// In train mode the input's gradient runs through the batch's statistics too, so it needs the
+/// two per-channel sums whether or not gamma and beta take a gradient; in eval mode the
+/// statistics are constants, and the sums run only when gamma or beta take a gradient (an
+/// attack's frozen model takes none: one launch backward).
+#[derive(Debug)]
+struct BatchNormBackward;
+
+impl<B: Backend + BatchNormOps> Backward<B, 3> for BatchNormBackward {
+    type State = NormState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let NormState {
+            x,
+            table,
+            relu,
+            train,
+        } = ops.state;
+        let sums = (train || node_gamma.is_some() || node_beta.is_some())
+            .then(|| B::batch_norm_grad_sums(grad.clone(), x.clone(), table.clone(), relu));
+        if let Some(node) = node_x {
+            let grad_x = match &sums {
+                Some((grad_gamma, grad_beta)) if train => B::batch_norm_grad_input(
+                    grad,
+                    x,
+                    table,
+                    grad_gamma.clone(),
+                    grad_beta.clone(),
+                    relu,
+                ),
+                _ => B::batch_norm_grad_input_eval(grad, x, table, relu),
+            };
+            grads.register::<B>(node.id, grad_x);
+        }
+        if let Some((grad_gamma, grad_beta)) = sums {
+            if let Some(node) = node_gamma {
+                grads.register::<B>(node.id, grad_gamma);
+            }
+            if let Some(node) = node_beta {
+                grads.register::<B>(node.id, grad_beta);
+            }
+        }
+    }
+}
+
+/// Record the fused batch norm's `output` of `x` on the autodiff graph (parents `nodes`: x,
+/// gamma, beta).
+fn track_norm<B: Backend + BatchNormOps, C: CheckpointStrategy>(
+    nodes: [NodeGuard; 3],
+    state: NormState<B>,
+    output: FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match BatchNormBackward
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff<B, C> {
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let x = x.into_primitive();
+        let (table, mean, variance) = B::batch_norm_table_train(
+            x.clone(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            epsilon,
+        );
+        let output = B::batch_norm_apply(x.clone(), table.clone(), relu);
+        let state = NormState {
+            x,
+            table,
+            relu,
+            train: true,
+        };
+        let output = track_norm::<B, C>(nodes, state, output);
+        (output, Self::from_inner(mean), Self::from_inner(variance))
+    }
+
+    fn fused_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let x = x.into_primitive();
+        let table = B::batch_norm_table_eval(
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            epsilon,
+        );
+        let output = B::batch_norm_apply(x.clone(), table.clone(), relu);
+        let state = NormState {
+            x,
+            table,
+            relu,
+            train: false,
+        };
+        track_norm::<B, C>(nodes, state, output)
+    }
+
+    fn batch_norm_table_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (table, mean, variance) = B::batch_norm_table_train(
+            x.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            epsilon,
+        );
+        (
+            Self::from_inner(table),
+            Self::from_inner(mean),
+            Self::from_inner(variance),
+        )
+    }
+
+    fn batch_norm_table_eval(
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::batch_norm_table_eval(
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            epsilon,
+        ))
+    }
+
+    fn batch_norm_apply(
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::batch_norm_apply(
+            x.into_primitive(),
+            table.into_primitive(),
+            relu,
+        ))
+    }
+
+    fn batch_norm_grad_sums(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (grad_gamma, grad_beta) = B::batch_norm_grad_sums(
+            grad.into_primitive(),
+            x.into_primitive(),
+            table.into_primitive(),
+            relu,
+        );
+        (Self::from_inner(grad_gamma), Self::from_inner(grad_beta))
+    }
+
+    fn batch_norm_grad_input(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        grad_gamma: FloatTensor<Self>,
+        grad_beta: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::batch_norm_grad_input(
+            grad.into_primitive(),
+            x.into_primitive(),
+            table.into_primitive(),
+            grad_gamma.into_primitive(),
+            grad_beta.into_primitive(),
+            relu,
+        ))
+    }
+
+    fn batch_norm_grad_input_eval(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::batch_norm_grad_input_eval(
+            grad.into_primitive(),
+            x.into_primitive(),
+            table.into_primitive(),
+            relu,
+        ))
     }
 }

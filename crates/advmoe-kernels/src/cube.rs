@@ -15,7 +15,7 @@ use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeKernel, PrecompiledSource};
 use burn::tensor::{DType, FloatDType, IntDType, Shape};
 
-use crate::ops::SparseMoeOps;
+use crate::ops::{BatchNormOps, SparseMoeOps};
 use crate::shaders::{self, Tile, Variant};
 
 /// Workgroups per grid dimension that every WebGPU device supports.
@@ -113,6 +113,11 @@ enum Shader {
     InputGrad(Variant),
     WeightGrad(Variant),
     GateGrad,
+    BatchNormStats,
+    BatchNormTable,
+    BatchNormApply,
+    BatchNormGradSums,
+    BatchNormGradInput,
 }
 
 impl Shader {
@@ -125,6 +130,11 @@ impl Shader {
             Self::WeightGrad(Variant::Tiled) => shaders::WEIGHT_GRAD,
             Self::WeightGrad(Variant::Direct) => shaders::WEIGHT_GRAD_DIRECT,
             Self::GateGrad => shaders::GATE_GRAD,
+            Self::BatchNormStats => shaders::BATCH_NORM_STATS,
+            Self::BatchNormTable => shaders::BATCH_NORM_TABLE,
+            Self::BatchNormApply => shaders::BATCH_NORM_APPLY,
+            Self::BatchNormGradSums => shaders::BATCH_NORM_GRAD_SUMS,
+            Self::BatchNormGradInput => shaders::BATCH_NORM_GRAD_INPUT,
         }
     }
 }
@@ -252,10 +262,10 @@ fn launch_into(
     count: CubeCount,
     inputs: &[&CubeTensor],
     outputs: &[&CubeTensor],
-    geometry: &Geometry,
+    params: &[u8],
 ) {
     let client = inputs[0].client.clone();
-    let params = client.create_from_slice(&geometry.bytes());
+    let params = client.create_from_slice(params);
     let buffers = inputs
         .iter()
         .chain(outputs)
@@ -285,7 +295,7 @@ fn launch(
         return CubeBackend::float_zeros(output_shape, &first.device, FloatDType::F32);
     }
     let output = empty_f32(first, output_shape);
-    launch_into(shader, tile, count, inputs, &[&output], geometry);
+    launch_into(shader, tile, count, inputs, &[&output], &geometry.bytes());
     output
 }
 
@@ -334,7 +344,7 @@ fn forward(
         ),
         &[&input, &weight, &experts, &gate],
         &[&output, &z],
-        &geometry,
+        &geometry.bytes(),
     );
     (output, z)
 }
@@ -503,4 +513,279 @@ impl SparseMoeOps for CubeBackend {
         let gate = CubeBackend::float_ones(Shape::from([batch, 1]), &device, FloatDType::F32);
         Self::sparse_moe_conv(input, weight, gate, experts, stride, padding)
     }
+}
+
+/// Mirrors `struct BatchNormParams` in `shaders/moe_conv_common.wgsl`: six 4-byte scalars in
+/// declaration order, 24 bytes.
+#[derive(Debug, Clone, Copy)]
+struct NormShape {
+    batch: usize,
+    channels: usize,
+    pixels: usize,
+    relu: bool,
+    train: bool,
+    epsilon: f64,
+}
+
+impl NormShape {
+    /// The shape of `x` (`[batch, channels, h, w]`).
+    fn of(x: &CubeTensor, relu: bool, train: bool, epsilon: f64) -> Self {
+        let [batch, channels, h, w] = dims4(x);
+        Self {
+            batch,
+            channels,
+            pixels: h * w,
+            relu,
+            train,
+            epsilon,
+        }
+    }
+
+    fn elements(&self) -> usize {
+        self.batch * self.channels * self.pixels
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let count = |v: usize| u32::try_from(v).expect("batch-norm shape fits in u32");
+        [
+            count(self.batch),
+            count(self.channels),
+            count(self.pixels),
+            u32::from(self.relu),
+            u32::from(self.train),
+            (self.epsilon as f32).to_bits(),
+        ]
+        .into_iter()
+        .flat_map(u32::to_le_bytes)
+        .collect()
+    }
+
+    /// One workgroup of 256 per 256 elements, in rows of at most [`MAX_GROUPS`] (the shaders
+    /// flatten the grid with `num_workgroups`).
+    fn element_grid(&self) -> CubeCount {
+        let groups = self.elements().div_ceil(256);
+        grid(groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS), 1)
+    }
+}
+
+/// Launch a batch-norm shader over `[inputs.., outputs.., params]`.
+fn launch_norm(
+    shader: Shader,
+    count: CubeCount,
+    inputs: &[&CubeTensor],
+    outputs: &[&CubeTensor],
+    shape: &NormShape,
+) {
+    launch_into(
+        shader,
+        Tile::CHOICES[0],
+        count,
+        inputs,
+        outputs,
+        &shape.bytes(),
+    );
+}
+
+/// Zeros on `like`'s device (an empty batch's outputs, with nothing to bind).
+fn zeros_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    CubeBackend::float_zeros(shape, &like.device, FloatDType::F32)
+}
+
+impl BatchNormOps for CubeBackend {
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let x = f32_contiguous(x);
+        let (table, mean, variance) = Self::batch_norm_table_train(x.clone(), gamma, beta, epsilon);
+        (Self::batch_norm_apply(x, table, relu), mean, variance)
+    }
+
+    fn fused_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let table = Self::batch_norm_table_eval(gamma, beta, mean, variance, epsilon);
+        Self::batch_norm_apply(x, table, relu)
+    }
+
+    fn batch_norm_table_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (x, gamma, beta) = (
+            f32_contiguous(x),
+            f32_contiguous(gamma),
+            f32_contiguous(beta),
+        );
+        let shape = NormShape::of(&x, false, true, epsilon);
+        let channels = Shape::from([shape.channels]);
+        let table_shape = Shape::from([4, shape.channels]);
+        if shape.elements() == 0 {
+            return (
+                zeros_f32(&x, table_shape),
+                zeros_f32(&x, channels.clone()),
+                zeros_f32(&x, channels),
+            );
+        }
+        let table = empty_f32(&x, table_shape);
+        let mean = empty_f32(&x, channels.clone());
+        let variance = empty_f32(&x, channels);
+        launch_norm(
+            Shader::BatchNormStats,
+            grid(shape.channels, 1, 1),
+            &[&x, &gamma, &beta],
+            &[&table, &mean, &variance],
+            &shape,
+        );
+        (table, mean, variance)
+    }
+
+    fn batch_norm_table_eval(
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self> {
+        let [channels] = gamma.shape().dims::<1>();
+        let table_shape = Shape::from([4, channels]);
+        if channels == 0 {
+            return zeros_f32(&gamma, table_shape);
+        }
+        let operands = [gamma, beta, mean, variance].map(f32_contiguous);
+        let table = empty_f32(&operands[0], table_shape);
+        let shape = NormShape {
+            batch: 0,
+            channels,
+            pixels: 0,
+            relu: false,
+            train: false,
+            epsilon,
+        };
+        let [gamma, beta, mean, variance] = &operands;
+        launch_norm(
+            Shader::BatchNormTable,
+            grid(channels.div_ceil(64), 1, 1),
+            &[gamma, beta, mean, variance],
+            &[&table],
+            &shape,
+        );
+        table
+    }
+
+    fn batch_norm_apply(
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        let (x, table) = (f32_contiguous(x), f32_contiguous(table));
+        let shape = NormShape::of(&x, relu, false, 0.0);
+        if shape.elements() == 0 {
+            return zeros_f32(&x, x.shape());
+        }
+        let output = empty_f32(&x, x.shape());
+        launch_norm(
+            Shader::BatchNormApply,
+            shape.element_grid(),
+            &[&x, &table],
+            &[&output],
+            &shape,
+        );
+        output
+    }
+
+    fn batch_norm_grad_sums(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (grad, x, table) = (
+            f32_contiguous(grad),
+            f32_contiguous(x),
+            f32_contiguous(table),
+        );
+        let shape = NormShape::of(&x, relu, true, 0.0);
+        let channels = Shape::from([shape.channels]);
+        if shape.elements() == 0 {
+            return (zeros_f32(&x, channels.clone()), zeros_f32(&x, channels));
+        }
+        let grad_gamma = empty_f32(&x, channels.clone());
+        let grad_beta = empty_f32(&x, channels);
+        launch_norm(
+            Shader::BatchNormGradSums,
+            grid(shape.channels, 1, 1),
+            &[&grad, &x, &table],
+            &[&grad_gamma, &grad_beta],
+            &shape,
+        );
+        (grad_gamma, grad_beta)
+    }
+
+    fn batch_norm_grad_input(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        grad_gamma: FloatTensor<Self>,
+        grad_beta: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        grad_input(grad, x, table, Some((grad_gamma, grad_beta)), relu)
+    }
+
+    fn batch_norm_grad_input_eval(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self> {
+        grad_input(grad, x, table, None, relu)
+    }
+}
+
+/// The input's gradient: train mode with the two sums, eval mode without (one-value stand-ins
+/// fill their bindings; one buffer may not be bound twice).
+fn grad_input(
+    grad: CubeTensor,
+    x: CubeTensor,
+    table: CubeTensor,
+    sums: Option<(CubeTensor, CubeTensor)>,
+    relu: bool,
+) -> CubeTensor {
+    let (grad, x, table) = (
+        f32_contiguous(grad),
+        f32_contiguous(x),
+        f32_contiguous(table),
+    );
+    let shape = NormShape::of(&x, relu, sums.is_some(), 0.0);
+    if shape.elements() == 0 {
+        return zeros_f32(&x, x.shape());
+    }
+    let output = empty_f32(&x, x.shape());
+    let (grad_gamma, grad_beta) = match sums {
+        Some((gamma, beta)) => (f32_contiguous(gamma), f32_contiguous(beta)),
+        None => (
+            empty_f32(&x, Shape::from([1])),
+            empty_f32(&x, Shape::from([1])),
+        ),
+    };
+    launch_norm(
+        Shader::BatchNormGradInput,
+        shape.element_grid(),
+        &[&grad, &x, &table, &grad_gamma, &grad_beta],
+        &[&output],
+        &shape,
+    );
+    output
 }

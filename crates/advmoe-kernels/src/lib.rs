@@ -21,6 +21,7 @@
 mod autodiff;
 pub mod cpu;
 mod cube;
+mod norm;
 mod ops;
 pub mod parity;
 pub mod reference;
@@ -33,7 +34,7 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Int, Tensor};
 
-pub use ops::SparseMoeOps;
+pub use ops::{BatchNormOps, SparseMoeOps};
 
 pub use shaders::Variant;
 
@@ -171,5 +172,60 @@ pub fn sparse_moe_conv(
         experts.into_dispatch(),
         stride,
         padding,
+    ))
+}
+
+/// Train-mode batch norm as one fused operation (then the ReLU, when `relu`): `(output, mean,
+/// variance)`, the batch's mean and biased variance `[channels]` without gradient. On `wgpu`
+/// two launches forward and two backward (`shaders/batch_norm_*.wgsl`); on the CPU Burn's
+/// `batch_norm_train`. Only on devices where [`sparse_supported`] holds.
+///
+/// # Shapes
+/// - x and output `[batch, channels, h, w]`; gamma, beta and the statistics `[channels]`
+pub fn fused_batch_norm_train(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let (output, mean, variance) = Dispatch::fused_batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+        relu,
+    );
+    (
+        Tensor::from_dispatch(output),
+        Tensor::from_dispatch(mean),
+        Tensor::from_dispatch(variance),
+    )
+}
+
+/// Eval-mode batch norm with the given statistics (which take no gradient) as one fused
+/// operation, then the ReLU when `relu`: on `wgpu` two launches forward (the table, then the
+/// output) and one backward when gamma and beta take no gradient, as in an attack. Only on
+/// devices where [`sparse_supported`] holds.
+///
+/// # Shapes
+/// As [`fused_batch_norm_train`].
+pub fn fused_batch_norm_eval(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    variance: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::fused_batch_norm_eval(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        mean.into_dispatch(),
+        variance.into_dispatch(),
+        epsilon,
+        relu,
     ))
 }

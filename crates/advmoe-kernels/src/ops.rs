@@ -1,4 +1,5 @@
-//! The backend extension: the sparse MoE convolution as operations of a Burn backend.
+//! The backend extensions: the sparse MoE convolution and the fused batch norm as operations of
+//! a Burn backend.
 //!
 //! Implemented for the CubeCL backend (Burn's `wgpu` devices; [`crate::cube`]), for Burn's CPU
 //! backend (`flex`; [`crate::cpu`]) and for `Autodiff` over either ([`crate::autodiff`]). Other
@@ -105,6 +106,144 @@ pub trait SparseMoeOps: Backend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self>;
+}
+
+/// Batch norm over the channels of `[batch, channels, h, w]` (statistics over the batch and the
+/// pixels), with the ReLU that follows it in the models fused in when `relu`: two launches
+/// forward and two backward on `wgpu` (`shaders/batch_norm_*.wgsl`), where the same work as
+/// tensor operations launches dozens of element-wise kernels and reductions.
+///
+/// The `fused_*` methods are what callers use; the rest are their parts, for the autodiff
+/// backward. The parts pass a per-channel table `[4, channels]` between them: the mean, the
+/// inverse standard deviation `1 / sqrt(var + epsilon)`, the scale `gamma / sqrt(var + epsilon)`
+/// and `beta` (`ROW_*` in `shaders/moe_conv_common.wgsl`). The statistics passed to eval mode
+/// (the running ones) take no gradient; the model's are parameters without one.
+#[backend_extension(Cube, Flex, Autodiff, Fusion: cfg(feature = "fusion"))]
+pub trait BatchNormOps: Backend {
+    /// Train mode: `(output, mean, variance)`, the batch's mean and biased variance
+    /// `[channels]`. Differentiable in `x`, `gamma` and `beta`, through the statistics too; the
+    /// statistics returned take no gradient.
+    #[fusion(meta = train_meta)]
+    fn fused_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Eval mode with the given (running) statistics. Differentiable in `x`, `gamma` and `beta`.
+    #[fusion(dtype = x, shape = x.clone())]
+    fn fused_batch_norm_eval(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// The batch's statistics and table: `(table, mean, variance)`.
+    #[fusion(meta = table_train_meta)]
+    fn batch_norm_table_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The table of given statistics.
+    #[fusion(dtype = gamma, shape = Shape::from([4, gamma[0]]))]
+    fn batch_norm_table_eval(
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+
+    /// `(x - mean) * scale + beta` per channel, then the ReLU when `relu`.
+    #[fusion(dtype = x, shape = x.clone())]
+    fn batch_norm_apply(
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// The gradients of gamma and beta, `(grad_gamma, grad_beta)`: per channel, the sums of the
+    /// output's gradient `g` (zero where the ReLU cut the output) times the normalised input, and
+    /// of `g`.
+    #[fusion(meta = sums_meta)]
+    fn batch_norm_grad_sums(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The input's gradient in train mode, from the two sums of
+    /// [`Self::batch_norm_grad_sums`].
+    #[fusion(dtype = grad, shape = grad.clone())]
+    fn batch_norm_grad_input(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        grad_gamma: FloatTensor<Self>,
+        grad_beta: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+
+    /// The input's gradient in eval mode: `scale * g`.
+    #[fusion(dtype = grad, shape = grad.clone())]
+    fn batch_norm_grad_input_eval(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        table: FloatTensor<Self>,
+        relu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// [`BatchNormOps::fused_batch_norm_train`]'s outputs: the input's shape, then two of
+/// `[channels]`.
+#[cfg(feature = "fusion")]
+fn train_meta(
+    x: &TensorSpec,
+    _gamma: &TensorSpec,
+    _beta: &TensorSpec,
+    _epsilon: &f64,
+    _relu: &bool,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    let stat = TensorSpec::new(Shape::from([x.shape[1]]), x.dtype);
+    (x.clone(), stat.clone(), stat)
+}
+
+/// [`BatchNormOps::batch_norm_table_train`]'s outputs: the table, then two of `[channels]`.
+#[cfg(feature = "fusion")]
+fn table_train_meta(
+    x: &TensorSpec,
+    _gamma: &TensorSpec,
+    _beta: &TensorSpec,
+    _epsilon: &f64,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    let stat = TensorSpec::new(Shape::from([x.shape[1]]), x.dtype);
+    (
+        TensorSpec::new(Shape::from([4, x.shape[1]]), x.dtype),
+        stat.clone(),
+        stat,
+    )
+}
+
+/// [`BatchNormOps::batch_norm_grad_sums`]'s outputs, two of `[channels]`.
+#[cfg(feature = "fusion")]
+fn sums_meta(
+    grad: &TensorSpec,
+    _x: &TensorSpec,
+    _table: &TensorSpec,
+    _relu: &bool,
+) -> (TensorSpec, TensorSpec) {
+    let stat = TensorSpec::new(Shape::from([grad.shape[1]]), grad.dtype);
+    (stat.clone(), stat)
 }
 
 /// The output shape of a convolution of `input` (`[batch, c_in, height, width]`) by `c_out`

@@ -1,11 +1,11 @@
 //! The registry of WGSL shaders: the only module that names files under `shaders/`.
 //!
-//! Every kernel file starts from [`COMMON`] (the geometry struct and the tile shape, written
+//! Every kernel file starts from [`COMMON`] (the parameter structs and the tile shape, written
 //! once): [`render`] prepends it and rewrites its two tile lines for the shape a launch needs.
 //! The naga test validates every kernel so rendered, in every tile shape.
 
-/// What every kernel shares: the `MoeConvParams` struct and the tile-shape constants (defaults
-/// 64 × 64).
+/// What every kernel shares: the `MoeConvParams` and `BatchNormParams` structs, the batch-norm
+/// table's rows and the tile-shape constants (defaults 64 × 64).
 pub const COMMON: &str = include_str!("../../../shaders/moe_conv_common.wgsl");
 /// The forward pass: each sample's output from its own expert's filters only.
 pub const FORWARD: &str = include_str!("../../../shaders/moe_conv_forward.wgsl");
@@ -23,9 +23,19 @@ pub const WEIGHT_GRAD_DIRECT: &str =
     include_str!("../../../shaders/moe_conv_weight_grad_direct.wgsl");
 /// The straight-through router gradient.
 pub const GATE_GRAD: &str = include_str!("../../../shaders/moe_gate_grad.wgsl");
+/// Batch norm, train mode: each channel's batch mean and variance and the table.
+pub const BATCH_NORM_STATS: &str = include_str!("../../../shaders/batch_norm_stats.wgsl");
+/// Batch norm, eval mode: the table from the running statistics.
+pub const BATCH_NORM_TABLE: &str = include_str!("../../../shaders/batch_norm_table.wgsl");
+/// Batch norm, forward: normalise (and the ReLU after it, when asked) from the table.
+pub const BATCH_NORM_APPLY: &str = include_str!("../../../shaders/batch_norm_apply.wgsl");
+/// Batch norm, backward: the per-channel sums (the gradients of gamma and beta).
+pub const BATCH_NORM_GRAD_SUMS: &str = include_str!("../../../shaders/batch_norm_grad_sums.wgsl");
+/// Batch norm, backward: the input's gradient.
+pub const BATCH_NORM_GRAD_INPUT: &str = include_str!("../../../shaders/batch_norm_grad_input.wgsl");
 
 /// Every kernel with its file name, for validation ([`COMMON`] is prepended to each).
-pub const ALL: [(&str, &str); 7] = [
+pub const ALL: [(&str, &str); 12] = [
     ("moe_conv_forward.wgsl", FORWARD),
     ("moe_conv_input_grad.wgsl", INPUT_GRAD),
     ("moe_conv_weight_grad.wgsl", WEIGHT_GRAD),
@@ -33,6 +43,11 @@ pub const ALL: [(&str, &str); 7] = [
     ("moe_conv_input_grad_direct.wgsl", INPUT_GRAD_DIRECT),
     ("moe_conv_weight_grad_direct.wgsl", WEIGHT_GRAD_DIRECT),
     ("moe_gate_grad.wgsl", GATE_GRAD),
+    ("batch_norm_stats.wgsl", BATCH_NORM_STATS),
+    ("batch_norm_table.wgsl", BATCH_NORM_TABLE),
+    ("batch_norm_apply.wgsl", BATCH_NORM_APPLY),
+    ("batch_norm_grad_sums.wgsl", BATCH_NORM_GRAD_SUMS),
+    ("batch_norm_grad_input.wgsl", BATCH_NORM_GRAD_INPUT),
 ];
 
 /// How the matrix-product shaders compute.

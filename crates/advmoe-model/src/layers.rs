@@ -5,18 +5,31 @@ use std::cell::Cell;
 
 use advmoe_core::Rng;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData, ops::ConvOptions};
+use burn::tensor::{Device, Tensor, TensorData, activation, ops::ConvOptions};
 
 thread_local! {
-    static WIDE_BATCH_NORM: Cell<bool> = const { Cell::new(true) };
+    static BATCH_NORM_PATH: Cell<BatchNormPath> = const { Cell::new(BatchNormPath::Fused) };
 }
 
-/// Compute train-mode batch norms run on this thread on `wgpu` devices with
-/// [`batch_norm_train_wide`] (on by default) or, turned off, with Burn's `batch_norm_train`;
-/// returns the previous setting. The benchmark's `bench steps --batch-norm burn` turns it off
-/// so that `bench/gpu.sh` can time both.
-pub fn set_wide_batch_norm(enabled: bool) -> bool {
-    WIDE_BATCH_NORM.with(|cell| cell.replace(enabled))
+/// How the batch norms run on `wgpu` devices (Burn's CPU backend always runs Burn's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BatchNormPath {
+    /// `advmoe_kernels::fused_batch_norm_train` / `_eval`, with the ReLU after it fused in:
+    /// two launches forward, one or two backward (the default).
+    #[default]
+    Fused,
+    /// Train mode out of tensor operations with [`batch_norm_train_wide`]'s reductions; eval
+    /// mode and the ReLU by Burn's operations.
+    Wide,
+    /// Burn's `batch_norm_train` and `batch_norm`, then its ReLU.
+    Burn,
+}
+
+/// Run the batch norms of this thread's models on `wgpu` devices by `path`; returns the previous
+/// setting. The benchmark's `bench steps --batch-norm` sets it so that `bench/gpu.sh` can time
+/// the three.
+pub fn set_batch_norm_path(path: BatchNormPath) -> BatchNormPath {
+    BATCH_NORM_PATH.with(|cell| cell.replace(path))
 }
 
 /// A `[shape]` tensor of normal samples with standard deviation `std`.
@@ -171,38 +184,88 @@ impl Bn {
         train: bool,
         updates: &mut Vec<crate::BnUpdate>,
     ) -> Tensor<4> {
-        if train {
-            let [b, _, h, w] = x.dims();
-            let n = (b * h * w) as f64;
-            let wide = WIDE_BATCH_NORM.with(Cell::get);
-            let (output, mean, variance) = if wide && advmoe_kernels::on_wgpu(&x.device()) {
-                batch_norm_train_wide(x, self.gamma.val(), self.beta.val(), BN_EPS)
-            } else {
-                let out = burn::tensor::module::batch_norm_train(
-                    x,
-                    self.gamma.val(),
-                    self.beta.val(),
-                    BN_EPS,
-                );
-                (out.output, out.mean, out.variance)
-            };
-            let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
-            updates.push(crate::BnUpdate {
-                path: self.path.clone(),
-                mean: mean.detach(),
-                var: variance.detach().mul_scalar(unbiased),
-            });
-            output
+        self.normalise(x, train, updates, false)
+    }
+
+    /// [`Self::forward`], then a ReLU: on `wgpu` one fused operation.
+    ///
+    /// # Shapes
+    /// As [`Self::forward`].
+    pub fn forward_relu(
+        &self,
+        x: Tensor<4>,
+        train: bool,
+        updates: &mut Vec<crate::BnUpdate>,
+    ) -> Tensor<4> {
+        self.normalise(x, train, updates, true)
+    }
+
+    fn normalise(
+        &self,
+        x: Tensor<4>,
+        train: bool,
+        updates: &mut Vec<crate::BnUpdate>,
+        relu: bool,
+    ) -> Tensor<4> {
+        let path = if advmoe_kernels::on_wgpu(&x.device()) {
+            BATCH_NORM_PATH.with(Cell::get)
         } else {
-            burn::tensor::module::batch_norm(
-                x,
-                self.gamma.val(),
-                self.beta.val(),
-                self.running_mean.val(),
-                self.running_var.val(),
-                BN_EPS,
-            )
+            BatchNormPath::Burn
+        };
+        let (gamma, beta) = (self.gamma.val(), self.beta.val());
+        if !train {
+            let (mean, var) = (self.running_mean.val(), self.running_var.val());
+            if path == BatchNormPath::Fused {
+                return advmoe_kernels::fused_batch_norm_eval(
+                    x, gamma, beta, mean, var, BN_EPS, relu,
+                );
+            }
+            let output = burn::tensor::module::batch_norm(x, gamma, beta, mean, var, BN_EPS);
+            return if relu {
+                activation::relu(output)
+            } else {
+                output
+            };
         }
+        let [b, _, h, w] = x.dims();
+        let n = (b * h * w) as f64;
+        let (output, mean, variance) = match path {
+            BatchNormPath::Fused => {
+                return self.record(
+                    advmoe_kernels::fused_batch_norm_train(x, gamma, beta, BN_EPS, relu),
+                    n,
+                    updates,
+                );
+            }
+            BatchNormPath::Wide => batch_norm_train_wide(x, gamma, beta, BN_EPS),
+            BatchNormPath::Burn => {
+                let out = burn::tensor::module::batch_norm_train(x, gamma, beta, BN_EPS);
+                (out.output, out.mean, out.variance)
+            }
+        };
+        let output = if relu {
+            activation::relu(output)
+        } else {
+            output
+        };
+        self.record((output, mean, variance), n, updates)
+    }
+
+    /// Record the batch's statistics (`mean`, biased `variance`, over `n` values per channel) in
+    /// `updates` and return the output.
+    fn record(
+        &self,
+        (output, mean, variance): (Tensor<4>, Tensor<1>, Tensor<1>),
+        n: f64,
+        updates: &mut Vec<crate::BnUpdate>,
+    ) -> Tensor<4> {
+        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        updates.push(crate::BnUpdate {
+            path: self.path.clone(),
+            mean: mean.detach(),
+            var: variance.detach().mul_scalar(unbiased),
+        });
+        output
     }
 }
 
@@ -215,9 +278,9 @@ impl Bn {
 /// while the rest of the GPU idles, six times per layer and step with the backward. Here
 /// each statistic, and the autodiff backward of each broadcast, sums each sample's image per
 /// channel, then the batch: `batch * channels` outputs of `h * w` values, then `channels` of
-/// `batch`, two launches (Burn folds the image's two dimensions into one). Used on `wgpu` only:
-/// Burn's CPU backend reduces long rows well, and its own operation keeps the CPU's figures as
-/// they were.
+/// `batch`, two launches (Burn folds the image's two dimensions into one). Used on `wgpu` when
+/// asked for ([`BatchNormPath::Wide`]; the fused kernels are the default there): Burn's CPU
+/// backend reduces long rows well, and its own operation keeps the CPU's figures as they were.
 ///
 /// # Shapes
 /// - input and output `[batch, channels, h, w]`; gamma and beta `[channels]`

@@ -290,16 +290,17 @@ impl MoeNet {
             y
         };
         let features = if let Some(net) = &self.resnet {
-            let mut x = relu(
-                net.stem_bn
-                    .forward(net.stem.forward(x), train, &mut updates),
-            );
+            let mut x = net
+                .stem_bn
+                .forward_relu(net.stem.forward(x), train, &mut updates);
             for block in &net.blocks {
                 let identity = match &block.shortcut {
                     Some(s) => s.bn.forward(s.conv.forward(x.clone()), train, &mut updates),
                     None => x.clone(),
                 };
-                let y = relu(block.bn1.forward(moe(&block.conv1, x), train, &mut updates));
+                let y = block
+                    .bn1
+                    .forward_relu(moe(&block.conv1, x), train, &mut updates);
                 let y = block.bn2.forward(moe(&block.conv2, y), train, &mut updates);
                 x = relu(y + identity);
             }
@@ -307,7 +308,9 @@ impl MoeNet {
         } else if let Some(net) = &self.vgg {
             let mut x = x;
             for layer in &net.layers {
-                x = relu(layer.bn.forward(moe(&layer.conv, x), train, &mut updates));
+                x = layer
+                    .bn
+                    .forward_relu(moe(&layer.conv, x), train, &mut updates);
                 if layer.pool_after {
                     x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
                 }

@@ -3,7 +3,7 @@
 
 use advmoe_core::Rng;
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, activation::relu};
+use burn::tensor::{Device, Tensor};
 
 use crate::BnUpdate;
 use crate::layers::{Bn, Conv, Fc};
@@ -51,7 +51,7 @@ impl ImageRouter {
     pub fn forward(&self, x: Tensor<4>, train: bool, updates: &mut Vec<BnUpdate>) -> Tensor<2> {
         let mut x = x;
         for (conv, bn) in self.convs.iter().zip(&self.bns) {
-            x = relu(bn.forward(conv.forward(x), train, updates));
+            x = bn.forward_relu(conv.forward(x), train, updates);
         }
         let [b, c, _, _] = x.dims();
         self.fc.forward(x.mean_dims(&[2, 3]).reshape([b, c]))

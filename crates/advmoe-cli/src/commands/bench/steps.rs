@@ -23,7 +23,7 @@ use advmoe_engine::tensors::{DeviceBatch, to_device};
 use advmoe_engine::{DeviceChoice, Run, RunConfig, attack_image, make_device};
 use advmoe_model::checkpoint::{NamedTensor, safetensors_bytes};
 use advmoe_model::readback::{block_on, read_f32, read_i64};
-use advmoe_model::{LayerRoute, Mode, MoeNet};
+use advmoe_model::{LayerRoute, Mode, MoeNet, layers};
 use anyhow::{Context as _, bail};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
@@ -78,10 +78,11 @@ pub(crate) struct StepsArgs {
     /// product runs them) or Burn's conv2d (`bench/gpu.sh` times both).
     #[arg(long, value_enum, default_value = "own")]
     gpu_conv: GpuConv,
-    /// Train-mode batch norms on `--device gpu`: statistics summed per image, then over the
-    /// batch (as the product computes them), or by Burn's `batch_norm_train` (`bench/gpu.sh`
-    /// times both).
-    #[arg(long, value_enum, default_value = "wide")]
+    /// The batch norms on `--device gpu`: our fused kernels with the ReLU after them (as the
+    /// product runs them), train mode out of tensor operations summed per image then over the
+    /// batch (`wide`, eval mode and the ReLU by Burn's operations), or Burn's `batch_norm_train`
+    /// and `batch_norm` (`bench/gpu.sh` times all three).
+    #[arg(long, value_enum, default_value = "fused")]
     batch_norm: BatchNormPath,
     /// Output folder: `product.json`, and per model `model-<name>/` (its initial checkpoint and
     /// `parity.safetensors`).
@@ -103,13 +104,15 @@ pub(crate) enum GpuConv {
     Own,
 }
 
-/// How train-mode batch norms compute their statistics on `wgpu`.
+/// How the batch norms run on `wgpu` (`advmoe_model::layers::BatchNormPath`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum BatchNormPath {
+    /// `advmoe_kernels::fused_batch_norm_train` / `_eval` with the ReLU.
+    Fused,
     /// `advmoe_model::layers::batch_norm_train_wide`.
     Wide,
-    /// Burn's `batch_norm_train`.
+    /// Burn's `batch_norm_train` and `batch_norm`.
     Burn,
 }
 
@@ -139,7 +142,11 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
     };
     let device = make_device(choice);
     advmoe_kernels::set_own_gpu_conv(args.gpu_conv == GpuConv::Own);
-    advmoe_model::layers::set_wide_batch_norm(args.batch_norm == BatchNormPath::Wide);
+    layers::set_batch_norm_path(match args.batch_norm {
+        BatchNormPath::Fused => layers::BatchNormPath::Fused,
+        BatchNormPath::Wide => layers::BatchNormPath::Wide,
+        BatchNormPath::Burn => layers::BatchNormPath::Burn,
+    });
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let moe = args.model.spec();
