@@ -1,6 +1,6 @@
 //! The autodiff backward of the sparse MoE convolution (input, weight and gate gradients from
 //! the sparse kernels, registered on the three parents), of the one-expert convolution (input
-//! and weight gradients from the same kernels, every sample on expert 0) and of the fused batch
+//! and weight gradients from the same kernels with one expert) and of the fused batch
 //! norm (the per-channel sums, then the input's gradient).
 
 use burn::backend::autodiff::Autodiff;
@@ -10,7 +10,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
-use burn::tensor::{DType, FloatDType, IntDType, Shape};
+use burn::tensor::{DType, IntDType};
 
 use crate::ops::{BatchNormOps, SparseMoeOps};
 
@@ -116,33 +116,16 @@ impl<B: Backend + SparseMoeOps> Backward<B, 2> for ExpertConvBackward {
             stride,
             padding,
         } = ops.state;
-        let [batch, _, height, width] = input.shape().dims::<4>();
+        let [_, _, height, width] = input.shape().dims::<4>();
         let [_, _, kernel, _] = weight.shape().dims::<4>();
-        let device = input.device();
-        let experts = B::int_zeros(Shape::from([batch]), &device, IntDType::I32);
-        let gate = B::float_ones(Shape::from([batch, 1]), &device, FloatDType::F32);
         if let Some(node) = node_weight {
-            let grad_weight = B::sparse_moe_conv_weight_grad(
-                grad.clone(),
-                input,
-                gate.clone(),
-                experts.clone(),
-                stride,
-                padding,
-                kernel,
-            );
+            let grad_weight =
+                B::expert_conv_weight_grad(grad.clone(), input, stride, padding, kernel);
             grads.register::<B>(node.id, grad_weight);
         }
         if let Some(node) = node_input {
-            let grad_input = B::sparse_moe_conv_input_grad(
-                grad,
-                weight,
-                gate,
-                experts,
-                stride,
-                padding,
-                [height, width],
-            );
+            let grad_input =
+                B::expert_conv_input_grad(grad, weight, stride, padding, [height, width]);
             grads.register::<B>(node.id, grad_input);
         }
     }
@@ -293,6 +276,38 @@ impl<B: Backend + SparseMoeOps, C: CheckpointStrategy> SparseMoeOps for Autodiff
             ),
             OpsKind::UnTracked(prep) => prep.finish(output),
         }
+    }
+
+    fn expert_conv_input_grad(
+        grad_output: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        input_size: [usize; 2],
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::expert_conv_input_grad(
+            grad_output.into_primitive(),
+            weight.into_primitive(),
+            stride,
+            padding,
+            input_size,
+        ))
+    }
+
+    fn expert_conv_weight_grad(
+        grad_output: FloatTensor<Self>,
+        input: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::expert_conv_weight_grad(
+            grad_output.into_primitive(),
+            input.into_primitive(),
+            stride,
+            padding,
+            kernel,
+        ))
     }
 }
 

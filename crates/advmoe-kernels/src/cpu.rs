@@ -855,4 +855,54 @@ impl SparseMoeOps for Flex {
         let out = forward(values(&input), values(&weight), &vec![0; g.batch], None, &g);
         tensor(out, [g.batch, g.c_out, g.h_out, g.w_out])
     }
+
+    fn expert_conv_input_grad(
+        grad_output: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        input_size: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let [height, width] = input_size;
+        let (grad_output, weight) = (f32_contiguous(grad_output), f32_contiguous(weight));
+        let [batch, ..] = dims4(&grad_output);
+        let [_, c_in, ..] = dims4(&weight);
+        let g = Geometry::new(
+            [batch, c_in, height, width],
+            dims4(&weight),
+            1,
+            stride,
+            padding,
+        );
+        let dx = input_grad(
+            values(&grad_output),
+            values(&weight),
+            &vec![0; batch],
+            None,
+            &g,
+        );
+        tensor(dx, [batch, c_in, height, width])
+    }
+
+    fn expert_conv_weight_grad(
+        grad_output: FloatTensor<Self>,
+        input: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    ) -> FloatTensor<Self> {
+        let (grad_output, input) = (f32_contiguous(grad_output), f32_contiguous(input));
+        let [_, c_out, ..] = dims4(&grad_output);
+        let [batch, c_in, ..] = dims4(&input);
+        let shape = [c_out, c_in, kernel, kernel];
+        let g = Geometry::new(dims4(&input), shape, 1, stride, padding);
+        let dw = weight_grad(
+            values(&grad_output),
+            values(&input),
+            &vec![0; batch],
+            None,
+            &g,
+        );
+        tensor(dw, shape)
+    }
 }

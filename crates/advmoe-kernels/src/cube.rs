@@ -7,7 +7,10 @@
 use burn::backend::TensorMetadata;
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
+use std::cell::RefCell;
+
 use burn::backend::wgpu::{CubeBackend, CubeTensor, into_contiguous};
+use burn::cubecl::Device as CubeDevice;
 use burn::cubecl::ir::UIntKind;
 use burn::cubecl::ir::metadata::Info;
 use burn::cubecl::prelude::*;
@@ -505,14 +508,81 @@ impl SparseMoeOps for CubeBackend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self> {
-        // One expert that every sample takes, with a gate of 1: the backward
-        // (`ExpertConvBackward`) runs the gradient kernels the same way.
-        let [batch, ..] = dims4(&input);
-        let device = input.device.clone();
-        let experts = CubeBackend::int_zeros(Shape::from([batch]), &device, IntDType::I32);
-        let gate = CubeBackend::float_ones(Shape::from([batch, 1]), &device, FloatDType::F32);
+        // One expert that every sample takes, with a gate of 1; the gradients run the same way.
+        let (experts, gate) = one_expert(&input);
         Self::sparse_moe_conv(input, weight, gate, experts, stride, padding)
     }
+
+    fn expert_conv_input_grad(
+        grad_output: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        input_size: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let (experts, gate) = one_expert(&grad_output);
+        Self::sparse_moe_conv_input_grad(
+            grad_output,
+            weight,
+            gate,
+            experts,
+            stride,
+            padding,
+            input_size,
+        )
+    }
+
+    fn expert_conv_weight_grad(
+        grad_output: FloatTensor<Self>,
+        input: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    ) -> FloatTensor<Self> {
+        let (experts, gate) = one_expert(&input);
+        Self::sparse_moe_conv_weight_grad(
+            grad_output,
+            input,
+            gate,
+            experts,
+            stride,
+            padding,
+            kernel,
+        )
+    }
+}
+
+thread_local! {
+    /// [`one_expert`]'s operands by device and batch size.
+    static ONE_EXPERT: RefCell<Vec<(CubeDevice, usize, CubeTensor, CubeTensor)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// The operands that make the MoE kernels a plain convolution for a batch of `like`'s size on
+/// its device: every sample on expert 0 (i32 zeros `[batch]`) with a gate of 1 (`[batch, 1]`).
+/// Kept per thread, device and batch size, since the kernels only read them: creating them at
+/// every call launched two fill kernels per plain convolution forward and two backward, about a
+/// tenth of an AdvMoE step's launches. At most a few entries (a run uses one or two batch
+/// sizes); the oldest go when there are more.
+fn one_expert(like: &CubeTensor) -> (CubeTensor, CubeTensor) {
+    const KEPT: usize = 8;
+    let [batch, ..] = dims4(like);
+    ONE_EXPERT.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((.., experts, gate)) = cache
+            .iter()
+            .find(|(device, size, ..)| *size == batch && *device == like.device)
+        {
+            return (experts.clone(), gate.clone());
+        }
+        let experts = CubeBackend::int_zeros(Shape::from([batch]), &like.device, IntDType::I32);
+        let gate = CubeBackend::float_ones(Shape::from([batch, 1]), &like.device, FloatDType::F32);
+        if cache.len() == KEPT {
+            cache.remove(0);
+        }
+        cache.push((like.device.clone(), batch, experts.clone(), gate.clone()));
+        (experts, gate)
+    })
 }
 
 /// Mirrors `struct BatchNormParams` in `shaders/moe_conv_common.wgsl`: six 4-byte scalars in

@@ -106,6 +106,27 @@ pub trait SparseMoeOps: Backend {
         stride: usize,
         padding: usize,
     ) -> FloatTensor<Self>;
+
+    /// Gradient of [`Self::expert_conv`] with respect to its input,
+    /// `[batch, c_in, height, width]` for `input_size = [height, width]`.
+    #[fusion(dtype = grad_output, shape = Shape::from([grad_output[0], weight[1], input_size[0], input_size[1]]))]
+    fn expert_conv_input_grad(
+        grad_output: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        input_size: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// Gradient of [`Self::expert_conv`] with respect to its weight, `[c_out, c_in, kernel, kernel]`.
+    #[fusion(dtype = grad_output, shape = Shape::from([grad_output[1], input[1], *kernel, *kernel]))]
+    fn expert_conv_weight_grad(
+        grad_output: FloatTensor<Self>,
+        input: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        kernel: usize,
+    ) -> FloatTensor<Self>;
 }
 
 /// Batch norm over the channels of `[batch, channels, h, w]` (statistics over the batch and the
