@@ -775,28 +775,15 @@ impl SparseMoeOps for Flex {
         padding: usize,
         input_size: [usize; 2],
     ) -> FloatTensor<Self> {
-        let [height, width] = input_size;
-        let (grad_output, weight) = (f32_contiguous(grad_output), f32_contiguous(weight));
-        let [batch, ..] = dims4(&grad_output);
-        let [_, c_in, ..] = dims4(&weight);
         let [_, num_experts] = gate.shape().dims::<2>();
-        let g = Geometry::new(
-            [batch, c_in, height, width],
-            dims4(&weight),
-            num_experts,
-            stride,
-            padding,
-        );
         let experts = host_experts(experts);
         let scales = gate_scales(gate, &experts);
-        let dx = input_grad(
-            values(&grad_output),
-            values(&weight),
-            &experts,
-            Some(&scales),
-            &g,
-        );
-        tensor(dx, [batch, c_in, height, width])
+        let routed = Routed {
+            experts: &experts,
+            scales: Some(&scales),
+            num_experts,
+        };
+        grad_of_input(grad_output, weight, routed, stride, padding, input_size)
     }
 
     fn sparse_moe_conv_weight_grad(
@@ -808,22 +795,15 @@ impl SparseMoeOps for Flex {
         padding: usize,
         kernel: usize,
     ) -> FloatTensor<Self> {
-        let (grad_output, input) = (f32_contiguous(grad_output), f32_contiguous(input));
-        let [_, c_out, ..] = dims4(&grad_output);
-        let [_, c_in, ..] = dims4(&input);
         let [_, num_experts] = gate.shape().dims::<2>();
-        let shape = [num_experts * c_out, c_in, kernel, kernel];
-        let g = Geometry::new(dims4(&input), shape, num_experts, stride, padding);
         let experts = host_experts(experts);
         let scales = gate_scales(gate, &experts);
-        let dw = weight_grad(
-            values(&grad_output),
-            values(&input),
-            &experts,
-            Some(&scales),
-            &g,
-        );
-        tensor(dw, shape)
+        let routed = Routed {
+            experts: &experts,
+            scales: Some(&scales),
+            num_experts,
+        };
+        grad_of_weight(grad_output, input, routed, stride, padding, kernel)
     }
 
     fn sparse_moe_gate_grad(
@@ -863,25 +843,13 @@ impl SparseMoeOps for Flex {
         padding: usize,
         input_size: [usize; 2],
     ) -> FloatTensor<Self> {
-        let [height, width] = input_size;
-        let (grad_output, weight) = (f32_contiguous(grad_output), f32_contiguous(weight));
         let [batch, ..] = dims4(&grad_output);
-        let [_, c_in, ..] = dims4(&weight);
-        let g = Geometry::new(
-            [batch, c_in, height, width],
-            dims4(&weight),
-            1,
-            stride,
-            padding,
-        );
-        let dx = input_grad(
-            values(&grad_output),
-            values(&weight),
-            &vec![0; batch],
-            None,
-            &g,
-        );
-        tensor(dx, [batch, c_in, height, width])
+        let routed = Routed {
+            experts: &vec![0; batch],
+            scales: None,
+            num_experts: 1,
+        };
+        grad_of_input(grad_output, weight, routed, stride, padding, input_size)
     }
 
     fn expert_conv_weight_grad(
@@ -891,18 +859,68 @@ impl SparseMoeOps for Flex {
         padding: usize,
         kernel: usize,
     ) -> FloatTensor<Self> {
-        let (grad_output, input) = (f32_contiguous(grad_output), f32_contiguous(input));
-        let [_, c_out, ..] = dims4(&grad_output);
-        let [batch, c_in, ..] = dims4(&input);
-        let shape = [c_out, c_in, kernel, kernel];
-        let g = Geometry::new(dims4(&input), shape, 1, stride, padding);
-        let dw = weight_grad(
-            values(&grad_output),
-            values(&input),
-            &vec![0; batch],
-            None,
-            &g,
-        );
-        tensor(dw, shape)
+        let [batch, ..] = dims4(&input);
+        let routed = Routed {
+            experts: &vec![0; batch],
+            scales: None,
+            num_experts: 1,
+        };
+        grad_of_weight(grad_output, input, routed, stride, padding, kernel)
     }
+}
+
+/// Each image's expert, its gate's value there (none: 1) and the number of experts.
+struct Routed<'a> {
+    experts: &'a [usize],
+    scales: Option<&'a [f32]>,
+    num_experts: usize,
+}
+
+/// The gated convolution's gradient with respect to its input, `[batch, c_in, height, width]`.
+fn grad_of_input(
+    grad_output: FlexTensor,
+    weight: FlexTensor,
+    routed: Routed<'_>,
+    stride: usize,
+    padding: usize,
+    [height, width]: [usize; 2],
+) -> FlexTensor {
+    let (grad_output, weight) = (f32_contiguous(grad_output), f32_contiguous(weight));
+    let [batch, ..] = dims4(&grad_output);
+    let [_, c_in, ..] = dims4(&weight);
+    let input = [batch, c_in, height, width];
+    let g = Geometry::new(input, dims4(&weight), routed.num_experts, stride, padding);
+    let dx = input_grad(
+        values(&grad_output),
+        values(&weight),
+        routed.experts,
+        routed.scales,
+        &g,
+    );
+    tensor(dx, input)
+}
+
+/// The gated convolution's gradient with respect to its weight,
+/// `[num_experts * c_out, c_in, kernel, kernel]`.
+fn grad_of_weight(
+    grad_output: FlexTensor,
+    input: FlexTensor,
+    routed: Routed<'_>,
+    stride: usize,
+    padding: usize,
+    kernel: usize,
+) -> FlexTensor {
+    let (grad_output, input) = (f32_contiguous(grad_output), f32_contiguous(input));
+    let [_, c_out, ..] = dims4(&grad_output);
+    let [_, c_in, ..] = dims4(&input);
+    let shape = [routed.num_experts * c_out, c_in, kernel, kernel];
+    let g = Geometry::new(dims4(&input), shape, routed.num_experts, stride, padding);
+    let dw = weight_grad(
+        values(&grad_output),
+        values(&input),
+        routed.experts,
+        routed.scales,
+        &g,
+    );
+    tensor(dw, shape)
 }
