@@ -1,14 +1,15 @@
 //! Launchers of the WGSL shaders on Burn's CubeCL backend (`wgpu` devices).
 //!
-//! Every launch reads the expert indices from a device buffer: nothing is read back to the CPU
-//! and there is no loop over experts on the host. Inputs are made contiguous f32 (indices i32)
+//! Every MoE conv launch reads the expert indices from a device buffer: nothing is read back to
+//! the CPU and there is no loop over experts on the host. The batch-norm launches pass a
+//! per-channel table between them on the device. Inputs are made contiguous f32 (indices i32)
 //! first, because the shaders index flat row-major arrays.
+
+use std::cell::RefCell;
 
 use burn::backend::TensorMetadata;
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use std::cell::RefCell;
-
 use burn::backend::wgpu::{CubeBackend, CubeTensor, into_contiguous};
 use burn::cubecl::Device as CubeDevice;
 use burn::cubecl::ir::UIntKind;

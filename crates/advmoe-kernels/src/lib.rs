@@ -16,6 +16,11 @@
 //! ([`set_own_gpu_conv`]). Everywhere else, and as the oracle of the parity tests,
 //! [`reference::moe_conv`] runs all experts and selects.
 //!
+//! The models' batch norms, with the ReLU that follows them, are a second extension
+//! ([`BatchNormOps`]: [`fused_batch_norm_train`], [`fused_batch_norm_eval`]): on `wgpu` WGSL
+//! kernels that launch two kernels forward and one or two backward where tensor operations
+//! launch dozens, on the CPU Burn's own operations.
+//!
 //! This crate must not read GPU data back, nor loop over experts on the host for a GPU.
 
 mod autodiff;

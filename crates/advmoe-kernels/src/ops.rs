@@ -2,7 +2,8 @@
 //! a Burn backend.
 //!
 //! Implemented for the CubeCL backend (Burn's `wgpu` devices; [`crate::cube`]), for Burn's CPU
-//! backend (`flex`; [`crate::cpu`]) and for `Autodiff` over either ([`crate::autodiff`]). Other
+//! backend (`flex`; [`crate::cpu`], the batch norm in `norm.rs`) and for `Autodiff` over either
+//! ([`crate::autodiff`]). Other
 //! backends are not listed: callers check [`crate::sparse_supported`] first and use
 //! [`crate::reference`] there. With this crate's `fusion` feature (Burn's kernel fusion, which
 //! wraps the CubeCL backend in `Fusion`), each operation is also registered with the fusion
