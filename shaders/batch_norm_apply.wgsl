@@ -1,8 +1,8 @@
 // Batch norm, forward, second launch (train and eval mode alike), with the ReLU that follows it
 // when params.relu is 1:
 //   y = (x - mean[c]) * scale[c] + beta[c],  then  y = 0 where y <= 0
-// from the table (moe_conv_common.wgsl: ROW_*). A NaN passes the ReLU as NaN, as Burn's relu
-// keeps it, so a diverged run is still seen as one.
+// from the table (moe_conv_common.wgsl: ROW_*, batch_norm_value, relu_cuts). A NaN passes the
+// ReLU as NaN, as Burn's relu keeps it, so a diverged run is still seen as one.
 //
 // Bindings (all read_write storage, as in the MoE conv shaders; contiguous row-major f32):
 //   0 x      [batch, channels, h, w]
@@ -29,6 +29,6 @@ fn main(
         return;
     }
     let c = (i / params.pixels) % channels;
-    let v = fma(x[i] - table[ROW_MEAN * channels + c], table[ROW_SCALE * channels + c], table[ROW_BETA * channels + c]);
-    y[i] = select(v, 0.0, params.relu == 1u && v <= 0.0);
+    let v = batch_norm_value(x[i] - table[ROW_MEAN * channels + c], table[ROW_SCALE * channels + c], table[ROW_BETA * channels + c]);
+    y[i] = select(v, 0.0, relu_cuts(params.relu, v));
 }

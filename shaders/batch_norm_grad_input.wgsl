@@ -41,7 +41,7 @@ fn main(
     let c = (i / params.pixels) % channels;
     let centred = x[i] - table[ROW_MEAN * channels + c];
     let scale = table[ROW_SCALE * channels + c];
-    let cut = params.relu == 1u && fma(centred, scale, table[ROW_BETA * channels + c]) <= 0.0;
+    let cut = relu_cuts(params.relu, batch_norm_value(centred, scale, table[ROW_BETA * channels + c]));
     var g = select(grad[i], 0.0, cut);
     if (params.train == 1u) {
         let x_hat = centred * table[ROW_INV_STD * channels + c];

@@ -3,7 +3,7 @@
 //   grad_beta[c]  = sum over (b, p) of g[b, c, p]
 //   grad_gamma[c] = sum over (b, p) of g[b, c, p] * (x[b, c, p] - mean[c]) * inv_std[c]
 // with g the output's gradient, zeroed where the ReLU (params.relu) cut the output: the output
-// is recomputed from x and the table exactly as batch_norm_apply.wgsl computed it.
+// is recomputed from x and the table with the forward's function (batch_norm_value).
 //
 // One workgroup per channel, a strided partial sum per thread, then a tree reduction in
 // workgroup memory.
@@ -46,7 +46,7 @@ fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index
         let b = i / pixels;
         let index = (b * channels + c) * pixels + (i - b * pixels);
         let centred = x[index] - mu;
-        let cut = params.relu == 1u && fma(centred, scale, shift) <= 0.0;
+        let cut = relu_cuts(params.relu, batch_norm_value(centred, scale, shift));
         let g = select(grad[index], 0.0, cut);
         sum_g += g;
         sum_gx = fma(g, centred * inv_std, sum_gx);

@@ -44,6 +44,19 @@ const ROW_INV_STD: u32 = 1u;
 const ROW_SCALE: u32 = 2u;
 const ROW_BETA: u32 = 3u;
 
+// The batch norm's output before its ReLU, from the centred input (x - mean) and the channel's
+// scale and shift. The forward and both backward kernels compute it with this one function, so
+// the backward's ReLU cut is exactly where the forward cut.
+fn batch_norm_value(centred: f32, scale: f32, shift: f32) -> f32 {
+    return fma(centred, scale, shift);
+}
+
+// Whether the ReLU (when `relu` is 1) cut the value `v` to zero. A NaN is not cut: it stays NaN,
+// as Burn's relu keeps it.
+fn relu_cuts(relu: u32, v: f32) -> bool {
+    return relu == 1u && v <= 0.0;
+}
+
 // Tile shape of the matrix-product shaders: the launcher rewrites these two lines. Each thread
 // computes 4 x 4 outputs; the direct variants ignore TILE_K and the tiles below.
 const TILE_M: u32 = 64u;

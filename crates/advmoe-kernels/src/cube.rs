@@ -259,6 +259,11 @@ fn empty_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     )
 }
 
+/// Zeros on `like`'s device (an empty batch's outputs, with nothing to bind).
+fn zeros_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    CubeBackend::float_zeros(shape, &like.device, FloatDType::F32)
+}
+
 /// Launch `shader` over `[inputs.., outputs.., params]`: every buffer is bound in that order.
 fn launch_into(
     shader: Shader,
@@ -296,7 +301,7 @@ fn launch(
     if geometry.batch == 0 {
         // Nothing to bind (an empty batch has no expert indices); an empty batch adds nothing
         // to any expert's weight gradient.
-        return CubeBackend::float_zeros(output_shape, &first.device, FloatDType::F32);
+        return zeros_f32(first, output_shape);
     }
     let output = empty_f32(first, output_shape);
     launch_into(shader, tile, count, inputs, &[&output], &geometry.bytes());
@@ -323,8 +328,7 @@ fn forward(
         geometry.w_out,
     ]);
     if geometry.batch == 0 {
-        let empty = || CubeBackend::float_zeros(shape.clone(), &input.device, FloatDType::F32);
-        return (empty(), empty());
+        return (zeros_f32(&input, shape.clone()), zeros_f32(&input, shape));
     }
     let pixels = geometry.h_out * geometry.w_out;
     let variant = variant_for(&input);
@@ -655,11 +659,6 @@ fn launch_norm(
         outputs,
         &shape.bytes(),
     );
-}
-
-/// Zeros on `like`'s device (an empty batch's outputs, with nothing to bind).
-fn zeros_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
-    CubeBackend::float_zeros(shape, &like.device, FloatDType::F32)
 }
 
 impl BatchNormOps for CubeBackend {

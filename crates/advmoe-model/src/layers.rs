@@ -213,52 +213,44 @@ impl Bn {
             BatchNormPath::Burn
         };
         let (gamma, beta) = (self.gamma.val(), self.beta.val());
-        if !train {
-            let (mean, var) = (self.running_mean.val(), self.running_var.val());
-            if path == BatchNormPath::Fused {
-                return advmoe_kernels::fused_batch_norm_eval(
-                    x, gamma, beta, mean, var, BN_EPS, relu,
-                );
-            }
-            let output = burn::tensor::module::batch_norm(x, gamma, beta, mean, var, BN_EPS);
-            return if relu {
-                activation::relu(output)
+        let (mean, var) = (self.running_mean.val(), self.running_var.val());
+        if path == BatchNormPath::Fused {
+            // The ReLU is part of the fused operation.
+            return if train {
+                self.record(
+                    advmoe_kernels::fused_batch_norm_train(x, gamma, beta, BN_EPS, relu),
+                    updates,
+                )
             } else {
-                output
+                advmoe_kernels::fused_batch_norm_eval(x, gamma, beta, mean, var, BN_EPS, relu)
             };
         }
-        let [b, _, h, w] = x.dims();
-        let n = (b * h * w) as f64;
-        let (output, mean, variance) = match path {
-            BatchNormPath::Fused => {
-                return self.record(
-                    advmoe_kernels::fused_batch_norm_train(x, gamma, beta, BN_EPS, relu),
-                    n,
-                    updates,
-                );
+        let output = match (train, path) {
+            (false, _) => burn::tensor::module::batch_norm(x, gamma, beta, mean, var, BN_EPS),
+            (true, BatchNormPath::Wide) => {
+                self.record(batch_norm_train_wide(x, gamma, beta, BN_EPS), updates)
             }
-            BatchNormPath::Wide => batch_norm_train_wide(x, gamma, beta, BN_EPS),
-            BatchNormPath::Burn => {
+            (true, _) => {
                 let out = burn::tensor::module::batch_norm_train(x, gamma, beta, BN_EPS);
-                (out.output, out.mean, out.variance)
+                self.record((out.output, out.mean, out.variance), updates)
             }
         };
-        let output = if relu {
+        if relu {
             activation::relu(output)
         } else {
             output
-        };
-        self.record((output, mean, variance), n, updates)
+        }
     }
 
-    /// Record the batch's statistics (`mean`, biased `variance`, over `n` values per channel) in
-    /// `updates` and return the output.
+    /// Record the batch's statistics (`mean` and biased `variance` of the output's batch and
+    /// pixels per channel) in `updates` and return the output.
     fn record(
         &self,
         (output, mean, variance): (Tensor<4>, Tensor<1>, Tensor<1>),
-        n: f64,
         updates: &mut Vec<crate::BnUpdate>,
     ) -> Tensor<4> {
+        let [b, _, h, w] = output.dims();
+        let n = (b * h * w) as f64;
         let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         updates.push(crate::BnUpdate {
             path: self.path.clone(),
