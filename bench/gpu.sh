@@ -51,18 +51,18 @@ steps() {
   "$binary" bench steps --out "$out" --batch "$BATCH" --reps "$REPS" --width "$WIDTH" \
     --router "${ROUTER:-image}" --device gpu "$@" > /dev/null
 }
-echo "== the same steps with the plain convolutions on Burn's conv2d" >&2
-steps "$ADVMOE" "$OUT/burn-conv/steps" --gpu-conv burn
-python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-conv/steps/product.json" \
-  --labels "own kernels" "Burn's conv2d" | tee "$OUT/burn-conv/burn-conv.md"
-echo "== the same steps with Burn's batch norm" >&2
-steps "$ADVMOE" "$OUT/burn-bn/steps" --batch-norm burn
-python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/burn-bn/steps/product.json" \
-  --labels "fused kernels" "Burn's batch norm" | tee "$OUT/burn-bn/burn-bn.md"
-echo "== the same steps with the wide batch-norm reductions" >&2
-steps "$ADVMOE" "$OUT/wide-bn/steps" --batch-norm wide
-python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/wide-bn/steps/product.json" \
-  --labels "fused kernels" "wide reductions" | tee "$OUT/wide-bn/wide-bn.md"
+# The step kinds again with one of the product's paths swapped for an alternative, and the table
+# of the two: folder name (NAME/NAME.md), the product path's label, the alternative's, its flags.
+alternative() {
+  local name=$1 ours=$2 theirs=$3; shift 3
+  echo "== the same steps with $theirs" >&2
+  steps "$ADVMOE" "$OUT/$name/steps" "$@"
+  python3 bench/steps_ab.py "$OUT/steps/gpu/product.json" "$OUT/$name/steps/product.json" \
+    --labels "$ours" "$theirs" | tee "$OUT/$name/$name.md"
+}
+alternative burn-conv "own kernels" "Burn's conv2d" --gpu-conv burn
+alternative burn-bn "fused kernels" "Burn's batch norm" --batch-norm burn
+alternative wide-bn "fused kernels" "wide reductions" --batch-norm wide
 echo "== CubeCL's kernel profile of the steps" >&2
 # Timing every launch slows a run down, so the times above come from runs without it.
 mkdir -p "$OUT/profile"
