@@ -17,6 +17,10 @@
 #   wide-bn/           the same with the train-mode statistics out of tensor operations summed per
 #                      image, then over the batch (`--batch-norm wide`, the default before the
 #                      fused kernels), and wide-bn.md
+#   burn-elementwise/  the same with the element-wise updates (each parameter's optimiser step,
+#                      the running statistics, each L-inf attack step, the residual ReLU) as Burn's
+#                      tensor operations (`--elementwise burn`) instead of one kernel of ours each,
+#                      and burn-elementwise.md
 #   profile/           CubeCL's kernel profile of two calls of each of PROFILE_KINDS (default
 #                      advmoe,trades,pgd10-eval): <kind>/profile.log (every launch timed) and
 #                      profile.md (bench/profile.py: the time by kernel family and the top kernels)
@@ -63,6 +67,7 @@ alternative() {
 alternative burn-conv "own kernels" "Burn's conv2d" --gpu-conv burn
 alternative burn-bn "fused kernels" "Burn's batch norm" --batch-norm burn
 alternative wide-bn "fused kernels" "wide reductions" --batch-norm wide
+alternative burn-elementwise "element-wise kernels" "Burn's element-wise operations" --elementwise burn
 echo "== CubeCL's kernel profile of the steps" >&2
 # Timing every launch slows a run down, so the times above come from runs without it.
 mkdir -p "$OUT/profile"

@@ -36,6 +36,43 @@ struct BatchNormParams {
     epsilon: f32,
 }
 
+// The element-wise kernels' scalars (sgd_step.wgsl, adam_step.wgsl, running_stats.wgsl,
+// add_relu.wgsl, relu_grad.wgsl, linf_step.wgsl): two u32 and fourteen f32, 64 bytes, mirrored by `UpdateParams`
+// in crates/advmoe-kernels/src/cube.rs. Each kernel reads the fields it names.
+struct UpdateParams {
+    // Elements of each bound tensor.
+    count: u32,
+    // 1: the state (SGD's momentum buffer, Adam's moments) is bound; 0: it starts with this step
+    // (its bindings are one-value stand-ins).
+    has_state: u32,
+    lr: f32,
+    // SGD's momentum; the running statistics' weight of the batch.
+    momentum: f32,
+    // The running statistics' weight of their old value, 1 - momentum (rounded from f64).
+    keep: f32,
+    // Weight decay, added to the gradient as weight_decay * param when above zero.
+    weight_decay: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    // Adam's bias corrections 1 - beta^t.
+    bias1: f32,
+    bias2: f32,
+    eps: f32,
+    // The batch variance's factor n / (n - 1) to the unbiased one.
+    unbiased: f32,
+    // An L-infinity attack step's size and the ball's radius.
+    step_size: f32,
+    radius: f32,
+}
+
+// The element a thread of a 256-wide workgroup on a (min(groups, 65535), ceil(groups / 65535))
+// grid owns.
+fn element_index(group: vec3<u32>, groups: vec3<u32>, lid: u32) -> u32 {
+    return (group.y * groups.x + group.x) * 256u + lid;
+}
+
 // The batch-norm kernels' per-channel table, rows of `channels` values each: the mean, the
 // inverse standard deviation 1 / sqrt(var + eps), the scale gamma / sqrt(var + eps) and the
 // shift beta. The normalised value is (x - mean) * scale + beta.

@@ -980,3 +980,66 @@ fn the_router_term_adds_the_routers_partition_cross_entropy() {
         serde_json::from_str(&serde_json::to_string(&released).unwrap()).unwrap();
     assert_eq!(back, released);
 }
+
+/// An L∞ attack step on its one kernel (`advmoe_kernels::linf_step`, what FGSM and PGD run on
+/// `wgpu`) computes what the tensor operations compute (the CPU's path), bit for bit: the sign
+/// step (zero gradients stay put), the clamp to the ε-ball and to [0, 1]; every result lies in
+/// both. A NaN gradient gives a NaN pixel.
+#[test]
+fn the_linf_step_kernel_matches_the_tensor_operations() {
+    let device = gpu();
+    let mut rng = Rng::seed(23);
+    let shape = [3, 3, 9, 11];
+    let n: usize = shape.iter().product();
+    let center: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+    // Start anywhere within 0.05 of the center (outside the ball too), clamped into [0, 1].
+    let x: Vec<f32> = center
+        .iter()
+        .map(|c| (c + 0.1 * (rng.uniform() - 0.5)).clamp(0.0, 1.0))
+        .collect();
+    let grad: Vec<f32> = (0..n)
+        .map(|i| if i % 7 == 0 { 0.0 } else { rng.normal() })
+        .collect();
+    let (eps, step) = (8.0 / 255.0, 2.0 / 255.0);
+    let t = |v: &Vec<f32>| tensor4(v.clone(), shape, &device);
+    let ours = read(advmoe_kernels::linf_step(
+        t(&x),
+        t(&grad),
+        t(&center),
+        f64::from(step),
+        f64::from(eps),
+    ));
+    let tensors = read(advmoe_kernels::reference::linf_step(
+        t(&x),
+        t(&grad),
+        t(&center),
+        f64::from(step),
+        f64::from(eps),
+    ));
+    let differ = ours.iter().zip(&tensors).filter(|(a, b)| a != b).count();
+    assert_eq!(differ, 0, "the kernel and the tensor operations differ");
+    for i in 0..n {
+        assert!((0.0..=1.0).contains(&ours[i]));
+        assert!(
+            (ours[i] - center[i]).abs() <= eps + 1e-7,
+            "pixel {i} outside the ball"
+        );
+        let moved = (x[i] + grad[i].signum() * step - center[i]).clamp(-eps, eps);
+        let expected = if grad[i] == 0.0 {
+            (x[i] - center[i]).clamp(-eps, eps)
+        } else {
+            moved
+        };
+        assert!((ours[i] - (center[i] + expected).clamp(0.0, 1.0)).abs() <= 1e-6);
+    }
+    let mut with_nan = grad.clone();
+    with_nan[3] = f32::NAN;
+    let out = read(advmoe_kernels::linf_step(
+        t(&x),
+        t(&with_nan),
+        t(&center),
+        f64::from(step),
+        f64::from(eps),
+    ));
+    assert!(out[3].is_nan(), "a NaN gradient shows");
+}

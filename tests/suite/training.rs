@@ -294,66 +294,222 @@ fn a_step_through_frozen_parameters_updates_the_rest_as_before() {
 /// statistics of a batch norm that several passes had seen.)
 #[test]
 fn the_running_statistics_fold_every_pass_in_order() {
-    let device = cpu();
-    let model = MoeNet::new(&advmoe_core::ModelSpec::resnet(8, 1, 2, 0.5), 5, &device).unwrap();
-    let mut rng = advmoe_core::Rng::seed(3);
-    let mut batch = |scale: f32| {
-        crate::common::tensor4(
-            (0..6 * 3 * 32 * 32)
-                .map(|_| scale * rng.uniform())
-                .collect(),
-            [6, 3, 32, 32],
-            &device,
-        )
-    };
-    let (first, second) = (batch(1.0), batch(0.5));
-    let a = model.forward(first, Mode::Train).bn_updates;
-    let b = model.forward(second, Mode::Train).bn_updates;
-    let vec1 = |t: burn::tensor::Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
-    let stats = |updates: &[advmoe_model::BnUpdate], path: &str| {
-        let u = updates.iter().find(|u| u.path == path).unwrap();
-        (vec1(u.mean.clone()), vec1(u.var.clone()))
-    };
-    let mut both = a.clone();
-    both.extend(b.clone());
-    let folded = model.clone().apply_bn_updates(both);
-    let reversed = {
-        let mut both = b.clone();
-        both.extend(a.clone());
-        model.clone().apply_bn_updates(both)
-    };
-    let running = |m: &MoeNet, path: &str| {
-        let bn = match path {
-            "resnet.stem_bn" => &m.resnet.as_ref().unwrap().stem_bn,
-            _ => &m.router.as_ref().unwrap().bns[0],
+    // The CPU folds with tensor operations, `wgpu` with one kernel per pass and batch norm.
+    for device in [cpu(), gpu()] {
+        let model = MoeNet::new(&advmoe_core::ModelSpec::resnet(8, 1, 2, 0.5), 5, &device).unwrap();
+        let mut rng = advmoe_core::Rng::seed(3);
+        let mut batch = |scale: f32| {
+            crate::common::tensor4(
+                (0..6 * 3 * 32 * 32)
+                    .map(|_| scale * rng.uniform())
+                    .collect(),
+                [6, 3, 32, 32],
+                &device,
+            )
         };
-        (vec1(bn.running_mean.val()), vec1(bn.running_var.val()))
-    };
-    for path in ["resnet.stem_bn", "router.bns.0"] {
-        let ((mean_a, var_a), (mean_b, var_b)) = (stats(&a, path), stats(&b, path));
-        // Initial statistics: mean 0, variance 1.
-        let expected_mean: Vec<f32> = mean_a
+        let (first, second) = (batch(1.0), batch(0.5));
+        let a = model.forward(first, Mode::Train).bn_updates;
+        let b = model.forward(second, Mode::Train).bn_updates;
+        let vec1 = |t: burn::tensor::Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let stats = |updates: &[advmoe_model::BnUpdate], path: &str| {
+            let u = updates.iter().find(|u| u.path == path).unwrap();
+            (vec1(u.mean.clone()), vec1(u.unbiased_var()))
+        };
+        let mut both = a.clone();
+        both.extend(b.clone());
+        let folded = model.clone().apply_bn_updates(both);
+        let reversed = {
+            let mut both = b.clone();
+            both.extend(a.clone());
+            model.clone().apply_bn_updates(both)
+        };
+        let running = |m: &MoeNet, path: &str| {
+            let bn = match path {
+                "resnet.stem_bn" => &m.resnet.as_ref().unwrap().stem_bn,
+                _ => &m.router.as_ref().unwrap().bns[0],
+            };
+            (vec1(bn.running_mean.val()), vec1(bn.running_var.val()))
+        };
+        for path in ["resnet.stem_bn", "router.bns.0"] {
+            let ((mean_a, var_a), (mean_b, var_b)) = (stats(&a, path), stats(&b, path));
+            // Initial statistics: mean 0, variance 1.
+            let expected_mean: Vec<f32> = mean_a
+                .iter()
+                .zip(&mean_b)
+                .map(|(a, b)| 0.09 * a + 0.1 * b)
+                .collect();
+            let expected_var: Vec<f32> = var_a
+                .iter()
+                .zip(&var_b)
+                .map(|(a, b)| 0.81 + 0.09 * a + 0.1 * b)
+                .collect();
+            let (mean, var) = running(&folded, path);
+            assert!(
+                crate::common::max_abs_diff(&mean, &expected_mean) < 1e-6,
+                "{path}: {mean:?} vs {expected_mean:?}"
+            );
+            assert!(
+                crate::common::max_abs_diff(&var, &expected_var) < 1e-5,
+                "{path}: {var:?} vs {expected_var:?}"
+            );
+            // The order matters, and the two batches differ enough to show it.
+            let (mean_r, _) = running(&reversed, path);
+            assert!(crate::common::max_abs_diff(&mean, &mean_r) > 1e-3, "{path}");
+        }
+    }
+}
+
+/// The optimisers' and running statistics' update kernels (one launch per parameter or batch
+/// norm on `wgpu`) compute what the tensor operations compute ([`advmoe_kernels::reference`],
+/// the CPU's path), and both what the formulas give, computed here on the host: SGD with and
+/// without momentum state and weight decay, Adam starting and continuing its moments, and the
+/// running statistics' fold. Sizes cross a workgroup's 256 elements.
+#[test]
+fn update_kernels_compute_the_optimisers_steps() {
+    use advmoe_kernels::{AdamHyper, reference};
+    use burn::tensor::{Tensor, TensorData};
+    let device = gpu();
+    let mut rng = advmoe_core::Rng::seed(5);
+    let vec1 = |t: Tensor<1>| t.into_data().try_into_vec_as::<f32>().unwrap();
+    let mut checked = 0;
+    for n in [1, 7, 517] {
+        let mut values =
+            |offset: f32| -> Vec<f32> { (0..n).map(|_| offset + rng.normal()).collect() };
+        let (p, g, b) = (values(0.0), values(0.0), values(0.0));
+        let v: Vec<f32> = values(0.0).iter().map(|x| x * x).collect();
+        let t = |v: &Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [n]), &device);
+        // Each output against the reference's (same device) and the host's formula.
+        let mut agree = |label: &str, kernel: Tensor<1>, reference: Tensor<1>, host: Vec<f32>| {
+            let (kernel, reference) = (vec1(kernel), vec1(reference));
+            let scale = host.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+            let to_reference = crate::common::max_abs_diff(&kernel, &reference) / scale;
+            let to_host = crate::common::max_abs_diff(&kernel, &host) / scale;
+            assert!(
+                to_reference < 1e-6,
+                "{label}, n = {n}: kernel vs tensor ops {to_reference}"
+            );
+            assert!(
+                to_host < 1e-5,
+                "{label}, n = {n}: kernel vs formula {to_host}"
+            );
+            checked += 1;
+        };
+        for (momentum, weight_decay, with_buf) in [
+            (0.9, 5e-4, true),
+            (0.9, 5e-4, false),
+            (0.9, 0.0, true),
+            (0.0, 1e-2, false),
+        ] {
+            let buf = with_buf.then(|| t(&b));
+            let lr = 0.05;
+            let (kp, kb) =
+                advmoe_kernels::sgd_step(t(&p), t(&g), buf.clone(), lr, momentum, weight_decay);
+            let (rp, rb) = reference::sgd_step(t(&p), t(&g), buf, lr, momentum, weight_decay);
+            let host_buf: Vec<f32> = (0..n)
+                .map(|i| {
+                    let gi = g[i] + weight_decay as f32 * p[i];
+                    if with_buf {
+                        momentum as f32 * b[i] + gi
+                    } else {
+                        gi
+                    }
+                })
+                .collect();
+            let host_p: Vec<f32> = (0..n).map(|i| p[i] - lr as f32 * host_buf[i]).collect();
+            let label = format!("SGD m {momentum} wd {weight_decay} buf {with_buf}");
+            agree(&format!("{label}: param"), kp, rp, host_p);
+            agree(&format!("{label}: buf"), kb, rb, host_buf);
+        }
+        for (step, weight_decay, with_state) in [(1, 0.0, false), (7, 1e-4, true)] {
+            let hyper = AdamHyper {
+                lr: 1e-3,
+                weight_decay,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                step,
+            };
+            let moments = with_state.then(|| (t(&b), t(&v)));
+            let (kp, km, kv) = advmoe_kernels::adam_step(t(&p), t(&g), moments.clone(), hyper);
+            let (rp, rm, rv) = reference::adam_step(t(&p), t(&g), moments, hyper);
+            let (mut host_p, mut host_m, mut host_v) = (vec![], vec![], vec![]);
+            for i in 0..n {
+                let gi = (f64::from(g[i]) + weight_decay * f64::from(p[i])) as f32;
+                let (m0, v0) = if with_state { (b[i], v[i]) } else { (0.0, 0.0) };
+                let m = 0.9 * m0 + 0.1 * gi;
+                let v = 0.999 * v0 + 0.001 * gi * gi;
+                let m_hat = f64::from(m) / (1.0 - 0.9f64.powi(step));
+                let v_hat = f64::from(v) / (1.0 - 0.999f64.powi(step));
+                host_p.push((f64::from(p[i]) - 1e-3 * m_hat / (v_hat.sqrt() + 1e-8)) as f32);
+                host_m.push(m);
+                host_v.push(v);
+            }
+            let label = format!("Adam step {step} state {with_state}");
+            agree(&format!("{label}: param"), kp, rp, host_p);
+            agree(&format!("{label}: m"), km, rm, host_m);
+            agree(&format!("{label}: v"), kv, rv, host_v);
+        }
+        let (unbiased, momentum) = (1.25, 0.1);
+        let (km, kv) =
+            advmoe_kernels::running_stats_step(t(&p), t(&v), t(&g), t(&b), momentum, unbiased);
+        let (rm, rv) =
+            reference::running_stats_step(t(&p), t(&v), t(&g), t(&b), momentum, unbiased);
+        let host_mean: Vec<f32> = (0..n).map(|i| 0.9 * p[i] + 0.1 * g[i]).collect();
+        let host_var: Vec<f32> = (0..n).map(|i| 0.9 * v[i] + 0.1 * 1.25 * b[i]).collect();
+        agree("running mean", km, rm, host_mean);
+        agree("running var", kv, rv, host_var);
+    }
+    assert_eq!(checked, 3 * (4 * 2 + 2 * 3 + 2));
+}
+
+/// A residual block's end on our kernels, `advmoe_kernels::add_relu` (one launch forward, one
+/// backward on `wgpu`), computes what Burn's `relu(a + b)` computes, on lavapipe and the CPU:
+/// the output and both inputs' gradients exactly, sums that cancel to zero (where the ReLU cuts
+/// and its gradient stops) included, and a NaN stays NaN.
+#[test]
+fn the_residual_relu_matches_burns() {
+    use burn::tensor::Tensor;
+    let mut rng = advmoe_core::Rng::seed(17);
+    let shape = [3, 5, 7, 9];
+    let n = shape.iter().product::<usize>();
+    let a: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    // Every fifth entry cancels a's exactly.
+    let b: Vec<f32> = (0..n)
+        .map(|i| if i % 5 == 0 { -a[i] } else { rng.normal() })
+        .collect();
+    let upstream: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+    for device in [gpu().autodiff(), cpu().autodiff()] {
+        let run = |ours: bool| {
+            let ta = crate::common::tensor4(a.clone(), shape, &device).require_grad();
+            let tb = crate::common::tensor4(b.clone(), shape, &device).require_grad();
+            let out = if ours {
+                advmoe_kernels::add_relu(ta.clone(), tb.clone())
+            } else {
+                burn::tensor::activation::relu(ta.clone() + tb.clone())
+            };
+            let up = crate::common::tensor4(upstream.clone(), shape, &device);
+            let grads = (out.clone() * up).sum().backward();
+            let g = |t: &Tensor<4>| {
+                crate::common::read(Tensor::<4>::from_inner(t.grad(&grads).unwrap()))
+            };
+            [crate::common::read(out), g(&ta), g(&tb)]
+        };
+        let (ours, burns) = (run(true), run(false));
+        for (what, (x, y)) in ["output", "grad a", "grad b"]
             .iter()
-            .zip(&mean_b)
-            .map(|(a, b)| 0.09 * a + 0.1 * b)
-            .collect();
-        let expected_var: Vec<f32> = var_a
-            .iter()
-            .zip(&var_b)
-            .map(|(a, b)| 0.81 + 0.09 * a + 0.1 * b)
-            .collect();
-        let (mean, var) = running(&folded, path);
-        assert!(
-            crate::common::max_abs_diff(&mean, &expected_mean) < 1e-6,
-            "{path}: {mean:?} vs {expected_mean:?}"
-        );
-        assert!(
-            crate::common::max_abs_diff(&var, &expected_var) < 1e-5,
-            "{path}: {var:?} vs {expected_var:?}"
-        );
-        // The order matters, and the two batches differ enough to show it.
-        let (mean_r, _) = running(&reversed, path);
-        assert!(crate::common::max_abs_diff(&mean, &mean_r) > 1e-3, "{path}");
+            .zip(ours.iter().zip(&burns))
+        {
+            let differ = x.iter().zip(y).filter(|(p, q)| p != q).count();
+            assert_eq!(differ, 0, "{what} on {device:?}: values differ from Burn's");
+        }
+        // The cancelled sums are cut, and their gradient with them.
+        assert!(ours[0].iter().step_by(5).all(|v| *v == 0.0));
+        assert!(ours[1].iter().step_by(5).all(|v| *v == 0.0));
+        let mut with_nan = a.clone();
+        with_nan[1] = f32::NAN;
+        let t = |v: &Vec<f32>| crate::common::tensor4(v.clone(), shape, &device);
+        let out = crate::common::read(advmoe_kernels::add_relu(t(&with_nan), t(&b)));
+        assert!(out[1].is_nan(), "a NaN passes the ReLU on {device:?}");
     }
 }
 

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use advmoe_core::OptimizerKind;
+use advmoe_kernels::AdamHyper;
 use advmoe_model::checkpoint::NamedTensor;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
@@ -156,41 +157,43 @@ impl Optimizer {
         Ok(())
     }
 
+    /// One parameter's step: on `wgpu` one kernel launch ([`advmoe_kernels::sgd_step`],
+    /// [`advmoe_kernels::adam_step`]), elsewhere the same arithmetic in tensor operations.
     fn update(&mut self, path: &str, param: Tensor<1>, grad: Tensor<1>, lr: f64) -> Tensor<1> {
-        let grad = if self.weight_decay > 0.0 {
-            grad + param.clone().mul_scalar(self.weight_decay)
-        } else {
-            grad
-        };
+        let state = self.state.remove(path);
         match self.kind {
             OptimizerKind::Sgd => {
-                let buf = match self.state.remove(path) {
-                    Some(mut s) if self.momentum > 0.0 => {
-                        s.remove(0).mul_scalar(self.momentum) + grad
-                    }
-                    _ => grad,
-                };
-                let out = param - buf.clone().mul_scalar(lr);
+                let buf = state
+                    .filter(|_| self.momentum > 0.0)
+                    .and_then(|mut s| s.pop());
+                let (out, buf) = advmoe_kernels::sgd_step(
+                    param,
+                    grad,
+                    buf,
+                    lr,
+                    self.momentum,
+                    self.weight_decay,
+                );
                 if self.momentum > 0.0 {
                     self.state.insert(path.to_string(), vec![buf]);
                 }
                 out
             }
             OptimizerKind::Adam => {
-                let (m, v) = match self.state.remove(path) {
-                    Some(mut s) if s.len() == 2 => {
-                        let v = s.pop().expect("two moments");
-                        let m = s.pop().expect("two moments");
-                        (m, v)
-                    }
-                    _ => (grad.zeros_like(), grad.zeros_like()),
+                let moments = state.filter(|s| s.len() == 2).map(|mut s| {
+                    let v = s.pop().expect("two moments");
+                    let m = s.pop().expect("two moments");
+                    (m, v)
+                });
+                let hyper = AdamHyper {
+                    lr,
+                    weight_decay: self.weight_decay,
+                    beta1: ADAM_BETA1,
+                    beta2: ADAM_BETA2,
+                    eps: ADAM_EPS,
+                    step: i32::try_from(self.steps).unwrap_or(i32::MAX),
                 };
-                let m = m.mul_scalar(ADAM_BETA1) + grad.clone().mul_scalar(1.0 - ADAM_BETA1);
-                let v = v.mul_scalar(ADAM_BETA2) + grad.square().mul_scalar(1.0 - ADAM_BETA2);
-                let t = self.steps as i32;
-                let m_hat = m.clone().div_scalar(1.0 - ADAM_BETA1.powi(t));
-                let v_hat = v.clone().div_scalar(1.0 - ADAM_BETA2.powi(t));
-                let out = param - (m_hat / (v_hat.sqrt() + ADAM_EPS)).mul_scalar(lr);
+                let (out, m, v) = advmoe_kernels::adam_step(param, grad, moments, hyper);
                 self.state.insert(path.to_string(), vec![m, v]);
                 out
             }

@@ -1,7 +1,8 @@
 //! The autodiff backward of the sparse MoE convolution (input, weight and gate gradients from
 //! the sparse kernels, registered on the three parents), of the one-expert convolution (input
-//! and weight gradients from the same kernels with one expert) and of the fused batch
-//! norm (the per-channel sums, then the input's gradient).
+//! and weight gradients from the same kernels with one expert), of the fused batch
+//! norm (the per-channel sums, then the input's gradient) and of the residual block's
+//! `relu(a + b)` (one launch, from the output).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -389,6 +390,33 @@ fn track_norm<B: Backend + BatchNormOps, C: CheckpointStrategy>(
     }
 }
 
+/// The residual block's end, `relu(a + b)`: both parents take the incoming gradient cut where the
+/// output (the state) is zero.
+#[derive(Debug)]
+struct AddReluBackward;
+
+impl<B: Backend + BatchNormOps> Backward<B, 2> for AddReluBackward {
+    type State = FloatTensor<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_a, node_b] = ops.parents;
+        let grad = B::relu_grad(grads.consume::<B>(&ops.node), ops.state);
+        match (node_a, node_b) {
+            (Some(a), Some(b)) => {
+                grads.register::<B>(a.id, grad.clone());
+                grads.register::<B>(b.id, grad);
+            }
+            (Some(node), None) | (None, Some(node)) => grads.register::<B>(node.id, grad),
+            (None, None) => {}
+        }
+    }
+}
+
 impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff<B, C> {
     fn fused_batch_norm_train(
         x: FloatTensor<Self>,
@@ -536,5 +564,21 @@ impl<B: Backend + BatchNormOps, C: CheckpointStrategy> BatchNormOps for Autodiff
             table.into_primitive(),
             relu,
         ))
+    }
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let nodes = [a.node(), b.node()];
+        let output = B::add_relu(a.into_primitive(), b.into_primitive());
+        match AddReluBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(output.clone(), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        }
+    }
+
+    fn relu_grad(grad: FloatTensor<Self>, output: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::relu_grad(grad.into_primitive(), output.into_primitive()))
     }
 }

@@ -19,7 +19,7 @@ use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeKernel, PrecompiledSource};
 use burn::tensor::{DType, FloatDType, IntDType, Shape};
 
-use crate::ops::{BatchNormOps, SparseMoeOps};
+use crate::ops::{AdamHyper, BatchNormOps, SparseMoeOps, UpdateOps};
 use crate::shaders::{self, Tile, Variant};
 
 /// Workgroups per grid dimension that every WebGPU device supports.
@@ -122,6 +122,12 @@ enum Shader {
     BatchNormApply,
     BatchNormGradSums,
     BatchNormGradInput,
+    AddRelu,
+    ReluGrad,
+    LinfStep,
+    SgdStep,
+    AdamStep,
+    RunningStats,
 }
 
 impl Shader {
@@ -139,6 +145,12 @@ impl Shader {
             Self::BatchNormApply => shaders::BATCH_NORM_APPLY,
             Self::BatchNormGradSums => shaders::BATCH_NORM_GRAD_SUMS,
             Self::BatchNormGradInput => shaders::BATCH_NORM_GRAD_INPUT,
+            Self::AddRelu => shaders::ADD_RELU,
+            Self::ReluGrad => shaders::RELU_GRAD,
+            Self::LinfStep => shaders::LINF_STEP,
+            Self::SgdStep => shaders::SGD_STEP,
+            Self::AdamStep => shaders::ADAM_STEP,
+            Self::RunningStats => shaders::RUNNING_STATS,
         }
     }
 }
@@ -822,6 +834,24 @@ impl BatchNormOps for CubeBackend {
     ) -> FloatTensor<Self> {
         grad_input(grad, x, table, None, relu)
     }
+
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let params = UpdateParams {
+            count: a.shape().num_elements(),
+            ..UpdateParams::default()
+        };
+        let [out] = launch_update(Shader::AddRelu, vec![a, b], Vec::new(), &params);
+        out
+    }
+
+    fn relu_grad(grad: FloatTensor<Self>, output: FloatTensor<Self>) -> FloatTensor<Self> {
+        let params = UpdateParams {
+            count: grad.shape().num_elements(),
+            ..UpdateParams::default()
+        };
+        let [out] = launch_update(Shader::ReluGrad, vec![grad, output], Vec::new(), &params);
+        out
+    }
 }
 
 /// The input's gradient: train mode with the two sums, eval mode without (one-value stand-ins
@@ -858,4 +888,187 @@ fn grad_input(
         &shape,
     );
     output
+}
+
+/// Mirrors `struct UpdateParams` in `shaders/moe_conv_common.wgsl`: two `u32` and fourteen `f32`
+/// in declaration order, 64 bytes. The f64 scalars are rounded to f32 as Burn rounds a scalar
+/// operand, so the kernels compute what the tensor operations computed.
+#[derive(Debug, Clone, Copy, Default)]
+struct UpdateParams {
+    count: usize,
+    has_state: bool,
+    lr: f64,
+    momentum: f64,
+    keep: f64,
+    weight_decay: f64,
+    beta1: f64,
+    one_minus_beta1: f64,
+    beta2: f64,
+    one_minus_beta2: f64,
+    bias1: f64,
+    bias2: f64,
+    eps: f64,
+    unbiased: f64,
+    step_size: f64,
+    radius: f64,
+}
+
+impl UpdateParams {
+    fn bytes(&self) -> Vec<u8> {
+        let count = u32::try_from(self.count).expect("a parameter's size fits in u32");
+        [count, u32::from(self.has_state)]
+            .into_iter()
+            .chain(
+                [
+                    self.lr,
+                    self.momentum,
+                    self.keep,
+                    self.weight_decay,
+                    self.beta1,
+                    self.one_minus_beta1,
+                    self.beta2,
+                    self.one_minus_beta2,
+                    self.bias1,
+                    self.bias2,
+                    self.eps,
+                    self.unbiased,
+                    self.step_size,
+                    self.radius,
+                ]
+                .map(|v| (v as f32).to_bits()),
+            )
+            .flat_map(u32::to_le_bytes)
+            .collect()
+    }
+
+    /// One workgroup of 256 per 256 elements, as [`NormShape::element_grid`].
+    fn grid(&self) -> CubeCount {
+        let groups = self.count.div_ceil(256);
+        grid(groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS), 1)
+    }
+}
+
+/// Launch an element-wise shader over `inputs`, then `state` (replaced by one-value stand-ins when
+/// `params.has_state` is false: one buffer may not be bound twice), then `OUT` new tensors of
+/// the first input's shape, which it returns.
+fn launch_update<const OUT: usize>(
+    shader: Shader,
+    inputs: Vec<CubeTensor>,
+    state: Vec<CubeTensor>,
+    params: &UpdateParams,
+) -> [CubeTensor; OUT] {
+    let inputs: Vec<CubeTensor> = inputs.into_iter().map(f32_contiguous).collect();
+    let first = &inputs[0];
+    let shape = first.shape();
+    if params.count == 0 {
+        return std::array::from_fn(|_| zeros_f32(first, shape.clone()));
+    }
+    let state = state.into_iter().map(|t| {
+        if params.has_state {
+            f32_contiguous(t)
+        } else {
+            empty_f32(first, Shape::from([1]))
+        }
+    });
+    let bound: Vec<CubeTensor> = inputs.iter().cloned().chain(state).collect();
+    let outputs: [CubeTensor; OUT] = std::array::from_fn(|_| empty_f32(first, shape.clone()));
+    launch_into(
+        shader,
+        Tile::CHOICES[0],
+        params.grid(),
+        &bound.iter().collect::<Vec<_>>(),
+        &outputs.iter().collect::<Vec<_>>(),
+        &params.bytes(),
+    );
+    outputs
+}
+
+impl UpdateOps for CubeBackend {
+    fn sgd_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        buf: FloatTensor<Self>,
+        has_buf: bool,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let params = UpdateParams {
+            count: param.shape().num_elements(),
+            has_state: has_buf,
+            lr,
+            momentum,
+            weight_decay,
+            ..UpdateParams::default()
+        };
+        let [param, buf] = launch_update(Shader::SgdStep, vec![param, grad], vec![buf], &params);
+        (param, buf)
+    }
+
+    fn adam_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        has_state: bool,
+        hyper: AdamHyper,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let params = UpdateParams {
+            count: param.shape().num_elements(),
+            has_state,
+            lr: hyper.lr,
+            weight_decay: hyper.weight_decay,
+            beta1: hyper.beta1,
+            one_minus_beta1: 1.0 - hyper.beta1,
+            beta2: hyper.beta2,
+            one_minus_beta2: 1.0 - hyper.beta2,
+            bias1: 1.0 - hyper.beta1.powi(hyper.step),
+            bias2: 1.0 - hyper.beta2.powi(hyper.step),
+            eps: hyper.eps,
+            ..UpdateParams::default()
+        };
+        let [param, m, v] = launch_update(Shader::AdamStep, vec![param, grad], vec![m, v], &params);
+        (param, m, v)
+    }
+
+    fn running_stats_step(
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        batch_mean: FloatTensor<Self>,
+        batch_var: FloatTensor<Self>,
+        momentum: f64,
+        unbiased: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let params = UpdateParams {
+            count: running_mean.shape().num_elements(),
+            has_state: true,
+            momentum,
+            keep: 1.0 - momentum,
+            unbiased,
+            ..UpdateParams::default()
+        };
+        let [mean, var] = launch_update(
+            Shader::RunningStats,
+            vec![running_mean, running_var, batch_mean, batch_var],
+            Vec::new(),
+            &params,
+        );
+        (mean, var)
+    }
+    fn linf_step(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        center: FloatTensor<Self>,
+        step_size: f64,
+        radius: f64,
+    ) -> FloatTensor<Self> {
+        let params = UpdateParams {
+            count: x.shape().num_elements(),
+            step_size,
+            radius,
+            ..UpdateParams::default()
+        };
+        let [out] = launch_update(Shader::LinfStep, vec![x, grad, center], Vec::new(), &params);
+        out
+    }
 }

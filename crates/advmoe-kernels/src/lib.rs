@@ -21,6 +21,11 @@
 //! kernels that launch two kernels forward and one or two backward where tensor operations
 //! launch dozens, on the CPU Burn's own operations.
 //!
+//! The updates of a training step and an attack outside the autodiff graph are a third
+//! ([`UpdateOps`]: [`sgd_step`], [`adam_step`], [`running_stats_step`], [`linf_step`]): one
+//! launch per parameter, batch norm or attack step on `wgpu`, [`reference`]'s tensor operations
+//! elsewhere.
+//!
 //! This crate must not read GPU data back, nor loop over experts on the host for a GPU.
 
 mod autodiff;
@@ -39,7 +44,7 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Int, Tensor};
 
-pub use ops::{BatchNormOps, SparseMoeOps};
+pub use ops::{AdamHyper, BatchNormOps, SparseMoeOps, UpdateOps};
 
 pub use shaders::Variant;
 
@@ -47,6 +52,27 @@ thread_local! {
     static SPARSE_ENABLED: Cell<bool> = const { Cell::new(true) };
     static VARIANT: Cell<Option<Variant>> = const { Cell::new(None) };
     static OWN_GPU_CONV: Cell<bool> = const { Cell::new(true) };
+    static OWN_ELEMENTWISE: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Run this thread's element-wise updates on `wgpu` ([`sgd_step`], [`adam_step`],
+/// [`running_stats_step`], [`linf_step`], and the models' residual [`add_relu`]) on our kernels,
+/// one launch each (on by default), or, turned off, as [`reference`]'s tensor operations (Burn's
+/// element-wise kernels; the same results bit for bit); returns the previous setting. The
+/// benchmark's `bench steps --elementwise burn` turns it off so that `bench/gpu.sh` can time
+/// both.
+pub fn set_own_elementwise(enabled: bool) -> bool {
+    OWN_ELEMENTWISE.with(|cell| cell.replace(enabled))
+}
+
+/// Whether this thread's element-wise updates on `wgpu` run on our kernels.
+pub fn own_elementwise() -> bool {
+    OWN_ELEMENTWISE.with(Cell::get)
+}
+
+/// Whether `device` runs the element-wise kernels: a `wgpu` device, with them on.
+fn elementwise_kernels(device: &Device) -> bool {
+    own_elementwise() && on_wgpu(device)
 }
 
 /// Run the plain convolutions ([`conv2d`]) built on this thread on `wgpu` devices through the
@@ -233,4 +259,149 @@ pub fn fused_batch_norm_eval(
         epsilon,
         relu,
     ))
+}
+
+/// `relu(a + b)`, the end of a residual block, as one fused operation: on `wgpu` one launch
+/// forward and one backward (`shaders/add_relu.wgsl`, `relu_grad.wgsl`), where tensor
+/// operations launch three and two; on the CPU Burn's operations. Only on devices where
+/// [`sparse_supported`] holds.
+///
+/// # Shapes
+/// - a, b and the output `[batch, channels, h, w]`
+pub fn add_relu(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::add_relu(a.into_dispatch(), b.into_dispatch()))
+}
+
+/// One step of an L∞ attack (FGSM, PGD): `x + step_size * sign(grad)`, projected onto the ball
+/// of `radius` around `center` and into `[0, 1]`; the result is detached. On `wgpu` one launch
+/// ([`UpdateOps::linf_step`]); elsewhere [`reference::linf_step`].
+///
+/// # Shapes
+/// - every tensor `[batch, channels, h, w]`
+pub fn linf_step(
+    x: Tensor<4>,
+    grad: Tensor<4>,
+    center: Tensor<4>,
+    step_size: f64,
+    radius: f64,
+) -> Tensor<4> {
+    if !elementwise_kernels(&x.device()) {
+        return reference::linf_step(x, grad, center, step_size, radius).detach();
+    }
+    let autodiff = x.is_autodiff();
+    let out = Tensor::from_dispatch(Dispatch::linf_step(
+        x.inner().into_dispatch(),
+        grad.inner().into_dispatch(),
+        center.inner().into_dispatch(),
+        step_size,
+        radius,
+    ));
+    if autodiff {
+        Tensor::from_inner(out)
+    } else {
+        out
+    }
+}
+
+/// `t`, moved back onto the autodiff device when `autodiff` (the update operations run on the
+/// inner device).
+fn lift(t: burn::backend::DispatchTensor, autodiff: bool) -> Tensor<1> {
+    let t = Tensor::from_dispatch(t);
+    if autodiff { Tensor::from_inner(t) } else { t }
+}
+
+/// One SGD step of one parameter (momentum without dampening, weight decay added to the
+/// gradient, as PyTorch's): `(param', buf')`; a `buf` of `None` starts the momentum buffer. On
+/// `wgpu` one launch ([`UpdateOps::sgd_step`]); elsewhere [`reference::sgd_step`].
+///
+/// # Shapes
+/// - every tensor `[count]`
+pub fn sgd_step(
+    param: Tensor<1>,
+    grad: Tensor<1>,
+    buf: Option<Tensor<1>>,
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+) -> (Tensor<1>, Tensor<1>) {
+    if !elementwise_kernels(&param.device()) {
+        return reference::sgd_step(param, grad, buf, lr, momentum, weight_decay);
+    }
+    let autodiff = param.is_autodiff();
+    let has_buf = buf.is_some();
+    let buf = buf.unwrap_or_else(|| grad.clone());
+    let (param, buf) = Dispatch::sgd_step(
+        param.inner().into_dispatch(),
+        grad.inner().into_dispatch(),
+        buf.inner().into_dispatch(),
+        has_buf,
+        lr,
+        momentum,
+        weight_decay,
+    );
+    (lift(param, autodiff), lift(buf, autodiff))
+}
+
+/// One Adam step of one parameter: `(param', m', v')`; moments of `None` start at zero. On
+/// `wgpu` one launch ([`UpdateOps::adam_step`]); elsewhere [`reference::adam_step`].
+///
+/// # Shapes
+/// - every tensor `[count]`
+pub fn adam_step(
+    param: Tensor<1>,
+    grad: Tensor<1>,
+    moments: Option<(Tensor<1>, Tensor<1>)>,
+    hyper: AdamHyper,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    if !elementwise_kernels(&param.device()) {
+        return reference::adam_step(param, grad, moments, hyper);
+    }
+    let autodiff = param.is_autodiff();
+    let has_state = moments.is_some();
+    let (m, v) = moments.unwrap_or_else(|| (grad.clone(), grad.clone()));
+    let (param, m, v) = Dispatch::adam_step(
+        param.inner().into_dispatch(),
+        grad.inner().into_dispatch(),
+        m.inner().into_dispatch(),
+        v.inner().into_dispatch(),
+        has_state,
+        hyper,
+    );
+    (lift(param, autodiff), lift(m, autodiff), lift(v, autodiff))
+}
+
+/// A batch norm's running statistics after one train-mode pass: `(mean', var')`, with the batch's
+/// biased variance times `unbiased` (n / (n - 1)) and weight `momentum`. On `wgpu` one launch
+/// for both ([`UpdateOps::running_stats_step`]); elsewhere [`reference::running_stats_step`].
+///
+/// # Shapes
+/// - every tensor `[channels]`
+pub fn running_stats_step(
+    running_mean: Tensor<1>,
+    running_var: Tensor<1>,
+    batch_mean: Tensor<1>,
+    batch_var: Tensor<1>,
+    momentum: f64,
+    unbiased: f64,
+) -> (Tensor<1>, Tensor<1>) {
+    if !elementwise_kernels(&running_mean.device()) {
+        return reference::running_stats_step(
+            running_mean,
+            running_var,
+            batch_mean,
+            batch_var,
+            momentum,
+            unbiased,
+        );
+    }
+    let autodiff = running_mean.is_autodiff();
+    let (mean, var) = Dispatch::running_stats_step(
+        running_mean.inner().into_dispatch(),
+        running_var.inner().into_dispatch(),
+        batch_mean.inner().into_dispatch(),
+        batch_var.inner().into_dispatch(),
+        momentum,
+        unbiased,
+    );
+    (lift(mean, autodiff), lift(var, autodiff))
 }

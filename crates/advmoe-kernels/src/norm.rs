@@ -208,4 +208,11 @@ impl BatchNormOps for Flex {
         let g = through_relu(grad, x, &table, relu);
         Self::float_mul(g, row(&table, ROW_SCALE))
     }
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::relu(Self::float_add(a, b))
+    }
+
+    fn relu_grad(grad: FloatTensor<Self>, output: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::relu_backward(output, grad)
+    }
 }

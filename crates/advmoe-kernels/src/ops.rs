@@ -131,7 +131,8 @@ pub trait SparseMoeOps: Backend {
 }
 
 /// Batch norm over the channels of `[batch, channels, h, w]` (statistics over the batch and the
-/// pixels), with the ReLU that follows it in the models fused in when `relu`: two launches
+/// pixels), with the ReLU that follows it in the models fused in when `relu` (and a residual
+/// block's sum and ReLU after its last batch norm, [`Self::add_relu`]): two launches
 /// forward and two backward on `wgpu` (`shaders/batch_norm_*.wgsl`), where the same work as
 /// tensor operations launches dozens of element-wise kernels and reductions.
 ///
@@ -224,6 +225,89 @@ pub trait BatchNormOps: Backend {
         table: FloatTensor<Self>,
         relu: bool,
     ) -> FloatTensor<Self>;
+
+    /// `relu(a + b)`: the end of a residual block (its last batch norm's output plus the
+    /// shortcut, then the ReLU) in one pass. Differentiable in both; a NaN stays NaN.
+    #[fusion(dtype = a, shape = a.clone())]
+    fn add_relu(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The gradient through a ReLU from the ReLU's output: `grad`, zero where `output <= 0`
+    /// (the backward of [`Self::add_relu`], as Burn's `relu_backward`).
+    #[fusion(dtype = grad, shape = grad.clone())]
+    fn relu_grad(grad: FloatTensor<Self>, output: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Adam's scalars for one step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamHyper {
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay, added to the gradient times the parameter when above zero.
+    pub weight_decay: f64,
+    /// The first moment's decay.
+    pub beta1: f64,
+    /// The second moment's decay.
+    pub beta2: f64,
+    /// Added to the second moment's square root.
+    pub eps: f64,
+    /// The step, counted from 1 (the bias corrections `1 - beta^step`).
+    pub step: i32,
+}
+
+/// The per-step updates that training and attacks make outside the autodiff graph, one launch
+/// each on `wgpu` (`shaders/sgd_step.wgsl`, `adam_step.wgsl`, `running_stats.wgsl`,
+/// `linf_step.wgsl`) where tensor operations launch six (SGD), fourteen (Adam), seven (running
+/// statistics) and seven (an L∞ attack step) element-wise kernels. Every tensor is flat (`[count]`) and on a device without autodiff; the CPU computes
+/// the same with tensor operations ([`crate::reference`]), so only the CubeCL backend
+/// implements this.
+#[backend_extension(Cube, Fusion: cfg(feature = "fusion"))]
+pub trait UpdateOps: Backend {
+    /// SGD with momentum and weight decay: `(param', buf')`. `buf` is ignored when `has_buf` is
+    /// false (the step starts the momentum buffer); it must then still be a tensor (any).
+    #[fusion(meta = pair_meta)]
+    fn sgd_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        buf: FloatTensor<Self>,
+        has_buf: bool,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+
+    /// Adam: `(param', m', v')`. `m` and `v` are ignored when `has_state` is false (the step
+    /// starts the moments at zero); they must then still be tensors (any).
+    #[fusion(meta = triple_meta)]
+    fn adam_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        has_state: bool,
+        hyper: AdamHyper,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// A batch norm's running statistics after one train-mode pass: `(mean', var')`, with the
+    /// batch's biased variance made unbiased by the factor `unbiased`.
+    #[fusion(meta = running_meta)]
+    fn running_stats_step(
+        running_mean: FloatTensor<Self>,
+        running_var: FloatTensor<Self>,
+        batch_mean: FloatTensor<Self>,
+        batch_var: FloatTensor<Self>,
+        momentum: f64,
+        unbiased: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// One step of an L∞ attack from `x` along the sign of `grad` by `step_size`, projected onto
+    /// the ball of `radius` around `center` and into `[0, 1]`.
+    #[fusion(dtype = x, shape = x.clone())]
+    fn linf_step(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        center: FloatTensor<Self>,
+        step_size: f64,
+        radius: f64,
+    ) -> FloatTensor<Self>;
 }
 
 /// [`BatchNormOps::fused_batch_norm_train`]'s outputs: the input's shape, then two of
@@ -238,6 +322,46 @@ fn train_meta(
 ) -> (TensorSpec, TensorSpec, TensorSpec) {
     let stat = TensorSpec::new(Shape::from([x.shape[1]]), x.dtype);
     (x.clone(), stat.clone(), stat)
+}
+
+/// [`UpdateOps::sgd_step`]'s outputs, two of the parameter's shape.
+#[cfg(feature = "fusion")]
+fn pair_meta(
+    param: &TensorSpec,
+    _grad: &TensorSpec,
+    _buf: &TensorSpec,
+    _has_buf: &bool,
+    _lr: &f64,
+    _momentum: &f64,
+    _weight_decay: &f64,
+) -> (TensorSpec, TensorSpec) {
+    (param.clone(), param.clone())
+}
+
+/// [`UpdateOps::adam_step`]'s outputs, three of the parameter's shape.
+#[cfg(feature = "fusion")]
+fn triple_meta(
+    param: &TensorSpec,
+    _grad: &TensorSpec,
+    _m: &TensorSpec,
+    _v: &TensorSpec,
+    _has_state: &bool,
+    _hyper: &AdamHyper,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    (param.clone(), param.clone(), param.clone())
+}
+
+/// [`UpdateOps::running_stats_step`]'s outputs, two of the statistics' shape.
+#[cfg(feature = "fusion")]
+fn running_meta(
+    running_mean: &TensorSpec,
+    _running_var: &TensorSpec,
+    _batch_mean: &TensorSpec,
+    _batch_var: &TensorSpec,
+    _momentum: &f64,
+    _unbiased: &f64,
+) -> (TensorSpec, TensorSpec) {
+    (running_mean.clone(), running_mean.clone())
 }
 
 /// [`BatchNormOps::batch_norm_table_train`]'s outputs: the table, then two of `[channels]`.

@@ -4,8 +4,8 @@
 //! once): [`render`] prepends it and rewrites its two tile lines for the shape a launch needs.
 //! The naga test validates every kernel so rendered, in every tile shape.
 
-/// What every kernel shares: the `MoeConvParams` and `BatchNormParams` structs, the batch-norm
-/// table's rows and the tile-shape constants (defaults 64 × 64).
+/// What every kernel shares: the `MoeConvParams`, `BatchNormParams` and `UpdateParams` structs,
+/// the batch-norm table's rows and the tile-shape constants (defaults 64 × 64).
 pub const COMMON: &str = include_str!("../../../shaders/moe_conv_common.wgsl");
 /// The forward pass: each sample's output from its own expert's filters only.
 pub const FORWARD: &str = include_str!("../../../shaders/moe_conv_forward.wgsl");
@@ -33,9 +33,21 @@ pub const BATCH_NORM_APPLY: &str = include_str!("../../../shaders/batch_norm_app
 pub const BATCH_NORM_GRAD_SUMS: &str = include_str!("../../../shaders/batch_norm_grad_sums.wgsl");
 /// Batch norm, backward: the input's gradient.
 pub const BATCH_NORM_GRAD_INPUT: &str = include_str!("../../../shaders/batch_norm_grad_input.wgsl");
+/// A residual block's end: relu(a + b).
+pub const ADD_RELU: &str = include_str!("../../../shaders/add_relu.wgsl");
+/// The gradient through a ReLU from its output.
+pub const RELU_GRAD: &str = include_str!("../../../shaders/relu_grad.wgsl");
+/// One step of an L∞ attack: the sign step and the projection.
+pub const LINF_STEP: &str = include_str!("../../../shaders/linf_step.wgsl");
+/// SGD with momentum and weight decay: one parameter's step.
+pub const SGD_STEP: &str = include_str!("../../../shaders/sgd_step.wgsl");
+/// Adam: one parameter's step.
+pub const ADAM_STEP: &str = include_str!("../../../shaders/adam_step.wgsl");
+/// A batch norm's running statistics after one train-mode pass.
+pub const RUNNING_STATS: &str = include_str!("../../../shaders/running_stats.wgsl");
 
 /// Every kernel with its file name, for validation ([`COMMON`] is prepended to each).
-pub const ALL: [(&str, &str); 12] = [
+pub const ALL: [(&str, &str); 18] = [
     ("moe_conv_forward.wgsl", FORWARD),
     ("moe_conv_input_grad.wgsl", INPUT_GRAD),
     ("moe_conv_weight_grad.wgsl", WEIGHT_GRAD),
@@ -48,6 +60,12 @@ pub const ALL: [(&str, &str); 12] = [
     ("batch_norm_apply.wgsl", BATCH_NORM_APPLY),
     ("batch_norm_grad_sums.wgsl", BATCH_NORM_GRAD_SUMS),
     ("batch_norm_grad_input.wgsl", BATCH_NORM_GRAD_INPUT),
+    ("add_relu.wgsl", ADD_RELU),
+    ("relu_grad.wgsl", RELU_GRAD),
+    ("linf_step.wgsl", LINF_STEP),
+    ("sgd_step.wgsl", SGD_STEP),
+    ("adam_step.wgsl", ADAM_STEP),
+    ("running_stats.wgsl", RUNNING_STATS),
 ];
 
 /// How the matrix-product shaders compute.

@@ -15,7 +15,8 @@ thread_local! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BatchNormPath {
     /// `advmoe_kernels::fused_batch_norm_train` / `_eval`, with the ReLU after it fused in:
-    /// two launches forward, one or two backward (the default).
+    /// two launches forward, one or two backward (the default); a residual block's sum and
+    /// ReLU after its last batch norm by `advmoe_kernels::add_relu` ([`residual_relu`]).
     #[default]
     Fused,
     /// Train mode out of tensor operations with [`batch_norm_train_wide`]'s reductions; eval
@@ -30,6 +31,24 @@ pub enum BatchNormPath {
 /// the three.
 pub fn set_batch_norm_path(path: BatchNormPath) -> BatchNormPath {
     BATCH_NORM_PATH.with(|cell| cell.replace(path))
+}
+
+/// The end of a residual block, `relu(y + identity)`: on `wgpu` with the fused batch norms
+/// ([`BatchNormPath::Fused`]) and the element-wise kernels on (`advmoe_kernels::own_elementwise`)
+/// one launch forward and one backward (`advmoe_kernels::add_relu`), elsewhere Burn's
+/// operations.
+///
+/// # Shapes
+/// - y, identity and the output `[batch, channels, h, w]`
+pub fn residual_relu(y: Tensor<4>, identity: Tensor<4>) -> Tensor<4> {
+    if advmoe_kernels::on_wgpu(&y.device())
+        && advmoe_kernels::own_elementwise()
+        && BATCH_NORM_PATH.with(Cell::get) == BatchNormPath::Fused
+    {
+        advmoe_kernels::add_relu(y, identity)
+    } else {
+        activation::relu(y + identity)
+    }
 }
 
 /// A `[shape]` tensor of normal samples with standard deviation `std`.
@@ -251,11 +270,11 @@ impl Bn {
     ) -> Tensor<4> {
         let [b, _, h, w] = output.dims();
         let n = (b * h * w) as f64;
-        let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         updates.push(crate::BnUpdate {
             path: self.path.clone(),
             mean: mean.detach(),
-            var: variance.detach().mul_scalar(unbiased),
+            var: variance.detach(),
+            unbiased: if n > 1.0 { n / (n - 1.0) } else { 1.0 },
         });
         output
     }

@@ -6,10 +6,8 @@ use std::collections::HashMap;
 
 use advmoe_core::macs::{VggItem, resnet_plan, vgg_plan};
 use advmoe_core::{Arch, ModelSpec, Rng, RouterKind, SpecError};
-use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{
-    Device, Int, Tensor, activation::relu, module::max_pool2d, ops::MaxPoolOptions,
-};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Device, Int, Tensor, module::max_pool2d, ops::MaxPoolOptions};
 
 use crate::layers::{BN_MOMENTUM, Bn, Conv, Fc};
 use crate::moe::{LayerRoute, MoeConv2d, fixed_route, gate_from_scores, hard_route};
@@ -36,8 +34,18 @@ pub struct BnUpdate {
     pub path: String,
     /// Batch mean, `[channels]` (detached).
     pub mean: Tensor<1>,
-    /// Unbiased batch variance, `[channels]` (detached).
+    /// Biased batch variance, `[channels]` (detached).
     pub var: Tensor<1>,
+    /// The factor `n / (n - 1)` from the biased variance to the unbiased one (`n` the values
+    /// per channel; 1 when `n` is 1), which the running variance folds in.
+    pub unbiased: f64,
+}
+
+impl BnUpdate {
+    /// The unbiased batch variance, `[channels]`.
+    pub fn unbiased_var(&self) -> Tensor<1> {
+        self.var.clone().mul_scalar(self.unbiased)
+    }
 }
 
 /// How a forward pass routes.
@@ -302,7 +310,7 @@ impl MoeNet {
                     .bn1
                     .forward_relu(moe(&block.conv1, x), train, &mut updates);
                 let y = block.bn2.forward(moe(&block.conv2, y), train, &mut updates);
-                x = relu(y + identity);
+                x = crate::layers::residual_relu(y, identity);
             }
             x
         } else if let Some(net) = &self.vgg {
@@ -392,20 +400,33 @@ impl MoeNet {
     /// given: a step with a clean and an adversarial pass (TRADES) folds both, clean first, as
     /// PyTorch's train mode does in the TRADES and AdvMoE reference code. (Until 2026-12-03 a
     /// batch norm seen by several passes kept only the last one's statistics.)
+    ///
+    /// On `wgpu` each pass of each batch norm is one launch for both statistics
+    /// ([`advmoe_kernels::running_stats_step`]).
     pub fn apply_bn_updates(self, updates: Vec<BnUpdate>) -> Self {
         let mut by_path: HashMap<String, Vec<BnUpdate>> = HashMap::new();
         for u in updates {
             by_path.entry(u.path.clone()).or_default().push(u);
         }
+        // The mapper meets each running mean before its variance and folds both at once.
+        let mut variances = RunningVariances {
+            path: Vec::new(),
+            wanted: &by_path,
+            found: HashMap::new(),
+        };
+        self.visit(&mut variances);
         let mut mapper = BnMapper {
             path: Vec::new(),
+            running_vars: variances.found,
             updates: by_path,
+            folded_vars: HashMap::new(),
         };
         let model = self.map(&mut mapper);
         debug_assert!(
-            mapper.updates.is_empty(),
-            "unmatched batch norms: {:?}",
-            mapper.updates.keys()
+            mapper.updates.is_empty() && mapper.folded_vars.is_empty(),
+            "unmatched batch norms: {:?} {:?}",
+            mapper.updates.keys(),
+            mapper.folded_vars.keys()
         );
         model
     }
@@ -417,10 +438,43 @@ pub fn is_router_path(path: &str) -> bool {
     path.starts_with("router.") || path.contains(".router.")
 }
 
+/// The running variances of the batch norms in `wanted`, by module path.
+struct RunningVariances<'a> {
+    path: Vec<String>,
+    wanted: &'a HashMap<String, Vec<BnUpdate>>,
+    found: HashMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for RunningVariances<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some((field, module)) = self.path.split_last() else {
+            return;
+        };
+        let key = module.join(".");
+        if field == "running_var" && self.wanted.contains_key(&key) {
+            let value = param.val();
+            let n = value.shape().num_elements();
+            self.found.insert(key, value.reshape([n]));
+        }
+    }
+}
+
 struct BnMapper {
     path: Vec<String>,
+    /// Per batch norm to update, its running variance before the step.
+    running_vars: HashMap<String, Tensor<1>>,
     /// Per batch norm, the passes' statistics in the order they are folded.
     updates: HashMap<String, Vec<BnUpdate>>,
+    /// Per batch norm whose mean was folded, its folded variance.
+    folded_vars: HashMap<String, Tensor<1>>,
 }
 
 impl ModuleMapper for BnMapper {
@@ -436,31 +490,43 @@ impl ModuleMapper for BnMapper {
         let Some((field, module)) = self.path.split_last() else {
             return param;
         };
-        if field != "running_mean" && field != "running_var" {
-            return param;
-        }
         let key = module.join(".");
-        let Some(passes) = self.updates.get(&key) else {
-            return param;
-        };
-        let last_field = field == "running_var";
-        let param = param.map(|running| {
-            let device = running.device();
-            let shape = running.shape();
-            passes.iter().fold(running, |running, update| {
-                let batch = if last_field {
-                    update.var.clone()
-                } else {
-                    update.mean.clone()
+        match field.as_str() {
+            "running_mean" => {
+                let (Some(passes), Some(running_var)) =
+                    (self.updates.remove(&key), self.running_vars.remove(&key))
+                else {
+                    return param;
                 };
-                let batch: Tensor<D> = batch.reshape(shape.clone());
-                running.mul_scalar(1.0 - BN_MOMENTUM)
-                    + batch.to_device(&device).mul_scalar(BN_MOMENTUM)
-            })
-        });
-        if last_field {
-            self.updates.remove(&key);
+                let mut folded_var = None;
+                let param = param.map(|running_mean| {
+                    let device = running_mean.device();
+                    let shape = running_mean.shape();
+                    let n = shape.num_elements();
+                    let start = (running_mean.reshape([n]), running_var);
+                    let (mean, var) = passes.iter().fold(start, |(mean, var), pass| {
+                        advmoe_kernels::running_stats_step(
+                            mean,
+                            var,
+                            pass.mean.clone().to_device(&device),
+                            pass.var.clone().to_device(&device),
+                            BN_MOMENTUM,
+                            pass.unbiased,
+                        )
+                    });
+                    folded_var = Some(var);
+                    mean.reshape(shape)
+                });
+                if let Some(var) = folded_var {
+                    self.folded_vars.insert(key, var);
+                }
+                param
+            }
+            "running_var" => match self.folded_vars.remove(&key) {
+                Some(var) => param.map(|running| var.reshape(running.shape())),
+                None => param,
+            },
+            _ => param,
         }
-        param
     }
 }

@@ -189,6 +189,24 @@ impl Ball {
         }
     }
 
+    /// One step of `step_size` from `x` along the steepest-ascent direction of the gradient, then
+    /// the projection onto the ball (detached): for L∞ one launch on `wgpu`
+    /// ([`advmoe_kernels::linf_step`]).
+    fn step(&self, x: Tensor<4>, grad: Tensor<4>, step_size: f32) -> Tensor<4> {
+        if self.l2 {
+            self.project(x + self.direction(grad).mul_scalar(f64::from(step_size)))
+                .detach()
+        } else {
+            advmoe_kernels::linf_step(
+                x,
+                grad,
+                self.center.clone(),
+                f64::from(step_size),
+                f64::from(self.eps),
+            )
+        }
+    }
+
     /// The steepest-ascent direction of the norm: `sign(g)` for L∞, `g / ‖g‖₂` for L2.
     fn direction(&self, grad: Tensor<4>) -> Tensor<4> {
         if self.l2 {

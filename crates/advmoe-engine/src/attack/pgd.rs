@@ -8,8 +8,7 @@ use super::{Ball, Best, Objective, evaluate_detached, value_and_grad};
 pub(super) fn fgsm(objective: &dyn Objective, ball: &Ball) -> Tensor<4> {
     let x = ball.center.clone();
     let (_, grad) = value_and_grad(objective, x.clone());
-    ball.project(x + ball.direction(grad).mul_scalar(ball.eps as f64))
-        .detach()
+    ball.step(x, grad, ball.eps)
 }
 
 /// Projected gradient ascent (Madry et al. 2018) from `x`; returns the last iterate. With
@@ -27,9 +26,7 @@ pub(super) fn pgd(
         if let Some(best) = best.as_deref_mut() {
             best.update(x.clone(), eval);
         }
-        x = ball
-            .project(x + ball.direction(grad).mul_scalar(step_size as f64))
-            .detach();
+        x = ball.step(x, grad, step_size);
     }
     if let Some(best) = best {
         best.update(x.clone(), evaluate_detached(objective, x.clone()));

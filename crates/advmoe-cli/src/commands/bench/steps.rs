@@ -84,6 +84,12 @@ pub(crate) struct StepsArgs {
     /// and `batch_norm` (`bench/gpu.sh` times all three).
     #[arg(long, value_enum, default_value = "fused")]
     batch_norm: BatchNormPath,
+    /// The element-wise updates on `--device gpu` (each parameter's optimiser step, the running
+    /// statistics, each L∞ attack step, the residual blocks' ReLU): one kernel of ours each (as
+    /// the product runs them) or Burn's tensor operations, the same results bit for bit
+    /// (`bench/gpu.sh` times both).
+    #[arg(long, value_enum, default_value = "own")]
+    elementwise: GpuConv,
     /// Output folder: `product.json`, and per model `model-<name>/` (its initial checkpoint and
     /// `parity.safetensors`).
     #[arg(long)]
@@ -94,13 +100,15 @@ pub(crate) struct StepsArgs {
     no_parity: bool,
 }
 
-/// Which kernels run the models' plain convolutions on `wgpu`.
+/// Which kernels run the models' plain convolutions (`--gpu-conv`) or the element-wise updates
+/// (`--elementwise`) on `wgpu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum GpuConv {
-    /// Burn's conv2d.
+    /// Burn's conv2d; Burn's element-wise tensor operations.
     Burn,
-    /// The sparse MoE conv kernels with one expert (`advmoe_kernels::set_own_gpu_conv`).
+    /// The sparse MoE conv kernels with one expert (`advmoe_kernels::set_own_gpu_conv`); our
+    /// element-wise kernels (`advmoe_kernels::set_own_elementwise`).
     Own,
 }
 
@@ -142,6 +150,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
     };
     let device = make_device(choice);
     advmoe_kernels::set_own_gpu_conv(args.gpu_conv == GpuConv::Own);
+    advmoe_kernels::set_own_elementwise(args.elementwise == GpuConv::Own);
     layers::set_batch_norm_path(match args.batch_norm {
         BatchNormPath::Fused => layers::BatchNormPath::Fused,
         BatchNormPath::Wide => layers::BatchNormPath::Wide,
@@ -270,6 +279,7 @@ pub(crate) fn run(args: &StepsArgs) -> anyhow::Result<()> {
         "device": device_label(&device),
         "gpu_conv": args.gpu_conv,
         "batch_norm": args.batch_norm,
+        "elementwise": args.elementwise,
         "threads": std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok())
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         "model": moe,
