@@ -984,7 +984,7 @@ fn the_router_term_adds_the_routers_partition_cross_entropy() {
 /// An L∞ attack step on its one kernel (`advmoe_kernels::linf_step`, what FGSM and PGD run on
 /// `wgpu`) computes what the tensor operations compute (the CPU's path), bit for bit: the sign
 /// step (zero gradients stay put), the clamp to the ε-ball and to [0, 1]; every result lies in
-/// both. A NaN gradient gives a NaN pixel.
+/// both; also from the center itself (one tensor as both). A NaN gradient gives a NaN pixel.
 #[test]
 fn the_linf_step_kernel_matches_the_tensor_operations() {
     let device = gpu();
@@ -1032,6 +1032,28 @@ fn the_linf_step_kernel_matches_the_tensor_operations() {
         };
         assert!((ours[i] - (center[i] + expected).clamp(0.0, 1.0)).abs() <= 1e-6);
     }
+    // The first step from the clean image binds one tensor as iterate and center (copied first:
+    // WebGPU rejects one buffer in two writable bindings).
+    let clean = t(&center);
+    let from_clean = read(advmoe_kernels::linf_step(
+        clean.clone(),
+        t(&grad),
+        clean,
+        f64::from(step),
+        f64::from(eps),
+    ));
+    let expected = read(advmoe_kernels::reference::linf_step(
+        t(&center),
+        t(&grad),
+        t(&center),
+        f64::from(step),
+        f64::from(eps),
+    ));
+    assert_eq!(
+        max_abs_diff(&from_clean, &expected),
+        0.0,
+        "a step from the center"
+    );
     let mut with_nan = grad.clone();
     with_nan[3] = f32::NAN;
     let out = read(advmoe_kernels::linf_step(

@@ -17,7 +17,7 @@ use burn::cubecl::ir::metadata::Info;
 use burn::cubecl::prelude::*;
 use burn::cubecl::server::KernelArguments;
 use burn::cubecl::{CubeKernel, PrecompiledSource};
-use burn::tensor::{DType, FloatDType, IntDType, Shape};
+use burn::tensor::{DType, FloatDType, IntDType, Scalar, Shape};
 
 use crate::ops::{AdamHyper, BatchNormOps, SparseMoeOps, UpdateOps};
 use crate::shaders::{self, Tile, Variant};
@@ -285,6 +285,17 @@ fn launch_into(
     outputs: &[&CubeTensor],
     params: &[u8],
 ) {
+    debug_assert!(
+        {
+            let bound: Vec<_> = inputs.iter().chain(outputs).collect();
+            bound.iter().enumerate().all(|(i, a)| {
+                bound[..i].iter().all(|b| {
+                    !std::ptr::eq(a.handle.memory.descriptor(), b.handle.memory.descriptor())
+                })
+            })
+        },
+        "{shader:?}: one tensor bound twice (WebGPU rejects writable bindings that alias)"
+    );
     let client = inputs[0].client.clone();
     let params = client.create_from_slice(params);
     let buffers = inputs
@@ -948,6 +959,26 @@ impl UpdateParams {
     }
 }
 
+/// `tensors`, each that shares its memory with an earlier one replaced by a copy (one more
+/// launch). Every binding of these kernels is writable, and WebGPU rejects a dispatch that binds
+/// one buffer range twice so (native wgpu does not check): the first step of an attack from the
+/// clean image passes the image as both the iterate and the ball's center.
+fn unaliased(tensors: Vec<CubeTensor>) -> Vec<CubeTensor> {
+    let mut out: Vec<CubeTensor> = Vec::with_capacity(tensors.len());
+    for tensor in tensors {
+        let memory = tensor.handle.memory.descriptor();
+        let shared = out
+            .iter()
+            .any(|earlier| std::ptr::eq(earlier.handle.memory.descriptor(), memory));
+        out.push(if shared {
+            CubeBackend::float_mul_scalar(tensor, Scalar::Float(1.0))
+        } else {
+            tensor
+        });
+    }
+    out
+}
+
 /// Launch an element-wise shader over `inputs`, then `state` (replaced by one-value stand-ins when
 /// `params.has_state` is false: one buffer may not be bound twice), then `OUT` new tensors of
 /// the first input's shape, which it returns.
@@ -970,7 +1001,7 @@ fn launch_update<const OUT: usize>(
             empty_f32(first, Shape::from([1]))
         }
     });
-    let bound: Vec<CubeTensor> = inputs.iter().cloned().chain(state).collect();
+    let bound = unaliased(inputs.iter().cloned().chain(state).collect());
     let outputs: [CubeTensor; OUT] = std::array::from_fn(|_| empty_f32(first, shape.clone()));
     launch_into(
         shader,
