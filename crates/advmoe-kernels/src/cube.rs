@@ -276,6 +276,18 @@ fn zeros_f32(like: &CubeTensor, shape: Shape) -> CubeTensor {
     CubeBackend::float_zeros(shape, &like.device, FloatDType::F32)
 }
 
+/// Whether two tensors live in the same allocation (a view, a clone, or the tensor itself).
+fn same_memory(a: &CubeTensor, b: &CubeTensor) -> bool {
+    std::ptr::eq(a.handle.memory.descriptor(), b.handle.memory.descriptor())
+}
+
+/// One workgroup of 256 per 256 of `elements`, in rows of at most [`MAX_GROUPS`] (the shaders
+/// flatten the grid with `num_workgroups`).
+fn element_grid(elements: usize) -> CubeCount {
+    let groups = elements.div_ceil(256);
+    grid(groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS), 1)
+}
+
 /// Launch `shader` over `[inputs.., outputs.., params]`: every buffer is bound in that order.
 fn launch_into(
     shader: Shader,
@@ -288,11 +300,10 @@ fn launch_into(
     debug_assert!(
         {
             let bound: Vec<_> = inputs.iter().chain(outputs).collect();
-            bound.iter().enumerate().all(|(i, a)| {
-                bound[..i].iter().all(|b| {
-                    !std::ptr::eq(a.handle.memory.descriptor(), b.handle.memory.descriptor())
-                })
-            })
+            bound
+                .iter()
+                .enumerate()
+                .all(|(i, a)| !bound[..i].iter().any(|b| same_memory(a, b)))
         },
         "{shader:?}: one tensor bound twice (WebGPU rejects writable bindings that alias)"
     );
@@ -658,11 +669,8 @@ impl NormShape {
         .collect()
     }
 
-    /// One workgroup of 256 per 256 elements, in rows of at most [`MAX_GROUPS`] (the shaders
-    /// flatten the grid with `num_workgroups`).
     fn element_grid(&self) -> CubeCount {
-        let groups = self.elements().div_ceil(256);
-        grid(groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS), 1)
+        element_grid(self.elements())
     }
 }
 
@@ -951,12 +959,6 @@ impl UpdateParams {
             .flat_map(u32::to_le_bytes)
             .collect()
     }
-
-    /// One workgroup of 256 per 256 elements, as [`NormShape::element_grid`].
-    fn grid(&self) -> CubeCount {
-        let groups = self.count.div_ceil(256);
-        grid(groups.min(MAX_GROUPS), groups.div_ceil(MAX_GROUPS), 1)
-    }
 }
 
 /// `tensors`, each that shares its memory with an earlier one replaced by a copy (one more
@@ -966,10 +968,7 @@ impl UpdateParams {
 fn unaliased(tensors: Vec<CubeTensor>) -> Vec<CubeTensor> {
     let mut out: Vec<CubeTensor> = Vec::with_capacity(tensors.len());
     for tensor in tensors {
-        let memory = tensor.handle.memory.descriptor();
-        let shared = out
-            .iter()
-            .any(|earlier| std::ptr::eq(earlier.handle.memory.descriptor(), memory));
+        let shared = out.iter().any(|earlier| same_memory(earlier, &tensor));
         out.push(if shared {
             CubeBackend::float_mul_scalar(tensor, Scalar::Float(1.0))
         } else {
@@ -1006,7 +1005,7 @@ fn launch_update<const OUT: usize>(
     launch_into(
         shader,
         Tile::CHOICES[0],
-        params.grid(),
+        element_grid(params.count),
         &bound.iter().collect::<Vec<_>>(),
         &outputs.iter().collect::<Vec<_>>(),
         &params.bytes(),
@@ -1072,7 +1071,6 @@ impl UpdateOps for CubeBackend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let params = UpdateParams {
             count: running_mean.shape().num_elements(),
-            has_state: true,
             momentum,
             keep: 1.0 - momentum,
             unbiased,
@@ -1086,6 +1084,7 @@ impl UpdateOps for CubeBackend {
         );
         (mean, var)
     }
+
     fn linf_step(
         x: FloatTensor<Self>,
         grad: FloatTensor<Self>,

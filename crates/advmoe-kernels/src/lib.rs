@@ -61,9 +61,8 @@ thread_local! {
 /// operations (Burn's element-wise kernels; the same results bit for bit); returns the previous
 /// setting. Off by default in the browser build (wasm32): in headless Chromium on SwiftShader the
 /// page trained the standard step at 0.48 steps/s with them and 0.74 without (2026-12-05; why is
-/// not yet known: natively on the same adapter they cost nothing). The
-/// benchmark's `bench steps --elementwise burn` turns it off so that `bench/gpu.sh` can time
-/// both.
+/// not yet known: natively on the same adapter they cost nothing). The benchmark's `bench steps
+/// --elementwise burn` turns it off so that `bench/gpu.sh` can time both.
 pub fn set_own_elementwise(enabled: bool) -> bool {
     OWN_ELEMENTWISE.with(|cell| cell.replace(enabled))
 }
@@ -292,23 +291,19 @@ pub fn linf_step(
         return reference::linf_step(x, grad, center, step_size, radius).detach();
     }
     let autodiff = x.is_autodiff();
-    let out = Tensor::from_dispatch(Dispatch::linf_step(
+    let out = Dispatch::linf_step(
         x.inner().into_dispatch(),
         grad.inner().into_dispatch(),
         center.inner().into_dispatch(),
         step_size,
         radius,
-    ));
-    if autodiff {
-        Tensor::from_inner(out)
-    } else {
-        out
-    }
+    );
+    lift(out, autodiff)
 }
 
 /// `t`, moved back onto the autodiff device when `autodiff` (the update operations run on the
 /// inner device).
-fn lift(t: burn::backend::DispatchTensor, autodiff: bool) -> Tensor<1> {
+fn lift<const D: usize>(t: burn::backend::DispatchTensor, autodiff: bool) -> Tensor<D> {
     let t = Tensor::from_dispatch(t);
     if autodiff { Tensor::from_inner(t) } else { t }
 }
