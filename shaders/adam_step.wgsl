@@ -5,7 +5,8 @@
 //   param' = param - lr * (m' / bias1) / (sqrt(v' / bias2) + eps)
 // with m = v = 0 when the step starts the moments, bias_k = 1 - beta_k^t.
 //
-// Bindings (all read_write storage; contiguous f32, `count` elements each):
+// Bindings (tensors read_write storage, contiguous f32, `count` elements each; the params a
+// uniform):
 //   0 param   1 grad   2 m   3 v (one-value stand-ins when has_state is 0)
 //   4 param'  5 m'     6 v'  7 params UpdateParams (moe_conv_common.wgsl)
 // Dispatch: 256 elements per workgroup, (min(groups, 65535), ceil(groups / 65535), 1).
@@ -18,7 +19,7 @@
 @group(0) @binding(4) var<storage, read_write> param_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> m_out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> v_out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> params: UpdateParams;
+@group(0) @binding(7) var<uniform> params: UpdateParams;
 
 @compute @workgroup_size(256)
 fn main(

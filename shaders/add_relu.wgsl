@@ -2,7 +2,8 @@
 // in one launch where tensor operations take three (the sum, the comparison, the fill). A NaN
 // passes the ReLU as NaN, as Burn's relu keeps it.
 //
-// Bindings (all read_write storage; contiguous f32, `count` elements each):
+// Bindings (tensors read_write storage, contiguous f32, `count` elements each; the params a
+// uniform):
 //   0 a   1 b   2 out   3 params UpdateParams (moe_conv_common.wgsl; only `count` is read)
 // Dispatch: 256 elements per workgroup, (min(groups, 65535), ceil(groups / 65535), 1).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`add_relu`).
@@ -10,7 +11,7 @@
 @group(0) @binding(0) var<storage, read_write> a: array<f32>;
 @group(0) @binding(1) var<storage, read_write> b: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-@group(0) @binding(3) var<storage, read_write> params: UpdateParams;
+@group(0) @binding(3) var<uniform> params: UpdateParams;
 
 @compute @workgroup_size(256)
 fn main(

@@ -4,7 +4,8 @@
 // from the table (moe_conv_common.wgsl: ROW_*, batch_norm_value, relu_cuts). A NaN passes the
 // ReLU as NaN, as Burn's relu keeps it, so a diverged run is still seen as one.
 //
-// Bindings (all read_write storage, as in the MoE conv shaders; contiguous row-major f32):
+// Bindings (as in the MoE conv shaders: tensors read_write storage, contiguous row-major f32;
+// the params a uniform):
 //   0 x      [batch, channels, h, w]
 //   1 table  [4, channels]
 //   2 y      [batch, channels, h, w]
@@ -15,7 +16,7 @@
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> table: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@group(0) @binding(3) var<storage, read_write> params: BatchNormParams;
+@group(0) @binding(3) var<uniform> params: BatchNormParams;
 
 @compute @workgroup_size(256)
 fn main(

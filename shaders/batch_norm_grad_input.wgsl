@@ -7,7 +7,8 @@
 //               stand-ins the kernel does not read)
 // with grad_beta and grad_gamma the sums of batch_norm_grad_sums.wgsl.
 //
-// Bindings (all read_write storage, as in the MoE conv shaders; contiguous row-major f32):
+// Bindings (as in the MoE conv shaders: tensors read_write storage, contiguous row-major f32;
+// the params a uniform):
 //   0 grad       [batch, channels, h, w] (the output's gradient)
 //   1 x          [batch, channels, h, w]
 //   2 table      [4, channels]
@@ -24,7 +25,7 @@
 @group(0) @binding(3) var<storage, read_write> grad_gamma: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_beta: array<f32>;
 @group(0) @binding(5) var<storage, read_write> grad_x: array<f32>;
-@group(0) @binding(6) var<storage, read_write> params: BatchNormParams;
+@group(0) @binding(6) var<uniform> params: BatchNormParams;
 
 @compute @workgroup_size(256)
 fn main(

@@ -8,7 +8,8 @@
 // One workgroup per channel, a strided partial sum per thread, then a tree reduction in
 // workgroup memory.
 //
-// Bindings (all read_write storage, as in the MoE conv shaders; contiguous row-major f32):
+// Bindings (as in the MoE conv shaders: tensors read_write storage, contiguous row-major f32;
+// the params a uniform):
 //   0 grad       [batch, channels, h, w] (the output's gradient)
 //   1 x          [batch, channels, h, w]
 //   2 table      [4, channels]
@@ -23,7 +24,7 @@
 @group(0) @binding(2) var<storage, read_write> table: array<f32>;
 @group(0) @binding(3) var<storage, read_write> grad_gamma: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: BatchNormParams;
+@group(0) @binding(5) var<uniform> params: BatchNormParams;
 
 const REDUCE_THREADS: u32 = 256u;
 

@@ -9,7 +9,8 @@
 // (two reads of x, no cancellation of a one-pass sum of squares). Every thread of the GPU
 // works, unlike a reduction that gives each channel's whole row to one invocation.
 //
-// Bindings (all read_write storage, as in the MoE conv shaders; contiguous row-major f32):
+// Bindings (as in the MoE conv shaders: tensors read_write storage, contiguous row-major f32;
+// the params a uniform):
 //   0 x        [batch, channels, h, w]
 //   1 gamma    [channels]
 //   2 beta     [channels]
@@ -26,7 +27,7 @@
 @group(0) @binding(3) var<storage, read_write> table: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(5) var<storage, read_write> variance: array<f32>;
-@group(0) @binding(6) var<storage, read_write> params: BatchNormParams;
+@group(0) @binding(6) var<uniform> params: BatchNormParams;
 
 const REDUCE_THREADS: u32 = 256u;
 

@@ -1,7 +1,7 @@
 // Eval-mode batch norm, forward, first launch: the table (moe_conv_common.wgsl: ROW_*) from the
 // running statistics, for batch_norm_apply.wgsl and the backward.
 //
-// Bindings (all read_write storage, as in the MoE conv shaders; f32):
+// Bindings (as in the MoE conv shaders: tensors read_write storage, f32; the params a uniform):
 //   0 gamma    [channels]
 //   1 beta     [channels]
 //   2 mean     [channels] (running)
@@ -16,7 +16,7 @@
 @group(0) @binding(2) var<storage, read_write> mean: array<f32>;
 @group(0) @binding(3) var<storage, read_write> variance: array<f32>;
 @group(0) @binding(4) var<storage, read_write> table: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: BatchNormParams;
+@group(0) @binding(5) var<uniform> params: BatchNormParams;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) id: vec3<u32>) {

@@ -5,7 +5,8 @@
 // gradient gives a NaN pixel (the clamps would turn it into a bound), so a diverged attack
 // shows.
 //
-// Bindings (all read_write storage; contiguous f32, `count` elements each):
+// Bindings (tensors read_write storage, contiguous f32, `count` elements each; the params a
+// uniform):
 //   0 x   1 grad   2 center   3 x'   4 params UpdateParams (moe_conv_common.wgsl)
 // Dispatch: 256 elements per workgroup, (min(groups, 65535), ceil(groups / 65535), 1).
 // Launcher: crates/advmoe-kernels/src/cube.rs (`linf_step`).
@@ -14,7 +15,7 @@
 @group(0) @binding(1) var<storage, read_write> grad: array<f32>;
 @group(0) @binding(2) var<storage, read_write> center: array<f32>;
 @group(0) @binding(3) var<storage, read_write> x_out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: UpdateParams;
+@group(0) @binding(4) var<uniform> params: UpdateParams;
 
 @compute @workgroup_size(256)
 fn main(

@@ -3,7 +3,7 @@
 // the tile shape are written once.
 
 // The convolution's geometry: thirteen u32 in this order, 52 bytes with no padding, mirrored by
-// `Geometry` in crates/advmoe-kernels/src/cube.rs (WGSL storage layout of a struct of scalars).
+// `Geometry` in crates/advmoe-kernels/src/cube.rs (a uniform's layout of a struct of scalars).
 struct MoeConvParams {
     batch: u32,
     c_in: u32,

@@ -13,9 +13,9 @@
 // thread 4 x 4 outputs in four vec4 accumulators, interleaved so neighbouring threads touch
 // neighbouring pixels.
 //
-// Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
-// row-major f32 unless noted):
+// Bindings (the tensors read_write storage, because the allocator may place several tensors in
+// one wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted; the params a uniform):
 //   0 input   [batch, c_in, h_in, w_in]
 //   1 weight  [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts [batch] i32
@@ -33,7 +33,7 @@
 @group(0) @binding(3) var<storage, read_write> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 @group(0) @binding(5) var<storage, read_write> z: array<f32>;
-@group(0) @binding(6) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(6) var<uniform> params: MoeConvParams;
 
 // Per reduction index of the current step: offset of (ci, ky, kx) in one sample's input, ky, kx.
 var<workgroup> tap_offset: array<i32, TILE_K>;

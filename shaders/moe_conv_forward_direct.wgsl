@@ -10,9 +10,9 @@
 // SwiftShader), where workgroup memory is ordinary memory and barriers only cost; GPUs get the
 // tiled kernel.
 //
-// Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
-// row-major f32 unless noted):
+// Bindings (the tensors read_write storage, because the allocator may place several tensors in
+// one wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted; the params a uniform):
 //   0 input   [batch, c_in, h_in, w_in]
 //   1 weight  [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts [batch] i32
@@ -30,7 +30,7 @@
 @group(0) @binding(3) var<storage, read_write> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> output: array<f32>;
 @group(0) @binding(5) var<storage, read_write> z: array<f32>;
-@group(0) @binding(6) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(6) var<uniform> params: MoeConvParams;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

@@ -12,9 +12,9 @@
 // reach an output from that phase (ky = (iy + padding) mod stride, then every stride-th; a
 // quarter of the taps for stride 2). Same tiling as the forward kernel.
 //
-// Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
-// row-major f32 unless noted):
+// Bindings (the tensors read_write storage, because the allocator may place several tensors in
+// one wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted; the params a uniform):
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 weight      [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts     [batch] i32
@@ -31,7 +31,7 @@
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
 @group(0) @binding(3) var<storage, read_write> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_input: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(5) var<uniform> params: MoeConvParams;
 
 // Per reduction index k = (co, ky, kx) of the current step: offset of channel co in one
 // sample's output gradient, offset of (co, tap) in one expert's filters, ky, kx.

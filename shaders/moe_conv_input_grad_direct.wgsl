@@ -13,9 +13,9 @@
 // per workgroup: within a phase only the taps with ky = (iy + padding) mod stride (mod stride)
 // reach an output, so a stride-2 layer visits a quarter of the taps instead of testing all.
 //
-// Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
-// row-major f32 unless noted):
+// Bindings (the tensors read_write storage, because the allocator may place several tensors in
+// one wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted; the params a uniform):
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 weight      [num_experts * c_out, c_in, kernel, kernel]
 //   2 experts     [batch] i32
@@ -32,7 +32,7 @@
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
 @group(0) @binding(3) var<storage, read_write> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> grad_input: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(5) var<uniform> params: MoeConvParams;
 
 @compute @workgroup_size(THREADS)
 fn main(@builtin(workgroup_id) group: vec3<u32>, @builtin(local_invocation_index) lid: u32) {

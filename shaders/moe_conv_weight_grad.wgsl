@@ -11,9 +11,9 @@
 // (c_in * kernel * kernel), reduction = (sample, output pixel). Skipping a sample is uniform
 // across the workgroup (the expert index is read from a buffer, never from the CPU).
 //
-// Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
-// row-major f32 unless noted):
+// Bindings (the tensors read_write storage, because the allocator may place several tensors in
+// one wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted; the params a uniform):
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 input       [batch, c_in, h_in, w_in]
 //   2 experts     [batch] i32
@@ -29,7 +29,7 @@
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
 @group(0) @binding(3) var<storage, read_write> gate: array<f32>;
 @group(0) @binding(4) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(5) var<uniform> params: MoeConvParams;
 
 // Per output pixel of the current step: the top-left input corner of its receptive field.
 var<workgroup> corner_y: array<i32, TILE_K>;

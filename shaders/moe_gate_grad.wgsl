@@ -9,9 +9,9 @@
 // One workgroup per sample: a strided partial sum per thread, then a tree reduction in
 // workgroup memory.
 //
-// Bindings (all read_write storage, because the allocator may place several tensors in one
-// wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
-// row-major f32 unless noted):
+// Bindings (the tensors read_write storage, because the allocator may place several tensors in
+// one wgpu buffer and a dispatch may not bind one buffer both read-only and writable; contiguous
+// row-major f32 unless noted; the params a uniform):
 //   0 grad_output [batch, c_out, h_out, w_out]
 //   1 z           [batch, c_out, h_out, w_out] (the ungated expert output)
 //   2 experts     [batch] i32
@@ -24,7 +24,7 @@
 @group(0) @binding(1) var<storage, read_write> z: array<f32>;
 @group(0) @binding(2) var<storage, read_write> experts: array<i32>;
 @group(0) @binding(3) var<storage, read_write> grad_gate: array<f32>;
-@group(0) @binding(4) var<storage, read_write> params: MoeConvParams;
+@group(0) @binding(4) var<uniform> params: MoeConvParams;
 
 const REDUCE_THREADS: u32 = 256u;
 

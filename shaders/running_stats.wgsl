@@ -4,7 +4,8 @@
 //   var'  = keep * var  + momentum * (unbiased * batch_var)
 // (batch_var biased, unbiased = n / (n - 1), keep = 1 - momentum.)
 //
-// Bindings (all read_write storage; contiguous f32, `count` = channels elements each):
+// Bindings (tensors read_write storage, contiguous f32, `count` = channels elements each; the
+// params a uniform):
 //   0 running_mean   1 running_var   2 batch_mean   3 batch_var
 //   4 mean'          5 var'  6 params UpdateParams (moe_conv_common.wgsl)
 // Dispatch: 256 channels per workgroup, (min(groups, 65535), ceil(groups / 65535), 1).
@@ -16,7 +17,7 @@
 @group(0) @binding(3) var<storage, read_write> batch_var: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mean_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> var_out: array<f32>;
-@group(0) @binding(6) var<storage, read_write> params: UpdateParams;
+@group(0) @binding(6) var<uniform> params: UpdateParams;
 
 @compute @workgroup_size(256)
 fn main(

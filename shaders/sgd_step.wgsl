@@ -5,7 +5,8 @@
 //   param' = param - lr * buf
 // Each product and sum is rounded as the element-wise launches rounded it.
 //
-// Bindings (all read_write storage; contiguous f32, `count` elements each):
+// Bindings (tensors read_write storage, contiguous f32, `count` elements each; the params a
+// uniform):
 //   0 param   1 grad   2 buf (a one-value stand-in when has_state is 0)
 //   3 param'  4 buf'   5 params UpdateParams (moe_conv_common.wgsl)
 // Dispatch: 256 elements per workgroup, (min(groups, 65535), ceil(groups / 65535), 1).
@@ -16,7 +17,7 @@
 @group(0) @binding(2) var<storage, read_write> buf: array<f32>;
 @group(0) @binding(3) var<storage, read_write> param_out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> buf_out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> params: UpdateParams;
+@group(0) @binding(5) var<uniform> params: UpdateParams;
 
 @compute @workgroup_size(256)
 fn main(

@@ -15,7 +15,7 @@ use burn::cubecl::Device as CubeDevice;
 use burn::cubecl::ir::UIntKind;
 use burn::cubecl::ir::metadata::Info;
 use burn::cubecl::prelude::*;
-use burn::cubecl::server::KernelArguments;
+use burn::cubecl::server::{KernelArguments, MetadataBindingInfo};
 use burn::cubecl::{CubeKernel, PrecompiledSource};
 use burn::tensor::{DType, FloatDType, IntDType, Scalar, Shape};
 
@@ -308,18 +308,36 @@ fn launch_into(
         "{shader:?}: one tensor bound twice (WebGPU rejects writable bindings that alias)"
     );
     let client = inputs[0].client.clone();
-    let params = client.create_from_slice(params);
     let buffers = inputs
         .iter()
         .chain(outputs)
         .map(|tensor| tensor.handle.clone().binding())
-        .chain(std::iter::once(params.binding()))
         .collect();
     client.launch(
         Box::new(WgslKernel { shader, tile }),
         count,
-        KernelArguments::new().with_buffers(buffers),
+        KernelArguments::new()
+            .with_buffers(buffers)
+            .with_info(MetadataBindingInfo::custom(uniform_words(params))),
     );
+}
+
+/// A kernel's scalars as CubeCL's metadata words, zero-padded to whole 16-byte rows. CubeCL binds
+/// them after the buffers as a uniform (the shaders' `var<uniform> params`) from its pool of
+/// uniforms, as it does for Burn's own kernels. Uploading them as a buffer of their own instead
+/// (`create_from_slice`) is a queue write, and CubeCL submits everything queued before each write:
+/// one submit per launch of ours.
+fn uniform_words(params: &[u8]) -> Vec<u64> {
+    let mut words: Vec<u64> = params
+        .chunks(8)
+        .map(|chunk| {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            u64::from_le_bytes(word)
+        })
+        .collect();
+    words.resize(words.len().next_multiple_of(2), 0);
+    words
 }
 
 /// Allocate an f32 output, launch `shader` over `[inputs.., output, params]`, return output.

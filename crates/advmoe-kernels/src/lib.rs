@@ -52,17 +52,17 @@ thread_local! {
     static SPARSE_ENABLED: Cell<bool> = const { Cell::new(true) };
     static VARIANT: Cell<Option<Variant>> = const { Cell::new(None) };
     static OWN_GPU_CONV: Cell<bool> = const { Cell::new(true) };
-    static OWN_ELEMENTWISE: Cell<bool> = const { Cell::new(!cfg!(target_arch = "wasm32")) };
+    static OWN_ELEMENTWISE: Cell<bool> = const { Cell::new(true) };
 }
 
 /// Run this thread's element-wise updates on `wgpu` ([`sgd_step`], [`adam_step`],
 /// [`running_stats_step`], [`linf_step`], and the models' residual [`add_relu`]) on our kernels,
 /// one launch each (on by default natively), or, turned off, as [`reference`]'s tensor
 /// operations (Burn's element-wise kernels; the same results bit for bit); returns the previous
-/// setting. Off by default in the browser build (wasm32): in headless Chromium on SwiftShader the
-/// page trained the standard step at 0.48 steps/s with them and 0.74 without (2026-12-05; why is
-/// not yet known: natively on the same adapter they cost nothing). The benchmark's `bench steps
-/// --elementwise burn` turns it off so that `bench/gpu.sh` can time both.
+/// setting. On by default in the browser build too: a first measurement in headless Chromium had
+/// the page slower with them (0.48 against 0.74 steps/s), which four alternating runs of each
+/// build did not reproduce (bench/README.md). The benchmark's `bench steps --elementwise burn`
+/// turns it off so that `bench/gpu.sh` can time both.
 pub fn set_own_elementwise(enabled: bool) -> bool {
     OWN_ELEMENTWISE.with(|cell| cell.replace(enabled))
 }
