@@ -333,7 +333,8 @@ fn uniform_words(params: &[u8]) -> Vec<u64> {
         .map(|chunk| {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            u64::from_le_bytes(word)
+            // CubeCL writes the words back as native-endian bytes: the same bytes again.
+            u64::from_ne_bytes(word)
         })
         .collect();
     words.resize(words.len().next_multiple_of(2), 0);
