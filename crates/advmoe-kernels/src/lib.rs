@@ -57,12 +57,12 @@ thread_local! {
 
 /// Run this thread's element-wise updates on `wgpu` ([`sgd_step`], [`adam_step`],
 /// [`running_stats_step`], [`linf_step`], and the models' residual [`add_relu`]) on our kernels,
-/// one launch each (on by default natively), or, turned off, as [`reference`]'s tensor
-/// operations (Burn's element-wise kernels; the same results bit for bit); returns the previous
-/// setting. On by default in the browser build too: a first measurement in headless Chromium had
-/// the page slower with them (0.48 against 0.74 steps/s), which four alternating runs of each
-/// build did not reproduce (bench/README.md). The benchmark's `bench steps --elementwise burn`
-/// turns it off so that `bench/gpu.sh` can time both.
+/// one launch each (on by default, in the browser build too), or, turned off, as [`reference`]'s
+/// tensor operations (Burn's element-wise kernels; the same results bit for bit); returns the
+/// previous setting. A first measurement in headless Chromium had the page slower with them (0.48
+/// against 0.74 steps/s), which ten later runs of five builds, alternating, did not reproduce
+/// (bench/README.md). The benchmark's `bench steps --elementwise burn` turns it off so that
+/// `bench/gpu.sh` can time both.
 pub fn set_own_elementwise(enabled: bool) -> bool {
     OWN_ELEMENTWISE.with(|cell| cell.replace(enabled))
 }
