@@ -7,13 +7,33 @@
 #   advmoe-fusion.xz    the same built with `--features fusion` (FUSION=0 leaves it out)
 #   cifar10-jpg.tar.gz  the data (DATA), for bench/gpu-compare.sh
 #   gl/*.deb            the Vulkan loader (libvulkan1) and libglvnd, unpacked there when it lacks either
+#   source              the commit and a digest of the files the binaries are built from
 # .device/ is ignored by git; the call carries it (`carry: [".device"]`) with the working tree,
 # 64 MiB in all, which this script checks. It leaves target/release/advmoe built without either
-# feature.
+# feature. A pack outlives its session (it takes about 35 minutes on 2 cores):
+# `bench/device-pack.sh check` says whether .device/ was packed from the sources checked out now,
+# so that a later session lent a machine can spend none of its time packing again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACK=.device
+# The digest of every tracked file the release binaries are built from, as they are on disk.
+digest() {
+  git ls-files -z crates shaders Cargo.toml Cargo.lock rust-toolchain.toml .cargo |
+    LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+}
+if [ "${1:-}" = check ]; then
+  [ -f "$PACK/source" ] || { echo "$PACK: no pack (or one from before packs were stamped)"; exit 1; }
+  packed=$(sed -n 's/^digest //p' "$PACK/source")
+  if [ "$packed" = "$(digest)" ]; then
+    echo "$PACK is current: $(head -n 1 "$PACK/source")"
+  else
+    echo "$PACK is stale: packed from $(head -n 1 "$PACK/source"); the sources have changed since"
+    exit 1
+  fi
+  exit 0
+fi
+
 DATA=${DATA:-../shared/data/cifar10-jpg.tar.gz}
 AUTOTUNE=${AUTOTUNE:-1}
 FUSION=${FUSION:-1}
@@ -38,6 +58,9 @@ for feature in autotune fusion; do
   fi
 done
 binary advmoe   # last, so that target/release/advmoe is the product's again
+printf 'commit %s%s, packed %s\ndigest %s\n' "$(git rev-parse --short HEAD)" \
+  "$(git diff --quiet HEAD -- crates shaders Cargo.toml Cargo.lock rust-toolchain.toml .cargo || echo ' (with changes not committed)')" \
+  "$(date -u +%Y-%m-%dT%H:%MZ)" "$(digest)" > "$PACK/source"
 
 cp "$DATA" "$PACK/cifar10-jpg.tar.gz"
 rm -f "$PACK"/gl/*.deb

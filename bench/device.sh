@@ -40,6 +40,7 @@ trap 'exec >&- 2>&-; wait "$tee_pid"' EXIT
 
 case $MODE in perf|compare|both) ;; *) echo "usage: bench/device.sh perf|compare|both" >&2; exit 2 ;; esac
 [ -f "$PACK/advmoe.xz" ] || { echo "no $PACK/advmoe.xz: run bench/device-pack.sh here and carry $PACK" >&2; exit 2; }
+[ -f "$PACK/source" ] && echo "pack: $(head -n 1 "$PACK/source")"
 
 say "setup"
 # The Vulkan loader, and the GL vendor-neutral dispatch (libglvnd) that NVIDIA's Vulkan driver
