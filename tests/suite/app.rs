@@ -726,6 +726,60 @@ fn the_report_shows_recorded_comparisons() {
         harness.get_by_label("+1.8 (0.030), -3.2 (0.001), -3.5 (< 0.001)");
         harness.get_by_label("-1.6 ± 1.7");
     }
+    // All five models at 6,000 steps with every batch-norm pass folded, image by image. Vanilla
+    // MoE AT's router sends every image to one expert from the first curve point on; with the
+    // balance term it did so too, onto each expert in turn, then spread them from step 3,000 on
+    // (26 / 74 at the end); AdvMoE's stayed live throughout. AdvMoE trails the balanced one in
+    // the worst case, 17 against 47 images (docs/results/cifar10-cpu-6000-steps.md).
+    let folded = RecordedComparison::parse("6000 folded", BUNDLED_COMPARISONS[7].1.as_bytes())
+        .expect("the folded 6,000-step comparison parses");
+    let rows = &folded.comparison.rows;
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dense-full-trades",
+            "dense-same-cost-trades",
+            "moe-at",
+            "moe-at-balanced",
+            "advmoe"
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.steps == 6000 && r.report.images == 1000)
+    );
+    let busiest = |name: &str| -> Vec<f64> {
+        let row = rows.iter().find(|r| r.name == name).expect(name);
+        let each = row.report.per_image.as_ref().expect(name);
+        assert_eq!(share_correct(&each.clean), row.report.clean_acc, "{name}");
+        row.history
+            .iter()
+            .map(|h| h.expert_load[0].iter().cloned().fold(0.0, f64::max))
+            .collect()
+    };
+    assert!(busiest("moe-at").iter().all(|&share| share > 0.99));
+    let balanced = busiest("moe-at-balanced");
+    assert!(
+        balanced[..3].iter().all(|&share| share > 0.97),
+        "{balanced:?}"
+    );
+    assert!(
+        balanced[3..].iter().all(|&share| share < 0.8),
+        "{balanced:?}"
+    );
+    assert!(busiest("advmoe").iter().all(|&share| share < 0.8));
+    let differences = advmoe_engine::compare::paired_rows(rows);
+    let worst = differences
+        .iter()
+        .find(|d| d.b == "moe-at-balanced" && d.what == "worst-case RA")
+        .expect("AdvMoE against the balanced vanilla MoE AT");
+    assert_eq!((worst.paired.only_a, worst.paired.only_b), (17, 47));
+    choose(&mut harness, "Show", BUNDLED_COMPARISONS[7].0);
+    harness.get_by_label_contains("batch 64, 6000 steps");
+    harness.get_by_label("17 / 47");
+    harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
+
     // The comparisons of another budget have no other seed beside them.
     choose(&mut harness, "Show", BUNDLED_COMPARISONS[3].0);
     assert!(

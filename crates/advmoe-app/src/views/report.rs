@@ -37,7 +37,7 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 7] = [
+pub const BUNDLED_COMPARISONS: [(&str, &str); 8] = [
     (
         "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
@@ -65,6 +65,10 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 7] = [
     (
         "CIFAR-10 on the CPU: the same, seed 2 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-3000-steps-bn/paired-seed-2.json"),
+    ),
+    (
+        "CIFAR-10 on the CPU: 6,000 steps, every batch-norm pass folded, paired (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-6000-steps-bn/paired.json"),
     ),
 ];
 
