@@ -17,9 +17,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACK=.device
-# The digest of every tracked file the release binaries are built from, as they are on disk.
+# What the release binaries are built from, and the digest of its tracked files as on disk.
+SOURCES=(crates shaders Cargo.toml Cargo.lock rust-toolchain.toml .cargo)
 digest() {
-  git ls-files -z crates shaders Cargo.toml Cargo.lock rust-toolchain.toml .cargo |
+  git ls-files -z "${SOURCES[@]}" |
     LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
 }
 if [ "${1:-}" = check ]; then
@@ -59,7 +60,7 @@ for feature in autotune fusion; do
 done
 binary advmoe   # last, so that target/release/advmoe is the product's again
 printf 'commit %s%s, packed %s\ndigest %s\n' "$(git rev-parse --short HEAD)" \
-  "$(git diff --quiet HEAD -- crates shaders Cargo.toml Cargo.lock rust-toolchain.toml .cargo || echo ' (with changes not committed)')" \
+  "$(git diff --quiet HEAD -- "${SOURCES[@]}" || echo ' (with changes not committed)')" \
   "$(date -u +%Y-%m-%dT%H:%MZ)" "$(digest)" > "$PACK/source"
 
 cp "$DATA" "$PACK/cifar10-jpg.tar.gz"
