@@ -793,11 +793,17 @@ fn a_cut_comparison_continues_from_its_checkpoint() {
     assert!(cut.join("advmoe").join("row.json").exists());
 }
 
-/// The recorded 3,000-step CIFAR-10 comparison of seed `seed` (0 or 1; docs/results).
+/// The recorded 3,000-step CIFAR-10 comparison of seed `seed` (docs/results).
 fn recorded_seed(seed: u64) -> Comparison {
+    recorded_3000("paired", seed)
+}
+
+/// The recorded 3,000-step CIFAR-10 comparison `stem` of seed `seed`: `stem.json` for seed 0,
+/// `stem-seed-<seed>.json` for the others (docs/results/cifar10-cpu-3000-steps-bn).
+fn recorded_3000(stem: &str, seed: u64) -> Comparison {
     let name = match seed {
-        0 => "paired.json".to_string(),
-        s => format!("paired-seed-{s}.json"),
+        0 => format!("{stem}.json"),
+        s => format!("{stem}-seed-{s}.json"),
     };
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../docs/results/cifar10-cpu-3000-steps-bn")
@@ -904,4 +910,139 @@ fn a_summary_over_seeds_holds_the_training_noise() {
     // Student's t: tabulated t(0.975, 30) = 2.042, t(0.975, 120) = 1.980.
     assert!((student_t_975(30) - 2.042).abs() < 1e-3);
     assert!((student_t_975(120) - 1.980).abs() < 1e-3);
+}
+
+/// AdvMoE trained with the robust router objective (recorded: one `compare --models advmoe`
+/// run per seed) set beside the recorded seeds' models: it joins its own seed's models, pairs
+/// image by image with them (seed 0: 2.9 points of worst-case RA under the class-partition
+/// AdvMoE, 31 / 60 images; seed 1: 1.8 above, 48 / 30), names the one setting its training
+/// changed, and is refused wherever the pairing would not hold.
+#[test]
+fn a_model_trained_another_way_pairs_with_its_seeds_models() {
+    use advmoe_engine::seeds::{Added, SeedSummary};
+
+    let robust = |seed: u64| recorded_3000("advmoe-robust-objective", seed);
+    let (zero, one) = (recorded_seed(0), recorded_seed(1));
+    let (r0, r1) = (robust(0), robust(1));
+    let add = |c| Added {
+        name: "robust-objective",
+        comparison: c,
+    };
+    let summary = SeedSummary::with_added(&[&zero, &one], &[add(&r0), add(&r1)]).unwrap();
+    let names: Vec<&str> = summary.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "advmoe",
+            "moe-at",
+            "dense-same-cost-trades",
+            "robust-objective"
+        ]
+    );
+    assert_eq!(summary.added.len(), 1);
+    assert_eq!(summary.added[0].row, "advmoe");
+    assert_eq!(summary.added[0].differs_in, ["base.train.router_objective"]);
+    let added = &summary.models[3];
+    for (i, c) in [&r0, &r1].iter().enumerate() {
+        assert_eq!(added.clean_acc.values[i], c.rows[0].report.clean_acc);
+    }
+    // Its router collapsed with both seeds.
+    assert_eq!(
+        added
+            .busiest_expert
+            .as_ref()
+            .unwrap()
+            .values
+            .iter()
+            .map(|v| (100.0 * v).round())
+            .collect::<Vec<_>>(),
+        [100.0, 100.0]
+    );
+    let gap = |b: &str| {
+        summary
+            .gaps
+            .iter()
+            .find(|g| g.a == "robust-objective" && g.b == b && g.what == "worst-case RA")
+            .unwrap()
+    };
+    let split = |g: &advmoe_engine::seeds::SeedGap| -> Vec<(usize, usize)> {
+        g.per_seed.iter().map(|p| (p.only_a, p.only_b)).collect()
+    };
+    let partition = gap("advmoe");
+    assert_eq!(split(partition), [(31, 60), (48, 30)]);
+    assert!((partition.per_seed[0].p_value - 0.003).abs() < 0.0005);
+    assert_eq!(partition.significant(), (0, 1));
+    let vanilla = gap("moe-at");
+    let each: Vec<f64> = vanilla
+        .per_seed
+        .iter()
+        .map(|p| 100.0 * p.difference)
+        .collect();
+    assert!(
+        (each[0] + 1.1).abs() < 0.05 && (each[1] + 1.4).abs() < 0.05,
+        "{each:?}"
+    );
+    assert_eq!(
+        summary.gaps.len(),
+        2 * 3 + 3 * 3,
+        "AdvMoE against 2 models and the added one against 3, each on SA, PGD-10 and the worst case"
+    );
+    let md = summary.markdown();
+    assert!(
+        md.contains("its settings differ in `base.train.router_objective`"),
+        "{md}"
+    );
+
+    // One seed: each figure alone, and the test images' standard error beside the gap.
+    let single = SeedSummary::with_added(&[&zero], &[add(&r0)]).unwrap();
+    let md = single.markdown();
+    assert!(md.starts_with("Seed 0 (one run"), "{md}");
+    assert!(
+        md.contains("| robust-objective | 39.2 | 23.8 | 19.4 |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| robust-objective − advmoe | worst-case RA | -2.9 (0.003) | -2.9 ± 0.9 |"),
+        "{md}"
+    );
+
+    // A seed without it: left out, and no gap of it.
+    let half = SeedSummary::with_added(&[&zero, &one], &[add(&r0)]).unwrap();
+    assert_eq!(half.left_out, ["robust-objective"]);
+    assert!(half.added.is_empty());
+    assert!(half.gaps.iter().all(|g| g.a != "robust-objective"));
+
+    // Refused where the pairing would not hold.
+    let refused = |comparisons: &[&Comparison], added: &[Added]| {
+        SeedSummary::with_added(comparisons, added).unwrap_err()
+    };
+    let e = refused(&[&zero], &[add(&zero)]);
+    assert!(e.contains("holds 3 models"), "{e}");
+    let e = refused(
+        &[&zero],
+        &[Added {
+            name: "moe-at",
+            comparison: &r0,
+        }],
+    );
+    assert!(e.contains("name of one of the comparisons' models"), "{e}");
+    let e = refused(&[&zero], &[add(&r1)]);
+    assert!(
+        e.contains("trained with seed 1, and no comparison was"),
+        "{e}"
+    );
+    let e = refused(&[&zero], &[add(&r0), add(&r0)]);
+    assert!(e.contains("given twice with seed 0"), "{e}");
+    let mut fewer = r0.clone();
+    fewer.eval.limit = 500;
+    let e = refused(&[&zero], &[add(&fewer)]);
+    assert!(e.contains("eval.limit differs"), "{e}");
+    let mut swept = r0.clone();
+    swept.eval.eps_sweep = vec![4.0 / 255.0];
+    SeedSummary::with_added(&[&zero], &[add(&swept)])
+        .expect("an ε-curve changes no image's outcome");
+    let mut longer = r1.clone();
+    longer.base.train.total_steps = 6000;
+    let e = refused(&[&zero, &one], &[add(&r0), add(&longer)]);
+    assert!(e.contains("differ in base.train.total_steps"), "{e}");
 }

@@ -59,8 +59,9 @@ enum Command {
     /// with the same attacks, print a markdown table and write compare.json.
     Compare(Box<compare::CompareArgs>),
     /// Summarise the same comparison trained with several seeds: each model's mean and spread,
-    /// and AdvMoE's paired gaps seed by seed with a standard error over the seeds (print the
-    /// tables; with `--out`, also write seeds.json and seeds.md).
+    /// and AdvMoE's paired gaps seed by seed with a standard error over the seeds; `--add` sets
+    /// models trained another way beside them (print the tables; with `--out`, also write
+    /// seeds.json and seeds.md).
     Seeds(seeds::SeedsArgs),
     /// Print the analytic inference cost (MACs) of an architecture.
     Macs(args::ModelArgs),

@@ -22,7 +22,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::eval::images_to_evaluate;
-use crate::paired::{Paired, PerImage, format_p};
+use crate::paired::{Paired, format_p};
 pub use crate::robust::Counted;
 use crate::robust::attack_name;
 use crate::robust::{EvalProgress, Evaluation, RobustOptions, RobustReport, evaluate_robust_from};
@@ -925,12 +925,12 @@ impl PairedRow {
 /// an `advmoe` row is there, else every pair; SA, the RA attack and, when both measured it,
 /// the worst case. Empty when fewer than two rows recorded them.
 pub fn paired_rows<'a>(rows: impl IntoIterator<Item = &'a CompareRow>) -> Vec<PairedRow> {
-    let with: Vec<(&CompareRow, &PerImage)> = rows
+    let with: Vec<&CompareRow> = rows
         .into_iter()
-        .filter_map(|r| Some((r, r.report.per_image.as_ref()?)))
+        .filter(|r| r.report.per_image.is_some())
         .collect();
     let mut pairs = Vec::new();
-    match with.iter().position(|(r, _)| r.name == "advmoe") {
+    match with.iter().position(|r| r.name == "advmoe") {
         Some(a) => pairs.extend((0..with.len()).filter(|&b| b != a).map(|b| (a, b))),
         None => {
             for a in 0..with.len() {
@@ -938,30 +938,41 @@ pub fn paired_rows<'a>(rows: impl IntoIterator<Item = &'a CompareRow>) -> Vec<Pa
             }
         }
     }
-    let mut out = Vec::new();
-    for (a, b) in pairs {
-        let ((ra, pa), (rb, pb)) = (with[a], with[b]);
-        let mut measured = vec![
-            ("SA".to_string(), &pa.clean, &pb.clean),
-            (
-                format!("RA ({})", attack_name(&ra.report.attack)),
-                &pa.robust,
-                &pb.robust,
-            ),
-        ];
-        if !pa.worst_case.is_empty() && !pb.worst_case.is_empty() {
-            measured.push(("worst-case RA".into(), &pa.worst_case, &pb.worst_case));
-        }
-        out.extend(measured.into_iter().filter_map(|(what, x, y)| {
+    pairs
+        .into_iter()
+        .flat_map(|(a, b)| paired_pair(with[a], with[b]))
+        .collect()
+}
+
+/// The paired differences `a − b` of two rows measured on the same images: SA, the RA attack
+/// (named by `a`'s) and, when both measured it, the worst case. Empty when either row lacks the
+/// per-image outcomes, or they were recorded on different numbers of images.
+pub fn paired_pair(a: &CompareRow, b: &CompareRow) -> Vec<PairedRow> {
+    let (Some(pa), Some(pb)) = (&a.report.per_image, &b.report.per_image) else {
+        return Vec::new();
+    };
+    let mut measured = vec![
+        ("SA".to_string(), &pa.clean, &pb.clean),
+        (
+            format!("RA ({})", attack_name(&a.report.attack)),
+            &pa.robust,
+            &pb.robust,
+        ),
+    ];
+    if !pa.worst_case.is_empty() && !pb.worst_case.is_empty() {
+        measured.push(("worst-case RA".into(), &pa.worst_case, &pb.worst_case));
+    }
+    measured
+        .into_iter()
+        .filter_map(|(what, x, y)| {
             Some(PairedRow {
-                a: ra.name.clone(),
-                b: rb.name.clone(),
+                a: a.name.clone(),
+                b: b.name.clone(),
                 what,
                 paired: Paired::of(x, y)?,
             })
-        }));
-    }
-    out
+        })
+        .collect()
 }
 
 /// The [`paired_rows`] as a markdown table; empty when there are none.

@@ -7,11 +7,15 @@
 //! can trade places (vanilla MoE AT's router collapses onto whichever expert wins early, and may
 //! switch later), so a claim that one method beats another needs the gap of every seed. The
 //! summary refuses comparisons that differ in anything but their seeds.
+//!
+//! A model trained another way (AdvMoE with another router objective, say) joins the summary as
+//! an [`Added`] model: the one row of another comparison per seed, measured on the same images
+//! with the same attacks, paired with each of that seed's models.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::compare::{CompareRow, Comparison, paired_rows};
+use crate::compare::{CompareRow, Comparison, paired_pair, paired_rows};
 use crate::paired::{Paired, format_p};
 
 /// One figure of one model over the seeds.
@@ -43,7 +47,11 @@ impl Spread {
         self.cell(100.0, 1)
     }
 
+    /// `mean ± sd (v1, v2, …)`, scaled; only the value when there is one.
     fn cell(&self, scale: f64, decimals: usize) -> String {
+        if let [one] = self.values.as_slice() {
+            return format!("{:.decimals$}", scale * one);
+        }
         let each: Vec<String> = self
             .values
             .iter()
@@ -123,6 +131,11 @@ impl SeedGap {
             format!("{:+.1} to {:+.1}", 100.0 * lo, 100.0 * hi)
         });
         let (ahead, behind) = self.significant();
+        // One seed has no spread over seeds: its ± is the test images' paired standard error.
+        let std_error = match self.per_seed.as_slice() {
+            [one] => one.std_error,
+            _ => self.std_error,
+        };
         [
             format!("{} − {}", self.a, self.b),
             self.what.clone(),
@@ -130,7 +143,7 @@ impl SeedGap {
             format!(
                 "{:+.1} ± {:.1}",
                 100.0 * self.difference.mean,
-                100.0 * self.std_error
+                100.0 * std_error
             ),
             interval,
             format!("{ahead} / {behind}"),
@@ -167,9 +180,38 @@ pub struct SeedSummary {
     pub models: Vec<ModelSeeds>,
     /// Models some comparisons lack, left out.
     pub left_out: Vec<String>,
-    /// AdvMoE's paired gaps to each other model (every pair without an `advmoe` row), on
-    /// comparisons that recorded each image's outcomes; empty otherwise.
+    /// AdvMoE's paired gaps to each other model (every pair without an `advmoe` row), then each
+    /// added model's to each of the comparisons' models, on comparisons that recorded each
+    /// image's outcomes; empty otherwise.
     pub gaps: Vec<SeedGap>,
+    /// Models trained another way and set beside the comparisons' own ([`Added`]), in the order
+    /// given; their figures are among `models`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<AddedModel>,
+}
+
+/// A model trained another way, to set beside the comparisons' own: the one row of another
+/// `advmoe compare` run (`--models <one>`), trained with the seed of one of the comparisons and
+/// measured on the same test images with the same attacks, so that it pairs image by image
+/// with that seed's models.
+#[derive(Debug, Clone, Copy)]
+pub struct Added<'a> {
+    /// Its name in the summary (none of the comparisons' models may have it).
+    pub name: &'a str,
+    /// The comparison it was trained in, with one row.
+    pub comparison: &'a Comparison,
+}
+
+/// A model set beside the comparisons' own, and what its training changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddedModel {
+    /// Its name in the summary.
+    pub name: String,
+    /// The row's name in its own comparison: which of compare's models it is.
+    pub row: String,
+    /// The settings in which its comparisons differ from the summarised ones, seeds aside, as
+    /// paths into compare.json (`base.train.router_objective`).
+    pub differs_in: Vec<String>,
 }
 
 impl SeedSummary {
@@ -180,6 +222,22 @@ impl SeedSummary {
     /// anything but their seeds (data, model, training, evaluation), named by the first setting
     /// that differs.
     pub fn of(comparisons: &[&Comparison]) -> Result<Self, String> {
+        Self::with_added(comparisons, &[])
+    }
+
+    /// [`SeedSummary::of`], with models trained another way set beside the comparisons' own:
+    /// each [`Added`] model joins the seed it was trained with, its figures over its seeds join
+    /// the models' table, and its paired gaps to each of the comparisons' models, seed by seed,
+    /// join the gaps. An added name missing from some seed is left out like a model that some
+    /// comparisons lack.
+    ///
+    /// # Errors
+    /// Those of [`SeedSummary::of`]; and an added model whose comparison holds more or less
+    /// than one row, whose name is one of the comparisons' models, whose seed none of the
+    /// comparisons has or that it gives twice, that was measured otherwise than its seed's
+    /// comparison (data, test images, attacks), or whose comparisons differ among themselves in
+    /// more than their seeds.
+    pub fn with_added(comparisons: &[&Comparison], added: &[Added]) -> Result<Self, String> {
         let Some(&first) = comparisons.first() else {
             return Err("no comparison to summarise".into());
         };
@@ -221,10 +279,59 @@ impl SeedSummary {
                 }
             }
         }
-        let kept = |c: &Comparison| -> Vec<CompareRow> {
-            models.iter().filter_map(|m| row_of(c, &m.name)).collect()
+        let at_seed = check_added(comparisons, added)?;
+        let added_row = |seed: usize, name: &str| -> Option<CompareRow> {
+            let a = at_seed[seed].iter().find(|a| a.name == name)?;
+            let mut row = a.comparison.rows[0].clone();
+            row.name = name.to_string();
+            Some(row)
         };
-        let per_seed: Vec<_> = comparisons.iter().map(|&c| paired_rows(&kept(c))).collect();
+        let mut added_models: Vec<AddedModel> = Vec::new();
+        let mut added_names: Vec<&str> = Vec::new();
+        for a in added {
+            if added_names.contains(&a.name) {
+                continue;
+            }
+            added_names.push(a.name);
+            let rows: Option<Vec<CompareRow>> = (0..comparisons.len())
+                .map(|k| added_row(k, a.name))
+                .collect();
+            let Some(rows) = rows else {
+                left_out.push(a.name.to_string());
+                continue;
+            };
+            models.push(model_seeds(a.name, &rows));
+            let mut differs_in = Vec::new();
+            differences(
+                &settings(first),
+                &settings(a.comparison),
+                "",
+                &mut differs_in,
+            );
+            added_models.push(AddedModel {
+                name: a.name.to_string(),
+                row: a.comparison.rows[0].name.clone(),
+                differs_in,
+            });
+        }
+        let base_models = models.len() - added_models.len();
+        let per_seed: Vec<_> = comparisons
+            .iter()
+            .enumerate()
+            .map(|(k, &c)| {
+                let base: Vec<CompareRow> = models[..base_models]
+                    .iter()
+                    .filter_map(|m| row_of(c, &m.name))
+                    .collect();
+                let mut paired = paired_rows(&base);
+                for a in &added_models {
+                    if let Some(row) = added_row(k, &a.name) {
+                        paired.extend(base.iter().flat_map(|b| paired_pair(&row, b)));
+                    }
+                }
+                paired
+            })
+            .collect();
         let mut gaps = Vec::new();
         for row in &per_seed[0] {
             let same =
@@ -258,18 +365,25 @@ impl SeedSummary {
             models,
             left_out,
             gaps,
+            added: added_models,
         })
     }
 
     /// The summary as markdown: the budget, a table of the models and a table of the gaps.
     pub fn markdown(&self) -> String {
         let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
-        let mut s = format!(
-            "Seeds {} ({} runs of the same comparison): {}.\n\n",
-            seeds.join(", "),
-            self.seeds.len(),
-            self.budget
-        );
+        let mut s = match seeds.as_slice() {
+            [one] => format!(
+                "Seed {one} (one run of the comparison): {}.\n\n",
+                self.budget
+            ),
+            _ => format!(
+                "Seeds {} ({} runs of the same comparison): {}.\n\n",
+                seeds.join(", "),
+                self.seeds.len(),
+                self.budget
+            ),
+        };
         let worst = self.models.iter().any(|m| m.worst_case.is_some());
         let attack = self
             .gaps
@@ -303,15 +417,34 @@ impl SeedSummary {
                 m.train_secs.cell(1.0, 0)
             ));
         }
-        s.push_str(&format!(
-            "\nMean ± standard deviation over the seeds, then each seed's value in the order of \
-             the seeds. {}\n",
-            self.evaluation
-        ));
+        if self.seeds.len() == 1 {
+            s.push_str(&format!("\n{}\n", self.evaluation));
+        } else {
+            s.push_str(&format!(
+                "\nMean ± standard deviation over the seeds, then each seed's value in the order \
+                 of the seeds. {}\n",
+                self.evaluation
+            ));
+        }
         if !self.left_out.is_empty() {
             s.push_str(&format!(
                 "Left out, since not every seed has them: {}.\n",
                 self.left_out.join(", ")
+            ));
+        }
+        for a in &self.added {
+            let changed: Vec<String> = a.differs_in.iter().map(|p| format!("`{p}`")).collect();
+            s.push_str(&format!(
+                "Set beside them: {}, the {} model of its own comparison{}, trained with the same \
+                 seed and measured on the same images with the same attacks; {}.\n",
+                a.name,
+                a.row,
+                if self.seeds.len() > 1 { "s" } else { "" },
+                if changed.is_empty() {
+                    "its comparison's settings are these".to_string()
+                } else {
+                    format!("its settings differ in {}", changed.join(", "))
+                }
             ));
         }
         if self.gaps.is_empty() {
@@ -325,13 +458,23 @@ impl SeedSummary {
         for g in &self.gaps {
             s.push_str(&format!("| {} |\n", g.cells().join(" | ")));
         }
-        s.push_str(
-            "\nEach seed's difference is paired on its test images, and its McNemar p measures \
-             only how the test images could have fallen. The standard error over the seeds is \
-             the spread of those differences over √k: it holds the training noise too, and it \
-             is the one to read a claim that one method beats another against. The interval \
-             uses Student's t with k − 1 degrees of freedom, wide for a few seeds.\n",
-        );
+        if self.seeds.len() == 1 {
+            s.push_str(
+                "\nThe difference is paired on the test images, and its ± and McNemar p measure \
+                 only how the test images could have fallen: one seed holds no training noise, \
+                 and another seed can turn a gap over (train more seeds to read a claim that one \
+                 method beats another).\n",
+            );
+        } else {
+            s.push_str(
+                "\nEach seed's difference is paired on its test images, and its McNemar p \
+                 measures only how the test images could have fallen. The standard error over the \
+                 seeds is the spread of those differences over √k: it holds the training noise \
+                 too, and it is the one to read a claim that one method beats another against. \
+                 The interval uses Student's t with k − 1 degrees of freedom, wide for a few \
+                 seeds.\n",
+            );
+        }
         s
     }
 }
@@ -417,49 +560,119 @@ fn budget_without_seed(c: &Comparison) -> String {
 /// The path (`base.train.batch_size`, `eval.worst_case[1]`) of the first place where `a` and
 /// `b` differ, or `None` when they are equal.
 fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
-    let here = |p: &str| {
-        if p.is_empty() {
-            "the whole".to_string()
+    let mut found = Vec::new();
+    differences(a, b, path, &mut found);
+    found.into_iter().next()
+}
+
+/// Append to `out` the path of every place where `a` and `b` differ: a key only one of them
+/// has, an array of another length, or another value.
+fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
         } else {
-            p.to_string()
+            format!("{path}.{key}")
         }
     };
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for (key, va) in x {
-                let p = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
                 match y.get(key) {
-                    Some(vb) => {
-                        if let Some(found) = first_difference(va, vb, &p) {
-                            return Some(found);
-                        }
-                    }
-                    None => return Some(p),
+                    Some(vb) => differences(va, vb, &join(key), out),
+                    None => out.push(join(key)),
                 }
             }
-            y.keys().find(|k| !x.contains_key(*k)).map(|k| {
-                if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                }
-            })
+            out.extend(y.keys().filter(|k| !x.contains_key(*k)).map(|k| join(k)));
         }
-        (Value::Array(x), Value::Array(y)) => {
-            if x.len() != y.len() {
-                return Some(here(path));
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                differences(va, vb, &format!("{path}[{i}]"), out);
             }
-            x.iter()
-                .zip(y)
-                .enumerate()
-                .find_map(|(i, (va, vb))| first_difference(va, vb, &format!("{path}[{i}]")))
         }
-        _ => (a != b).then(|| here(path)),
+        _ if a != b => out.push(if path.is_empty() {
+            "the whole".to_string()
+        } else {
+            path.to_string()
+        }),
+        _ => {}
     }
+}
+
+/// What decides which test images a comparison measured and how: its data and its evaluation,
+/// without the measurements that leave each image's outcomes as they are (the ε-curves, the
+/// released evaluation, the routes forced to the partition).
+fn measured(c: &Comparison) -> Value {
+    let mut eval = c.eval.clone();
+    eval.eps_sweep.clear();
+    eval.released_eval = false;
+    eval.partition_routes = false;
+    serde_json::json!({ "data": c.base.data, "eval": eval })
+}
+
+/// The [`Added`] models by the comparison whose seed each was trained with, checked as
+/// [`SeedSummary::with_added`] says.
+fn check_added<'a>(
+    comparisons: &[&Comparison],
+    added: &[Added<'a>],
+) -> Result<Vec<Vec<Added<'a>>>, String> {
+    let mut at_seed: Vec<Vec<Added>> = vec![Vec::new(); comparisons.len()];
+    for (i, a) in added.iter().enumerate() {
+        let (name, c) = (a.name, a.comparison);
+        let seed = c.base.train.seed;
+        if c.rows.len() != 1 {
+            let names: Vec<&str> = c.rows.iter().map(|r| r.name.as_str()).collect();
+            return Err(format!(
+                "added model {name:?} (seed {seed}): its comparison holds {} models ({}); an \
+                 added model is the one model of a `compare --models <one>` run",
+                c.rows.len(),
+                names.join(", ")
+            ));
+        }
+        if comparisons
+            .iter()
+            .any(|b| b.rows.iter().any(|r| r.name == name))
+        {
+            return Err(format!(
+                "added model {name:?} has the name of one of the comparisons' models: give it \
+                 another"
+            ));
+        }
+        let Some(k) = comparisons.iter().position(|b| b.base.train.seed == seed) else {
+            let seeds: Vec<String> = comparisons
+                .iter()
+                .map(|b| b.base.train.seed.to_string())
+                .collect();
+            return Err(format!(
+                "added model {name:?} was trained with seed {seed}, and no comparison was (seeds \
+                 {}): it pairs only with its own seed's models",
+                seeds.join(", ")
+            ));
+        };
+        if at_seed[k].iter().any(|b| b.name == name) {
+            return Err(format!(
+                "added model {name:?} is given twice with seed {seed}"
+            ));
+        }
+        if let Some(path) = first_difference(&measured(comparisons[k]), &measured(c), "") {
+            return Err(format!(
+                "added model {name:?} (seed {seed}) was measured otherwise than comparison {}: \
+                 {path} differs, and paired figures need the same test images and attacks",
+                k + 1
+            ));
+        }
+        if let Some(earlier) = added[..i].iter().find(|b| b.name == name)
+            && let Some(path) = difference_beyond_seed(earlier.comparison, c)
+        {
+            return Err(format!(
+                "added model {name:?}: its comparisons with seeds {} and {seed} differ in \
+                 {path}, not only in their seeds",
+                earlier.comparison.base.train.seed
+            ));
+        }
+        at_seed[k].push(*a);
+    }
+    Ok(at_seed)
 }
 
 /// The 97.5% quantile of Student's t with `df` degrees of freedom (at least 1): exact to three

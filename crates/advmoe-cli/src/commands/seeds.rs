@@ -1,10 +1,11 @@
 //! `advmoe seeds`: the same comparison trained with several seeds, summarised (engine's
-//! `seeds`): each model's mean and spread, and AdvMoE's gaps seed by seed.
+//! `seeds`): each model's mean and spread, and AdvMoE's gaps seed by seed; with `--add`, models
+//! trained another way set beside them and paired with them.
 
 use std::path::{Path, PathBuf};
 
 use advmoe_engine::compare::Comparison;
-use advmoe_engine::seeds::SeedSummary;
+use advmoe_engine::seeds::{Added, SeedSummary};
 use anyhow::{Context as _, bail};
 use clap::Args;
 
@@ -14,6 +15,12 @@ pub(crate) struct SeedsArgs {
     /// with the same flags but `--seed`.
     #[arg(required = true, num_args = 1..)]
     comparisons: Vec<PathBuf>,
+    /// A model trained another way to set beside the comparisons' models, as NAME=PATH: PATH is
+    /// the output folder (or compare.json) of a `compare --models <one>` run with one of the
+    /// comparisons' seeds, measured with the same evaluation flags; NAME is what the tables
+    /// call it. Repeat it, with the same NAME, for each seed it was trained with.
+    #[arg(long, value_name = "NAME=PATH")]
+    add: Vec<String>,
     /// Also write seeds.json and seeds.md into this folder.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -44,8 +51,23 @@ pub(crate) fn run(args: SeedsArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| read_comparison(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let added = args
+        .add
+        .iter()
+        .map(|arg| {
+            let Some((name, path)) = arg.split_once('=').filter(|(n, p)| !n.is_empty() && !p.is_empty())
+            else {
+                bail!("--add takes NAME=PATH (a name for the model, then its compare folder), not {arg:?}");
+            };
+            Ok((name.to_string(), read_comparison(Path::new(path))?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let refs: Vec<&Comparison> = comparisons.iter().collect();
-    let summary = SeedSummary::of(&refs).map_err(|e| {
+    let added_refs: Vec<Added> = added
+        .iter()
+        .map(|(name, comparison)| Added { name, comparison })
+        .collect();
+    let summary = SeedSummary::with_added(&refs, &added_refs).map_err(|e| {
         let named: Vec<String> = args
             .comparisons
             .iter()
