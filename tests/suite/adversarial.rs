@@ -1045,4 +1045,23 @@ fn a_model_trained_another_way_pairs_with_its_seeds_models() {
     longer.base.train.total_steps = 6000;
     let e = refused(&[&zero, &one], &[add(&r0), add(&longer)]);
     assert!(e.contains("differ in base.train.total_steps"), "{e}");
+
+    // Grouped as the app's report groups what it holds: the one-model runs join the summary of
+    // the comparisons of their seeds, named by what changed, and form their own group too.
+    let groups = advmoe_engine::seeds::summaries_over_seeds(&[&zero, &r0, &one, &r1, &fewer]);
+    let beside = groups[0].as_ref().expect("two seeds");
+    assert_eq!(groups[2], groups[0]);
+    let names: Vec<&str> = beside.added.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["advmoe, router objective robust"]);
+    assert!(
+        beside
+            .gaps
+            .iter()
+            .any(|g| g.a == names[0] && g.b == "moe-at" && g.per_seed.len() == 2)
+    );
+    let own = groups[1].as_ref().expect("the one-model runs' own seeds");
+    assert_eq!((own.models.len(), own.added.len()), (1, 0));
+    assert_eq!(own.seeds, [0, 1]);
+    // Measured on 500 images, it is no seed of them and pairs with nothing.
+    assert!(groups[4].is_none());
 }

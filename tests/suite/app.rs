@@ -725,6 +725,17 @@ fn the_report_shows_recorded_comparisons() {
         harness.get_by_label("Over seeds 0, 1, 2: the same comparison trained 3 times");
         harness.get_by_label("+1.8 (0.030), -3.2 (0.001), -3.5 (< 0.001)");
         harness.get_by_label("-1.6 ± 1.7");
+        // AdvMoE trained with the robust router objective (one-model runs of the same seeds,
+        // bundled too) joins the summary: its router collapsed with every seed, and it scores
+        // like vanilla MoE AT, −1.1, −1.4 and +0.5 points of worst-case RA by seed.
+        harness.get_by_label("advmoe, router objective robust");
+        harness.get_by_label("-1.1 (0.242), -1.4 (0.103), +0.5 (0.625)");
+        harness.get_by_label("-0.7 ± 0.6");
+    }
+    // Shown itself, a robust-objective run has the summary over its own three seeds.
+    for (title, _) in &BUNDLED_COMPARISONS[8..11] {
+        choose(&mut harness, "Show", title);
+        harness.get_by_label("Over seeds 0, 1, 2: the same comparison trained 3 times");
     }
     // All five models at 6,000 steps with every batch-norm pass folded, image by image. Vanilla
     // MoE AT's router sends every image to one expert from the first curve point on; with the

@@ -498,7 +498,8 @@ fn settings(c: &Comparison) -> Value {
 /// For each of `comparisons`, the summary over seeds of those that differ from it only in
 /// their seed (the first of each seed, in the order given), when they hold two seeds or more;
 /// `None` for a comparison with no other seed beside it. Each group is summarised once, and
-/// its members share the summary.
+/// its members share the summary. One-model comparisons trained another way but with the
+/// group's seeds and measured as it was join it as [`Added`] models ([`companions`]).
 pub fn summaries_over_seeds(comparisons: &[&Comparison]) -> Vec<Option<SeedSummary>> {
     let all: Vec<Value> = comparisons.iter().map(|&c| settings(c)).collect();
     let seed = |i: usize| comparisons[i].base.train.seed;
@@ -518,11 +519,75 @@ pub fn summaries_over_seeds(comparisons: &[&Comparison]) -> Vec<Option<SeedSumma
                 return summary.clone();
             }
             let members: Vec<&Comparison> = group.iter().map(|&j| comparisons[j]).collect();
-            let summary = SeedSummary::of(&members).ok();
+            let beside = companions(comparisons, &group, &all);
+            let added: Vec<Added> = beside
+                .iter()
+                .map(|(name, j)| Added {
+                    name,
+                    comparison: comparisons[*j],
+                })
+                .collect();
+            let summary = SeedSummary::with_added(&members, &added)
+                .or_else(|_| SeedSummary::of(&members))
+                .ok();
             summarised.push((group, summary.clone()));
             summary
         })
         .collect()
+}
+
+/// The comparisons to set beside `group` (indices into `comparisons`, whose [`settings`] are
+/// `all`) as [`Added`] models, each with its name: those with one row, trained with one of the
+/// group's seeds and measured as that seed's member was ([`measured`]), but trained otherwise
+/// than the group; the first of each seed for each way of training. The name is the row's with
+/// the first setting that changed and its value (`advmoe, router objective robust`).
+fn companions(comparisons: &[&Comparison], group: &[usize], all: &[Value]) -> Vec<(String, usize)> {
+    let first = &all[group[0]];
+    let mut out: Vec<(String, usize, &Value)> = Vec::new();
+    for (j, c) in comparisons.iter().enumerate() {
+        let Some(&member) = group
+            .iter()
+            .find(|&&g| comparisons[g].base.train.seed == c.base.train.seed)
+        else {
+            continue;
+        };
+        if c.rows.len() != 1 || all[j] == *first || measured(c) != measured(comparisons[member]) {
+            continue;
+        }
+        let same_way: Vec<&(String, usize, &Value)> =
+            out.iter().filter(|(_, _, v)| **v == all[j]).collect();
+        if same_way
+            .iter()
+            .any(|(_, k, _)| comparisons[*k].base.train.seed == c.base.train.seed)
+        {
+            continue;
+        }
+        let name = match same_way.first() {
+            Some((name, _, _)) => name.clone(),
+            None => companion_name(&c.rows[0].name, first, &all[j]),
+        };
+        out.push((name, j, &all[j]));
+    }
+    out.into_iter().map(|(name, j, _)| (name, j)).collect()
+}
+
+/// `row`, then the first setting in which `other` differs from `first` and its value there
+/// (`advmoe, router objective robust`), with `…` when more differ.
+fn companion_name(row: &str, first: &Value, other: &Value) -> String {
+    let mut paths = Vec::new();
+    differences(first, other, "", &mut paths);
+    let Some(path) = paths.first() else {
+        return format!("{row}, again");
+    };
+    let leaf = path.rsplit('.').next().unwrap_or(path).replace('_', " ");
+    let pointer = format!("/{}", path.replace(['.', '['], "/").replace(']', ""));
+    let value = match other.pointer(&pointer) {
+        Some(Value::String(v)) => v.clone(),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+        _ => "changed".to_string(),
+    };
+    let more = if paths.len() > 1 { " …" } else { "" };
+    format!("{row}, {leaf} {value}{more}")
 }
 
 /// A model's [`ModelSeeds`] from its row in each comparison.

@@ -37,7 +37,7 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 8] = [
+pub const BUNDLED_COMPARISONS: [(&str, &str); 11] = [
     (
         "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
@@ -70,6 +70,24 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 8] = [
         "CIFAR-10 on the CPU: 6,000 steps, every batch-norm pass folded, paired (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-6000-steps-bn/paired.json"),
     ),
+    (
+        "CIFAR-10 on the CPU: AdvMoE, robust router objective, seed 0 (recorded)",
+        include_str!(
+            "../../../../docs/results/cifar10-cpu-3000-steps-bn/advmoe-robust-objective.json"
+        ),
+    ),
+    (
+        "CIFAR-10 on the CPU: AdvMoE, robust router objective, seed 1 (recorded)",
+        include_str!(
+            "../../../../docs/results/cifar10-cpu-3000-steps-bn/advmoe-robust-objective-seed-1.json"
+        ),
+    ),
+    (
+        "CIFAR-10 on the CPU: AdvMoE, robust router objective, seed 2 (recorded)",
+        include_str!(
+            "../../../../docs/results/cifar10-cpu-3000-steps-bn/advmoe-robust-objective-seed-2.json"
+        ),
+    ),
 ];
 
 /// A comparison that `advmoe compare` wrote, shown read-only.
@@ -80,7 +98,8 @@ pub struct RecordedComparison {
     /// Its base configuration, evaluation and rows.
     pub comparison: Comparison,
     /// The summary over the seeds of it and of the comparisons beside it that differ from it
-    /// only in their seed ([`group_seeds`]); `None` when there are none.
+    /// only in their seed, with the one-model runs of those seeds trained another way set
+    /// beside its models ([`group_seeds`]); `None` when there are none.
     pub over_seeds: Option<SeedSummary>,
 }
 
@@ -783,6 +802,15 @@ fn seeds_ui(ui: &mut egui::Ui, summary: &SeedSummary) {
          images could have fallen; the spread of a gap over the seeds holds the training noise \
          too, and a claim that one method beats another must clear it.",
     );
+    for a in &summary.added {
+        ui.label(format!(
+            "{}: the {} model of other comparisons with these seeds, measured on the same images \
+             with the same attacks; trained otherwise in {}.",
+            a.name,
+            a.row,
+            a.differs_in.join(", ")
+        ));
+    }
 }
 
 /// The library's models: open one, measure them here.
