@@ -55,9 +55,12 @@ pub(crate) fn run(args: SeedsArgs) -> anyhow::Result<()> {
         .add
         .iter()
         .map(|arg| {
-            let Some((name, path)) = arg.split_once('=').filter(|(n, p)| !n.is_empty() && !p.is_empty())
-            else {
-                bail!("--add takes NAME=PATH (a name for the model, then its compare folder), not {arg:?}");
+            let parts = arg.split_once('=');
+            let Some((name, path)) = parts.filter(|(n, p)| !n.is_empty() && !p.is_empty()) else {
+                bail!(
+                    "--add takes NAME=PATH (a name for the model, then its compare folder), \
+                     not {arg:?}"
+                );
             };
             Ok((name.to_string(), read_comparison(Path::new(path))?))
         })
