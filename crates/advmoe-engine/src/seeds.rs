@@ -287,12 +287,10 @@ impl SeedSummary {
             Some(row)
         };
         let mut added_models: Vec<AddedModel> = Vec::new();
-        let mut added_names: Vec<&str> = Vec::new();
-        for a in added {
-            if added_names.contains(&a.name) {
+        for (i, a) in added.iter().enumerate() {
+            if added[..i].iter().any(|b| b.name == a.name) {
                 continue;
             }
-            added_names.push(a.name);
             let rows: Option<Vec<CompareRow>> = (0..comparisons.len())
                 .map(|k| added_row(k, a.name))
                 .collect();
@@ -537,21 +535,15 @@ pub fn summaries_over_seeds(comparisons: &[&Comparison]) -> Vec<Option<SeedSumma
 }
 
 /// The comparisons to set beside `group` (indices into `comparisons`, whose [`settings`] are
-/// `all`) as [`Added`] models, each with its name: those with one row, trained with one of the
-/// group's seeds and measured as that seed's member was ([`measured`]), but trained otherwise
-/// than the group; the first of each seed for each way of training. The name is the row's with
+/// `all`) as [`Added`] models, each with its name: those that pair with one of the group's
+/// members ([`pairing_member`]) but were trained otherwise than the group; the first of each seed for each way of training. The name is the row's with
 /// the first setting that changed and its value (`advmoe, router objective robust`).
 fn companions(comparisons: &[&Comparison], group: &[usize], all: &[Value]) -> Vec<(String, usize)> {
     let first = &all[group[0]];
+    let members: Vec<&Comparison> = group.iter().map(|&g| comparisons[g]).collect();
     let mut out: Vec<(String, usize, &Value)> = Vec::new();
     for (j, c) in comparisons.iter().enumerate() {
-        let Some(&member) = group
-            .iter()
-            .find(|&&g| comparisons[g].base.train.seed == c.base.train.seed)
-        else {
-            continue;
-        };
-        if c.rows.len() != 1 || all[j] == *first || measured(c) != measured(comparisons[member]) {
+        if all[j] == *first || pairing_member(&members, "", c).is_err() {
             continue;
         }
         let same_way: Vec<&(String, usize, &Value)> =
@@ -675,6 +667,49 @@ fn measured(c: &Comparison) -> Value {
     serde_json::json!({ "data": c.base.data, "eval": eval })
 }
 
+/// The index of the one of `comparisons` that the comparison `c` of the model called `name`
+/// pairs with: the one trained with its seed, when `c` holds one row and was measured as that
+/// one was ([`measured`]: the same data, test images and attacks).
+///
+/// # Errors
+/// `c` with more or less than one row, with a seed none of `comparisons` has, or measured
+/// otherwise, named by the first setting that differs.
+fn pairing_member(
+    comparisons: &[&Comparison],
+    name: &str,
+    c: &Comparison,
+) -> Result<usize, String> {
+    let seed = c.base.train.seed;
+    if c.rows.len() != 1 {
+        let names: Vec<&str> = c.rows.iter().map(|r| r.name.as_str()).collect();
+        return Err(format!(
+            "added model {name:?} (seed {seed}): its comparison holds {} models ({}); an added \
+             model is the one model of a `compare --models <one>` run",
+            c.rows.len(),
+            names.join(", ")
+        ));
+    }
+    let Some(k) = comparisons.iter().position(|b| b.base.train.seed == seed) else {
+        let seeds: Vec<String> = comparisons
+            .iter()
+            .map(|b| b.base.train.seed.to_string())
+            .collect();
+        return Err(format!(
+            "added model {name:?} was trained with seed {seed}, and no comparison was (seeds {}): \
+             it pairs only with its own seed's models",
+            seeds.join(", ")
+        ));
+    };
+    if let Some(path) = first_difference(&measured(comparisons[k]), &measured(c), "") {
+        return Err(format!(
+            "added model {name:?} (seed {seed}) was measured otherwise than comparison {}: \
+             {path} differs, and paired figures need the same test images and attacks",
+            k + 1
+        ));
+    }
+    Ok(k)
+}
+
 /// The [`Added`] models by the comparison whose seed each was trained with, checked as
 /// [`SeedSummary::with_added`] says.
 fn check_added<'a>(
@@ -685,15 +720,7 @@ fn check_added<'a>(
     for (i, a) in added.iter().enumerate() {
         let (name, c) = (a.name, a.comparison);
         let seed = c.base.train.seed;
-        if c.rows.len() != 1 {
-            let names: Vec<&str> = c.rows.iter().map(|r| r.name.as_str()).collect();
-            return Err(format!(
-                "added model {name:?} (seed {seed}): its comparison holds {} models ({}); an \
-                 added model is the one model of a `compare --models <one>` run",
-                c.rows.len(),
-                names.join(", ")
-            ));
-        }
+        let k = pairing_member(comparisons, name, c)?;
         if comparisons
             .iter()
             .any(|b| b.rows.iter().any(|r| r.name == name))
@@ -703,27 +730,9 @@ fn check_added<'a>(
                  another"
             ));
         }
-        let Some(k) = comparisons.iter().position(|b| b.base.train.seed == seed) else {
-            let seeds: Vec<String> = comparisons
-                .iter()
-                .map(|b| b.base.train.seed.to_string())
-                .collect();
-            return Err(format!(
-                "added model {name:?} was trained with seed {seed}, and no comparison was (seeds \
-                 {}): it pairs only with its own seed's models",
-                seeds.join(", ")
-            ));
-        };
         if at_seed[k].iter().any(|b| b.name == name) {
             return Err(format!(
                 "added model {name:?} is given twice with seed {seed}"
-            ));
-        }
-        if let Some(path) = first_difference(&measured(comparisons[k]), &measured(c), "") {
-            return Err(format!(
-                "added model {name:?} (seed {seed}) was measured otherwise than comparison {}: \
-                 {path} differs, and paired figures need the same test images and attacks",
-                k + 1
             ));
         }
         if let Some(earlier) = added[..i].iter().find(|b| b.name == name)
