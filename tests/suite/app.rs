@@ -785,6 +785,65 @@ fn the_report_shows_recorded_comparisons() {
     harness.get_by_label("17 / 47");
     harness.get_by_label("Expert load during training: first MoE layer, share of expert 0");
 
+    // The reference's budget (width 32, batch 128, 3,000 steps, PGD-20 and the worst case on
+    // 2,000 test images): vanilla MoE AT's router collapsed, AdvMoE's live and on the class
+    // partition for 1,462 images, AdvMoE behind both others image by image under the exact
+    // attacks and ahead under the released evaluation
+    // (docs/results/cifar10-cpu-reference-budget.md).
+    let reference = RecordedComparison::parse("reference", BUNDLED_COMPARISONS[11].1.as_bytes())
+        .expect("the reference-budget comparison parses");
+    let base = &reference.comparison.base;
+    assert_eq!((base.model.width, base.train.batch_size), (32, 128));
+    let rows = &reference.comparison.rows;
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
+    for row in rows {
+        assert_eq!((row.steps, row.report.images), (3000, 2000), "{}", row.name);
+        let each = row.report.per_image.as_ref().expect(&row.name);
+        let worst = row.report.worst_case.as_ref().expect(&row.name);
+        assert_eq!(
+            share_correct(&each.worst_case),
+            worst.robust_acc,
+            "{}",
+            row.name
+        );
+    }
+    let load = |name: &str| {
+        let row = rows.iter().find(|r| r.name == name).expect(name);
+        row.report.expert_load[0].clone()
+    };
+    assert!(load("moe-at").iter().any(|&share| share > 0.99));
+    assert!(load("advmoe").iter().all(|&share| share > 0.3));
+    let differences = advmoe_engine::compare::paired_rows(rows);
+    let only = |b: &str, what: &str| {
+        let d = differences
+            .iter()
+            .find(|d| d.a == "advmoe" && d.b == b && d.what == what)
+            .expect(what);
+        (d.paired.only_a, d.paired.only_b)
+    };
+    assert_eq!(only("moe-at", "worst-case RA"), (44, 94));
+    assert_eq!(only("dense-same-cost-trades", "worst-case RA"), (48, 111));
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.report.released_robust_acc)
+            .collect::<Vec<_>>(),
+        [Some(0.3855), Some(0.2995), Some(0.3055)]
+    );
+    choose(&mut harness, "Show", BUNDLED_COMPARISONS[11].0);
+    assert_eq!(harness.state().state.report.shown, Some(11));
+    harness.get_by_label_contains("base width 32");
+    harness.get_by_label_contains("batch 128, 3000 steps");
+    harness.get_by_label_contains("RA: PGD-20 at ε = 8.0/255 on 2000 test images");
+    harness.get_by_label("1462 of 2000");
+    harness.get_by_label("44 / 94");
+    harness.get_by_label("48 / 111");
+    assert!(
+        harness
+            .query_by_label_contains("the same comparison trained")
+            .is_none()
+    );
+
     // The comparisons of another budget have no other seed beside them.
     choose(&mut harness, "Show", BUNDLED_COMPARISONS[3].0);
     assert!(

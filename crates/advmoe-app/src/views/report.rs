@@ -37,7 +37,7 @@ const PLOTS: [&str; 3] = [
 
 /// Comparisons measured for this project, compiled in: `(title, compare.json)`. Each names its
 /// data, budget and attacks below its table (`docs/results/` has the command that made it).
-pub const BUNDLED_COMPARISONS: [(&str, &str); 11] = [
+pub const BUNDLED_COMPARISONS: [(&str, &str); 12] = [
     (
         "CIFAR-10 on the CPU: 1,200 steps, width 16 (recorded)",
         include_str!("../../../../docs/results/cifar10-cpu-1200-steps.json"),
@@ -87,6 +87,10 @@ pub const BUNDLED_COMPARISONS: [(&str, &str); 11] = [
         include_str!(
             "../../../../docs/results/cifar10-cpu-3000-steps-bn/advmoe-robust-objective-seed-2.json"
         ),
+    ),
+    (
+        "CIFAR-10 on the CPU: the reference's budget (width 32, batch 128), paired (recorded)",
+        include_str!("../../../../docs/results/cifar10-cpu-reference-budget/compare.json"),
     ),
 ];
 
@@ -683,9 +687,16 @@ fn comparison_picker_ui(ui: &mut egui::Ui, state: &mut ReportState, error: &mut 
             .shown_comparison()
             .map_or(LIBRARY, |c| c.title.as_str())
             .to_owned();
+        // Tall enough for every entry, so none is scrolled out of view (egui's default menu
+        // height, 200 points, cut the list short); the library's models are the first.
+        let spacing = ui.spacing();
+        let entry = spacing.interact_size.y + spacing.item_spacing.y;
+        let height = (entry * (state.comparisons.len() + 1) as f32 + spacing.menu_margin.sum().y)
+            .max(spacing.combo_height);
         egui::ComboBox::from_id_salt("report shows")
             .selected_text(selected)
             .width(360.0)
+            .height(height)
             .show_ui(ui, |ui| {
                 ui.selectable_value(&mut state.shown, None, LIBRARY);
                 for (i, c) in state.comparisons.iter().enumerate() {
