@@ -540,6 +540,31 @@ fn the_attack_lab_attacks_a_demo_model_and_shows_the_routing_map() {
     std::fs::remove_dir_all(&bad).ok();
 }
 
+/// A recorded row holds the outcomes of its `images` test images, and they add up to its recorded
+/// SA and worst-case RA.
+fn assert_outcomes_add_up(row: &advmoe_engine::compare::CompareRow, images: usize) {
+    let each = row.report.per_image.as_ref().expect(&row.name);
+    assert_eq!(
+        (each.len(), row.report.images),
+        (images, images),
+        "{}",
+        row.name
+    );
+    assert_eq!(
+        share_correct(&each.clean),
+        row.report.clean_acc,
+        "{}",
+        row.name
+    );
+    let worst = row.report.worst_case.as_ref().expect(&row.name);
+    assert_eq!(
+        share_correct(&each.worst_case),
+        worst.robust_acc,
+        "{}",
+        row.name
+    );
+}
+
 /// The report shows recorded comparisons: the bundled CIFAR-10 run with its budget and attacks
 /// named under its table, its training curves plotted and its rows exported; a `compare.json`
 /// handed over as bytes (the browser's picker, a drop) or typed as a folder joins them and is
@@ -685,21 +710,7 @@ fn the_report_shows_recorded_comparisons() {
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
         for row in rows {
-            let each = row.report.per_image.as_ref().expect(&row.name);
-            assert_eq!(each.len(), 1000, "{}", row.name);
-            assert_eq!(
-                share_correct(&each.clean),
-                row.report.clean_acc,
-                "{}",
-                row.name
-            );
-            let worst = row.report.worst_case.as_ref().expect(&row.name);
-            assert_eq!(
-                share_correct(&each.worst_case),
-                worst.robust_acc,
-                "{}",
-                row.name
-            );
+            assert_outcomes_add_up(row, 1000);
         }
         let differences = advmoe_engine::compare::paired_rows(rows);
         assert_eq!(differences.len(), 2 * 3);
@@ -798,15 +809,8 @@ fn the_report_shows_recorded_comparisons() {
     let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["advmoe", "moe-at", "dense-same-cost-trades"]);
     for row in rows {
-        assert_eq!((row.steps, row.report.images), (3000, 2000), "{}", row.name);
-        let each = row.report.per_image.as_ref().expect(&row.name);
-        let worst = row.report.worst_case.as_ref().expect(&row.name);
-        assert_eq!(
-            share_correct(&each.worst_case),
-            worst.robust_acc,
-            "{}",
-            row.name
-        );
+        assert_eq!(row.steps, 3000, "{}", row.name);
+        assert_outcomes_add_up(row, 2000);
     }
     let load = |name: &str| {
         let row = rows.iter().find(|r| r.name == name).expect(name);
